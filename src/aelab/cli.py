@@ -1,0 +1,222 @@
+"""The `aelab` command: parse, call the library, print. torch is imported only by the commands that need it,
+so `aelab --help` answers at once."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from aelab.errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, no usage dump
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+# train flag -> setting; each also accepts --set KEY=VALUE for any setting
+TRAIN_FLAGS = {"epochs": "train.epochs", "latent": "model.latent", "batch_size": "train.batch_size",
+               "lr": "train.lr", "seed": "train.seed", "data": "data.path", "arch": "model.arch",
+               "hidden": "model.hidden", "precision": "train.precision", "grid_every": "train.grid_every"}
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="aelab", description="Autoencoder laboratory: train, evaluate and use autoencoders.")
+    parser.add_argument("--version", action="version", version="aelab 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model; writes a run folder with weights, metrics, grids and a report")
+    p.add_argument("model", nargs="?", default=None, help="registered model name (default ae; see `aelab models`)")
+    p.add_argument("--config", help="JSON or TOML file of settings ([data], [model], [train] or flat keys)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. model.hidden=512,256")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--latent", type=int, help="code size (default 20)")
+    p.add_argument("--hidden", help="hidden widths, comma separated (default 256,128,64)")
+    p.add_argument("--arch", choices=("mlp", "conv"))
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="bf16: bfloat16 autocast (faster on CPUs with AVX512-BF16)")
+    p.add_argument("--grid-every", type=int, metavar="N", help="write the test grid every N epochs (0: never)")
+    p.add_argument("--data", metavar="PATH", help="idx folder, image folder or .npy/.npz (default: Debian's Fashion-MNIST)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/MODEL, numbered if taken)")
+    p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR", help="continue an interrupted run (--epochs may extend it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+
+    p = sub.add_parser("eval", help="test-set measures of a trained run")
+    p.add_argument("run")
+    p.add_argument("--data", metavar="PATH", help="evaluate on this data's test split instead of the run's")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("info", help="layer and parameter summary of a model or a run")
+    p.add_argument("target", nargs="?", default="ae", help="model name or run folder")
+    p.add_argument("--latent", type=int)
+    p.add_argument("--arch", choices=("mlp", "conv"))
+    p.add_argument("--hidden")
+
+    sub.add_parser("models", help="list the registered models")
+
+    for name, help_text, inputs_help in (
+            ("reconstruct", "reconstruct images through a trained run", "image files, folders, .npy/.npz"),
+            ("encode", "codes of images as .npy", "image files, folders, .npy/.npz"),
+            ("decode", "images from codes (.npy)", "a .npy file of codes (n, latent)")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("run")
+        p.add_argument("inputs", nargs="+", help=inputs_help)
+        p.add_argument("--out", required=True,
+                       help="a folder (one PNG per image), FILE.png (a grid) or FILE.npy" if name != "encode" else "FILE.npy")
+        p.add_argument("--overwrite", action="store_true", help="replace existing output")
+        p.add_argument("--rgb", action="store_true", help="keep colour images in colour") if name != "decode" else None
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args) or 0
+    except UserError as e:
+        print(f"aelab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\naelab: interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_train(args) -> int:
+    from aelab import config as cfg
+    from aelab.runs import train
+
+    overrides = dict(_parse_set(item) for item in args.set)
+    overrides.update({key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None})
+    if args.resume:
+        run_dir = args.out if args.resume is True else args.resume
+        if run_dir is None:
+            raise UserError("--resume needs the run folder: `aelab train --resume RUN_DIR`")
+        changed = sorted(set(overrides) - {"train.epochs"}) + (["--config"] if args.config else [])
+        if changed or args.model:
+            raise UserError(f"a resumed run keeps its settings; drop {', '.join(changed) or 'the model name'} "
+                            "(only --epochs may change)")
+        return train(resume=run_dir, epochs=overrides.get("train.epochs"), threads=args.threads)
+    config = cfg.resolve(args.model, args.config, overrides)
+    return train(config, out=args.out, overwrite=args.overwrite, threads=args.threads)
+
+
+def _parse_set(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set takes KEY=VALUE, not {item!r}")
+    return key.strip(), value.strip()
+
+
+def cmd_eval(args) -> int:
+    from aelab.data import load_dataset
+    from aelab.evaluate import evaluate
+    from aelab.runs import Run, load_model
+
+    model = load_model(args.run)
+    config = Run.open(args.run).config()
+    _, test = load_dataset(args.data or config.data.path, config.data.grey, config.data.test_fraction)
+    metrics = evaluate(model, test)
+    if Path(args.run).is_dir():
+        (Path(args.run) / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"{args.run}: {config.model_name}, {len(test)} test images")
+        for k, v in metrics.items():
+            print(f"  {k:<16}{v:.4f}" if isinstance(v, float) else f"  {k:<16}{v}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from aelab import config as cfg
+    from aelab.models import build, summary
+    from aelab.runs import load_model
+
+    if Path(args.target).exists():
+        model = load_model(args.target)
+    else:
+        overrides = {k: v for k, v in (("model.latent", args.latent), ("model.arch", args.arch),
+                                       ("model.hidden", args.hidden)) if v is not None}
+        config = cfg.resolve(args.target, None, overrides)
+        model = build(config.model_name, config.model)
+    print(f"Model: {type(model).__name__}")
+    print(summary(model))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from aelab.models import MODELS
+
+    for name, cls in MODELS.items():
+        print(f"{name:<10}{(cls.__doc__ or '').strip().splitlines()[0]}")
+    return 0
+
+
+def cmd_apply(args) -> int:
+    """reconstruct, encode and decode: inputs through a trained model, to PNGs, a grid or .npy."""
+    import numpy as np
+
+    from aelab.data import read_inputs
+    from aelab.runs import load_model
+
+    out = Path(args.out)
+    _check_new_output(out, args.overwrite)
+    model = load_model(args.run)
+    if args.command == "decode":
+        codes = _read_codes(args.inputs)
+        result, names = model.decode(codes), [f"{i:05d}.png" for i in range(len(codes))]
+    else:
+        images = read_inputs(args.inputs, grey=not args.rgb)
+        names = [f"{i:05d}.png" for i in range(len(images))]
+        result = model.encode(images.images) if args.command == "encode" else model.reconstruct(images.images)
+    result = result.numpy()
+    if args.command == "encode":
+        if out.suffix != ".npy":
+            raise UserError(f"encode writes a .npy file; give --out FILE.npy, not {out}")
+        np.save(out, result)
+    else:
+        _write_images(result, out, names)
+    print(f"wrote {len(result)} {'codes' if args.command == 'encode' else 'images'} to {out}")
+    return 0
+
+
+def _read_codes(paths: list[str]):
+    import numpy as np
+
+    arrays = []
+    for p in paths:
+        try:
+            arrays.append(np.load(p, allow_pickle=False))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{p} is not a readable .npy file of codes ({e}); write codes with `aelab encode`") from None
+    codes = np.concatenate(arrays).astype(np.float32)
+    if not np.isfinite(codes).all():
+        raise UserError("the codes hold NaN or infinite values; clean them first")
+    return codes
+
+
+def _check_new_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
+        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+
+
+def _write_images(images, out: Path, names: list[str]) -> None:
+    import numpy as np
+
+    from aelab.images import save_images, save_png, tile
+
+    if out.suffix == ".npy":
+        np.save(out, images)
+    elif out.suffix == ".png":
+        cols = min(10, len(images))
+        save_png(tile(images, -(-len(images) // cols), cols), out)
+    else:
+        save_images(images, out, names)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cmd_models,
+            "reconstruct": cmd_apply, "encode": cmd_apply, "decode": cmd_apply}

@@ -1,0 +1,283 @@
+"""Datasets as compact uint8 tensors: Fashion-MNIST idx files, folders of images, .npy/.npz arrays.
+
+Images live in memory as (n, channels, height, width) uint8 and become float in [0, 1] one batch at a
+time, by tensor indexing: 60 000 Fashion-MNIST images take 47 MB, not 188.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from aelab.errors import UserError
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60_000),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10_000),
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+INSTALL_HINT = "install it with `apt-get install dataset-fashion-mnist` or pass --data DIR holding its four idx .gz files"
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None      # idx folder, image folder or .npy/.npz; None: Debian's Fashion-MNIST
+    grey: bool = True            # convert colour images to grey
+    test_fraction: float = 0.1   # held out when the data has no test split of its own
+
+    def load(self) -> tuple["ImageSet", "ImageSet"]:
+        return load_dataset(self.path, self.grey, self.test_fraction)
+
+
+@dataclass
+class ImageSet:
+    """Images as uint8 (n, c, h, w) with optional int64 labels (n,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    def floats(self, index=slice(None)) -> torch.Tensor:
+        """Pixels / 255 as float32, for the rows picked by `index`."""
+        return self.images[index].float().div_(255)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """Float batches; reshuffled on every call when a generator is given. The last batch may be short."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else None
+        for start in range(0, n, batch_size):
+            index = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
+            yield self.floats(index)
+
+    def subset(self, count: int) -> "ImageSet":
+        """The first `count` images (all of them if there are fewer)."""
+        labels = None if self.labels is None else self.labels[:count]
+        return ImageSet(self.images[:count], labels)
+
+
+# ---------------------------------------------------------------------------------------------- idx files
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Read an idx file of unsigned bytes (gzipped or not), checking magic number, dimensions and length."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise UserError(f"{path} cannot be read ({e}); the file is corrupt or truncated: reinstall it "
+                        "(`apt-get install --reinstall dataset-fashion-mnist`)") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != ndim:
+        raise UserError(f"{path} is not an idx file of {ndim}-d unsigned bytes (bad magic number "
+                        f"{raw[:4].hex() or 'none'}); point --data at Fashion-MNIST's original idx files")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise UserError(f"{path} is truncated inside its header; reinstall the data set")
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + int(np.prod(dims))
+    if len(raw) != expected:
+        raise UserError(f"{path} holds {len(raw)} bytes but its header promises {expected} "
+                        f"(dimensions {dims}); the file is truncated or corrupt: reinstall the data set")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def has_idx_files(folder: Path) -> bool:
+    return any(_find_idx(folder, stem) for stem, _, _ in IDX_FILES.values())
+
+
+def load_idx_split(folder: Path, split: str) -> ImageSet:
+    """One split ("train" or "test") of an MNIST-style folder, validated."""
+    image_stem, label_stem, usual_count = IDX_FILES[split]
+    image_path, label_path = _find_idx(folder, image_stem), _find_idx(folder, label_stem)
+    for stem, path in ((image_stem, image_path), (label_stem, label_path)):
+        if path is None:
+            raise UserError(f"{folder} lacks {stem}.gz; {INSTALL_HINT}")
+    images = read_idx(image_path, 3)
+    labels = read_idx(label_path, 1)
+    if images.shape[0] != labels.shape[0]:
+        raise UserError(f"{image_path.name} holds {images.shape[0]} images but {label_path.name} "
+                        f"{labels.shape[0]} labels; the files do not belong together: reinstall the data set")
+    if images.shape[0] == 0:
+        raise UserError(f"{image_path} holds no images; reinstall the data set")
+    if labels.max() > 9:
+        raise UserError(f"{label_path} has label {int(labels.max())}, outside 0-9; the file is corrupt: reinstall it")
+    del usual_count  # other MNIST-style sets (MNIST, KMNIST) have the same layout but may differ in size
+    return ImageSet(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+
+
+# ---------------------------------------------------------------------------------------------- arrays and images
+
+def to_uint8_images(array: np.ndarray, source: str, grey: bool = True) -> torch.Tensor:
+    """Turn an array of images into uint8 (n, c, h, w): accepts (n,h,w), (n,h,w,c), (n,c,h,w), (n, side*side);
+    uint8 as is, floats in [0, 1] or [0, 255]."""
+    a = np.asarray(array)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise UserError(f"{source} holds {a.dtype} values, not numbers; save the images as a numeric array")
+    if a.ndim == 2:
+        side = int(round(a.shape[1] ** 0.5))
+        if side * side != a.shape[1]:
+            raise UserError(f"{source} holds flat rows of {a.shape[1]} values, not square images; "
+                            "save it as (n, height, width)")
+        a = a.reshape(a.shape[0], 1, side, side)
+    elif a.ndim == 3:
+        a = a[:, None]
+    elif a.ndim == 4:
+        if a.shape[-1] in (1, 3, 4) and a.shape[1] not in (1, 3, 4):
+            a = a.transpose(0, 3, 1, 2)  # channels last -> channels first
+    else:
+        raise UserError(f"{source} has shape {a.shape}; images must be (n, height, width) or (n, h, w, channels)")
+    if a.shape[0] == 0:
+        raise UserError(f"{source} holds no images")
+    if a.dtype != np.uint8:
+        a = a.astype(np.float64)
+        bad = ~np.isfinite(a)
+        if bad.any():
+            raise UserError(f"{source} holds {int(bad.sum())} NaN or infinite values; "
+                            "clean or drop those images before using them")
+        low, high = a.min(), a.max()
+        if low < 0 or high > 255:
+            raise UserError(f"{source} has values from {low:g} to {high:g}; pixels must lie in [0, 1] or [0, 255]")
+        scale = 255.0 if high <= 1.0 else 1.0
+        a = np.rint(a * scale).astype(np.uint8)
+    if a.shape[1] == 4:
+        a = a[:, :3]  # drop alpha
+    if grey and a.shape[1] == 3:
+        # ITU-R 601-2 luma, as Pillow's convert("L")
+        a = np.rint(a[:, 0] * 0.299 + a[:, 1] * 0.587 + a[:, 2] * 0.114).clip(0, 255).astype(np.uint8)[:, None]
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def read_image_files(paths: list[Path], grey: bool = True) -> torch.Tensor:
+    """Image files of one size as uint8 (n, c, h, w)."""
+    from PIL import Image, UnidentifiedImageError
+
+    arrays, first = [], None
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if grey else "RGB")
+                array = np.asarray(img)
+        except (UnidentifiedImageError, OSError) as e:
+            raise UserError(f"{path} is not a readable image ({e.__class__.__name__}); remove or replace it") from None
+        if first is None:
+            first = (path, array.shape)
+        elif array.shape != first[1]:
+            raise UserError(f"images differ in size: {first[0].name} is {first[1][1]}x{first[1][0]} but "
+                            f"{path.name} is {array.shape[1]}x{array.shape[0]}; resize them all to one size")
+        arrays.append(array)
+    stacked = np.stack(arrays)
+    return torch.from_numpy(stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2).copy())
+
+
+def image_files_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _load_array_file(path: Path) -> dict[str, np.ndarray]:
+    try:
+        loaded = np.load(path, allow_pickle=False)  # never unpickle user files
+    except ValueError as e:
+        raise UserError(f"{path} cannot be read without unpickling ({e}); save plain numeric arrays") from None
+    except (OSError, EOFError) as e:
+        raise UserError(f"{path} is not a readable .npy/.npz file ({e}); check the file") from None
+    if isinstance(loaded, np.ndarray):
+        return {"images": loaded}
+    with loaded:
+        return {key: loaded[key] for key in loaded.files}
+
+
+def read_inputs(paths: list[str | Path], grey: bool = True) -> ImageSet:
+    """Images from files given on a command line: image files, folders of them, .npy or .npz arrays."""
+    if not paths:
+        raise UserError("no inputs given; name image files, a folder of images, or a .npy/.npz file")
+    parts = []
+    image_paths: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise UserError(f"{path} does not exist; check the path")
+        if path.is_dir():
+            found = image_files_in(path)
+            if not found:
+                raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES[:3])}, ...) found in {path}; "
+                                "point at a folder that holds image files")
+            image_paths += found
+        elif path.suffix.lower() in (".npy", ".npz"):
+            arrays = _load_array_file(path)
+            key = next((k for k in ("images", "x_test", "x", "arr_0") if k in arrays), next(iter(arrays), None))
+            if key is None:
+                raise UserError(f"{path} holds no arrays")
+            parts.append(to_uint8_images(arrays[key], f"{path}[{key}]", grey))
+        else:
+            image_paths.append(path)
+    if image_paths:
+        parts.append(read_image_files(image_paths, grey))
+    shapes = {tuple(p.shape[1:]) for p in parts}
+    if len(shapes) > 1:
+        raise UserError(f"inputs differ in shape {sorted(shapes)}; give images of one size")
+    return ImageSet(torch.cat(parts))
+
+
+# ---------------------------------------------------------------------------------------------- train/test sets
+
+def _holdout_split(images: torch.Tensor, labels: torch.Tensor | None, test_fraction: float):
+    n = images.shape[0]
+    if n < 2:
+        raise UserError(f"only {n} image found; training needs at least 2 (one is held out for testing)")
+    n_test = max(1, int(round(n * test_fraction)))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))  # fixed: the split never changes
+    test, train = order[:n_test], order[n_test:]
+    pick = (lambda idx: None) if labels is None else (lambda idx: labels[idx])
+    return ImageSet(images[train], pick(train)), ImageSet(images[test], pick(test))
+
+
+def load_dataset(data: str | Path | None = None, grey: bool = True, test_fraction: float = 0.1
+                 ) -> tuple[ImageSet, ImageSet]:
+    """(train, test) from an MNIST-style idx folder (default: Debian's Fashion-MNIST), a folder of images,
+    or a .npy/.npz file. Sets without their own test split hold out `test_fraction` (the same every time)."""
+    path = Path(data) if data else Path(FASHION_MNIST_DIR)
+    if not path.exists():
+        if data is None or os.path.abspath(path) == FASHION_MNIST_DIR:
+            raise UserError(f"Fashion-MNIST not found at {path}; {INSTALL_HINT}")
+        raise UserError(f"data path {path} does not exist; pass --data DIR (idx files or images) or FILE.npy/.npz")
+    if path.is_dir():
+        if has_idx_files(path):
+            return load_idx_split(path, "train"), load_idx_split(path, "test")
+        files = image_files_in(path)
+        if not files:
+            raise UserError(f"{path} holds neither idx files nor images (.png, .jpg, ...); "
+                            "point --data at Fashion-MNIST's folder or a folder of images")
+        return _holdout_split(read_image_files(files, grey), None, test_fraction)
+    if path.suffix.lower() in (".npy", ".npz"):
+        arrays = _load_array_file(path)
+        labels = lambda key: torch.from_numpy(arrays[key].astype(np.int64)) if key in arrays else None
+        if "x_train" in arrays and "x_test" in arrays:  # the Keras layout
+            return (ImageSet(to_uint8_images(arrays["x_train"], f"{path}[x_train]", grey), labels("y_train")),
+                    ImageSet(to_uint8_images(arrays["x_test"], f"{path}[x_test]", grey), labels("y_test")))
+        key = next((k for k in ("images", "x", "arr_0") if k in arrays), next(iter(arrays), None))
+        if key is None:
+            raise UserError(f"{path} holds no arrays; save images as an array (or x_train and x_test)")
+        return _holdout_split(to_uint8_images(arrays[key], f"{path}[{key}]", grey), labels("labels"), test_fraction)
+    raise UserError(f"{path} is neither a folder nor a .npy/.npz file; pass a folder of idx files or images, "
+                    "or an array file")

@@ -1,0 +1,5 @@
+"""The one exception the CLI turns into a single line and exit code 2."""
+
+
+class UserError(Exception):
+    """Bad input from the user: the message names the problem and the fix."""

@@ -1,0 +1,44 @@
+"""Loss primitives, each written once. Images are (b, c, h, w); `x` holds targets in [0, 1]."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def bce_mean(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean per-pixel sigmoid cross-entropy with logits: the chapter's reconstruction loss."""
+    return F.binary_cross_entropy_with_logits(logits.float(), x)
+
+
+def bce_per_image(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of each image, shape (b,): the Bernoulli negative log-likelihood in nats."""
+    return F.binary_cross_entropy_with_logits(logits.float(), x, reduction="none").flatten(1).sum(1)
+
+
+def entropy_per_image(x: torch.Tensor) -> torch.Tensor:
+    """Binary entropy of the targets summed per image, shape (b,): the least cross-entropy any model can reach
+    on grey (non-binary) targets, since BCE(p, x) = H(x) + KL(x || p)."""
+    x = x.double()
+    h = -(torch.xlogy(x, x) + torch.xlogy(1 - x, 1 - x))
+    return h.flatten(1).sum(1)
+
+
+def squared_error_per_image(probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Summed squared error of each image, shape (b,)."""
+    return (probs.float() - x).pow(2).flatten(1).sum(1)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row, shape (b,); Appendix B of Kingma & Welling (2013)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+
+
+def log_normal(z: torch.Tensor, mu: torch.Tensor | float = 0.0, logvar: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) summed over the last dimension."""
+    logvar = torch.as_tensor(logvar, dtype=z.dtype)
+    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)

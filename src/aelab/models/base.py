@@ -1,0 +1,200 @@
+"""The chapter's deep autoencoder, and the base every variant overrides one hook of.
+
+Encoder 784-256-128-64-20 with ReLU and a linear code, decoder 20-64-128-256-784 with ReLU and logits out:
+487 588 parameters, initialised as Keras initialises Dense layers (Glorot-uniform weights, zero biases).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from aelab.errors import UserError
+from aelab.losses import bce_mean
+
+
+@dataclass
+class AEConfig:
+    latent: int = 20                          # size of the code z
+    hidden: tuple[int, ...] = (256, 128, 64)  # MLP widths from the image towards the code
+    arch: str = "mlp"                         # "mlp" (the chapter's) or "conv"
+    channels: tuple[int, ...] = (32, 64)      # conv: channels of the stride-2 layers
+    in_shape: tuple[int, int, int] = (1, 28, 28)  # (c, h, w), taken from the data
+
+
+def mlp(sizes: list[int], dropout: float = 0.0) -> list[nn.Module]:
+    """Linear layers with ReLU between them (none after the last), dropout after each ReLU if asked."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+    return layers
+
+
+def build_encoder(config: AEConfig, out_features: int, dropout: float = 0.0) -> nn.Sequential:
+    c, h, w = config.in_shape
+    if config.arch == "mlp":
+        return nn.Sequential(nn.Flatten(), *mlp([c * h * w, *config.hidden, out_features], dropout))
+    layers: list[nn.Module] = []
+    for c_in, c_out in zip((c, *config.channels), config.channels):
+        layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+    scale = 2 ** len(config.channels)
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(config.channels[-1] * (h // scale) * (w // scale),
+                                                          out_features))
+
+
+def build_decoder(config: AEConfig, dropout: float = 0.0) -> nn.Sequential:
+    c, h, w = config.in_shape
+    if config.arch == "mlp":
+        return nn.Sequential(*mlp([config.latent, *reversed(config.hidden), c * h * w], dropout),
+                             nn.Unflatten(1, (c, h, w)))
+    scale = 2 ** len(config.channels)
+    top = config.channels[-1]
+    layers: list[nn.Module] = [nn.Linear(config.latent, top * (h // scale) * (w // scale)), nn.ReLU(),
+                               nn.Unflatten(1, (top, h // scale, w // scale))]
+    outs = (*reversed(config.channels[:-1]), c)
+    for i, (c_in, c_out) in enumerate(zip(reversed(config.channels), outs)):
+        layers.append(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1))
+        if i < len(outs) - 1:
+            layers.append(nn.ReLU())
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+def keras_init_(module: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases, as Keras' Dense and Conv2D layers start."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def check_config(config: AEConfig) -> None:
+    if config.arch not in ("mlp", "conv"):
+        raise UserError(f"unknown arch {config.arch!r}; use --arch mlp or --arch conv")
+    if config.latent < 1 or any(w < 1 for w in config.hidden + config.channels):
+        raise UserError("latent and hidden sizes must be positive integers")
+    if config.arch == "conv":
+        scale = 2 ** len(config.channels)
+        if config.in_shape[1] % scale or config.in_shape[2] % scale:
+            raise UserError(f"--arch conv halves the image {len(config.channels)} times, so height and width must "
+                            f"divide by {scale}, not {config.in_shape[1]}x{config.in_shape[2]}; use --arch mlp")
+
+
+class Autoencoder(nn.Module):
+    """Deep autoencoder of the chapter: MLP encoder to a linear code, decoder to per-pixel logits."""
+
+    Config = AEConfig
+    code_heads = 1  # how many latent-sized vectors the encoder outputs (a VAE's mean and log-variance: 2)
+
+    def __init__(self, config: AEConfig, dropout: float = 0.0):
+        super().__init__()
+        check_config(config)
+        self.config = config
+        self.encoder = build_encoder(config, config.latent * self.code_heads, dropout)
+        self.decoder = build_decoder(config, dropout)
+        keras_init_(self)
+
+    # -- the hooks variants override --------------------------------------------------------------------------
+
+    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder sees while training; the clean x stays the target."""
+        return x
+
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        """The code z used to reconstruct x (deterministic here; sampled in a VAE while training)."""
+        return self.encoder(x)
+
+    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named loss terms for a batch of clean images x; "loss" is what the optimiser minimises."""
+        logits = self.decoder(self.code(self.corrupt(x)))
+        return {"loss": bce_mean(logits, x)}
+
+    def extra_metrics(self, test) -> dict[str, float]:
+        """Measures of this variant beyond reconstruction, for `aelab eval` (test: an ImageSet)."""
+        return {}
+
+    def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
+        return [torch.optim.Adam(self.parameters(), lr=lr)]
+
+    def train_step(self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
+        """One optimisation step on batch x; returns the detached loss terms."""
+        (optimizer,) = optimizers
+        optimizer.zero_grad(set_to_none=True)
+        terms = self.loss(x)
+        terms["loss"].backward()
+        optimizer.step()
+        return {k: v.detach() for k, v in terms.items()}
+
+    # -- public use: tensors or numpy arrays in, the same kind out -----------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, x):
+        """Codes of images: (n, h, w), (n, c, h, w) or flat rows; uint8 in 0-255 or float in [0, 1]."""
+        return _same_kind(x, self.code_eval(self._images(x)))
+
+    @torch.no_grad()
+    def decode(self, z):
+        """Images (probabilities in [0, 1]) from codes (n, latent)."""
+        z_t = torch.as_tensor(np.asarray(z) if not isinstance(z, torch.Tensor) else z, dtype=torch.float32)
+        if z_t.ndim != 2 or z_t.shape[1] != self.config.latent:
+            raise UserError(f"codes must have shape (n, {self.config.latent}), not {tuple(z_t.shape)}")
+        return _same_kind(z, torch.sigmoid(self.decoder(z_t)))
+
+    @torch.no_grad()
+    def reconstruct(self, x):
+        """Reconstructions (probabilities in [0, 1]) of clean images."""
+        return _same_kind(x, torch.sigmoid(self.decoder(self.code_eval(self._images(x)))))
+
+    def code_eval(self, x: torch.Tensor) -> torch.Tensor:
+        """The deterministic code of a clean image: a VAE's posterior mean."""
+        return self.encoder(x)[:, :self.config.latent]
+
+    def _images(self, x) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+        t = t.float().div(255) if t.dtype == torch.uint8 else t.float()
+        shape = self.config.in_shape
+        if t.ndim == 2 and t.shape[1] == int(np.prod(shape)):
+            t = t.reshape(-1, *shape)
+        elif t.ndim == 3 and shape[0] == 1:
+            t = t.unsqueeze(1)
+        if tuple(t.shape[1:]) != tuple(shape):
+            raise UserError(f"images of shape {tuple(t.shape[1:])} do not fit this model, which takes "
+                            f"{'x'.join(map(str, shape))} (channels x height x width)")
+        return t
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _same_kind(like, result: torch.Tensor):
+    return result if isinstance(like, torch.Tensor) else result.numpy()
+
+
+def summary(model: nn.Module) -> str:
+    """A layer table like Keras' model.summary()."""
+    lines = [f"{'layer':<34}{'output shape':<22}{'params':>10}", "=" * 66]
+    shape = (1, *model.config.in_shape)
+    for part in ("encoder", "decoder"):
+        if part == "decoder":
+            shape = (1, model.config.latent)
+        x = torch.zeros(shape)
+        for i, layer in enumerate(getattr(model, part)):
+            x = layer(x)
+            params = sum(p.numel() for p in layer.parameters())
+            lines.append(f"{f'{part}.{i} ({layer.__class__.__name__})':<34}{str(tuple(x.shape[1:])):<22}{params:>10,}")
+    for name, child in model.named_children():
+        if name not in ("encoder", "decoder"):
+            lines.append(f"{name + ' (' + child.__class__.__name__ + ')':<34}{'':<22}"
+                         f"{sum(p.numel() for p in child.parameters()):>10,}")
+    lines += ["=" * 66, f"Total params: {model.num_parameters():,}"]
+    return "\n".join(lines)

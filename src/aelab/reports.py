@@ -1,0 +1,98 @@
+"""What a person looks at: the per-epoch test grids, the loss curves and the run's report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from aelab.images import save_gif, save_png, side_by_side
+from aelab.train import Callback, Trainer
+
+GRID_ROWS, GRID_COLS = 10, 10
+
+
+class GridWriter(Callback):
+    """Every `every` epochs, the chapter's 10x10 grid of the same 50 test images: real | reconstruction."""
+
+    def __init__(self, folder: Path, every: int):
+        self.folder, self.every = Path(folder), every
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        if self.every and (trainer.epoch % self.every == 0 or trainer.epoch == trainer.config.epochs):
+            self.write(trainer.model, trainer.test_set.floats(slice(0, GRID_ROWS * GRID_COLS // 2)),
+                       self.folder / f"epoch_{trainer.epoch:03d}.png")
+
+    @staticmethod
+    def write(model, real: torch.Tensor, path: Path) -> Path:
+        model.eval()
+        grid = side_by_side(real, model.reconstruct(real), GRID_ROWS, GRID_COLS)
+        model.train()
+        return save_png(grid, path)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        frames = sorted(self.folder.glob("epoch_*.png"))
+        if len(frames) > 1:
+            save_gif(frames, self.folder.parent / "grids.gif")
+
+
+def plot_losses(history: list[dict], path: Path) -> Path | None:
+    """Train and test curves of every loss term, one panel per term."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    terms = [k[6:] for k in history[0] if k.startswith("train_")]
+    fig, axes = plt.subplots(1, len(terms), figsize=(4.5 * len(terms), 3.4), squeeze=False)
+    epochs = [r["epoch"] for r in history]
+    for ax, term in zip(axes[0], terms):
+        for split, style in (("train", "-"), ("test", "--")):
+            if f"{split}_{term}" in history[0]:
+                ax.plot(epochs, [r[f"{split}_{term}"] for r in history], style, label=split)
+        ax.set(title=term, xlabel="epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def _table(rows: list[tuple]) -> str:
+    head, *body = rows
+    lines = ["| " + " | ".join(map(str, head)) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in body])
+
+
+def write_report(run_path: Path, config, model, history: list[dict], metrics: dict) -> Path:
+    """report.md: what was trained, how the losses went, the test measures and the pictures."""
+    from aelab.models import summary
+
+    run_path = Path(run_path)
+    grids = sorted((run_path / "grids").glob("epoch_*.png"))
+    seconds = sum(r["seconds"] for r in history)
+    parts = [
+        f"# {config.model_name} on {config.data.path or 'Fashion-MNIST'}",
+        f"{len(history)} epochs, {model.num_parameters():,} parameters, {seconds:.0f} s of training "
+        f"({seconds / max(len(history), 1):.2f} s per epoch).",
+        "## Test measures",
+        _table([("measure", "value")] + [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in metrics.items()]),
+        "BCE is per pixel; `bce_floor` is the test pixels' own entropy, the least BCE any model can reach on grey "
+        "targets. `sse_per_image` sums squared error over an image's pixels; PSNR is in dB with peak 1.",
+        "## Loss curves", "![losses](loss.png)",
+    ]
+    if grids:
+        parts += ["## Test reconstructions",
+                  "Each row: five real test images on the left, their reconstructions on the right. "
+                  "`grids.gif` plays every epoch.",
+                  _table([("first epoch", "last epoch"),
+                          (f"![first](grids/{grids[0].name})", f"![last](grids/{grids[-1].name})")])]
+    parts += ["## Model", "```\n" + summary(model) + "\n```",
+              "## Configuration", "```json\n" + json.dumps(config.to_dict(), indent=2) + "\n```"]
+    path = run_path / "report.md"
+    path.write_text("\n\n".join(parts) + "\n")
+    return path
