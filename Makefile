@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh machine (Debian, Python 3.11, root or sudo):
+#   make chapter   set up, then train the chapter's autoencoder for 100 epochs: runs/chapter/report.md
+#   make test      set up (test extras too), then run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DATA   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup chapter test bench clean
+
+$(DATA):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+
+# torch first, pinned to the CPU wheel: a bare `torch` requirement would pull a multi-GB CUDA build.
+$(BIN)/aelab: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(DATA) $(BIN)/aelab
+
+chapter: setup
+	if [ -d runs/chapter ]; then $(BIN)/aelab train --resume runs/chapter; else $(BIN)/aelab train --out runs/chapter; fi
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/train_speed.py
