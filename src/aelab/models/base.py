@@ -124,7 +124,8 @@ class Autoencoder(nn.Module):
         return {}
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
-        return [torch.optim.Adam(self.parameters(), lr=lr)]
+        # fused: one kernel for all parameters instead of several per tensor (~10% of an epoch on 2 cores)
+        return [torch.optim.Adam(self.parameters(), lr=lr, fused=True)]
 
     def train_step(self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
         """One optimisation step on batch x; returns the detached loss terms."""
