@@ -41,6 +41,7 @@ def build_parser() -> Parser:
     p.add_argument("--precision", choices=("fp32", "bf16"), help="bf16: bfloat16 autocast (faster on CPUs with AVX512-BF16)")
     p.add_argument("--grid-every", type=int, metavar="N", help="write the test grid every N epochs (0: never)")
     p.add_argument("--data", metavar="PATH", help="idx folder, image folder or .npy/.npz (default: Debian's Fashion-MNIST)")
+    p.add_argument("--rgb", action="store_true", help="keep colour images in colour (default: convert to grey)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/MODEL, numbered if taken)")
     p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR", help="continue an interrupted run (--epochs may extend it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -91,6 +92,8 @@ def cmd_train(args) -> int:
 
     overrides = dict(_parse_set(item) for item in args.set)
     overrides.update({key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None})
+    if args.rgb:
+        overrides["data.grey"] = False
     if args.resume:
         run_dir = args.out if args.resume is True else args.resume
         if run_dir is None:
