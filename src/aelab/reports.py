@@ -46,16 +46,20 @@ def plot_losses(history: list[dict], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    terms = [k[6:] for k in history[0] if k.startswith("train_")]
-    fig, axes = plt.subplots(1, len(terms), figsize=(4.5 * len(terms), 3.4), squeeze=False)
+    first = history[0]
+    terms = list(dict.fromkeys(k.split("_", 1)[1] for k in first if k.startswith(("train_", "test_"))))
+    terms = [t for t in terms if t not in ("bce_floor", "sse_per_image")]
+    fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.4), squeeze=False)
     epochs = [r["epoch"] for r in history]
     for ax, term in zip(axes[0], terms):
         for split, style in (("train", "-"), ("test", "--")):
-            if f"{split}_{term}" in history[0]:
+            if f"{split}_{term}" in first:
                 ax.plot(epochs, [r[f"{split}_{term}"] for r in history], style, label=split)
+        if term == "bce" and "test_bce_floor" in first:  # the data's own entropy: the curve can only approach it
+            ax.axhline(first["test_bce_floor"], color="grey", lw=0.8, ls=":", label="floor (test entropy)")
         ax.set(title=term, xlabel="epoch")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -85,6 +89,12 @@ def write_report(run_path: Path, config, model, history: list[dict], metrics: di
         "targets. `sse_per_image` sums squared error over an image's pixels; PSNR is in dB with peak 1.",
         "## Loss curves", "![losses](loss.png)",
     ]
+    milestones = [r for r in history if r["epoch"] in (1, 5, 10, 30, 50, 100) or r is history[-1]]
+    columns = [k for k in ("train_loss", "test_loss", "test_mse", "test_sse_per_image", "test_psnr")
+               if history and k in history[0]]
+    if milestones and columns:
+        parts += ["## Progress", _table([("epoch", *columns)] + [(r["epoch"], *(f"{r[k]:.4f}" for k in columns))
+                                                                   for r in milestones])]
     if grids:
         parts += ["## Test reconstructions",
                   "Each row: five real test images on the left, their reconstructions on the right. "

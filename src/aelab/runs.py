@@ -168,7 +168,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
     """Train a new run (config, out) or continue one (resume, optionally to more epochs); then evaluate it on
     the test set and write the loss curves, eval.json and report.md. Ctrl-C leaves the last finished epoch's
     checkpoint, from which `resume` continues exactly as if never stopped."""
-    from aelab.evaluate import evaluate
+    from aelab.evaluate import TestReconstruction, evaluate
     from aelab.reports import GridWriter, plot_losses, write_report
     from aelab.train import ConsolePrinter
 
@@ -190,7 +190,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
     torch.manual_seed(config.train.seed)
     model = build(config.model_name, config.model)
     trainer = Trainer(model, train_set, test_set, config.train,
-                      [ConsolePrinter(), RunRecorder(run, config), GridWriter(run.grids_path, config.train.grid_every)])
+                      [TestReconstruction(), ConsolePrinter(), RunRecorder(run, config), GridWriter(run.grids_path, config.train.grid_every)])
     if resume is not None:
         run.load_checkpoint(trainer)
         print(f"resuming {run.path} after epoch {trainer.epoch} of {config.train.epochs}")

@@ -142,5 +142,6 @@ class ConsolePrinter(Callback):
     """One line per epoch: every train and test term, and the time the epoch took."""
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
-        terms = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "seconds"))
+        terms = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("train_", "test_"))
+                          and k not in ("test_bce_floor", "test_sse_per_image"))
         print(f"epoch {record['epoch']:>3}/{trainer.config.epochs}  {terms}  ({record['seconds']:.2f} s)", flush=True)
