@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 
@@ -23,17 +24,21 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return header + array.astype(np.uint8).tobytes()
 
 
+@functools.cache
 def raw_idx(name: str) -> bytes:
     return gzip.decompress((FASHION_DIR / name).read_bytes())
 
 
-def idx_folder(tmp_path, **replace: bytes):
-    """A copy of Fashion-MNIST's folder (real files linked, not copied) with some files replaced by `replace`
-    (keyword: file name with dots and dashes as underscores, value: the file's bytes as stored)."""
+def gz(data: bytes) -> bytes:
+    return gzip.compress(data, compresslevel=1)  # fast: these files are thrown away
+
+
+def idx_folder(tmp_path, replace: dict[str, bytes] | None = None):
+    """A copy of Fashion-MNIST's folder (real files linked, not copied) with the files named in `replace`
+    written with the given bytes instead."""
     for path in FASHION_DIR.iterdir():
-        key = path.name.replace("-", "_").replace(".", "_")
-        if key in replace:
-            (tmp_path / path.name).write_bytes(replace[key])
+        if path.name in (replace or {}):
+            (tmp_path / path.name).write_bytes(replace[path.name])
         else:
             os.symlink(path, tmp_path / path.name)
     return tmp_path
@@ -81,46 +86,59 @@ def test_uncompressed_idx_files_load_too(tmp_path, fashion):
 
 # ---------------------------------------------------------------------------------------------- damaged idx files
 
-def _damaged_test_files():
+def _damage(case: str) -> dict[str, bytes]:
+    """The replaced file(s) for one case, built from the real test split's files."""
     images, labels = raw_idx(TEST_IMAGES), raw_idx(TEST_LABELS)
     gz_images = (FASHION_DIR / TEST_IMAGES).read_bytes()
-    flipped = bytearray(gz_images)
-    flipped[1000:1100] = bytes(b ^ 0xFF for b in flipped[1000:1100])  # deflate stream garbled mid-file
-    crc = bytearray(gz_images)
-    crc[-6] ^= 0xFF  # data intact, checksum wrong
-    bad_label = bytearray(labels)
-    bad_label[8 + 1234] = 10
-    short_labels = labels[:4] + (9_999).to_bytes(4, "big") + labels[8:-1]  # a valid file, one label short
-    wrong_dims = images[:12] + (27).to_bytes(4, "big") + images[16:]        # claims 28x27: length disagrees
-    return {
-        "bad magic (float type code)": ({"t10k_images_idx3_ubyte_gz": gzip.compress(b"\x00\x00\x0d\x03" + images[4:])},
-                                        "magic"),
-        "labels file where images belong": ({"t10k_images_idx3_ubyte_gz": gzip.compress(labels)}, "magic"),
-        "not gzip at all": ({"t10k_images_idx3_ubyte_gz": images}, "corrupt"),
-        "empty file": ({"t10k_labels_idx1_ubyte_gz": b""}, "magic"),
-        "gzip cut in half": ({"t10k_images_idx3_ubyte_gz": gz_images[: len(gz_images) // 2]}, "truncated"),
-        "gzip stream garbled": ({"t10k_images_idx3_ubyte_gz": bytes(flipped)}, "corrupt"),
-        "gzip checksum wrong": ({"t10k_images_idx3_ubyte_gz": bytes(crc)}, "corrupt"),
-        "pixels truncated": ({"t10k_images_idx3_ubyte_gz": gzip.compress(images[:-784])}, "truncated"),
-        "header truncated": ({"t10k_images_idx3_ubyte_gz": gzip.compress(images[:10])}, "truncated"),
-        "dimensions disagree with length": ({"t10k_images_idx3_ubyte_gz": gzip.compress(wrong_dims)}, "dimensions"),
-        "label out of range": ({"t10k_labels_idx1_ubyte_gz": gzip.compress(bytes(bad_label))}, "label 10"),
-        "counts differ": ({"t10k_labels_idx1_ubyte_gz": gzip.compress(short_labels)}, "9999 labels"),
-    }
+    if case == "bad magic (float type code)":
+        return {TEST_IMAGES: gz(b"\x00\x00\x0d\x03" + images[4:])}
+    if case == "labels file where images belong":
+        return {TEST_IMAGES: gz(labels)}
+    if case == "not gzip at all":
+        return {TEST_IMAGES: images}
+    if case == "empty file":
+        return {TEST_LABELS: b""}
+    if case == "gzip cut in half":
+        return {TEST_IMAGES: gz_images[: len(gz_images) // 2]}
+    if case == "gzip stream garbled":
+        flipped = bytearray(gz_images)
+        flipped[1000:1100] = bytes(b ^ 0xFF for b in flipped[1000:1100])
+        return {TEST_IMAGES: bytes(flipped)}
+    if case == "gzip checksum wrong":
+        crc = bytearray(gz_images)
+        crc[-6] ^= 0xFF  # data intact, CRC-32 wrong
+        return {TEST_IMAGES: bytes(crc)}
+    if case == "pixels truncated":
+        return {TEST_IMAGES: gz(images[:-784])}
+    if case == "header truncated":
+        return {TEST_IMAGES: gz(images[:10])}
+    if case == "dimensions disagree with length":
+        return {TEST_IMAGES: gz(images[:12] + (27).to_bytes(4, "big") + images[16:])}  # claims 28x27
+    if case == "label out of range":
+        bad = bytearray(labels)
+        bad[8 + 1234] = 10
+        return {TEST_LABELS: gz(bytes(bad))}
+    if case == "counts differ":  # a valid file, one label short
+        return {TEST_LABELS: gz(labels[:4] + (9_999).to_bytes(4, "big") + labels[8:-1])}
+    raise KeyError(case)
 
 
-DAMAGED = _damaged_test_files()
+# case -> words the message must hold
+DAMAGED = {"bad magic (float type code)": "magic", "labels file where images belong": "magic",
+           "not gzip at all": "corrupt", "empty file": "magic", "gzip cut in half": "truncated",
+           "gzip stream garbled": "corrupt", "gzip checksum wrong": "corrupt", "pixels truncated": "truncated",
+           "header truncated": "truncated", "dimensions disagree with length": "dimensions",
+           "label out of range": "label 10", "counts differ": "9999 labels"}
 
 
 @pytest.mark.parametrize("case", DAMAGED)
 def test_damaged_idx_files_raise_one_clear_line(case, tmp_path):
-    replace, words = DAMAGED[case]
-    folder = idx_folder(tmp_path, **replace)
+    folder = idx_folder(tmp_path, _damage(case))
     with pytest.raises(UserError) as err:
         load_idx_split(folder, "test")
     message = str(err.value)
     assert "\n" not in message
-    assert words.lower() in message.lower(), message
+    assert DAMAGED[case].lower() in message.lower(), message
     assert "reinstall" in message or "--data" in message, message  # it names the fix too
 
 
