@@ -120,7 +120,7 @@ def cmd_eval(args) -> int:
     config = Run.open(args.run).config()
     _, test = load_dataset(args.data or config.data.path, config.data.grey, config.data.test_fraction)
     metrics = evaluate(model, test)
-    if Path(args.run).is_dir():
+    if Path(args.run).is_dir() and not args.data:  # eval.json is the run's own test set, as report.md says
         (Path(args.run) / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if args.json:
         print(json.dumps(metrics))
