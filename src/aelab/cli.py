@@ -173,7 +173,7 @@ def cmd_apply(args) -> int:
         images = read_inputs(args.inputs, grey=not args.rgb)
         names = [f"{i:05d}.png" for i in range(len(images))]
         result = model.encode(images.images) if args.command == "encode" else model.reconstruct(images.images)
-    result = result.numpy()
+    result = np.asarray(result)  # decode of numpy codes gives numpy, the others tensors
     if args.command == "encode":
         if out.suffix != ".npy":
             raise UserError(f"encode writes a .npy file; give --out FILE.npy, not {out}")
