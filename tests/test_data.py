@@ -240,7 +240,7 @@ def test_array_layouts_all_give_the_same_uint8_images(layout, tmp_path, fashion)
     assert images.dtype == torch.uint8 and np.array_equal(images.numpy(), real)
 
 
-def test_channels_last_colour_array_becomes_grey(fashion):
+def test_channels_last_colour_array_becomes_grey():
     rgb = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
     grey = to_uint8_images(rgb, "rgb")
     expected = np.stack([np.asarray(Image.fromarray(c).convert("L")) for c in rgb])

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from aelab import config as cfg
 from aelab.data import load_dataset
+from aelab.errors import UserError
 from aelab.models import AEConfig, build
 from aelab.runs import Run, _metadata, train
 from conftest import RUN_EPOCHS, SRC, aelab, assert_user_error
@@ -90,18 +91,22 @@ def test_resume_refuses_changed_settings_and_missing_runs(trained_run, tmp_path)
 
 def test_ctrl_c_leaves_a_resumable_run_and_one_line(subset_npz, tmp_path):
     out = tmp_path / "interrupted"
-    log = open(tmp_path / "stdout.txt", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "aelab", "train", "--data", str(subset_npz), "--epochs", "1000",
-                             "--grid-every", "0", "--threads", "1", "--out", str(out)],
-                            stdout=log, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
     checkpoint = out / "checkpoint.safetensors"
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert checkpoint.exists(), "no checkpoint after the first epoch"
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    log.close()
+    with open(tmp_path / "stdout.txt", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "aelab", "train", "--data", str(subset_npz), "--epochs", "1000",
+                                 "--grid-every", "0", "--threads", "1", "--out", str(out)], stdout=log,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+        try:
+            deadline = time.monotonic() + 120
+            while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert checkpoint.exists(), "no checkpoint after the first epoch"
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:  # never leave a 1000-epoch run behind
+                proc.kill()
+                proc.wait()
     assert proc.returncode == 2, stderr
     assert "Traceback" not in stderr
     assert len(stderr.splitlines()) == 1 and "interrupted" in stderr and "--resume" in stderr, stderr
@@ -122,7 +127,7 @@ def test_ctrl_c_leaves_a_resumable_run_and_one_line(subset_npz, tmp_path):
 def test_overwrite_replaces_a_run_only_when_asked(subset_npz, tmp_path):
     run = train_subset(subset_npz, tmp_path / "run", 1)
     first = run.weights_path.read_bytes()
-    with pytest.raises(Exception, match="already exists"):
+    with pytest.raises(UserError, match="already exists"):
         train_subset(subset_npz, tmp_path / "run", 1, seed=5)
     assert run.weights_path.read_bytes() == first
     assert train(cfg.resolve("ae", None, {"data.path": str(subset_npz), "train.epochs": 1, "train.seed": 5}),
