@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aelab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\naelab: interrupted", file=sys.stderr)
+        print("aelab: interrupted", file=sys.stderr)  # one line, like every other error
         return 130
 
 
