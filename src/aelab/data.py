@@ -244,9 +244,11 @@ def read_inputs(paths: list[str | Path], grey: bool = True) -> ImageSet:
 
 def _holdout_split(images: torch.Tensor, labels: torch.Tensor | None, test_fraction: float):
     n = images.shape[0]
+    if not 0 < test_fraction < 1:
+        raise UserError(f"test_fraction must lie between 0 and 1, not {test_fraction}; e.g. --set data.test_fraction=0.1")
     if n < 2:
         raise UserError(f"only {n} image found; training needs at least 2 (one is held out for testing)")
-    n_test = max(1, int(round(n * test_fraction)))
+    n_test = min(n - 1, max(1, int(round(n * test_fraction))))  # at least one image on each side
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0))  # fixed: the split never changes
     test, train = order[:n_test], order[n_test:]
     pick = (lambda idx: None) if labels is None else (lambda idx: labels[idx])
