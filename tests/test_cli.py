@@ -156,6 +156,7 @@ def bad(tmp_path_factory, fashion):
     nan = fashion[1].images[:10, 0].numpy() / np.float32(255)
     nan[3, 4, 5] = np.nan
     np.save(root / "nan.npy", nan)
+    np.save(root / "plain.npy", fashion[1].images[:10, 0].numpy())
     np.save(root / "codes5.npy", np.zeros((2, 5), np.float32))
     (root / "unknown.json").write_text('{"train": {"epochz": 3}}')
     return root
@@ -177,6 +178,11 @@ BAD_CASES = {
     "wrong value type (--set)": (["train", "--set", "train.epochs=many"], ["train.epochs", "int"]),
     "wrong value type (flag)": (["train", "--epochs", "many"], ["invalid int value"]),
     "negative learning rate": (["train", "--data", "{data}", "--lr", "-1"], ["learning rate"]),
+    "zero latent size": (["train", "--data", "{data}", "--latent", "0"], ["positive"]),
+    "conv layers that do not fit": (["train", "--data", "{data}", "--arch", "conv", "--set", "channels=4,8,16"],
+                                    ["divide by 8"]),
+    "test fraction of 1": (["train", "--data", "{bad}/plain.npy", "--set", "data.test_fraction=1"],
+                           ["between 0 and 1"]),
     "unknown key in a config file": (["train", "--config", "{bad}/unknown.json"], ["epochz"]),
     "missing config file": (["train", "--config", "{bad}/none.toml"], ["does not exist"]),
     "unknown model": (["train", "vae9"], ["unknown model", "vae9"]),

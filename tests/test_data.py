@@ -283,6 +283,20 @@ def test_plain_npz_holds_out_a_test_fraction(tmp_path, fashion):
     assert train.labels is not None and len(train.labels) == 80
 
 
+@pytest.mark.parametrize("fraction", [0, 1, -0.5, 1.5])
+def test_test_fraction_outside_0_1_is_rejected(fraction, tmp_path, fashion):
+    np.save(tmp_path / "a.npy", fashion[1].images[:20, 0].numpy())
+    with pytest.raises(UserError, match="between 0 and 1"):
+        load_dataset(tmp_path / "a.npy", test_fraction=fraction)
+
+
+def test_every_split_keeps_a_train_and_a_test_image(tmp_path, fashion):
+    np.save(tmp_path / "a.npy", fashion[1].images[:3, 0].numpy())
+    for fraction, sizes in ((0.01, (2, 1)), (0.99, (1, 2))):
+        train, test = load_dataset(tmp_path / "a.npy", test_fraction=fraction)
+        assert (len(train), len(test)) == sizes
+
+
 def test_a_file_of_another_kind_is_rejected(tmp_path):
     (tmp_path / "data.csv").write_text("1,2,3\n")
     with pytest.raises(UserError, match="neither a folder nor"):
