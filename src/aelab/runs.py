@@ -45,6 +45,8 @@ class Run:
     @classmethod
     def create(cls, path: str | Path, config: RunConfig, overwrite: bool = False) -> "Run":
         run = cls(path)
+        if run.path.exists() and not run.path.is_dir():
+            raise UserError(f"{run.path} is a file, not a run folder; pick another --out")
         if run.path.exists() and any(run.path.iterdir()):
             if not overwrite:
                 raise UserError(f"run folder {run.path} already exists; continue it with `aelab train --resume "
