@@ -174,6 +174,7 @@ def cmd_apply(args) -> int:
         names = [f"{i:05d}.png" for i in range(len(images))]
         result = model.encode(images.images) if args.command == "encode" else model.reconstruct(images.images)
     result = np.asarray(result)  # decode of numpy codes gives numpy, the others tensors
+    out.parent.mkdir(parents=True, exist_ok=True)  # as save_png does; np.save would fail on a missing folder
     if args.command == "encode":
         if out.suffix != ".npy":
             raise UserError(f"encode writes a .npy file; give --out FILE.npy, not {out}")
@@ -190,9 +191,14 @@ def _read_codes(paths: list[str]):
     arrays = []
     for p in paths:
         try:
-            arrays.append(np.load(p, allow_pickle=False))
+            array = np.load(p, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise UserError(f"{p} is not a readable .npy file of codes ({e}); write codes with `aelab encode`") from None
+        if not isinstance(array, np.ndarray) or array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+            raise UserError(f"{p} is not one 2-d numeric array (n, latent); give the .npy `aelab encode` writes")
+        arrays.append(array)
+    if len({a.shape[1] for a in arrays}) > 1:
+        raise UserError(f"the code files differ in width {sorted({a.shape[1] for a in arrays})}; decode them apart")
     codes = np.concatenate(arrays).astype(np.float32)
     if not np.isfinite(codes).all():
         raise UserError("the codes hold NaN or infinite values; clean them first")
