@@ -98,7 +98,7 @@ def test_reconstruct_png_files_to_a_folder_a_grid_and_an_array(trained_run, trai
 def test_encode_an_array_then_decode_the_codes(trained_run, trained_model, fashion, tmp_path):
     real = fashion[1].images[:7, 0].numpy()
     np.save(tmp_path / "images.npy", real)
-    codes_path = tmp_path / "codes.npy"
+    codes_path = tmp_path / "new" / "codes.npy"  # its folder is made as needed
     result = aelab("encode", trained_run, tmp_path / "images.npy", "--out", codes_path)
     assert result.returncode == 0, result.stderr
     codes = np.load(codes_path, allow_pickle=False)
@@ -158,6 +158,7 @@ def bad(tmp_path_factory, fashion):
     np.save(root / "nan.npy", nan)
     np.save(root / "plain.npy", fashion[1].images[:10, 0].numpy())
     np.save(root / "codes5.npy", np.zeros((2, 5), np.float32))
+    np.savez(root / "codes.npz", z=np.zeros((2, 20), np.float32))
     (root / "unknown.json").write_text('{"train": {"epochz": 3}}')
     return root
 
@@ -198,6 +199,9 @@ BAD_CASES = {
     "encode to a non-.npy file": (["encode", "{run}", "{bad}/mixed/a.png", "--out", "{bad}/c.png"], [".npy"]),
     "codes of the wrong width": (["decode", "{run}", "{bad}/codes5.npy", "--out", "{bad}/d"], ["(n, 20)"]),
     "codes that are not an array": (["decode", "{run}", "{bad}/unknown.json", "--out", "{bad}/d2"], ["codes"]),
+    "codes in an npz archive": (["decode", "{run}", "{bad}/codes.npz", "--out", "{bad}/d3"], ["2-d numeric array"]),
+    "images where codes belong": (["decode", "{run}", "{bad}/plain.npy", "--out", "{bad}/d4"], ["2-d numeric array"]),
+    "--out is a file": (["train", "--data", "{data}", "--out", "{bad}/plain.npy"], ["is a file"]),
 }
 
 
@@ -208,7 +212,7 @@ def test_bad_input_exits_2_with_one_line(case, bad, trained_run, subset_npz, tmp
     for key, value in fill.items():
         argv = [a.replace(key, value) for a in argv]
     out = tmp_path / "out"  # train cases get a fresh --out: a failure must not leave a run folder behind
-    if argv[:1] == ["train"]:
+    if argv[:1] == ["train"] and "--out" not in argv:
         argv += ["--out", str(out)]
     assert_user_error(aelab(*argv, cwd=tmp_path), *words)
     assert not out.exists()
