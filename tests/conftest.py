@@ -63,6 +63,7 @@ def trained_run(subset_npz, tmp_path_factory) -> Path:
                    timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    (out.parent / "train.stdout").write_text(result.stdout)  # beside the run, not in it
     return out
 
 

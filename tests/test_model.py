@@ -56,12 +56,14 @@ def test_summary_lists_every_layer_and_the_total():
     assert "200,960" in text  # 784*256 + 256, the first layer as Keras reports it
 
 
-def test_aelab_info_prints_the_summary():
+def test_aelab_info_prints_the_summary(trained_run):
     result = aelab("info")
     assert result.returncode == 0, result.stderr
     assert "Total params: 487,588" in result.stdout
     small = aelab("info", "--latent", "2")
     assert f"Total params: {dense_params([784, 256, 128, 64, 2, 64, 128, 256, 784]):,}" in small.stdout
+    of_run = aelab("info", trained_run)  # a trained run's model, rebuilt from its saved config
+    assert of_run.returncode == 0 and of_run.stdout == result.stdout
 
 
 @pytest.mark.parametrize("name", MODELS)

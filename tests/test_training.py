@@ -61,6 +61,15 @@ def test_a_short_real_run_lowers_test_loss(trained_run, subset_npz):
     assert test_losses[-1] < untrained - 0.1, (test_losses, untrained)
 
 
+def test_training_prints_the_config_and_each_epochs_train_and_test_loss(trained_run):
+    stdout = (trained_run.parent / "train.stdout").read_text()
+    assert "487,588 parameters" in stdout and "train.batch_size = 512" in stdout and "train.lr = 0.001" in stdout
+    records = Run(trained_run).metrics()
+    for r in records:
+        assert (f"epoch {r['epoch']:>3}/{RUN_EPOCHS}  train_loss {r['train_loss']:.4f}  "
+                f"test_loss {r['test_loss']:.4f}") in stdout
+
+
 def test_seeded_runs_reproduce_exactly_across_processes(trained_run, subset_npz, tmp_path):
     again = train_subset(subset_npz, tmp_path / "again", RUN_EPOCHS)  # in this process; the fixture ran the CLI
     assert_same_tensors(load_file(again.weights_path), load_file(Run(trained_run).weights_path))
