@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import FASHION_DIR, SRC, aelab, assert_user_error
@@ -51,6 +52,9 @@ def test_eval_json_on_the_full_test_set(trained_run, trained_model, fashion, tmp
     mse = ((recon - x) ** 2).mean()
     assert metrics["mse"] == pytest.approx(mse, rel=1e-4)
     assert metrics["sse_per_image"] == pytest.approx(mse * 784, rel=1e-4)
+    with torch.no_grad():  # per-pixel BCE from logits: softplus(l) - x * l
+        logits = trained_model.decoder(trained_model.code_eval(fashion[1].floats())).double().numpy()
+    assert metrics["bce"] == pytest.approx((np.logaddexp(0, logits) - x * logits).mean(), rel=1e-5)
     assert metrics["bce"] > metrics["bce_floor"]
     per_image = ((recon - x) ** 2).sum((1, 2, 3))
     assert metrics["psnr"] == pytest.approx((10 * np.log10(784 / per_image)).mean(), rel=1e-4)
