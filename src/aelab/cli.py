@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aelab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\naelab: interrupted", file=sys.stderr)
+        print("aelab: interrupted", file=sys.stderr)  # one line, like every other error
         return 130
 
 
@@ -123,7 +123,7 @@ def cmd_eval(args) -> int:
     config = Run.open(args.run).config()
     _, test = load_dataset(args.data or config.data.path, config.data.grey, config.data.test_fraction)
     metrics = evaluate(model, test)
-    if Path(args.run).is_dir():
+    if Path(args.run).is_dir() and not args.data:  # eval.json is the run's own test set, as report.md says
         (Path(args.run) / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if args.json:
         print(json.dumps(metrics))
@@ -176,7 +176,8 @@ def cmd_apply(args) -> int:
         images = read_inputs(args.inputs, grey=not args.rgb)
         names = [f"{i:05d}.png" for i in range(len(images))]
         result = model.encode(images.images) if args.command == "encode" else model.reconstruct(images.images)
-    result = result.numpy()
+    result = np.asarray(result)  # decode of numpy codes gives numpy, the others tensors
+    out.parent.mkdir(parents=True, exist_ok=True)  # as save_png does; np.save would fail on a missing folder
     if args.command == "encode":
         if out.suffix != ".npy":
             raise UserError(f"encode writes a .npy file; give --out FILE.npy, not {out}")
@@ -193,9 +194,14 @@ def _read_codes(paths: list[str]):
     arrays = []
     for p in paths:
         try:
-            arrays.append(np.load(p, allow_pickle=False))
+            array = np.load(p, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise UserError(f"{p} is not a readable .npy file of codes ({e}); write codes with `aelab encode`") from None
+        if not isinstance(array, np.ndarray) or array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+            raise UserError(f"{p} is not one 2-d numeric array (n, latent); give the .npy `aelab encode` writes")
+        arrays.append(array)
+    if len({a.shape[1] for a in arrays}) > 1:
+        raise UserError(f"the code files differ in width {sorted({a.shape[1] for a in arrays})}; decode them apart")
     codes = np.concatenate(arrays).astype(np.float32)
     if not np.isfinite(codes).all():
         raise UserError("the codes hold NaN or infinite values; clean them first")

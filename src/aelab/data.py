@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -78,7 +79,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a garbled deflate stream, not an OSError
         raise UserError(f"{path} cannot be read ({e}); the file is corrupt or truncated: reinstall it "
                         "(`apt-get install --reinstall dataset-fashion-mnist`)") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != ndim:
@@ -243,9 +244,11 @@ def read_inputs(paths: list[str | Path], grey: bool = True) -> ImageSet:
 
 def _holdout_split(images: torch.Tensor, labels: torch.Tensor | None, test_fraction: float):
     n = images.shape[0]
+    if not 0 < test_fraction < 1:
+        raise UserError(f"test_fraction must lie between 0 and 1, not {test_fraction}; e.g. --set data.test_fraction=0.1")
     if n < 2:
         raise UserError(f"only {n} image found; training needs at least 2 (one is held out for testing)")
-    n_test = max(1, int(round(n * test_fraction)))
+    n_test = min(n - 1, max(1, int(round(n * test_fraction))))  # at least one image on each side
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0))  # fixed: the split never changes
     test, train = order[:n_test], order[n_test:]
     pick = (lambda idx: None) if labels is None else (lambda idx: labels[idx])

@@ -45,6 +45,8 @@ class Run:
     @classmethod
     def create(cls, path: str | Path, config: RunConfig, overwrite: bool = False) -> "Run":
         run = cls(path)
+        if run.path.exists() and not run.path.is_dir():
+            raise UserError(f"{run.path} is a file, not a run folder; pick another --out")
         if run.path.exists() and any(run.path.iterdir()):
             if not overwrite:
                 raise UserError(f"run folder {run.path} already exists; continue it with `aelab train --resume "
@@ -185,10 +187,10 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
     train_set, test_set = config.data.load()
     config.model.in_shape = train_set.shape
     config.train.check()
+    torch.manual_seed(config.train.seed)
+    model = build(config.model_name, config.model)  # before the folder exists: a bad setting leaves nothing behind
     if resume is None:
         run = Run.create(out or _free_run_dir(config.model_name), config, overwrite)
-    torch.manual_seed(config.train.seed)
-    model = build(config.model_name, config.model)
     trainer = Trainer(model, train_set, test_set, config.train,
                       [TestReconstruction(), ConsolePrinter(), RunRecorder(run, config), GridWriter(run.grids_path, config.train.grid_every)])
     if resume is not None:

@@ -1,0 +1,144 @@
+"""Training on a real Fashion-MNIST subset: it learns, it reproduces, it resumes to the bit, Ctrl-C is safe."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aelab import config as cfg
+from aelab.data import load_dataset
+from aelab.errors import UserError
+from aelab.models import AEConfig, build
+from aelab.runs import Run, _metadata, train
+from conftest import RUN_EPOCHS, SRC, aelab, assert_user_error
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Train in-process on one thread, as the CLI fixture run does (--threads 1): results compare to the bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def train_subset(data, out, epochs: int, seed: int = 0, **settings) -> Run:
+    overrides = {"data.path": str(data), "train.epochs": epochs, "train.seed": seed, **settings}
+    assert train(cfg.resolve("ae", None, overrides), out=out) == 0
+    return Run(out)
+
+
+def metrics_without_time(run: Run) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in run.metrics()]
+
+
+def assert_same_tensors(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+def test_a_short_real_run_lowers_test_loss(trained_run, subset_npz):
+    records = Run(trained_run).metrics()
+    assert [r["epoch"] for r in records] == list(range(1, RUN_EPOCHS + 1))
+    test_losses = [r["test_loss"] for r in records]
+    train_losses = [r["train_loss"] for r in records]
+    assert test_losses == sorted(test_losses, reverse=True) and len(set(test_losses)) == RUN_EPOCHS
+    assert train_losses == sorted(train_losses, reverse=True)
+    # measured against the same model before training: same seed, same initial weights
+    _, test = load_dataset(subset_npz)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        untrained = build("ae", AEConfig()).loss(test.floats())["loss"].item()
+    assert test_losses[-1] < untrained - 0.1, (test_losses, untrained)
+
+
+def test_training_prints_the_config_and_each_epochs_train_and_test_loss(trained_run):
+    stdout = (trained_run.parent / "train.stdout").read_text()
+    assert "487,588 parameters" in stdout and "train.batch_size = 512" in stdout and "train.lr = 0.001" in stdout
+    records = Run(trained_run).metrics()
+    for r in records:
+        assert (f"epoch {r['epoch']:>3}/{RUN_EPOCHS}  train_loss {r['train_loss']:.4f}  "
+                f"test_loss {r['test_loss']:.4f}") in stdout
+
+
+def test_seeded_runs_reproduce_exactly_across_processes(trained_run, subset_npz, tmp_path):
+    again = train_subset(subset_npz, tmp_path / "again", RUN_EPOCHS)  # in this process; the fixture ran the CLI
+    assert_same_tensors(load_file(again.weights_path), load_file(Run(trained_run).weights_path))
+    assert metrics_without_time(again) == metrics_without_time(Run(trained_run))
+    other = train_subset(subset_npz, tmp_path / "other", 1, seed=1)
+    assert not torch.equal(load_file(other.weights_path)["encoder.1.weight"],
+                           load_file(again.weights_path)["encoder.1.weight"])
+
+
+def test_resumed_run_equals_an_uninterrupted_one_to_the_bit(subset_npz, tmp_path):
+    whole = train_subset(subset_npz, tmp_path / "whole", 4)
+    part = train_subset(subset_npz, tmp_path / "part", 2)
+    assert len(part.metrics()) == 2
+    assert train(resume=part.path, epochs=4) == 0
+    assert_same_tensors(load_file(part.weights_path), load_file(whole.weights_path))
+    # optimiser moments and RNG states too: a third resume would go on identically
+    assert_same_tensors(load_file(part.checkpoint_path), load_file(whole.checkpoint_path))
+    assert metrics_without_time(part) == metrics_without_time(whole)
+    assert json.loads((part.path / "eval.json").read_text()) == json.loads((whole.path / "eval.json").read_text())
+    assert (part.grids_path / "epoch_004.png").read_bytes() == (whole.grids_path / "epoch_004.png").read_bytes()
+    assert json.loads(part.config_path.read_text())["train"]["epochs"] == 4
+
+
+def test_resume_refuses_changed_settings_and_missing_runs(trained_run, tmp_path):
+    assert_user_error(aelab("train", "--resume", trained_run, "--lr", "0.1"), "train.lr")
+    assert_user_error(aelab("train", "--resume", tmp_path / "nothing"), "does not exist")
+
+
+def test_ctrl_c_leaves_a_resumable_run_and_one_line(subset_npz, tmp_path):
+    out = tmp_path / "interrupted"
+    checkpoint = out / "checkpoint.safetensors"
+    with open(tmp_path / "stdout.txt", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "aelab", "train", "--data", str(subset_npz), "--epochs", "1000",
+                                 "--grid-every", "0", "--threads", "1", "--out", str(out)], stdout=log,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+        try:
+            deadline = time.monotonic() + 120
+            while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert checkpoint.exists(), "no checkpoint after the first epoch"
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:  # never leave a 1000-epoch run behind
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert len(stderr.splitlines()) == 1 and "interrupted" in stderr and "--resume" in stderr, stderr
+
+    done = json.loads(_metadata(checkpoint)["trainer"])["epoch"]
+    assert 1 <= done < 1000
+    resumed = aelab("train", "--resume", out, "--epochs", done + 1, "--threads", 1)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"after epoch {done}" in resumed.stdout
+    assert [r["epoch"] for r in Run(out).metrics()] == list(range(1, done + 2))
+    # and it is the run that was never stopped
+    straight = aelab("train", "--data", subset_npz, "--epochs", done + 1, "--grid-every", "0", "--threads", 1,
+                     "--out", tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    assert_same_tensors(load_file(out / "model.safetensors"), load_file(tmp_path / "straight" / "model.safetensors"))
+
+
+def test_overwrite_replaces_a_run_only_when_asked(subset_npz, tmp_path):
+    run = train_subset(subset_npz, tmp_path / "run", 1)
+    first = run.weights_path.read_bytes()
+    with pytest.raises(UserError, match="already exists"):
+        train_subset(subset_npz, tmp_path / "run", 1, seed=5)
+    assert run.weights_path.read_bytes() == first
+    assert train(cfg.resolve("ae", None, {"data.path": str(subset_npz), "train.epochs": 1, "train.seed": 5}),
+                 out=run.path, overwrite=True) == 0
+    assert run.weights_path.read_bytes() != first
