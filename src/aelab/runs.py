@@ -169,6 +169,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
     the test set and write the loss curves, eval.json and report.md. Ctrl-C leaves the last finished epoch's
     checkpoint, from which `resume` continues exactly as if never stopped."""
     from aelab.evaluate import evaluate
+    from aelab.images import save_png
     from aelab.reports import GridWriter, plot_losses, write_report
     from aelab.train import ConsolePrinter
 
@@ -207,7 +208,10 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
         plot_losses(trainer.history, run.path / "loss.png")
     metrics = evaluate(model, test_set)
     (run.path / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    report = write_report(run.path, config, model, trainer.history, metrics)
+    pictures = model.extra_pictures(test_set)
+    for name, picture in pictures.items():
+        save_png(picture, run.path / name)
+    report = write_report(run.path, config, model, trainer.history, metrics, list(pictures))
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     print(f"report: {report}")
     return 0

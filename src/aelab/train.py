@@ -24,9 +24,11 @@ class TrainConfig:
     precision: str = "fp32"   # "bf16": bfloat16 autocast for the matrix products, fp32 weights and loss
     grid_every: int = 1       # write the test grid every N epochs (0: never)
     eval_batch_size: int = 2500
+    train_eval_size: int = 10_000  # training images also measured in eval mode each epoch (0: none), so the
+    #                                train/test gap compares alike for every model: train_loss has dropout on
 
     def check(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1 or self.eval_batch_size < 1 or self.grid_every < 0:
+        if min(self.epochs, self.grid_every, self.train_eval_size) < 0 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise UserError("epochs, batch_size and grid_every must be non-negative integers (batch_size >= 1)")
         if not self.lr > 0:
             raise UserError(f"learning rate must be positive, not {self.lr}")
@@ -62,8 +64,10 @@ class Trainer:
             train_terms = self.train_epoch(epoch)
             seconds = time.perf_counter() - start
             test_terms = self.evaluate(self.test_set)
+            seen = self.evaluate(self.train_set.subset(self.config.train_eval_size)) if self.config.train_eval_size else {}
             record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_terms.items()},
-                      **{f"test_{k}": v for k, v in test_terms.items()}, "seconds": round(seconds, 3)}
+                      **{f"test_{k}": v for k, v in test_terms.items()},
+                      **{f"train_eval_{k}": v for k, v in seen.items()}, "seconds": round(seconds, 3)}
             self.epoch = epoch
             self.history.append(record)
             for callback in self.callbacks:
