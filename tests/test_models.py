@@ -192,7 +192,7 @@ def test_dae_evaluation_is_reproducible_and_leaves_training_rng_alone(fashion):
 
 def train(tmp_path, npz, name, *flags):
     out = tmp_path / name
-    assert main(["train", name, "--data", str(npz), "--out", str(out), "--grid-every", "0", *flags]) == 0
+    assert main(["train", name, "--data", str(npz), "--out", str(out), "--grid-every", "0", "--threads", "1", *flags]) == 0
     return out
 
 
@@ -227,7 +227,7 @@ def test_vae_cli_sample_interpolate_eval(tmp_path, npz, capsys):
 
 
 def test_aae_cli_conv(tmp_path, npz, capsys):
-    run = train(tmp_path, npz, "aae", "--epochs", "1", "--batch-size", "128", "--arch", "conv",
+    run = train(tmp_path, npz, "aae", "--epochs", "1", "--batch-size", "128", "--arch", "conv", "--set", "channels=8,16",
                 "--set", "prior=mixture")
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert {"train_recon", "train_disc", "train_gen", "test_disc"} <= record.keys()
@@ -238,7 +238,7 @@ def test_aae_cli_conv(tmp_path, npz, capsys):
 
 
 def test_dae_cli_denoise(tmp_path, npz, capsys):
-    run = train(tmp_path, npz, "dae", "--epochs", "2", "--batch-size", "32")
+    run = train(tmp_path, npz, "dae", "--epochs", "2", "--batch-size", "64")
     assert Image.open(run / "denoise.png").size == (10 * 28 + 9 * 2, 3 * 28 + 2 * 2)
     metrics = eval_json(run, capsys)
     assert metrics["psnr_denoised"] > metrics["psnr_noisy"]

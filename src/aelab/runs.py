@@ -186,10 +186,10 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
     train_set, test_set = config.data.load()
     config.model.in_shape = train_set.shape
     config.train.check()
+    torch.manual_seed(config.train.seed)
+    model = build(config.model_name, config.model)  # before the folder exists, so bad settings leave none behind
     if resume is None:
         run = Run.create(out or _free_run_dir(config.model_name), config, overwrite)
-    torch.manual_seed(config.train.seed)
-    model = build(config.model_name, config.model)
     trainer = Trainer(model, train_set, test_set, config.train,
                       [ConsolePrinter(), RunRecorder(run, config), GridWriter(run.grids_path, config.train.grid_every)])
     if resume is not None:
