@@ -25,6 +25,9 @@ MIXTURE = 10         # components of the "mixture" prior
 class AAEConfig(AEConfig):
     prior: str = "normal"                          # "normal" N(0, I), "mixture" of 10 Gaussians, "uniform" U(-1, 1)
     disc_hidden: tuple[int, ...] = (256, 256)      # discriminator MLP widths
+    adv_lr_scale: float = 0.3                      # learning rate of the discriminator and generator steps / --lr:
+    #                                                measured on 15 000 images, 4 epochs: 1.0 left recon at 0.44,
+    #                                                0.3 at 0.34 with the discriminator fooled (accuracy 0.53)
 
 
 def sample_prior(prior: str, n: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -65,9 +68,10 @@ class AdversarialAutoencoder(Autoencoder):
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
         # beta1 = 0.5 for the adversarial pair, the usual choice for GAN training (Radford et al. 2015)
+        adv = lr * self.config.adv_lr_scale
         return [torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=lr),
-                torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.999)),
-                torch.optim.Adam(self.encoder.parameters(), lr=lr, betas=(0.5, 0.999))]
+                torch.optim.Adam(self.discriminator.parameters(), lr=adv, betas=(0.5, 0.999)),
+                torch.optim.Adam(self.encoder.parameters(), lr=adv, betas=(0.5, 0.999))]
 
     def train_step(self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
         reconstruction, discriminator, generator = optimizers
