@@ -60,6 +60,27 @@ def build_parser() -> Parser:
 
     sub.add_parser("models", help="list the registered models")
 
+    p = sub.add_parser("sample", help="new images from a generative run (vae, aae): a grid PNG")
+    p.add_argument("run")
+    p.add_argument("-n", type=int, default=100, help="how many images (default 100)")
+    p.add_argument("--out", required=True, help="FILE.png (a grid, 10 per row), a folder (one PNG each) or FILE.npy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace existing output")
+
+    p = sub.add_parser("interpolate", help="decode codes on the line between two images: a strip PNG")
+    p.add_argument("run")
+    p.add_argument("a", help="an image file, or the index of an image in the run's test set")
+    p.add_argument("b", help="an image file, or the index of an image in the run's test set")
+    p.add_argument("--steps", type=int, default=10, help="images in the strip, both ends included (default 10)")
+    p.add_argument("--out", required=True, help="FILE.png (one strip), a folder or FILE.npy")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output")
+
+    p = sub.add_parser("denoise", help="clean noisy images with a trained denoising run (dae)")
+    p.add_argument("run")
+    p.add_argument("inputs", nargs="+", help="image files, folders, .npy/.npz")
+    p.add_argument("--out", required=True, help="a folder (one PNG per image), FILE.png (a grid) or FILE.npy")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output")
+
     for name, help_text, inputs_help in (
             ("reconstruct", "reconstruct images through a trained run", "image files, folders, .npy/.npz"),
             ("encode", "codes of images as .npy", "image files, folders, .npy/.npz"),
@@ -188,6 +209,76 @@ def cmd_apply(args) -> int:
     return 0
 
 
+def cmd_sample(args) -> int:
+    import torch
+
+    from aelab.models import is_generative
+    from aelab.runs import Run, load_model
+
+    out = Path(args.out)
+    _check_new_output(out, args.overwrite)
+    if args.n < 1:
+        raise UserError(f"-n must be at least 1, not {args.n}")
+    model = load_model(args.run)
+    if not is_generative(model):
+        name = Run.open(args.run).config().model_name
+        raise UserError(f"{args.run} is a {name!r} run, which cannot draw new images; sample from a vae or aae "
+                        "run (`aelab train vae`)")
+    images = model.sample(args.n, torch.Generator().manual_seed(args.seed))
+    _write_images(images.numpy(), out, [f"{i:05d}.png" for i in range(args.n)])
+    print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    from aelab.images import save_png, tile
+    from aelab.runs import load_model
+
+    out = Path(args.out)
+    _check_new_output(out, args.overwrite)
+    model = load_model(args.run)
+    a, b = _image_or_test_index(args.run, args.a), _image_or_test_index(args.run, args.b)
+    strip = model.interpolate(a, b, args.steps).numpy()
+    if out.suffix == ".png":
+        save_png(tile(strip, 1, len(strip)), out)
+    else:
+        _write_images(strip, out, [f"{i:05d}.png" for i in range(len(strip))])
+    print(f"wrote {len(strip)} images from {args.a} to {args.b} to {out}")
+    return 0
+
+
+def _image_or_test_index(run: str, item: str):
+    """The uint8 image (1, c, h, w) named by a file path, or by its index in the run's test set."""
+    from aelab.data import read_inputs
+    from aelab.runs import Run
+
+    if item.isdigit() and not Path(item).exists():
+        test = Run.open(run).config().data.load()[1]
+        if int(item) >= len(test):
+            raise UserError(f"test index {item} is out of range: the run's test set holds {len(test)} images")
+        return test.images[int(item):int(item) + 1]
+    return read_inputs([item]).images[:1]
+
+
+def cmd_denoise(args) -> int:
+    from aelab.data import read_inputs
+    from aelab.models import is_denoising
+    from aelab.runs import Run, load_model
+
+    out = Path(args.out)
+    _check_new_output(out, args.overwrite)
+    model = load_model(args.run)
+    if not is_denoising(model):
+        name = Run.open(args.run).config().model_name
+        raise UserError(f"{args.run} is a {name!r} run, not trained to remove noise; denoise with a dae run "
+                        "(`aelab train dae`), or use `aelab reconstruct`")
+    images = read_inputs(args.inputs)
+    cleaned = model.reconstruct(images.images).numpy()
+    _write_images(cleaned, out, [f"{i:05d}.png" for i in range(len(cleaned))])
+    print(f"wrote {len(cleaned)} denoised images to {out}")
+    return 0
+
+
 def _read_codes(paths: list[str]):
     import numpy as np
 
@@ -211,6 +302,8 @@ def _read_codes(paths: list[str]):
 def _check_new_output(out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+    if out.suffix not in ("", ".png", ".npy"):
+        raise UserError(f"cannot write {out.suffix} files; give --out a folder, FILE.png (a grid) or FILE.npy")
 
 
 def _write_images(images, out: Path, names: list[str]) -> None:
@@ -228,4 +321,5 @@ def _write_images(images, out: Path, names: list[str]) -> None:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cmd_models,
-            "reconstruct": cmd_apply, "encode": cmd_apply, "decode": cmd_apply}
+            "reconstruct": cmd_apply, "encode": cmd_apply, "decode": cmd_apply,
+            "sample": cmd_sample, "interpolate": cmd_interpolate, "denoise": cmd_denoise}

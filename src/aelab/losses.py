@@ -42,3 +42,33 @@ def log_normal(z: torch.Tensor, mu: torch.Tensor | float = 0.0, logvar: torch.Te
     """log N(z; mu, exp(logvar)) summed over the last dimension."""
     logvar = torch.as_tensor(logvar, dtype=z.dtype)
     return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
+
+
+def psnr_per_image(probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio of each image in dB (peak 1), shape (b,)."""
+    sse = squared_error_per_image(probs, x)
+    return 10 * torch.log10(x[0].numel() / sse.clamp_min(1e-10))
+
+
+def gan_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    """Mean cross-entropy of a discriminator's logits against the label "real" (1) or "fake" (0)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits.float(), float(real)))
+
+
+def iwae_bound(log_weights: torch.Tensor) -> torch.Tensor:
+    """The importance-weighted bound L_k = log (1/k) sum_i w_i per column of (k, b) log-weights, shape (b,);
+    Burda, Grosse & Salakhutdinov (2015), eq. 8. With k = 1 it is the one-sample ELBO; it rises towards
+    log p(x) as k grows."""
+    return torch.logsumexp(log_weights.double(), dim=0) - math.log(log_weights.shape[0])
+
+
+def rbf_mmd2(a: torch.Tensor, b: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """Unbiased squared maximum mean discrepancy between samples a (n, d) and b (m, d) under the kernel
+    exp(-|u - v|^2 / (2 bandwidth^2)); Gretton et al. (2012), eq. 3. Zero in expectation when a and b
+    come from one distribution (so it may come out slightly negative)."""
+    a, b = a.double(), b.double()
+    k = lambda u, v: torch.exp(-torch.cdist(u, v).pow(2) / (2 * bandwidth ** 2))
+    n, m = len(a), len(b)
+    kaa, kbb = k(a, a), k(b, b)
+    return ((kaa.sum() - kaa.diagonal().sum()) / (n * (n - 1)) + (kbb.sum() - kbb.diagonal().sum()) / (m * (m - 1))
+            - 2 * k(a, b).mean())

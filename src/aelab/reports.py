@@ -47,14 +47,16 @@ def plot_losses(history: list[dict], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     first = history[0]
-    terms = list(dict.fromkeys(k.split("_", 1)[1] for k in first if k.startswith(("train_", "test_"))))
+    terms = list(dict.fromkeys(k.split("_", 1)[1] for k in first
+                               if k.startswith(("train_", "test_")) and not k.startswith("train_eval_")))
     terms = [t for t in terms if t not in ("bce_floor", "sse_per_image")]
     fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.4), squeeze=False)
     epochs = [r["epoch"] for r in history]
     for ax, term in zip(axes[0], terms):
-        for split, style in (("train", "-"), ("test", "--")):
+        for split, style, label in (("train", "-", "train"), ("test", "--", "test"),
+                                    ("train_eval", ":", "train, eval mode")):
             if f"{split}_{term}" in first:
-                ax.plot(epochs, [r[f"{split}_{term}"] for r in history], style, label=split)
+                ax.plot(epochs, [r[f"{split}_{term}"] for r in history], style, label=label)
         if term == "bce" and "test_bce_floor" in first:  # the data's own entropy: the curve can only approach it
             ax.axhline(first["test_bce_floor"], color="grey", lw=0.8, ls=":", label="floor (test entropy)")
         ax.set(title=term, xlabel="epoch")
@@ -72,8 +74,9 @@ def _table(rows: list[tuple]) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in body])
 
 
-def write_report(run_path: Path, config, model, history: list[dict], metrics: dict) -> Path:
-    """report.md: what was trained, how the losses went, the test measures and the pictures."""
+def write_report(run_path: Path, config, model, history: list[dict], metrics: dict, pictures=()) -> Path:
+    """report.md: what was trained, how the losses went, the test measures and the pictures (`pictures`: names
+    of the model's own pictures in the run folder, from model.extra_pictures)."""
     from aelab.models import summary
 
     run_path = Path(run_path)
@@ -101,6 +104,9 @@ def write_report(run_path: Path, config, model, history: list[dict], metrics: di
                   "`grids.gif` plays every epoch.",
                   _table([("first epoch", "last epoch"),
                           (f"![first](grids/{grids[0].name})", f"![last](grids/{grids[-1].name})")])]
+    if pictures:
+        parts += [f"## {type(model).__name__}'s pictures", (model.extra_pictures.__doc__ or "").strip(),
+                  *(f"![{name}]({name})" for name in pictures)]
     parts += ["## Model", "```\n" + summary(model) + "\n```",
               "## Configuration", "```json\n" + json.dumps(config.to_dict(), indent=2) + "\n```"]
     path = run_path / "report.md"

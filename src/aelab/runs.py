@@ -170,7 +170,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
     """Train a new run (config, out) or continue one (resume, optionally to more epochs); then evaluate it on
     the test set and write the loss curves, eval.json and report.md. Ctrl-C leaves the last finished epoch's
     checkpoint, from which `resume` continues exactly as if never stopped."""
-    from aelab.evaluate import TestReconstruction, evaluate
+    from aelab.evaluate import ReconstructionTracker, evaluate
+    from aelab.images import save_png
     from aelab.reports import GridWriter, plot_losses, write_report
     from aelab.train import ConsolePrinter
 
@@ -191,8 +192,9 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
     model = build(config.model_name, config.model)  # before the folder exists: a bad setting leaves nothing behind
     if resume is None:
         run = Run.create(out or _free_run_dir(config.model_name), config, overwrite)
-    trainer = Trainer(model, train_set, test_set, config.train,
-                      [TestReconstruction(), ConsolePrinter(), RunRecorder(run, config), GridWriter(run.grids_path, config.train.grid_every)])
+    callbacks = [ReconstructionTracker(), ConsolePrinter(), RunRecorder(run, config),
+                 GridWriter(run.grids_path, config.train.grid_every)]
+    trainer = Trainer(model, train_set, test_set, config.train, callbacks)
     if resume is not None:
         run.load_checkpoint(trainer)
         print(f"resuming {run.path} after epoch {trainer.epoch} of {config.train.epochs}")
@@ -209,7 +211,10 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
         plot_losses(trainer.history, run.path / "loss.png")
     metrics = evaluate(model, test_set)
     (run.path / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    report = write_report(run.path, config, model, trainer.history, metrics)
+    pictures = model.extra_pictures(test_set)
+    for name, picture in pictures.items():
+        save_png(picture, run.path / name)
+    report = write_report(run.path, config, model, trainer.history, metrics, list(pictures))
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     print(f"report: {report}")
     return 0

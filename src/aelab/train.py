@@ -24,10 +24,14 @@ class TrainConfig:
     precision: str = "fp32"   # "bf16": bfloat16 autocast for the matrix products, fp32 weights and loss
     grid_every: int = 1       # write the test grid every N epochs (0: never)
     eval_batch_size: int = 2500
+    train_eval_size: int = 10_000  # training images also measured in eval mode each epoch (0: none), so the
+    #                                train/test gap compares alike for every model: train_loss has dropout on
 
     def check(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1 or self.eval_batch_size < 1 or self.grid_every < 0:
-            raise UserError("epochs, batch_size and grid_every must be non-negative integers (batch_size >= 1)")
+        if self.epochs < 1:
+            raise UserError(f"epochs must be at least 1, not {self.epochs}")
+        if min(self.grid_every, self.train_eval_size) < 0 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise UserError("batch_size must be positive; grid_every and train_eval_size must not be negative")
         if not self.lr > 0:
             raise UserError(f"learning rate must be positive, not {self.lr}")
         if self.precision not in ("fp32", "bf16"):
@@ -62,8 +66,10 @@ class Trainer:
             train_terms = self.train_epoch(epoch)
             seconds = time.perf_counter() - start
             test_terms = self.evaluate(self.test_set)
+            seen = self.evaluate(self.train_set.subset(self.config.train_eval_size)) if self.config.train_eval_size else {}
             record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_terms.items()},
-                      **{f"test_{k}": v for k, v in test_terms.items()}, "seconds": round(seconds, 3)}
+                      **{f"test_{k}": v for k, v in test_terms.items()},
+                      **{f"train_eval_{k}": v for k, v in seen.items()}, "seconds": round(seconds, 3)}
             self.epoch = epoch
             self.history.append(record)
             for callback in self.callbacks:
@@ -138,10 +144,13 @@ class Trainer:
         self.epoch = meta["epoch"]
 
 
+QUIET_TERMS = ("test_bce_floor", "test_sse_per_image", "test_psnr")  # in metrics.jsonl, not on the console
+
+
 class ConsolePrinter(Callback):
     """One line per epoch: every train and test term, and the time the epoch took."""
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         terms = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("train_", "test_"))
-                          and k not in ("test_bce_floor", "test_sse_per_image"))
+                          and not k.startswith("train_eval_") and k not in QUIET_TERMS)
         print(f"epoch {record['epoch']:>3}/{trainer.config.epochs}  {terms}  ({record['seconds']:.2f} s)", flush=True)

@@ -1,9 +1,17 @@
 """The model registry: a name for each model family, so the CLI, tests and reports loop over it."""
 
+from aelab.models.aae import AdversarialAutoencoder
 from aelab.models.base import AEConfig, Autoencoder, summary
+from aelab.models.dae import DenoisingAutoencoder
+from aelab.models.dropout import DropoutAutoencoder
+from aelab.models.vae import VariationalAutoencoder
 
 MODELS: dict[str, type[Autoencoder]] = {
     "ae": Autoencoder,
+    "dae": DenoisingAutoencoder,
+    "dropout": DropoutAutoencoder,
+    "aae": AdversarialAutoencoder,
+    "vae": VariationalAutoencoder,
 }
 
 
@@ -19,4 +27,14 @@ def build(name: str, config: AEConfig) -> Autoencoder:
     return model_class(name)(config)
 
 
-__all__ = ["MODELS", "AEConfig", "Autoencoder", "build", "model_class", "summary"]
+def is_generative(model: Autoencoder) -> bool:
+    """Whether the model draws new images with model.sample(n)."""
+    return callable(getattr(model, "sample", None))
+
+
+def is_denoising(model: Autoencoder) -> bool:
+    """Whether the model was trained on corrupted inputs with clean targets (it overrides `corrupt`)."""
+    return type(model).corrupt is not Autoencoder.corrupt
+
+
+__all__ = ["MODELS", "AEConfig", "Autoencoder", "build", "is_denoising", "is_generative", "model_class", "summary"]

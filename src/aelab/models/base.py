@@ -129,6 +129,10 @@ class Autoencoder(nn.Module):
         """Measures of this variant beyond reconstruction, for `aelab eval` (test: an ImageSet)."""
         return {}
 
+    def extra_pictures(self, test) -> dict[str, np.ndarray]:
+        """Pictures of this variant written into the run folder after training: file name -> image array."""
+        return {}
+
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
         return [adam(self.parameters(), lr)]
 
@@ -160,6 +164,15 @@ class Autoencoder(nn.Module):
     def reconstruct(self, x):
         """Reconstructions (probabilities in [0, 1]) of clean images."""
         return _same_kind(x, torch.sigmoid(self.decoder(self.code_eval(self._images(x)))))
+
+    @torch.no_grad()
+    def interpolate(self, a, b, steps: int = 10) -> torch.Tensor:
+        """Images decoded from `steps` codes evenly spaced on the line from the code of image a to that of b."""
+        if steps < 2:
+            raise UserError(f"interpolation needs at least 2 steps, not {steps}")
+        za, zb = self.code_eval(self._images(a)[:1]), self.code_eval(self._images(b)[:1])
+        t = torch.linspace(0, 1, steps).unsqueeze(1)
+        return torch.sigmoid(self.decoder((1 - t) * za + t * zb))
 
     def code_eval(self, x: torch.Tensor) -> torch.Tensor:
         """The deterministic code of a clean image: a VAE's posterior mean."""

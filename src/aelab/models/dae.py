@@ -1,0 +1,75 @@
+"""Denoising autoencoder (Vincent et al. 2008): the encoder sees a corrupted image, the loss the clean one.
+Only `corrupt` differs from the chapter's model; fresh noise is drawn for every batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from aelab.errors import UserError
+from aelab.images import stacked_rows
+from aelab.losses import psnr_per_image
+from aelab.models.base import AEConfig, Autoencoder
+
+NOISES = ("gaussian", "masking", "salt_pepper")
+EVAL_SEED = 1234  # evaluation noise comes from its own generator: reproducible, and the training RNG is untouched
+
+
+@dataclass
+class DAEConfig(AEConfig):
+    noise: str = "gaussian"  # "gaussian": x + N(0, level^2); "masking": a fraction `level` of pixels set to 0;
+    #                          "salt_pepper": a fraction `level` of pixels set to 0 or 1 at random
+    level: float = 0.5       # sigma for gaussian (0.5 as in Chollet's Keras denoising example), else a fraction
+    clip: bool = True        # gaussian: clip the noisy image to [0, 1]
+
+
+def add_noise(x: torch.Tensor, noise: str, level: float, clip: bool = True,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """A corrupted copy of images x in [0, 1]."""
+    if noise == "gaussian":
+        noisy = x + level * torch.randn(x.shape, generator=generator)
+        return noisy.clamp(0, 1) if clip else noisy
+    hit = torch.rand(x.shape, generator=generator) < level
+    if noise == "masking":
+        return x.masked_fill(hit, 0.0)
+    salt = torch.rand(x.shape, generator=generator) < 0.5
+    return torch.where(hit, salt.to(x.dtype), x)
+
+
+class DenoisingAutoencoder(Autoencoder):
+    """Denoising AE: fresh noise (gaussian, masking or salt-and-pepper) on every batch, the clean image as target."""
+
+    Config = DAEConfig
+
+    def __init__(self, config: DAEConfig):
+        if config.noise not in NOISES:
+            raise UserError(f"unknown noise {config.noise!r}; use --set noise= one of {', '.join(NOISES)}")
+        if not (config.level >= 0 and (config.noise == "gaussian" or config.level <= 1)):
+            raise UserError(f"noise level {config.level} is out of range: a sigma >= 0 for gaussian, "
+                            "a fraction in [0, 1] for masking and salt_pepper")
+        super().__init__(config)
+
+    def corrupt(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return add_noise(x, self.config.noise, self.config.level, self.config.clip, generator)
+
+    @torch.no_grad()
+    def extra_metrics(self, test) -> dict[str, float]:
+        """PSNR (dB) against the clean test image of the noisy input and of the model's output for it."""
+        self.eval()
+        generator = torch.Generator().manual_seed(EVAL_SEED)
+        noisy_sum = denoised_sum = 0.0
+        for x in test.batches(2500):
+            noisy = self.corrupt(x, generator)
+            noisy_sum += psnr_per_image(noisy.clamp(0, 1), x).sum().item()
+            denoised_sum += psnr_per_image(torch.sigmoid(self.decoder(self.code_eval(noisy))), x).sum().item()
+        return {"psnr_noisy": noisy_sum / len(test), "psnr_denoised": denoised_sum / len(test)}
+
+    @torch.no_grad()
+    def extra_pictures(self, test) -> dict:
+        """denoise.png: ten test images noisy (top row), denoised (middle), clean (bottom)."""
+        self.eval()
+        clean = test.floats(slice(0, 10))
+        noisy = self.corrupt(clean, torch.Generator().manual_seed(EVAL_SEED))
+        denoised = torch.sigmoid(self.decoder(self.code_eval(noisy)))
+        return {"denoise.png": stacked_rows([noisy.clamp(0, 1), denoised, clean])}

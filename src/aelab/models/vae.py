@@ -1,0 +1,109 @@
+"""Variational autoencoder (Kingma & Welling 2013): the encoder gives a Gaussian q(z|x) (mean, log-variance), the
+code is sampled by reparameterisation, and the loss per image in nats is the summed cross-entropy of the decoder's
+logits against the grey targets plus beta times the analytic KL to N(0, I), beta optionally warmed up from 0.
+Evaluation reports the negative ELBO and the importance-weighted bound of Burda et al. (2015)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from aelab.errors import UserError
+from aelab.images import tile
+from aelab.losses import bce_per_image, gaussian_kl, iwae_bound, log_normal
+from aelab.models.base import AEConfig, Autoencoder
+
+EVAL_SEED = 1234  # evaluation samples come from their own generator: reproducible, training RNG untouched
+
+
+@dataclass
+class VAEConfig(AEConfig):
+    beta: float = 1.0        # weight of the KL term (1: the ELBO)
+    warmup_steps: int = 0    # the KL weight rises linearly from 0 to beta over this many training steps
+    iwae_k: int = 100        # importance samples per test image for the IWAE bound in `aelab eval`
+
+
+def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None,
+                   k: int | None = None) -> torch.Tensor:
+    """z = mu + sigma * eps, eps ~ N(0, I): a sample of N(mu, exp(logvar)) differentiable in mu and logvar.
+    With k, k samples per row: shape (k, *mu.shape)."""
+    shape = mu.shape if k is None else (k, *mu.shape)
+    return mu + (0.5 * logvar).exp() * torch.randn(shape, generator=generator)
+
+
+class VariationalAutoencoder(Autoencoder):
+    """Variational AE: Gaussian codes, summed BCE + beta * KL per image; -ELBO and IWAE bound in nats per image."""
+
+    Config = VAEConfig
+    code_heads = 2  # the encoder outputs (mean, log-variance)
+
+    def __init__(self, config: VAEConfig):
+        if config.beta < 0 or config.warmup_steps < 0 or config.iwae_k < 1:
+            raise UserError("beta and warmup_steps must be >= 0 and iwae_k >= 1")
+        super().__init__(config)
+        # training steps taken, for the KL warm-up; a buffer, so checkpoints carry it and resume is exact
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.int64))
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of q(z|x), each (b, latent), in fp32."""
+        mu, logvar = self.encoder(x).float().chunk(2, dim=1)
+        return mu, logvar
+
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        return reparameterise(*self.posterior(x))
+
+    def kl_weight(self) -> float:
+        """beta, ramped up from 0 during the first warmup_steps training steps; the full beta in evaluation."""
+        if not self.training or not self.config.warmup_steps:
+            return self.config.beta
+        return self.config.beta * min(1.0, self.steps_done.item() / self.config.warmup_steps)
+
+    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Terms per image in nats, averaged over the batch: loss = recon + kl_weight * kl."""
+        mu, logvar = self.posterior(x)
+        recon = bce_per_image(self.decoder(reparameterise(mu, logvar)), x).mean()
+        kl = gaussian_kl(mu, logvar).mean()
+        return {"loss": recon + self.kl_weight() * kl, "recon": recon, "kl": kl}
+
+    def train_step(self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
+        terms = super().train_step(x, optimizers)
+        self.steps_done += 1
+        return terms
+
+    @torch.no_grad()
+    def log_weights(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x) per image: shape (k, b)."""
+        mu, logvar = self.posterior(x)
+        z = reparameterise(mu, logvar, generator, k)                       # (k, b, latent)
+        logits = self.decoder(z.flatten(0, 1))                             # (k * b, c, h, w)
+        log_px = -bce_per_image(logits, x.expand(k, *x.shape).flatten(0, 1)).view(k, len(x))
+        return log_px + log_normal(z) - log_normal(z, mu, logvar)
+
+    @torch.no_grad()
+    def bounds(self, test, k: int, generator: torch.Generator | None = None, chunk: int = 20_000) -> dict:
+        """Test-set means in nats per image: neg_elbo = recon + kl (one sample, analytic KL), and iwae_nll = -L_k.
+        Images go through in chunks of about `chunk` decoder passes, which bounds the memory used."""
+        self.eval()
+        sums = dict.fromkeys(("recon", "kl", "iwae_nll"), 0.0)
+        for x in test.batches(max(1, chunk // k)):
+            mu, logvar = self.posterior(x)
+            sums["recon"] += bce_per_image(self.decoder(reparameterise(mu, logvar, generator)), x).sum().item()
+            sums["kl"] += gaussian_kl(mu, logvar).sum().item()
+            sums["iwae_nll"] -= iwae_bound(self.log_weights(x, k, generator)).sum().item()
+        means = {key: value / len(test) for key, value in sums.items()}
+        return {"neg_elbo": means["recon"] + means["kl"], "recon": means["recon"], "kl": means["kl"],
+                "iwae_nll": means["iwae_nll"], "iwae_k": k}
+
+    def extra_metrics(self, test) -> dict:
+        return self.bounds(test, self.config.iwae_k, torch.Generator().manual_seed(EVAL_SEED))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n new images (n, c, h, w) in [0, 1]: the decoder's means for draws z ~ N(0, I)."""
+        self.eval()
+        return torch.sigmoid(self.decoder(torch.randn(n, self.config.latent, generator=generator)))
+
+    def extra_pictures(self, test) -> dict:
+        """samples.png: 100 images decoded from N(0, I) draws."""
+        return {"samples.png": tile(self.sample(100, torch.Generator().manual_seed(EVAL_SEED)), 10, 10)}
