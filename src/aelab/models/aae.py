@@ -13,7 +13,7 @@ from torch import nn
 from aelab.errors import UserError
 from aelab.images import tile
 from aelab.losses import bce_mean, gan_loss, rbf_mmd2
-from aelab.models.base import AEConfig, Autoencoder, keras_init_, mlp
+from aelab.models.base import AEConfig, Autoencoder, adam, keras_init_, mlp
 
 PRIORS = ("normal", "mixture", "uniform")
 EVAL_SEED = 1234     # prior draws for evaluation come from their own generator
@@ -69,9 +69,9 @@ class AdversarialAutoencoder(Autoencoder):
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
         # beta1 = 0.5 for the adversarial pair, the usual choice for GAN training (Radford et al. 2015)
         adv = lr * self.config.adv_lr_scale
-        return [torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=lr),
-                torch.optim.Adam(self.discriminator.parameters(), lr=adv, betas=(0.5, 0.999)),
-                torch.optim.Adam(self.encoder.parameters(), lr=adv, betas=(0.5, 0.999))]
+        return [adam([*self.encoder.parameters(), *self.decoder.parameters()], lr),
+                adam(self.discriminator.parameters(), adv, betas=(0.5, 0.999)),
+                adam(self.encoder.parameters(), adv, betas=(0.5, 0.999))]
 
     def train_step(self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
         reconstruction, discriminator, generator = optimizers
