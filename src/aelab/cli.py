@@ -192,10 +192,9 @@ def cmd_apply(args) -> int:
     model = load_model(args.run)
     if args.command == "decode":
         codes = _read_codes(args.inputs)
-        result, names = model.decode(codes), [f"{i:05d}.png" for i in range(len(codes))]
+        result = model.decode(codes)
     else:
         images = read_inputs(args.inputs, grey=not args.rgb)
-        names = [f"{i:05d}.png" for i in range(len(images))]
         result = model.encode(images.images) if args.command == "encode" else model.reconstruct(images.images)
     result = np.asarray(result)  # decode of numpy codes gives numpy, the others tensors
     out.parent.mkdir(parents=True, exist_ok=True)  # as save_png does; np.save would fail on a missing folder
@@ -204,7 +203,7 @@ def cmd_apply(args) -> int:
             raise UserError(f"encode writes a .npy file; give --out FILE.npy, not {out}")
         np.save(out, result)
     else:
-        _write_images(result, out, names)
+        _write_images(result, out)
     print(f"wrote {len(result)} {'codes' if args.command == 'encode' else 'images'} to {out}")
     return 0
 
@@ -225,7 +224,7 @@ def cmd_sample(args) -> int:
         raise UserError(f"{args.run} is a {name!r} run, which cannot draw new images; sample from a vae or aae "
                         "run (`aelab train vae`)")
     images = model.sample(args.n, torch.Generator().manual_seed(args.seed))
-    _write_images(images.numpy(), out, [f"{i:05d}.png" for i in range(args.n)])
+    _write_images(images.numpy(), out)
     print(f"wrote {args.n} samples to {out}")
     return 0
 
@@ -242,7 +241,7 @@ def cmd_interpolate(args) -> int:
     if out.suffix == ".png":
         save_png(tile(strip, 1, len(strip)), out)
     else:
-        _write_images(strip, out, [f"{i:05d}.png" for i in range(len(strip))])
+        _write_images(strip, out)
     print(f"wrote {len(strip)} images from {args.a} to {args.b} to {out}")
     return 0
 
@@ -274,7 +273,7 @@ def cmd_denoise(args) -> int:
                         "(`aelab train dae`), or use `aelab reconstruct`")
     images = read_inputs(args.inputs)
     cleaned = model.reconstruct(images.images).numpy()
-    _write_images(cleaned, out, [f"{i:05d}.png" for i in range(len(cleaned))])
+    _write_images(cleaned, out)
     print(f"wrote {len(cleaned)} denoised images to {out}")
     return 0
 
@@ -306,7 +305,8 @@ def _check_new_output(out: Path, overwrite: bool) -> None:
         raise UserError(f"cannot write {out.suffix} files; give --out a folder, FILE.png (a grid) or FILE.npy")
 
 
-def _write_images(images, out: Path, names: list[str]) -> None:
+def _write_images(images, out: Path) -> None:
+    """Images to FILE.npy, a grid FILE.png (10 a row), or a folder of 00000.png, 00001.png, ..."""
     import numpy as np
 
     from aelab.images import save_images, save_png, tile
@@ -317,7 +317,7 @@ def _write_images(images, out: Path, names: list[str]) -> None:
         cols = min(10, len(images))
         save_png(tile(images, -(-len(images) // cols), cols), out)
     else:
-        save_images(images, out, names)
+        save_images(images, out, [f"{i:05d}.png" for i in range(len(images))])
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cmd_models,
