@@ -7,7 +7,7 @@ Epochs alternate (reference, fp32, bf16, reference, ...) so drift in the machine
 median seconds per epoch are compared. Then: bf16's test MSE against fp32's after the same epochs, the peak RSS
 of a real `aelab train` process, and the time `aelab --help` takes.
 
-    python benchmarks/train_speed.py [--epochs 5] [--quality-epochs 10]
+    python benchmarks/train_speed.py [--epochs 5] [--quality-epochs 10] [--profile]
 """
 
 from __future__ import annotations
@@ -89,10 +89,26 @@ def cli_figures() -> dict[str, float]:
             "help_imports_torch": any(line.rstrip().endswith("| torch") for line in imports.splitlines())}
 
 
+def profile(train, test, precision: str) -> None:
+    """Where one epoch's time goes: the operators that take most of it."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    trainer = Trainer(build("ae", AEConfig()), train, test, TrainConfig(precision=precision))
+    trainer.train_epoch()  # warm-up
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.train_epoch()
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in rows)
+    print(f"\nprofile of one {precision} epoch (self CPU time, profiler overhead included):")
+    for e in rows[:8]:
+        print(f"  {e.key:<40}{e.self_cpu_time_total / 1e3:8.0f} ms  {100 * e.self_cpu_time_total / total:5.1f}%")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs of each loop")
     parser.add_argument("--quality-epochs", type=int, default=10, help="epochs for the bf16-vs-fp32 MSE check (0: skip)")
+    parser.add_argument("--profile", action="store_true", help="also print where an epoch's time goes")
     args = parser.parse_args()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
@@ -105,6 +121,9 @@ def main() -> None:
         mse = bf16_quality(train, test, args.quality_epochs)
         print(f"\ntest MSE after {args.quality_epochs} epochs: fp32 {mse['fp32']:.5f}  bf16 {mse['bf16']:.5f}  "
               f"difference {100 * (mse['bf16'] / mse['fp32'] - 1):+.2f}%")
+    if args.profile:
+        for precision in ("fp32", "bf16"):
+            profile(train, test, precision)
     c = cli_figures()
     print(f"\npeak RSS of `aelab train --epochs 1`: {c['peak_rss_mib']:.0f} MiB")
     print(f"`aelab --help`: {c['help_s']:.3f} s (median of 5), imports torch: {c['help_imports_torch']}")
