@@ -76,7 +76,8 @@ class _Baseline:
         return self.decode(self.encode(x))
 
     def num_parameters(self) -> int:
-        return sum(getattr(self, name).numel() for name in self._state)
+        """Learned numbers a code needs to become an image: the mean and the components."""
+        return self.mean_.numel() + self.components_.numel()
 
     def save(self, path: str | Path, **extra: str) -> Path:
         """The fitted state as safetensors; parameters, image shape and `extra` strings in its metadata."""
@@ -193,14 +194,14 @@ class LogisticPCA(_Baseline):
         self.components_ = components.T.contiguous()
         return self
 
-    def choose_m(self, rows: torch.Tensor, verbose: bool = False, subset: int = 6000) -> float:
+    def choose_m(self, rows: torch.Tensor, verbose: bool = False, subset: int = 5000, max_iter: int = 50) -> float:
         """The m of `m_grid` with the lowest BCE on held-out images, each fitted on a random training subset."""
         order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(self.seed))
         held = max(1, min(subset // 5, rows.shape[0] // 5))
         val, fit = rows[order[:held]], rows[order[held:held + subset]]
         scores = {}
         for m in self.m_grid:
-            mean, u, _ = _fit_projection(fit, self.n_components, m, max(20, self.max_iter // 3), self.chunk_size)
+            mean, u, _ = _fit_projection(fit, self.n_components, m, min(max_iter, self.max_iter), self.chunk_size)
             scores[m] = _deviance(val, mean, u, m, self.chunk_size)[0].item() / val.numel()
             if verbose:
                 print(f"logistic PCA: m={m:g} held-out BCE per pixel {scores[m]:.5f}", flush=True)
