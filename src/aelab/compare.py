@@ -94,9 +94,16 @@ def train_model(name: str, latent: int, folder: Path, data: str | None, epochs: 
 
 
 def load_run(name: str, run_dir: str | Path) -> Fitted:
-    """A trained run folder (from `aelab train` or an earlier compare) as a method named `name`."""
+    """A trained run folder (from `aelab train` or an earlier compare), or a baseline saved by compare, as a
+    method named `name`."""
     from aelab.runs import Run, load_model
 
+    if Path(run_dir).is_file():
+        try:
+            model, meta = load_baseline(run_dir)
+            return Fitted(name, model.n_components, model, float(meta.get("fit_seconds", 0)))
+        except UserError:
+            pass  # not a baseline: a model.safetensors file
     model = load_model(run_dir)
     history = Run(run_dir).metrics() if Path(run_dir).is_dir() else []
     return Fitted(name, model.config.latent, model, sum(r["seconds"] for r in history),
