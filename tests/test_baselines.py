@@ -12,6 +12,15 @@ from aelab.evaluate import knn_accuracy, linear_probe_accuracy
 from aelab.frechet import feature_classifier, frechet_distance, sample_quality
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: the machine's two cores are shared, and two threads contending there run far slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def fashion():
     return load_dataset()
@@ -23,10 +32,12 @@ def sse_per_image(reconstructed, images: ImageSet) -> float:
 
 def test_pca_agrees_with_scikit_learn(fashion):
     from sklearn.decomposition import PCA as SKPCA
+    from threadpoolctl import threadpool_limits
 
     train, test = fashion[0].subset(2000), fashion[1].subset(500)
     ours = PCA(20).fit(train)
-    theirs = SKPCA(20, svd_solver="full").fit(train.floats().reshape(len(train), -1).numpy().astype(np.float64))
+    with threadpool_limits(1):  # numpy's BLAS threads thrash on a shared two-core machine as torch's do
+        theirs = SKPCA(20, svd_solver="full").fit(train.floats().reshape(len(train), -1).numpy().astype(np.float64))
     x_test = test.floats().reshape(len(test), -1).numpy().astype(np.float64)
     np.testing.assert_allclose(ours.explained_variance_.numpy(), theirs.explained_variance_, rtol=1e-4)
     # components are defined up to sign: compare codes' magnitudes and the reconstructions themselves
