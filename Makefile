@@ -1,13 +1,14 @@
 # Two commands do everything on a fresh machine (Debian, Python 3.11, root or sudo):
 #   make chapter   set up, then train the chapter's autoencoder for 100 epochs: runs/chapter/report.md
 #   make test      set up (test extras too), then run the test suite
+#   make compare   set up, then the chapter's figure 12.3: autoencoder, logistic PCA, PCA at 30 (runs/compare)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DATA   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup chapter test bench clean
+.PHONY: setup chapter test bench compare clean
 
 $(DATA):
 	$(SUDO) apt-get update -qq
@@ -25,6 +26,9 @@ setup: $(DATA) $(BIN)/aelab
 
 chapter: setup
 	if [ -d runs/chapter ]; then $(BIN)/aelab train --resume runs/chapter; else $(BIN)/aelab train --out runs/chapter; fi
+
+compare: setup
+	$(BIN)/aelab compare --out runs/compare --threads 1 --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -81,6 +81,20 @@ def build_parser() -> Parser:
     p.add_argument("--out", required=True, help="a folder (one PNG per image), FILE.png (a grid) or FILE.npy")
     p.add_argument("--overwrite", action="store_true", help="replace existing output")
 
+    p = sub.add_parser("compare", help="the chapter's figure 12.3 and a leaderboard: models and PCA baselines")
+    p.add_argument("methods", nargs="*", metavar="METHOD",
+                   help="registered models, pca, logistic_pca (default: ae logistic_pca pca)")
+    p.add_argument("--latent", type=int, help="code size (default 30, the chapter's figure)")
+    p.add_argument("--latents", metavar="K,K,...", help="several code sizes, e.g. 2,10,20,30,64: adds error_vs_latent.png")
+    p.add_argument("--out", required=True, metavar="DIR", help="figures, tables, and the runs they came from")
+    p.add_argument("--epochs", type=int, help="epochs for the models trained here (default: the model's, 100)")
+    p.add_argument("--run", action="append", default=[], metavar="NAME=RUN_DIR",
+                   help="use this trained run as method NAME instead of training one")
+    p.add_argument("--data", metavar="PATH", help="idx folder, image folder or .npy/.npz (default: Fashion-MNIST)")
+    p.add_argument("--json", action="store_true", help="print the table as a JSON list of rows (progress to stderr)")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR's figures and tables (finished runs are reused)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+
     for name, help_text, inputs_help in (
             ("reconstruct", "reconstruct images through a trained run", "image files, folders, .npy/.npz"),
             ("encode", "codes of images as .npy", "image files, folders, .npy/.npz"),
@@ -177,6 +191,37 @@ def cmd_models(args) -> int:
 
     for name, cls in MODELS.items():
         print(f"{name:<10}{(cls.__doc__ or '').strip().splitlines()[0]}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    import contextlib
+
+    from aelab.compare import compare, markdown_table
+
+    if args.latent is not None and args.latents:
+        raise UserError("give --latent K or --latents K,K,..., not both")
+    try:
+        latents = [int(k) for k in args.latents.split(",") if k.strip()] if args.latents else None
+    except ValueError:
+        raise UserError(f"--latents takes code sizes separated by commas, e.g. 2,10,30, not {args.latents!r}") from None
+    runs = {}
+    for item in args.run:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--run takes NAME=RUN_DIR, not {item!r}")
+        runs[name] = path
+    # methods named plus runs given; runs alone compare just those runs
+    methods = [*args.methods, *(name for name in runs if name not in args.methods)] or None
+    progress = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    with progress:
+        rows = compare(methods, latents or ([args.latent] if args.latent else None), args.out, args.data,
+                       args.epochs, runs, args.overwrite, args.threads)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print(markdown_table(rows))
+        print(f"figures and tables in {args.out}")
     return 0
 
 
@@ -320,6 +365,6 @@ def _write_images(images, out: Path) -> None:
         save_images(images, out, [f"{i:05d}.png" for i in range(len(images))])
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cmd_models,
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cmd_models, "compare": cmd_compare,
             "reconstruct": cmd_apply, "encode": cmd_apply, "decode": cmd_apply,
             "sample": cmd_sample, "interpolate": cmd_interpolate, "denoise": cmd_denoise}

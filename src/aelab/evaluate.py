@@ -36,6 +36,61 @@ def evaluate(model, images: ImageSet) -> dict[str, float]:
     return metrics
 
 
+@torch.no_grad()
+def reconstruction_errors(reconstruct, images: ImageSet, batch_size: int = 2500, eps: float = 1e-6
+                          ) -> dict[str, float]:
+    """Per-pixel BCE and MSE and per-image squared error for any method that reconstructs, baselines included.
+    `reconstruct` maps float images (b, c, h, w) to (values, logits): logits may be None (PCA), in which case
+    BCE is taken on the values clipped to [eps, 1 - eps]; squared error is always on the values as they are."""
+    sums = dict.fromkeys(("bce", "sse"), 0.0)
+    pixels = images.images[0].numel()
+    for x in images.batches(batch_size):
+        values, logits = reconstruct(x)
+        if logits is None:
+            logits = torch.logit(values.float().clamp(eps, 1 - eps))
+        sums["bce"] += bce_per_image(logits, x).sum().item()
+        sums["sse"] += squared_error_per_image(values, x).sum().item()
+    n = len(images)
+    return {"sse_per_image": sums["sse"] / n, "mse": sums["sse"] / n / pixels, "bce": sums["bce"] / n / pixels}
+
+
+@torch.no_grad()
+def knn_accuracy(train_codes: torch.Tensor, train_labels: torch.Tensor, test_codes: torch.Tensor,
+                 test_labels: torch.Tensor, k: int = 5, chunk: int = 1000) -> float:
+    """Share of test codes whose k nearest training codes (Euclidean) vote for the right label."""
+    train_codes, test_codes = train_codes.float(), test_codes.float()
+    classes = int(max(train_labels.max(), test_labels.max())) + 1
+    train_sq = train_codes.pow(2).sum(1)
+    correct = 0
+    for start in range(0, len(test_codes), chunk):
+        q = test_codes[start:start + chunk]
+        dist = train_sq - 2 * q @ train_codes.T                        # (b, n_train), up to |q|^2
+        nearest = dist.topk(min(k, len(train_codes)), largest=False).indices
+        votes = torch.zeros(len(q), classes).scatter_add_(1, train_labels[nearest], torch.ones(nearest.shape))
+        correct += (votes.argmax(1) == test_labels[start:start + chunk]).sum().item()
+    return correct / len(test_codes)
+
+
+def linear_probe_accuracy(train_codes: torch.Tensor, train_labels: torch.Tensor, test_codes: torch.Tensor,
+                          test_labels: torch.Tensor, weight_decay: float = 1e-4, max_iter: int = 200) -> float:
+    """Test accuracy of multinomial logistic regression on standardised codes (full-batch L-BFGS)."""
+    mean, std = train_codes.float().mean(0), train_codes.float().std(0).clamp_min(1e-8)
+    xs, xt = (train_codes.float() - mean) / std, (test_codes.float() - mean) / std
+    classes = int(max(train_labels.max(), test_labels.max())) + 1
+    linear = torch.nn.Linear(xs.shape[1], classes)
+    optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(linear(xs), train_labels) + weight_decay * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return (linear(xt).argmax(1) == test_labels).float().mean().item()
+
+
 class ReconstructionTracker(Callback):
     """Adds the test set's reconstruction measures to every epoch's record (about 0.1 s on Fashion-MNIST), so
     metrics.jsonl shows how MSE and PSNR move, not just the loss."""

@@ -1,0 +1,131 @@
+"""Baselines and measures on real Fashion-MNIST: PCA against scikit-learn and its known test errors, logistic
+PCA on a planted low-rank Bernoulli matrix, the Frechet distance's known answers, kNN and probe accuracy."""
+
+import numpy as np
+import pytest
+import torch
+
+from aelab.baselines import PCA, LogisticPCA, load_baseline
+from aelab.data import ImageSet, load_dataset
+from aelab.errors import UserError
+from aelab.evaluate import knn_accuracy, linear_probe_accuracy
+from aelab.frechet import feature_classifier, frechet_distance, sample_quality
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: the machine's two cores are shared, and two threads contending there run far slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return load_dataset()
+
+
+def sse_per_image(reconstructed, images: ImageSet) -> float:
+    return (torch.as_tensor(reconstructed) - images.floats()).pow(2).flatten(1).sum(1).mean().item()
+
+
+def test_pca_agrees_with_scikit_learn(fashion):
+    from sklearn.decomposition import PCA as SKPCA
+    from threadpoolctl import threadpool_limits
+
+    train, test = fashion[0].subset(2000), fashion[1].subset(500)
+    ours = PCA(20).fit(train)
+    with threadpool_limits(1):  # numpy's BLAS threads thrash on a shared two-core machine as torch's do
+        theirs = SKPCA(20, svd_solver="full").fit(train.floats().reshape(len(train), -1).numpy().astype(np.float64))
+    x_test = test.floats().reshape(len(test), -1).numpy().astype(np.float64)
+    np.testing.assert_allclose(ours.explained_variance_.numpy(), theirs.explained_variance_, rtol=1e-4)
+    # components are defined up to sign: compare codes' magnitudes and the reconstructions themselves
+    np.testing.assert_allclose(np.abs(ours.encode(x_test.astype(np.float32))), np.abs(theirs.transform(x_test)),
+                               atol=2e-3)
+    ours_rec = ours.reconstruct(test).reshape(len(test), -1).numpy()
+    np.testing.assert_allclose(ours_rec, theirs.inverse_transform(theirs.transform(x_test)), atol=2e-4)
+
+
+def test_pca_known_test_errors(fashion):
+    """scikit-learn's figures on the full data (unclipped reconstructions): 14.66 at 20, 12.24 at 30."""
+    train, test = fashion
+    assert sse_per_image(PCA(20).fit(train).reconstruct(test), test) == pytest.approx(14.66, abs=0.01)
+    assert sse_per_image(PCA(30).fit(train).reconstruct(test), test) == pytest.approx(12.24, abs=0.01)
+
+
+def test_surface_accepts_every_kind_and_round_trips_through_safetensors(tmp_path, fashion):
+    train, test = fashion[0].subset(1000), fashion[1].subset(50)
+    model = LogisticPCA(5, m=4.0, max_iter=20).fit(train)
+    assert model.fit(train) is model
+    codes = model.encode(test)
+    assert codes.shape == (50, 5)
+    assert isinstance(model.encode(test.images.numpy()), np.ndarray)          # numpy in, numpy out
+    torch.testing.assert_close(model.encode(test.floats()), codes)             # uint8 and floats agree
+    assert model.decode(codes).shape == (50, 1, 28, 28)
+    loaded, _ = load_baseline(model.save(tmp_path / "lpca.safetensors"))
+    assert torch.equal(loaded.encode(test), codes) and type(loaded) is LogisticPCA
+    with pytest.raises(UserError, match="not fitted"):
+        PCA(3).encode(test)
+    with pytest.raises(UserError, match="pixels"):
+        model.encode(torch.rand(2, 10))
+
+
+def test_logistic_pca_recovers_planted_low_rank_bernoulli_better_than_pca():
+    """Binary data drawn from sigmoid(mu + A B^T) of rank 3: logistic PCA's means are closer to the truth."""
+    g = torch.Generator().manual_seed(0)
+    n, d, k = 1500, 60, 3
+    theta = torch.randn(d, generator=g) + 5 * torch.randn(n, k, generator=g) @ torch.randn(k, d, generator=g) / k ** 0.5
+    truth = torch.sigmoid(theta)
+    x = torch.bernoulli(truth, generator=g)
+    logistic = LogisticPCA(k).fit(x)
+    linear = PCA(k).fit(x)
+    err_logistic = (logistic.reconstruct(x) - truth).pow(2).mean().item()
+    err_pca = (linear.reconstruct(x).clamp(0, 1) - truth).pow(2).mean().item()
+    assert logistic.m_.item() in logistic.m_scores_           # m was chosen on held-out BCE
+    assert err_logistic < 0.7 * err_pca
+
+
+def test_frechet_distance_known_answers():
+    g = np.random.default_rng(0)
+    a = g.normal(size=(4000, 8)) @ g.normal(size=(8, 8))
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-8)
+    shift = np.full(8, 0.5)
+    # equal covariances: the distance is the squared norm of the mean difference
+    assert frechet_distance(a, a + shift) == pytest.approx((shift ** 2).sum(), rel=1e-6)
+    assert frechet_distance(a, a + 2 * shift) > frechet_distance(a, a + shift)
+    with pytest.raises(UserError):
+        frechet_distance(a, a[:, :4])
+
+
+def test_feature_classifier_is_cached_and_separates_real_from_noise(tmp_path, fashion):
+    train, test = fashion[0].subset(3000), fashion[1].subset(1000)
+    net, accuracy = feature_classifier(train, test, cache=tmp_path, epochs=1)
+    assert accuracy > 0.6 and (tmp_path / "fashion_classifier.safetensors").is_file()
+    again, cached_accuracy = feature_classifier(cache=tmp_path)   # loads, does not train
+    assert cached_accuracy == pytest.approx(accuracy, abs=1e-6)
+    np.testing.assert_array_equal(again.features(test.subset(10)), net.features(test.subset(10)))
+
+    class Sampler:
+        def __init__(self, images):
+            self.images = images
+
+        def sample(self, n):
+            return self.images[:n]
+
+    real = sample_quality(Sampler(fashion[0].floats(slice(3000, 4000))), net, train, test)
+    noise = sample_quality(Sampler(torch.rand(1000, 1, 28, 28, generator=torch.Generator().manual_seed(0))),
+                           net, train, test)
+    assert real["frechet"] < 3 * real["frechet_floor"] + 1 and noise["frechet"] > 10 * real["frechet"]
+
+
+def test_codes_carry_labels(fashion):
+    train, test = fashion[0].subset(5000), fashion[1].subset(1000)
+    pca = PCA(30).fit(train)
+    train_codes, test_codes = pca.encode(train), pca.encode(test)
+    knn = knn_accuracy(train_codes, train.labels, test_codes, test.labels)
+    probe = linear_probe_accuracy(train_codes, train.labels, test_codes, test.labels)
+    assert 0.7 < knn <= 1 and 0.7 < probe <= 1
+    # a code that knows nothing: chance level
+    noise = torch.randn(len(test), 30, generator=torch.Generator().manual_seed(0))
+    assert knn_accuracy(torch.randn(len(train), 30), train.labels, noise, test.labels) < 0.2
