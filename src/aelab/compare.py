@@ -21,7 +21,7 @@ import torch
 from aelab.baselines import PCA, LogisticPCA, load_baseline
 from aelab.data import DataConfig, ImageSet
 from aelab.errors import UserError
-from aelab.evaluate import knn_accuracy, linear_probe_accuracy, reconstruction_errors
+from aelab.evaluate import knn_accuracy, linear_probe_accuracy, reconstruction_metrics
 
 DEFAULT_METHODS = ("ae", "logistic_pca", "pca")
 BASELINES = {"pca": PCA, "logistic_pca": LogisticPCA}
@@ -112,17 +112,6 @@ def load_run(name: str, run_dir: str | Path) -> Fitted:
 
 # ---------------------------------------------------------------------------------------------- measuring
 
-def _values_and_logits(model, x: torch.Tensor):
-    """Reconstructions of float images, with logits where the method has them."""
-    if isinstance(model, torch.nn.Module):
-        logits = model.decoder(model.code_eval(x))
-        return torch.sigmoid(logits), logits
-    if hasattr(model, "logits"):
-        logits = model.logits(x)
-        return torch.sigmoid(logits), logits
-    return model.reconstruct(x), None
-
-
 @torch.no_grad()
 def _codes(model, images: ImageSet, batch_size: int = 5000) -> torch.Tensor:
     if isinstance(model, torch.nn.Module):
@@ -138,8 +127,8 @@ def measure(fitted: Fitted, train: ImageSet, test: ImageSet, classifier=None) ->
     model = fitted.model
     if isinstance(model, torch.nn.Module):
         model.eval()
-    row = {"method": fitted.name, "latent": fitted.latent,
-           **reconstruction_errors(lambda x: _values_and_logits(model, x), test),
+    errors = reconstruction_metrics(model, test)
+    row = {"method": fitted.name, "latent": fitted.latent, **{k: errors[k] for k in ("sse_per_image", "mse", "bce")},
            "parameters": model.num_parameters(), "train_seconds": round(fitted.train_seconds, 2),
            "epochs": fitted.epochs, "knn_accuracy": None, "probe_accuracy": None,
            "frechet": None, "frechet_floor": None}

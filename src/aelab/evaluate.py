@@ -9,20 +9,33 @@ from aelab.losses import bce_per_image, entropy_per_image, psnr_per_image, squar
 from aelab.train import Callback
 
 
+def values_and_logits(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A method's reconstructions of float images (b, c, h, w), with logits where it has them (PCA has none)."""
+    if isinstance(model, torch.nn.Module):
+        logits = model.decoder(model.code_eval(x))
+        return torch.sigmoid(logits), logits
+    if hasattr(model, "logits"):
+        logits = model.logits(x)
+        return torch.sigmoid(logits), logits
+    return model.reconstruct(x), None
+
+
 @torch.no_grad()
-def reconstruction_metrics(reconstruct_logits, images: ImageSet, batch_size: int = 2500) -> dict[str, float]:
+def reconstruction_metrics(model, images: ImageSet, batch_size: int = 2500, eps: float = 1e-6) -> dict[str, float]:
     """Per-pixel BCE and its floor (the targets' own entropy: no model can go below it on grey targets),
-    per-pixel MSE, summed squared error per image, and PSNR in dB (mean over images, peak 1).
-    `reconstruct_logits` maps float images (b, c, h, w) to logits of the same shape."""
+    per-pixel MSE, summed squared error per image, and PSNR in dB (mean over images, peak 1), for any method that
+    reconstructs, baselines included. Without logits (PCA), BCE is taken on the values clipped to [eps, 1 - eps];
+    squared error is always on the values as they are."""
     sums = dict.fromkeys(("bce", "bce_floor", "sse", "psnr"), 0.0)
     pixels = images.images[0].numel()
     for x in images.batches(batch_size):
-        logits = reconstruct_logits(x)
-        probs = torch.sigmoid(logits)
+        values, logits = values_and_logits(model, x)
+        if logits is None:
+            logits = torch.logit(values.float().clamp(eps, 1 - eps))
         sums["bce"] += bce_per_image(logits, x).sum().item()
         sums["bce_floor"] += entropy_per_image(x).sum().item()
-        sums["sse"] += squared_error_per_image(probs, x).sum().item()
-        sums["psnr"] += psnr_per_image(probs, x).sum().item()
+        sums["sse"] += squared_error_per_image(values, x).sum().item()
+        sums["psnr"] += psnr_per_image(values, x).sum().item()
     n = len(images)
     return {"bce": sums["bce"] / n / pixels, "bce_floor": sums["bce_floor"] / n / pixels,
             "mse": sums["sse"] / n / pixels, "sse_per_image": sums["sse"] / n, "psnr": sums["psnr"] / n}
@@ -31,27 +44,9 @@ def reconstruction_metrics(reconstruct_logits, images: ImageSet, batch_size: int
 def evaluate(model, images: ImageSet) -> dict[str, float]:
     """Reconstruction measures of clean images, plus whatever the model measures of itself."""
     model.eval()
-    metrics = reconstruction_metrics(lambda x: model.decoder(model.code_eval(x)), images)
+    metrics = reconstruction_metrics(model, images)
     metrics.update(model.extra_metrics(images))
     return metrics
-
-
-@torch.no_grad()
-def reconstruction_errors(reconstruct, images: ImageSet, batch_size: int = 2500, eps: float = 1e-6
-                          ) -> dict[str, float]:
-    """Per-pixel BCE and MSE and per-image squared error for any method that reconstructs, baselines included.
-    `reconstruct` maps float images (b, c, h, w) to (values, logits): logits may be None (PCA), in which case
-    BCE is taken on the values clipped to [eps, 1 - eps]; squared error is always on the values as they are."""
-    sums = dict.fromkeys(("bce", "sse"), 0.0)
-    pixels = images.images[0].numel()
-    for x in images.batches(batch_size):
-        values, logits = reconstruct(x)
-        if logits is None:
-            logits = torch.logit(values.float().clamp(eps, 1 - eps))
-        sums["bce"] += bce_per_image(logits, x).sum().item()
-        sums["sse"] += squared_error_per_image(values, x).sum().item()
-    n = len(images)
-    return {"sse_per_image": sums["sse"] / n, "mse": sums["sse"] / n / pixels, "bce": sums["bce"] / n / pixels}
 
 
 @torch.no_grad()
@@ -99,6 +94,6 @@ class ReconstructionTracker(Callback):
         model = trainer.model
         model.eval()
         with trainer.autocast():
-            metrics = reconstruction_metrics(lambda x: model.decoder(model.code_eval(x)), trainer.test_set)
+            metrics = reconstruction_metrics(model, trainer.test_set)
         model.train()
         record.update({f"test_{k}": v for k, v in metrics.items()})
