@@ -36,6 +36,18 @@ def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> str:
     return lines[0]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: in-process training then matches the CLI fixture run (--threads 1) to the
+    bit, and on a shared two-core machine two contending threads run far slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def fashion():
     """(train, test) ImageSets of the real Fashion-MNIST, loaded once."""

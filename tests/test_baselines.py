@@ -6,24 +6,13 @@ import pytest
 import torch
 
 from aelab.baselines import PCA, LogisticPCA, load_baseline
-from aelab.data import ImageSet, load_dataset
+from aelab.data import ImageSet
 from aelab.errors import UserError
 from aelab.evaluate import knn_accuracy, linear_probe_accuracy
 from aelab.frechet import feature_classifier, frechet_distance, sample_quality
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the machine's two cores are shared, and two threads contending there run far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def fashion():
-    return load_dataset()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sse_per_image(reconstructed, images: ImageSet) -> float:

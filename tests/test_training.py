@@ -21,13 +21,7 @@ from aelab.runs import Run, _metadata, train
 from conftest import RUN_EPOCHS, SRC, aelab, assert_user_error
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Train in-process on one thread, as the CLI fixture run does (--threads 1): results compare to the bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_subset(data, out, epochs: int, seed: int = 0, **settings) -> Run:
