@@ -73,13 +73,14 @@ def bf16_quality(train, test, epochs: int) -> dict[str, float]:
 
 
 def cli_figures() -> dict[str, float]:
-    # the training process reports its own peak: a child's RUSAGE_CHILDREN figure can include this parent's
-    # memory, copied into it by the fork before exec
+    # the training process reports its own peak, VmHWM: getrusage's maxrss survives exec, so a child forked
+    # from this large process would report this process's size
     with tempfile.TemporaryDirectory() as tmp:
-        script = ("import resource, runpy, sys\n"
+        script = ("import runpy, sys\n"
                   f"sys.argv = ['aelab', 'train', '--epochs', '1', '--out', {tmp + '/run'!r}]\n"
                   "try:\n    runpy.run_module('aelab', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-                  "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+                  "hwm = [line for line in open('/proc/self/status') if line.startswith('VmHWM')][0]\n"
+                  "print(hwm.split()[1], file=sys.stderr)")
         done = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
         peak_mib = int(done.stderr.strip().splitlines()[-1]) / 1024
     helps = [timed(lambda: subprocess.run([sys.executable, "-m", "aelab", "--help"], check=True,
