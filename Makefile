@@ -28,10 +28,10 @@ chapter: setup
 	if [ -d runs/chapter ]; then $(BIN)/aelab train --resume runs/chapter; else $(BIN)/aelab train --out runs/chapter; fi
 
 compare: setup
-	$(BIN)/aelab compare --out runs/compare --threads 1 --overwrite
+	$(BIN)/aelab compare --out runs/compare --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/python benchmarks/train_speed.py --profile
