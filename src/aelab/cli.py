@@ -257,17 +257,13 @@ def cmd_sample(args) -> int:
     import torch
 
     from aelab.models import is_generative
-    from aelab.runs import Run, load_model
 
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
     if args.n < 1:
         raise UserError(f"-n must be at least 1, not {args.n}")
-    model = load_model(args.run)
-    if not is_generative(model):
-        name = Run.open(args.run).config().model_name
-        raise UserError(f"{args.run} is a {name!r} run, which cannot draw new images; sample from a vae or aae "
-                        "run (`aelab train vae`)")
+    model = _model_that(args.run, is_generative, "which cannot draw new images; sample from a vae or aae run "
+                                                 "(`aelab train vae`)")
     images = model.sample(args.n, torch.Generator().manual_seed(args.seed))
     _write_images(images.numpy(), out)
     print(f"wrote {args.n} samples to {out}")
@@ -291,6 +287,16 @@ def cmd_interpolate(args) -> int:
     return 0
 
 
+def _model_that(run: str, able, cannot: str):
+    """The run's model, or one line saying what it cannot do."""
+    from aelab.runs import Run, load_model
+
+    model = load_model(run)
+    if not able(model):
+        raise UserError(f"{run} is a {Run.open(run).config().model_name!r} run, {cannot}")
+    return model
+
+
 def _image_or_test_index(run: str, item: str):
     """The uint8 image (1, c, h, w) named by a file path, or by its index in the run's test set."""
     from aelab.data import read_inputs
@@ -307,15 +313,11 @@ def _image_or_test_index(run: str, item: str):
 def cmd_denoise(args) -> int:
     from aelab.data import read_inputs
     from aelab.models import is_denoising
-    from aelab.runs import Run, load_model
 
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
-    model = load_model(args.run)
-    if not is_denoising(model):
-        name = Run.open(args.run).config().model_name
-        raise UserError(f"{args.run} is a {name!r} run, not trained to remove noise; denoise with a dae run "
-                        "(`aelab train dae`), or use `aelab reconstruct`")
+    model = _model_that(args.run, is_denoising, "not trained to remove noise; denoise with a dae run "
+                                                "(`aelab train dae`), or use `aelab reconstruct`")
     images = read_inputs(args.inputs)
     cleaned = model.reconstruct(images.images).numpy()
     _write_images(cleaned, out)
