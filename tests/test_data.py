@@ -283,6 +283,14 @@ def test_plain_npz_holds_out_a_test_fraction(tmp_path, fashion):
     assert train.labels is not None and len(train.labels) == 80
 
 
+@pytest.mark.parametrize("labels", [np.arange(99), np.full(100, 0.5), np.full(100, -1)], ids=["short", "float", "negative"])
+def test_npz_labels_must_be_one_integer_per_image(labels, tmp_path, fashion):
+    images = fashion[1].images[:100, 0].numpy()
+    np.savez(tmp_path / "keras.npz", x_train=images, y_train=labels, x_test=images[:10], y_test=np.arange(10))
+    with pytest.raises(UserError, match=r"y_train\] must hold 100 non-negative integer labels"):
+        load_dataset(tmp_path / "keras.npz")
+
+
 @pytest.mark.parametrize("fraction", [0, 1, -0.5, 1.5])
 def test_test_fraction_outside_0_1_is_rejected(fraction, tmp_path, fashion):
     np.save(tmp_path / "a.npy", fashion[1].images[:20, 0].numpy())

@@ -242,6 +242,17 @@ def read_inputs(paths: list[str | Path], grey: bool = True) -> ImageSet:
 
 # ---------------------------------------------------------------------------------------------- train/test sets
 
+def _labels(arrays: dict[str, np.ndarray], key: str, count: int, path: Path) -> torch.Tensor | None:
+    """Integer class labels, one per image, if the file has them under `key`."""
+    if key not in arrays:
+        return None
+    labels = np.asarray(arrays[key]).reshape(-1)
+    if len(labels) != count or not np.issubdtype(labels.dtype, np.integer) or (len(labels) and labels.min() < 0):
+        raise UserError(f"{path}[{key}] must hold {count} non-negative integer labels, one per image, not "
+                        f"{len(labels)} of {labels.dtype}; fix or drop the labels")
+    return torch.from_numpy(labels.astype(np.int64))
+
+
 def _holdout_split(images: torch.Tensor, labels: torch.Tensor | None, test_fraction: float):
     n = images.shape[0]
     if not 0 < test_fraction < 1:
@@ -274,13 +285,16 @@ def load_dataset(data: str | Path | None = None, grey: bool = True, test_fractio
         return _holdout_split(read_image_files(files, grey), None, test_fraction)
     if path.suffix.lower() in (".npy", ".npz"):
         arrays = _load_array_file(path)
-        labels = lambda key: torch.from_numpy(arrays[key].astype(np.int64)) if key in arrays else None
+        def labelled(images_key: str, labels_key: str) -> ImageSet:
+            images = to_uint8_images(arrays[images_key], f"{path}[{images_key}]", grey)
+            return ImageSet(images, _labels(arrays, labels_key, len(images), path))
+
         if "x_train" in arrays and "x_test" in arrays:  # the Keras layout
-            return (ImageSet(to_uint8_images(arrays["x_train"], f"{path}[x_train]", grey), labels("y_train")),
-                    ImageSet(to_uint8_images(arrays["x_test"], f"{path}[x_test]", grey), labels("y_test")))
+            return labelled("x_train", "y_train"), labelled("x_test", "y_test")
         key = next((k for k in ("images", "x", "arr_0") if k in arrays), next(iter(arrays), None))
         if key is None:
             raise UserError(f"{path} holds no arrays; save images as an array (or x_train and x_test)")
-        return _holdout_split(to_uint8_images(arrays[key], f"{path}[{key}]", grey), labels("labels"), test_fraction)
+        images = to_uint8_images(arrays[key], f"{path}[{key}]", grey)
+        return _holdout_split(images, _labels(arrays, "labels", len(images), path), test_fraction)
     raise UserError(f"{path} is neither a folder nor a .npy/.npz file; pass a folder of idx files or images, "
                     "or an array file")

@@ -28,8 +28,11 @@ FORMAT = "aelab/1"
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)  # a crash mid-write never leaves a half file behind
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)  # a crash mid-write never leaves a half file behind
+    finally:
+        tmp.unlink(missing_ok=True)  # nor, after Ctrl-C mid-write, a stray .tmp
 
 
 class Run:
