@@ -22,29 +22,40 @@ def values_and_logits(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 @torch.no_grad()
 def reconstruction_metrics(model, images: ImageSet, batch_size: int = 2500, eps: float = 1e-6) -> dict[str, float]:
-    """Per-pixel BCE and its floor (the targets' own entropy: no model can go below it on grey targets),
-    per-pixel MSE, summed squared error per image, and PSNR in dB (mean over images, peak 1), for any method that
-    reconstructs, baselines included. Without logits (PCA), BCE is taken on the values clipped to [eps, 1 - eps];
-    squared error is always on the values as they are."""
-    sums = dict.fromkeys(("bce", "bce_floor", "sse", "psnr"), 0.0)
+    """Per-pixel BCE, per-pixel MSE, summed squared error per image, and PSNR in dB (mean over images, peak 1),
+    for any method that reconstructs, baselines included. Without logits (PCA), BCE is taken on the values
+    clipped to [eps, 1 - eps]; squared error is always on the values as they are."""
+    sums = dict.fromkeys(("bce", "sse", "psnr"), 0.0)
     pixels = images.images[0].numel()
     for x in images.batches(batch_size):
         values, logits = values_and_logits(model, x)
         if logits is None:
             logits = torch.logit(values.float().clamp(eps, 1 - eps))
         sums["bce"] += bce_per_image(logits, x).sum().item()
-        sums["bce_floor"] += entropy_per_image(x).sum().item()
         sums["sse"] += squared_error_per_image(values, x).sum().item()
         sums["psnr"] += psnr_per_image(values, x).sum().item()
     n = len(images)
-    return {"bce": sums["bce"] / n / pixels, "bce_floor": sums["bce_floor"] / n / pixels,
-            "mse": sums["sse"] / n / pixels, "sse_per_image": sums["sse"] / n, "psnr": sums["psnr"] / n}
+    return {"bce": sums["bce"] / n / pixels, "mse": sums["sse"] / n / pixels, "sse_per_image": sums["sse"] / n,
+            "psnr": sums["psnr"] / n}
+
+
+@torch.no_grad()
+def bce_floor(images: ImageSet, batch_size: int = 2500) -> float:
+    """The targets' own entropy per pixel: the least BCE any model can reach on grey targets, since
+    BCE(p, x) = H(x) + KL(x || p). A property of the data alone, so it is worth computing once."""
+    total = sum(entropy_per_image(x).sum().item() for x in images.batches(batch_size))
+    return total / len(images) / images.images[0].numel()
+
+
+def with_floor(metrics: dict[str, float], floor: float) -> dict[str, float]:
+    """The measures with bce_floor placed right after bce."""
+    return {"bce": metrics["bce"], "bce_floor": floor, **{k: v for k, v in metrics.items() if k != "bce"}}
 
 
 def evaluate(model, images: ImageSet) -> dict[str, float]:
     """Reconstruction measures of clean images, plus whatever the model measures of itself."""
     model.eval()
-    metrics = reconstruction_metrics(model, images)
+    metrics = with_floor(reconstruction_metrics(model, images), bce_floor(images))
     metrics.update(model.extra_metrics(images))
     return metrics
 
@@ -87,13 +98,19 @@ def linear_probe_accuracy(train_codes: torch.Tensor, train_labels: torch.Tensor,
 
 
 class ReconstructionTracker(Callback):
-    """Adds the test set's reconstruction measures to every epoch's record (about 0.1 s on Fashion-MNIST), so
-    metrics.jsonl shows how MSE and PSNR move, not just the loss."""
+    """Adds the test set's reconstruction measures to every epoch's record (about 0.05 s on Fashion-MNIST), so
+    metrics.jsonl shows how MSE and PSNR move, not just the loss. The BCE floor is computed once: it costs
+    more than the rest (about 0.1 s) and never changes."""
+
+    def __init__(self):
+        self.floor: float | None = None
 
     def on_epoch_end(self, trainer, record: dict) -> None:
+        if self.floor is None:
+            self.floor = bce_floor(trainer.test_set)
         model = trainer.model
         model.eval()
         with trainer.autocast():
-            metrics = reconstruction_metrics(model, trainer.test_set)
+            metrics = with_floor(reconstruction_metrics(model, trainer.test_set), self.floor)
         model.train()
         record.update({f"test_{k}": v for k, v in metrics.items()})
