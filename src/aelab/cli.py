@@ -75,12 +75,6 @@ def build_parser() -> Parser:
     p.add_argument("--out", required=True, help="FILE.png (one strip), a folder or FILE.npy")
     p.add_argument("--overwrite", action="store_true", help="replace existing output")
 
-    p = sub.add_parser("denoise", help="clean noisy images with a trained denoising run (dae)")
-    p.add_argument("run")
-    p.add_argument("inputs", nargs="+", help="image files, folders, .npy/.npz")
-    p.add_argument("--out", required=True, help="a folder (one PNG per image), FILE.png (a grid) or FILE.npy")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output")
-
     p = sub.add_parser("compare", help="the chapter's figure 12.3 and a leaderboard: models and PCA baselines")
     p.add_argument("methods", nargs="*", metavar="METHOD",
                    help="registered models, pca, logistic_pca (default: ae logistic_pca pca)")
@@ -98,6 +92,7 @@ def build_parser() -> Parser:
     for name, help_text, inputs_help in (
             ("reconstruct", "reconstruct images through a trained run", "image files, folders, .npy/.npz"),
             ("encode", "codes of images as .npy", "image files, folders, .npy/.npz"),
+            ("denoise", "clean noisy images with a trained denoising run (dae)", "image files, folders, .npy/.npz"),
             ("decode", "images from codes (.npy)", "a .npy file of codes (n, latent)")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("run")
@@ -226,15 +221,21 @@ def cmd_compare(args) -> int:
 
 
 def cmd_apply(args) -> int:
-    """reconstruct, encode and decode: inputs through a trained model, to PNGs, a grid or .npy."""
+    """reconstruct, encode, decode and denoise: inputs through a trained model, to PNGs, a grid or .npy."""
     import numpy as np
 
     from aelab.data import read_inputs
     from aelab.runs import load_model
 
+    from aelab.models import is_denoising
+
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
-    model = load_model(args.run)
+    if args.command == "denoise":
+        model = _model_that(args.run, is_denoising, "not trained to remove noise; denoise with a dae run "
+                                                    "(`aelab train dae`), or use `aelab reconstruct`")
+    else:
+        model = load_model(args.run)
     if args.command == "decode":
         codes = _read_codes(args.inputs)
         result = model.decode(codes)
@@ -249,7 +250,8 @@ def cmd_apply(args) -> int:
         np.save(out, result)
     else:
         _write_images(result, out)
-    print(f"wrote {len(result)} {'codes' if args.command == 'encode' else 'images'} to {out}")
+    what = {"encode": "codes", "denoise": "denoised images"}.get(args.command, "images")
+    print(f"wrote {len(result)} {what} to {out}")
     return 0
 
 
@@ -310,21 +312,6 @@ def _image_or_test_index(run: str, item: str):
     return read_inputs([item]).images[:1]
 
 
-def cmd_denoise(args) -> int:
-    from aelab.data import read_inputs
-    from aelab.models import is_denoising
-
-    out = Path(args.out)
-    _check_new_output(out, args.overwrite)
-    model = _model_that(args.run, is_denoising, "not trained to remove noise; denoise with a dae run "
-                                                "(`aelab train dae`), or use `aelab reconstruct`")
-    images = read_inputs(args.inputs)
-    cleaned = model.reconstruct(images.images).numpy()
-    _write_images(cleaned, out)
-    print(f"wrote {len(cleaned)} denoised images to {out}")
-    return 0
-
-
 def _read_codes(paths: list[str]):
     import numpy as np
 
@@ -369,4 +356,4 @@ def _write_images(images, out: Path) -> None:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cmd_models, "compare": cmd_compare,
             "reconstruct": cmd_apply, "encode": cmd_apply, "decode": cmd_apply,
-            "sample": cmd_sample, "interpolate": cmd_interpolate, "denoise": cmd_denoise}
+            "sample": cmd_sample, "interpolate": cmd_interpolate, "denoise": cmd_apply}
