@@ -2,7 +2,9 @@
 
 Reference: the chapter's model (487 588 parameters) trained the way a typical PyTorch user writes it: a
 TensorDataset of float images, DataLoader(batch_size=512, shuffle=True), torch.optim.Adam(lr=1e-3),
-F.binary_cross_entropy_with_logits. aelab: its Trainer, in fp32 and in the opt-in bf16 mode.
+F.binary_cross_entropy_with_logits. aelab: its Trainer's training steps alone, in fp32 and in the opt-in bf16
+mode, and "whole": a whole epoch as `aelab train` runs it (steps, test evaluation, grid, weights, checkpoint,
+metrics line; the eval-mode pass over 10 000 training images that runs every 10th epoch is added at a tenth).
 Epochs alternate (reference, fp32, bf16, reference, ...) so drift in the machine's speed hits all alike; the
 median seconds per epoch are compared. Then: bf16's test MSE against fp32's after the same epochs, the peak RSS
 of a real `aelab train` process, and the time `aelab --help` takes.
@@ -24,9 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from pathlib import Path
+
+from aelab import config as cfg
 from aelab.data import load_dataset
 from aelab.evaluate import evaluate
 from aelab.models import AEConfig, build
+from aelab.reports import GridWriter
+from aelab.runs import RunRecorder, Run
 from aelab.train import TrainConfig, Trainer
 
 
@@ -49,11 +56,17 @@ def speed(train, test, epochs: int) -> dict[str, float]:
     ref_optimizer = torch.optim.Adam(ref_model.parameters(), lr=1e-3)
     loader = DataLoader(TensorDataset(train.floats()), batch_size=512, shuffle=True)
     trainers = {p: Trainer(build("ae", AEConfig()), train, test, TrainConfig(precision=p)) for p in ("fp32", "bf16")}
-    times: dict[str, list[float]] = {"reference": [], "fp32": [], "bf16": []}
+    folder = tempfile.mkdtemp()
+    config = cfg.resolve("ae", None, {})
+    whole = Trainer(build("ae", AEConfig()), train, test, TrainConfig(train_eval_size=0),
+                    [RunRecorder(Run.create(folder + "/run", config), config), GridWriter(Path(folder) / "grids", 1)])
+    train_eval = timed(lambda: whole.evaluate(train.subset(10_000))) / 10  # every 10th epoch
+    times: dict[str, list[float]] = {"reference": [], "fp32": [], "bf16": [], "whole": []}
     for epoch in range(epochs + 1):  # the first round warms up caches and allocators, and is not counted
         t = {"reference": timed(lambda: reference_epoch(ref_model, ref_optimizer, loader))}
         for precision, trainer in trainers.items():
             t[precision] = timed(trainer.train_epoch)
+        t["whole"] = timed(lambda: whole.epoch_end(epoch + 1, whole.train_epoch(epoch + 1), 0.0)) + train_eval
         if epoch:
             for k, v in t.items():
                 times[k].append(v)
@@ -117,7 +130,7 @@ def main() -> None:
     train, test = load_dataset()
     s = speed(train, test, args.epochs)
     print(f"\nseconds per epoch (median of {args.epochs}, {len(train)} images, batch 512):")
-    for k in ("reference", "fp32", "bf16"):
+    for k in ("reference", "fp32", "bf16", "whole"):
         print(f"  {k:<10}{s[k]:.3f}  ratio to reference {s[k] / s['reference']:.2f}x")
     if args.quality_epochs:
         mse = bf16_quality(train, test, args.quality_epochs)

@@ -36,6 +36,17 @@ def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> str:
     return lines[0]
 
 
+def stepper(model, lr: float = 1e-3):
+    """A CPU trainer around `model`, to take optimisation steps by hand with .step(x) (its data is never read)."""
+    import torch
+
+    from aelab.data import ImageSet
+    from aelab.train import TrainConfig, Trainer
+
+    empty = ImageSet(torch.zeros((0, *model.config.in_shape), dtype=torch.uint8))
+    return Trainer(model, empty, empty, TrainConfig(lr=lr, device="cpu"))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module: in-process training then matches the CLI fixture run (--threads 1) to the

@@ -19,6 +19,7 @@ from aelab.models import MODELS, build, is_denoising, is_generative
 from aelab.models.dae import add_noise
 from aelab.runs import Run, load_model
 from aelab.train import Trainer, TrainConfig
+from conftest import stepper
 
 TINY = {"model.latent": 4, "model.hidden": "32,16", "model.channels": "4,8"}
 CASES = [(name, arch) for name in MODELS for arch in ("mlp", "conv")]
@@ -60,7 +61,7 @@ def test_shapes_and_named_terms(name, arch, fashion):
     assert model.decode(np.zeros((3, 4), np.float32)).shape == (3, 1, 28, 28)
     terms = model.loss(x)
     assert "loss" in terms and all(t.ndim == 0 and torch.isfinite(t) for t in terms.values())
-    step_terms = model.train_step(x, model.configure_optimizers(1e-3))
+    step_terms = stepper(model).step(x)
     assert step_terms.keys() == terms.keys()
     assert all(torch.isfinite(t) for t in step_terms.values())
 
@@ -69,7 +70,7 @@ def test_shapes_and_named_terms(name, arch, fashion):
 def test_one_step_changes_every_parameter(name, arch, fashion):
     _, model = tiny(name, arch)
     before = {k: v.clone() for k, v in model.named_parameters()}
-    model.train_step(fashion[0].floats(slice(0, 64)), model.configure_optimizers(1e-3))
+    stepper(model).step(fashion[0].floats(slice(0, 64)))
     unchanged = [k for k, v in model.named_parameters() if torch.equal(v, before[k])]
     assert not unchanged
 
@@ -77,7 +78,7 @@ def test_one_step_changes_every_parameter(name, arch, fashion):
 @pytest.mark.parametrize("name,arch", CASES)
 def test_save_load_round_trip_is_exact(name, arch, fashion, tmp_path):
     config, model = tiny(name, arch)
-    model.train_step(fashion[0].floats(slice(0, 64)), model.configure_optimizers(1e-3))
+    stepper(model).step(fashion[0].floats(slice(0, 64)))
     run = Run.create(tmp_path / "run", config)
     run.save_weights(model, config, epoch=1)
     loaded = load_model(run.path)
@@ -149,9 +150,9 @@ def test_iwae_bound_rises_with_k(trained_vae, fashion):
 
 def test_kl_warmup_counts_steps_in_a_buffer(fashion):
     _, model = tiny("vae", **{"model.warmup_steps": 4, "model.beta": 2.0})
-    optimizers = model.configure_optimizers(1e-3)
+    trainer = stepper(model)
     for _ in range(2):
-        model.train_step(fashion[0].floats(slice(0, 32)), optimizers)
+        trainer.step(fashion[0].floats(slice(0, 32)))
     assert model.kl_weight() == pytest.approx(1.0)
     assert model.state_dict()["steps_done"].item() == 2
     assert model.eval().kl_weight() == 2.0

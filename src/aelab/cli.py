@@ -19,7 +19,9 @@ class Parser(argparse.ArgumentParser):
 # train flag -> setting; each also accepts --set KEY=VALUE for any setting
 TRAIN_FLAGS = {"epochs": "train.epochs", "latent": "model.latent", "batch_size": "train.batch_size",
                "lr": "train.lr", "seed": "train.seed", "data": "data.path", "arch": "model.arch",
-               "hidden": "model.hidden", "precision": "train.precision", "grid_every": "train.grid_every"}
+               "hidden": "model.hidden", "precision": "train.precision", "grid_every": "train.grid_every",
+               "device": "train.device"}
+DEVICE_HELP = "auto (default: the first CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N or mps"
 
 
 def build_parser() -> Parser:
@@ -46,9 +48,11 @@ def build_parser() -> Parser:
     p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR", help="continue an interrupted run (--epochs may extend it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--device", help=DEVICE_HELP)
 
     p = sub.add_parser("eval", help="test-set measures of a trained run")
     p.add_argument("run")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--data", metavar="PATH", help="evaluate on this data's test split instead of the run's")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -66,6 +70,7 @@ def build_parser() -> Parser:
     p.add_argument("--out", required=True, help="FILE.png (a grid, 10 per row), a folder (one PNG each) or FILE.npy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace existing output")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     p = sub.add_parser("interpolate", help="decode codes on the line between two images: a strip PNG")
     p.add_argument("run")
@@ -74,6 +79,7 @@ def build_parser() -> Parser:
     p.add_argument("--steps", type=int, default=10, help="images in the strip, both ends included (default 10)")
     p.add_argument("--out", required=True, help="FILE.png (one strip), a folder or FILE.npy")
     p.add_argument("--overwrite", action="store_true", help="replace existing output")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     p = sub.add_parser("compare", help="the chapter's figure 12.3 and a leaderboard: models and PCA baselines")
     p.add_argument("methods", nargs="*", metavar="METHOD",
@@ -88,6 +94,7 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true", help="print the table as a JSON list of rows (progress to stderr)")
     p.add_argument("--overwrite", action="store_true", help="replace DIR's figures and tables (finished runs are reused)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     for name, help_text, inputs_help in (
             ("reconstruct", "reconstruct images through a trained run", "image files, folders, .npy/.npz"),
@@ -100,6 +107,7 @@ def build_parser() -> Parser:
         p.add_argument("--out", required=True,
                        help="a folder (one PNG per image), FILE.png (a grid) or FILE.npy" if name != "encode" else "FILE.npy")
         p.add_argument("--overwrite", action="store_true", help="replace existing output")
+        p.add_argument("--device", default="auto", help=DEVICE_HELP)
         p.add_argument("--rgb", action="store_true", help="keep colour images in colour") if name != "decode" else None
     return parser
 
@@ -128,11 +136,12 @@ def cmd_train(args) -> int:
         run_dir = args.out if args.resume is True else args.resume
         if run_dir is None:
             raise UserError("--resume needs the run folder: `aelab train --resume RUN_DIR`")
-        changed = sorted(set(overrides) - {"train.epochs"}) + (["--config"] if args.config else [])
+        changed = sorted(set(overrides) - {"train.epochs", "train.device"}) + (["--config"] if args.config else [])
         if changed or args.model:
             raise UserError(f"a resumed run keeps its settings; drop {', '.join(changed) or 'the model name'} "
-                            "(only --epochs may change)")
-        return train(resume=run_dir, epochs=overrides.get("train.epochs"), threads=args.threads)
+                            "(only --epochs and --device may change)")
+        return train(resume=run_dir, epochs=overrides.get("train.epochs"), threads=args.threads,
+                     device=overrides.get("train.device"))
     config = cfg.resolve(args.model, args.config, overrides)
     return train(config, out=args.out, overwrite=args.overwrite, threads=args.threads)
 
@@ -149,7 +158,7 @@ def cmd_eval(args) -> int:
     from aelab.evaluate import evaluate
     from aelab.runs import Run, load_model
 
-    model = load_model(args.run)
+    model = load_model(args.run, args.device)
     config = Run.open(args.run).config()
     _, test = load_dataset(args.data or config.data.path, config.data.grey, config.data.test_fraction)
     metrics = evaluate(model, test)
@@ -211,7 +220,7 @@ def cmd_compare(args) -> int:
     progress = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with progress:
         rows = compare(methods, latents or ([args.latent] if args.latent else None), args.out, args.data,
-                       args.epochs, runs, args.overwrite, args.threads)
+                       args.epochs, runs, args.overwrite, args.threads, device=args.device)
     if args.json:
         print(json.dumps(rows))
     else:
@@ -233,9 +242,9 @@ def cmd_apply(args) -> int:
     _check_new_output(out, args.overwrite)
     if args.command == "denoise":
         model = _model_that(args.run, is_denoising, "not trained to remove noise; denoise with a dae run "
-                                                    "(`aelab train dae`), or use `aelab reconstruct`")
+                                                    "(`aelab train dae`), or use `aelab reconstruct`", args.device)
     else:
-        model = load_model(args.run)
+        model = load_model(args.run, args.device)
     if args.command == "decode":
         codes = _read_codes(args.inputs)
         result = model.decode(codes)
@@ -265,9 +274,9 @@ def cmd_sample(args) -> int:
     if args.n < 1:
         raise UserError(f"-n must be at least 1, not {args.n}")
     model = _model_that(args.run, is_generative, "which cannot draw new images; sample from a vae or aae run "
-                                                 "(`aelab train vae`)")
+                                                 "(`aelab train vae`)", args.device)
     images = model.sample(args.n, torch.Generator().manual_seed(args.seed))
-    _write_images(images.numpy(), out)
+    _write_images(images.cpu().numpy(), out)
     print(f"wrote {args.n} samples to {out}")
     return 0
 
@@ -278,9 +287,9 @@ def cmd_interpolate(args) -> int:
 
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
-    model = load_model(args.run)
+    model = load_model(args.run, args.device)
     a, b = _image_or_test_index(args.run, args.a), _image_or_test_index(args.run, args.b)
-    strip = model.interpolate(a, b, args.steps).numpy()
+    strip = model.interpolate(a, b, args.steps).cpu().numpy()
     if out.suffix == ".png":
         save_png(tile(strip, 1, len(strip)), out)
     else:
@@ -289,11 +298,11 @@ def cmd_interpolate(args) -> int:
     return 0
 
 
-def _model_that(run: str, able, cannot: str):
+def _model_that(run: str, able, cannot: str, device: str):
     """The run's model, or one line saying what it cannot do."""
     from aelab.runs import Run, load_model
 
-    model = load_model(run)
+    model = load_model(run, device)
     if not able(model):
         raise UserError(f"{run} is a {Run.open(run).config().model_name!r} run, {cannot}")
     return model

@@ -67,14 +67,14 @@ def fit_baseline(name: str, latent: int, train: ImageSet, folder: Path, data_key
 
 
 def train_model(name: str, latent: int, folder: Path, data: str | None, epochs: int | None,
-                threads: int | None) -> Fitted:
+                threads: int | None, device: str = "auto") -> Fitted:
     """Train a registered model by the run machinery into folder/NAME-kK; a finished run is reused and an
     unfinished or shorter one resumed (to `epochs`)."""
     from aelab import config as cfg
     from aelab.runs import Run, train
 
     run_dir = folder / f"{name}-k{latent}"
-    overrides = {"model.latent": latent, "data.path": data, "train.grid_every": 10}
+    overrides = {"model.latent": latent, "data.path": data, "train.grid_every": 10, "train.device": device}
     if epochs is not None:
         overrides["train.epochs"] = epochs
     config = cfg.resolve(name, None, overrides)
@@ -85,15 +85,15 @@ def train_model(name: str, latent: int, folder: Path, data: str | None, epochs: 
                             "remove it or pick another --out")
         done = Run(run_dir).metrics()
         if not done or done[-1]["epoch"] < config.train.epochs:
-            train(resume=run_dir, epochs=config.train.epochs, threads=threads)
+            train(resume=run_dir, epochs=config.train.epochs, threads=threads, device=device)
         else:
             print(f"compare: reusing {run_dir} ({done[-1]['epoch']} epochs)", flush=True)
     else:
         train(config, out=run_dir, overwrite=run_dir.exists(), threads=threads)
-    return load_run(name, run_dir)
+    return load_run(name, run_dir, device)
 
 
-def load_run(name: str, run_dir: str | Path) -> Fitted:
+def load_run(name: str, run_dir: str | Path, device: str = "auto") -> Fitted:
     """A trained run folder (from `aelab train` or an earlier compare), or a baseline saved by compare, as a
     method named `name`."""
     from aelab.runs import Run, load_model
@@ -104,7 +104,7 @@ def load_run(name: str, run_dir: str | Path) -> Fitted:
             return Fitted(name, model.n_components, model, float(meta.get("fit_seconds", 0)))
         except UserError:
             pass  # not a baseline: a model.safetensors file
-    model = load_model(run_dir)
+    model = load_model(run_dir, device)
     history = Run(run_dir).metrics() if Path(run_dir).is_dir() else []
     return Fitted(name, model.config.latent, model, sum(r["seconds"] for r in history),
                   history[-1]["epoch"] if history else None)
@@ -233,10 +233,11 @@ def write_tables(rows: list[dict], out: Path, notes: list[str]) -> None:
 
 def compare(methods: list[str] | None = None, latents: list[int] | None = None, out: str | Path = "runs/compare",
             data: str | None = None, epochs: int | None = None, runs: dict[str, str] | None = None,
-            overwrite: bool = False, threads: int | None = None, sample_quality: bool = True) -> list[dict]:
+            overwrite: bool = False, threads: int | None = None, sample_quality: bool = True,
+            device: str = "auto") -> list[dict]:
     """Train, fit or load every method at every code size, measure them on the test set and write the figures
     and tables into `out`. `runs` maps a method name to a trained run folder to use instead of training (its
-    code size is the run's). Returns the table's rows."""
+    code size is the run's). Models train and compute on `device`. Returns the table's rows."""
     methods = list(methods or DEFAULT_METHODS)
     latents = list(latents or [30])
     runs = dict(runs or {})
@@ -263,14 +264,14 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
     by_latent: dict[int, list[Fitted]] = {}
     for name in methods:
         if name in runs:
-            fitted = load_run(name, runs[name])
+            fitted = load_run(name, runs[name], device)
             by_latent.setdefault(fitted.latent, []).append(fitted)
             continue
         for k in latents:
             if name in BASELINES:
                 fitted = fit_baseline(name, k, train, folder, data or "fashion-mnist")
             else:
-                fitted = train_model(name, k, folder, data, epochs, threads)
+                fitted = train_model(name, k, folder, data, epochs, threads, device)
             by_latent.setdefault(k, []).append(fitted)
     if sample_quality and any(hasattr(f.model, "sample") for fs in by_latent.values() for f in fs):
         from aelab.frechet import IMAGE_SHAPE, feature_classifier

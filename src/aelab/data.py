@@ -57,13 +57,26 @@ class ImageSet:
         """Pixels / 255 as float32, for the rows picked by `index`."""
         return self.images[index].float().div_(255)
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
-        """Float batches; reshuffled on every call when a generator is given. The last batch may be short."""
+    def index_batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """Row indices of each batch, on the images' device; shuffled on every call when a (CPU) generator is
+        given, so the same seed gives the same order on any device. The last batch may be short."""
         n = len(self)
-        order = torch.randperm(n, generator=generator) if generator is not None else None
-        for start in range(0, n, batch_size):
-            index = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
-            yield self.floats(index)
+        order = (torch.randperm(n, generator=generator) if generator is not None else torch.arange(n))
+        order = order.to(self.images.device, non_blocking=True)
+        return iter(order.split(batch_size))
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """Float batches, in order or shuffled (see index_batches)."""
+        if generator is not None:
+            yield from map(self.floats, self.index_batches(batch_size, generator))
+        else:  # slices: views, no gather
+            for start in range(0, len(self), batch_size):
+                yield self.floats(slice(start, start + batch_size))
+
+    def to(self, device: torch.device | str) -> "ImageSet":
+        """The same images (still uint8) and labels on another device."""
+        labels = None if self.labels is None else self.labels.to(device)
+        return ImageSet(self.images.to(device), labels)
 
     def subset(self, count: int) -> "ImageSet":
         """The first `count` images (all of them if there are fewer)."""

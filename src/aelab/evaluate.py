@@ -6,7 +6,11 @@ import torch
 
 from aelab.data import ImageSet
 from aelab.losses import bce_per_image, entropy_per_image, psnr_per_image, squared_error_per_image
-from aelab.train import Callback
+
+
+def on_device_of(model, images: ImageSet) -> ImageSet:
+    """The images where a torch model computes (baselines compute on the CPU)."""
+    return images.to(model.device) if isinstance(model, torch.nn.Module) else images
 
 
 def values_and_logits(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -20,23 +24,32 @@ def values_and_logits(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return model.reconstruct(x), None
 
 
+def reconstruction_sums(values: torch.Tensor, logits: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Summed over the batch: BCE per image, squared error per image and PSNR, as tensors on x's device."""
+    return {"bce": bce_per_image(logits, x).sum(), "sse": squared_error_per_image(values, x).sum(),
+            "psnr": psnr_per_image(values, x).sum()}
+
+
+def summed_measures(sums: dict[str, float], n: int, pixels: int) -> dict[str, float]:
+    """Per-pixel BCE and MSE, squared error per image and PSNR from the sums over n images."""
+    return {"bce": sums["bce"] / n / pixels, "mse": sums["sse"] / n / pixels, "sse_per_image": sums["sse"] / n,
+            "psnr": sums["psnr"] / n}
+
+
 @torch.no_grad()
 def reconstruction_metrics(model, images: ImageSet, batch_size: int = 2500, eps: float = 1e-6) -> dict[str, float]:
     """Per-pixel BCE, per-pixel MSE, summed squared error per image, and PSNR in dB (mean over images, peak 1),
     for any method that reconstructs, baselines included. Without logits (PCA), BCE is taken on the values
     clipped to [eps, 1 - eps]; squared error is always on the values as they are."""
     sums = dict.fromkeys(("bce", "sse", "psnr"), 0.0)
-    pixels = images.images[0].numel()
+    images = on_device_of(model, images)
     for x in images.batches(batch_size):
         values, logits = values_and_logits(model, x)
         if logits is None:
             logits = torch.logit(values.float().clamp(eps, 1 - eps))
-        sums["bce"] += bce_per_image(logits, x).sum().item()
-        sums["sse"] += squared_error_per_image(values, x).sum().item()
-        sums["psnr"] += psnr_per_image(values, x).sum().item()
-    n = len(images)
-    return {"bce": sums["bce"] / n / pixels, "mse": sums["sse"] / n / pixels, "sse_per_image": sums["sse"] / n,
-            "psnr": sums["psnr"] / n}
+        for k, v in reconstruction_sums(values, logits, x).items():
+            sums[k] += v.item()
+    return summed_measures(sums, len(images), images.images[0].numel())
 
 
 @torch.no_grad()
@@ -55,6 +68,7 @@ def with_floor(metrics: dict[str, float], floor: float) -> dict[str, float]:
 def evaluate(model, images: ImageSet) -> dict[str, float]:
     """Reconstruction measures of clean images, plus whatever the model measures of itself."""
     model.eval()
+    images = on_device_of(model, images)
     metrics = with_floor(reconstruction_metrics(model, images), bce_floor(images))
     metrics.update(model.extra_metrics(images))
     return metrics
@@ -95,22 +109,3 @@ def linear_probe_accuracy(train_codes: torch.Tensor, train_labels: torch.Tensor,
     optimizer.step(closure)
     with torch.no_grad():
         return (linear(xt).argmax(1) == test_labels).float().mean().item()
-
-
-class ReconstructionTracker(Callback):
-    """Adds the test set's reconstruction measures to every epoch's record (about 0.05 s on Fashion-MNIST), so
-    metrics.jsonl shows how MSE and PSNR move, not just the loss. The BCE floor is computed once: it costs
-    more than the rest (about 0.1 s) and never changes."""
-
-    def __init__(self):
-        self.floor: float | None = None
-
-    def on_epoch_end(self, trainer, record: dict) -> None:
-        if self.floor is None:
-            self.floor = bce_floor(trainer.test_set)
-        model = trainer.model
-        model.eval()
-        with trainer.autocast():
-            metrics = with_floor(reconstruction_metrics(model, trainer.test_set), self.floor)
-        model.train()
-        record.update({f"test_{k}": v for k, v in metrics.items()})

@@ -126,7 +126,7 @@ def sample_quality(model, net: FeatureNet, train: ImageSet, test: ImageSet, n: i
     set (the floor), on the classifier's features."""
     n = n or len(test)
     samples = model.sample(n)
-    samples = torch.as_tensor(np.asarray(samples)) if not isinstance(samples, torch.Tensor) else samples.detach()
+    samples = torch.as_tensor(np.asarray(samples)) if not isinstance(samples, torch.Tensor) else samples.detach().cpu()
     test_features = net.features(test)
     return {"frechet": frechet_distance(net.features(samples), test_features),
             "frechet_floor": frechet_distance(test_features, net.features(train))}

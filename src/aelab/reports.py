@@ -21,7 +21,7 @@ class GridWriter(Callback):
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         if self.every and (trainer.epoch % self.every == 0 or trainer.epoch == trainer.config.epochs):
-            self.write(trainer.model, trainer.test_set.floats(slice(0, GRID_ROWS * GRID_COLS // 2)),
+            self.write(trainer.model, trainer.test_set.floats(slice(0, GRID_ROWS * GRID_COLS // 2)).cpu(),
                        self.folder / f"epoch_{trainer.epoch:03d}.png")
 
     @staticmethod
@@ -51,12 +51,12 @@ def plot_losses(history: list[dict], path: Path) -> Path | None:
                                if k.startswith(("train_", "test_")) and not k.startswith("train_eval_")))
     terms = [t for t in terms if t not in ("bce_floor", "sse_per_image")]
     fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.4), squeeze=False)
-    epochs = [r["epoch"] for r in history]
     for ax, term in zip(axes[0], terms):
         for split, style, label in (("train", "-", "train"), ("test", "--", "test"),
-                                    ("train_eval", ":", "train, eval mode")):
-            if f"{split}_{term}" in first:
-                ax.plot(epochs, [r[f"{split}_{term}"] for r in history], style, label=label)
+                                    ("train_eval", ":o", "train, eval mode")):  # measured every few epochs
+            points = [(r["epoch"], r[f"{split}_{term}"]) for r in history if f"{split}_{term}" in r]
+            if points:
+                ax.plot(*zip(*points), style, label=label, markersize=3)
         if term == "bce" and "test_bce_floor" in first:  # the data's own entropy: the curve can only approach it
             ax.axhline(first["test_bce_floor"], color="grey", lw=0.8, ls=":", label="floor (test entropy)")
         ax.set(title=term, xlabel="epoch")
@@ -85,7 +85,7 @@ def write_report(run_path: Path, config, model, history: list[dict], metrics: di
     parts = [
         f"# {config.model_name} on {config.data.path or 'Fashion-MNIST'}",
         f"{len(history)} epochs, {model.num_parameters():,} parameters, {seconds:.0f} s of training "
-        f"({seconds / max(len(history), 1):.2f} s per epoch).",
+        f"({seconds / max(len(history), 1):.2f} s per epoch), trained on {next(model.parameters()).device}.",
         "## Test measures",
         _table([("measure", "value")] + [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in metrics.items()]),
         "BCE is per pixel; `bce_floor` is the test pixels' own entropy, the least BCE any model can reach on grey "

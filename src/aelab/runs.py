@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, safe_open
 
+from aelab import distributed
 from aelab.config import RunConfig
 from aelab.errors import UserError
 from aelab.models import build
@@ -83,7 +84,7 @@ class Run:
     # -- weights and checkpoints ------------------------------------------------------------------------------
 
     def save_weights(self, model: torch.nn.Module, config: RunConfig, epoch: int) -> None:
-        tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         _atomic_save(tensors, self.weights_path,
                      {"format": FORMAT, "config": json.dumps(config.to_dict()), "epoch": str(epoch)})
 
@@ -97,8 +98,9 @@ class Run:
                             "ended); start it again with --overwrite")
         tensors = _load(self.checkpoint_path)
         trainer.load_state(tensors, json.loads(_metadata(self.checkpoint_path)["trainer"]))
-        self.truncate_metrics(trainer.epoch)
-        trainer.history = self.metrics()
+        if distributed.is_main():
+            self.truncate_metrics(trainer.epoch)
+            trainer.history = self.metrics()
 
     # -- metrics ---------------------------------------------------------------------------------------------
 
@@ -132,8 +134,9 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path} is not a readable safetensors file ({e}); it is corrupt: retrain or restore it") from None
 
 
-def load_model(path: str | Path):
-    """A trained model, in eval mode, from a run folder or a model.safetensors file."""
+def load_model(path: str | Path, device: str = "auto"):
+    """A trained model, in eval mode, on `device` (auto: a CUDA GPU if there is one, else the CPU), from a run
+    folder or a model.safetensors file; whichever device trained it."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"run {path} does not exist; pass a folder written by `aelab train --out`")
@@ -143,8 +146,8 @@ def load_model(path: str | Path):
         raise UserError(f"{run.path} has no model.safetensors yet (no epoch has finished); train it first")
     config = RunConfig.from_dict(json.loads(_metadata(weights)["config"]))
     model = build(config.model_name, config.model)
-    model.load_state_dict(_load(weights))
-    return model.eval()
+    model.load_state_dict(_load(weights))  # safetensors load on the CPU, then move
+    return model.to(distributed.resolve_device(device)).eval()
 
 
 class RunRecorder(Callback):
@@ -169,11 +172,12 @@ def _free_run_dir(model_name: str) -> Path:
 
 
 def train(config: RunConfig | None = None, out: str | Path | None = None, overwrite: bool = False,
-          resume: str | Path | None = None, epochs: int | None = None, threads: int | None = None) -> int:
+          resume: str | Path | None = None, epochs: int | None = None, threads: int | None = None,
+          device: str | None = None) -> int:
     """Train a new run (config, out) or continue one (resume, optionally to more epochs); then evaluate it on
     the test set and write the loss curves, eval.json and report.md. Ctrl-C leaves the last finished epoch's
     checkpoint, from which `resume` continues exactly as if never stopped."""
-    from aelab.evaluate import ReconstructionTracker, evaluate
+    from aelab.evaluate import evaluate
     from aelab.images import save_png
     from aelab.reports import GridWriter, plot_losses, write_report
     from aelab.train import ConsolePrinter
@@ -187,37 +191,49 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
         config = run.config()
         if epochs is not None:
             config.train.epochs = epochs
-            run.config_path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        if device is not None:  # a run may move: GPU-trained runs resume on a CPU and the other way round
+            config.train.device = device
     train_set, test_set = config.data.load()
     config.model.in_shape = train_set.shape
     config.train.check()
+    device = distributed.setup(config.train.device)  # under torchrun: joins the process group
+    main = distributed.is_main()  # rank 0 alone writes the run folder, prints and draws
     torch.manual_seed(config.train.seed)
     model = build(config.model_name, config.model)  # before the folder exists: a bad setting leaves nothing behind
     if resume is None:
-        run = Run.create(out or _free_run_dir(config.model_name), config, overwrite)
-    callbacks = [ReconstructionTracker(), ConsolePrinter(), RunRecorder(run, config),
-                 GridWriter(run.grids_path, config.train.grid_every)]
+        path = Path(out) if out else _free_run_dir(config.model_name)
+        distributed.barrier()  # every rank has picked the same free folder before rank 0 takes it
+        run = distributed.on_main(lambda: Run.create(path, config, overwrite)) or Run(path)
+    elif (epochs is not None or device is not None) and main:
+        run.config_path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    callbacks = [ConsolePrinter(), RunRecorder(run, config), GridWriter(run.grids_path, config.train.grid_every)]
     trainer = Trainer(model, train_set, test_set, config.train, callbacks)
+    say = print if main else (lambda *a, **k: None)
     if resume is not None:
         run.load_checkpoint(trainer)
-        print(f"resuming {run.path} after epoch {trainer.epoch} of {config.train.epochs}")
+        say(f"resuming {run.path} after epoch {trainer.epoch} of {config.train.epochs}")
     else:
-        print(f"training {config.model_name} ({model.num_parameters():,} parameters) on {len(train_set)} images "
-              f"{'x'.join(map(str, train_set.shape))}, testing on {len(test_set)}; run folder {run.path}")
-        print(config.describe())
+        ranks = f" on {distributed.world_size()} ranks" if distributed.world_size() > 1 else ""
+        say(f"training {config.model_name} ({model.num_parameters():,} parameters) on {len(train_set)} images "
+            f"{'x'.join(map(str, train_set.shape))}, testing on {len(test_set)}; device {device}{ranks}; "
+            f"run folder {run.path}")
+        say(config.describe())
     try:
         trainer.fit()
     except KeyboardInterrupt:
         raise UserError(f"interrupted: {run.path} holds epoch {trainer.epoch}; continue with "
                         f"`aelab train --resume {run.path}`") from None
     finally:
-        plot_losses(trainer.history, run.path / "loss.png")
-    metrics = evaluate(model, test_set)
-    (run.path / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    pictures = model.extra_pictures(test_set)
-    for name, picture in pictures.items():
-        save_png(picture, run.path / name)
-    report = write_report(run.path, config, model, trainer.history, metrics, list(pictures))
-    print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-    print(f"report: {report}")
+        if main:
+            plot_losses(trainer.history, run.path / "loss.png")
+    if main:
+        metrics = evaluate(model, test_set)
+        (run.path / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        pictures = model.extra_pictures(trainer.test_set)
+        for name, picture in pictures.items():
+            save_png(picture, run.path / name)
+        report = write_report(run.path, config, model, trainer.history, metrics, list(pictures))
+        print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+        print(f"report: {report}")
+    distributed.finish()
     return 0

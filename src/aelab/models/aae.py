@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from aelab.distributed import batch_draw, draw
 from aelab.errors import UserError
 from aelab.images import tile
 from aelab.losses import bce_mean, gan_loss, rbf_mmd2
@@ -30,17 +31,20 @@ class AAEConfig(AEConfig):
     #                                                0.3 at 0.34 with the discriminator fooled (accuracy 0.53)
 
 
-def sample_prior(prior: str, n: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """n draws (n, dim) from a prior. The mixture, as in Makhzani et al.'s figures: 10 Gaussians of std 0.5 with
-    means evenly spaced on a circle of radius 2 in the plane of the first two code dimensions."""
+def sample_prior(prior: str, n: int, dim: int, generator: torch.Generator | None = None,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """n draws (n, dim) from a prior, on `device`. The mixture, as in Makhzani et al.'s figures: 10 Gaussians of
+    std 0.5 with means evenly spaced on a circle of radius 2 in the plane of the first two code dimensions."""
+    device = torch.device(device)
     if prior == "normal":
-        return torch.randn(n, dim, generator=generator)
+        return draw(torch.randn, (n, dim), device, generator)
     if prior == "uniform":
-        return 2 * torch.rand(n, dim, generator=generator) - 1
-    angle = 2 * math.pi * torch.randint(MIXTURE, (n,), generator=generator) / MIXTURE
-    means = torch.zeros(n, dim)
+        return 2 * draw(torch.rand, (n, dim), device, generator) - 1
+    where = generator.device if generator is not None else device
+    angle = 2 * math.pi * torch.randint(MIXTURE, (n,), generator=generator, device=where).to(device) / MIXTURE
+    means = torch.zeros(n, dim, device=device)
     means[:, 0], means[:, 1 % dim] = 2 * torch.cos(angle), 2 * torch.sin(angle)
-    return means + 0.5 * torch.randn(n, dim, generator=generator)
+    return means + 0.5 * draw(torch.randn, (n, dim), device, generator)
 
 
 class AdversarialAutoencoder(Autoencoder):
@@ -56,7 +60,7 @@ class AdversarialAutoencoder(Autoencoder):
         keras_init_(self.discriminator)
 
     def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return sample_prior(self.config.prior, n, self.config.latent, generator)
+        return batch_draw(n, lambda m: sample_prior(self.config.prior, m, self.config.latent, generator, self.device))
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The three terms on one batch; "loss" is the reconstruction term, comparable with the plain AE's."""
@@ -73,26 +77,18 @@ class AdversarialAutoencoder(Autoencoder):
                 adam(self.discriminator.parameters(), adv, betas=(0.5, 0.999)),
                 adam(self.encoder.parameters(), adv, betas=(0.5, 0.999))]
 
-    def train_step(self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
-        reconstruction, discriminator, generator = optimizers
-        reconstruction.zero_grad(set_to_none=True)
+    def training_steps(self, x: torch.Tensor):
+        """Three steps, one per optimiser: reconstruction, discriminator, generator."""
         recon = bce_mean(self.decoder(self.encoder(x)), x)
-        recon.backward()
-        reconstruction.step()
-
+        yield 0, recon
         # the discriminator learns prior draws = real, codes = fake; detached, so this step moves only it
-        discriminator.zero_grad(set_to_none=True)
         z = self.encoder(x).detach()
         disc = 0.5 * (gan_loss(self.discriminator(self.prior(len(x))), True) + gan_loss(self.discriminator(z), False))
-        disc.backward()
-        discriminator.step()
-
+        yield 1, disc
         # the encoder learns to make its codes pass for prior draws (its optimiser holds only encoder weights)
-        generator.zero_grad(set_to_none=True)
         gen = gan_loss(self.discriminator(self.encoder(x)), True)
-        gen.backward()
-        generator.step()
-        return {"loss": recon.detach(), "recon": recon.detach(), "disc": disc.detach(), "gen": gen.detach()}
+        yield 2, gen
+        return {"loss": recon, "recon": recon, "disc": disc, "gen": gen}
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aelab.distributed import batch_draw
 from aelab.errors import UserError
 from aelab.losses import bce_mean
 
@@ -25,6 +26,18 @@ class AEConfig:
     in_shape: tuple[int, int, int] = (1, 28, 28)  # (c, h, w), taken from the data
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout with its mask drawn for the whole global batch (batch_draw), so N ranks drop what one process
+    would. On the CPU the mask is the one F.dropout draws (bernoulli_(1 - p), then / (1 - p)), to the bit."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.p:
+            return x
+        keep = batch_draw(len(x), lambda m: torch.empty((m, *x.shape[1:]), dtype=x.dtype, device=x.device)
+                          .bernoulli_(1 - self.p))
+        return x * keep.div_(1 - self.p)
+
+
 def mlp(sizes: list[int], dropout: float = 0.0) -> list[nn.Module]:
     """Linear layers with ReLU between them (none after the last), dropout after each ReLU if asked."""
     layers: list[nn.Module] = []
@@ -33,7 +46,7 @@ def mlp(sizes: list[int], dropout: float = 0.0) -> list[nn.Module]:
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
             if dropout:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
     return layers
 
 
@@ -45,7 +58,7 @@ def build_encoder(config: AEConfig, out_features: int, dropout: float = 0.0) -> 
     for c_in, c_out in zip((c, *config.channels), config.channels):
         layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
         if dropout:
-            layers.append(nn.Dropout(dropout))
+            layers.append(Dropout(dropout))
     scale = 2 ** len(config.channels)
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(config.channels[-1] * (h // scale) * (w // scale),
                                                           out_features))
@@ -66,7 +79,7 @@ def build_decoder(config: AEConfig, dropout: float = 0.0) -> nn.Sequential:
         if i < len(outs) - 1:
             layers.append(nn.ReLU())
             if dropout:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
     return nn.Sequential(*layers)
 
 
@@ -136,14 +149,12 @@ class Autoencoder(nn.Module):
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
         return [adam(self.parameters(), lr)]
 
-    def train_step(self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
-        """One optimisation step on batch x; returns the detached loss terms."""
-        (optimizer,) = optimizers
-        optimizer.zero_grad(set_to_none=True)
+    def training_steps(self, x: torch.Tensor):
+        """What to minimise on batch x, step by step: yields (optimiser index, loss); the trainer takes that
+        optimisation step and resumes this generator, which returns the batch's loss terms."""
         terms = self.loss(x)
-        terms["loss"].backward()
-        optimizer.step()
-        return {k: v.detach() for k, v in terms.items()}
+        yield 0, terms["loss"]
+        return terms
 
     # -- public use: tensors or numpy arrays in, the same kind out -----------------------------------------------
 
@@ -152,10 +163,15 @@ class Autoencoder(nn.Module):
         """Codes of images: (n, h, w), (n, c, h, w) or flat rows; uint8 in 0-255 or float in [0, 1]."""
         return _same_kind(x, self.code_eval(self._images(x)))
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     @torch.no_grad()
     def decode(self, z):
         """Images (probabilities in [0, 1]) from codes (n, latent)."""
-        z_t = torch.as_tensor(np.asarray(z) if not isinstance(z, torch.Tensor) else z, dtype=torch.float32)
+        z_t = torch.as_tensor(np.asarray(z) if not isinstance(z, torch.Tensor) else z, dtype=torch.float32,
+                              device=self.device)
         if z_t.ndim != 2 or z_t.shape[1] != self.config.latent:
             raise UserError(f"codes must have shape (n, {self.config.latent}), not {tuple(z_t.shape)}")
         return _same_kind(z, torch.sigmoid(self.decoder(z_t)))
@@ -171,7 +187,7 @@ class Autoencoder(nn.Module):
         if steps < 2:
             raise UserError(f"interpolation needs at least 2 steps, not {steps}")
         za, zb = self.code_eval(self._images(a)[:1]), self.code_eval(self._images(b)[:1])
-        t = torch.linspace(0, 1, steps).unsqueeze(1)
+        t = torch.linspace(0, 1, steps, device=self.device).unsqueeze(1)
         return torch.sigmoid(self.decoder((1 - t) * za + t * zb))
 
     def code_eval(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,7 +195,7 @@ class Autoencoder(nn.Module):
         return self.encoder(x)[:, :self.config.latent]
 
     def _images(self, x) -> torch.Tensor:
-        t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+        t = (torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x).to(self.device)
         t = t.float().div(255) if t.dtype == torch.uint8 else t.float()
         shape = self.config.in_shape
         if t.ndim == 2 and t.shape[1] == int(np.prod(shape)):
@@ -196,7 +212,8 @@ class Autoencoder(nn.Module):
 
 
 def _same_kind(like, result: torch.Tensor):
-    return result if isinstance(like, torch.Tensor) else result.numpy()
+    """A tensor on the input tensor's device, or a numpy array for numpy input."""
+    return result.to(like.device) if isinstance(like, torch.Tensor) else result.cpu().numpy()
 
 
 def summary(model: nn.Module) -> str:
@@ -206,7 +223,7 @@ def summary(model: nn.Module) -> str:
     for part in ("encoder", "decoder"):
         if part == "decoder":
             shape = (1, model.config.latent)
-        x = torch.zeros(shape)
+        x = torch.zeros(shape, device=next(model.parameters()).device)
         for i, layer in enumerate(getattr(model, part)):
             x = layer(x)
             params = sum(p.numel() for p in layer.parameters())

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aelab.distributed import batch_draw, draw
 from aelab.errors import UserError
 from aelab.images import stacked_rows
 from aelab.losses import psnr_per_image
@@ -27,13 +28,16 @@ class DAEConfig(AEConfig):
 def add_noise(x: torch.Tensor, noise: str, level: float, clip: bool = True,
               generator: torch.Generator | None = None) -> torch.Tensor:
     """A corrupted copy of images x in [0, 1]."""
+    def fresh(fn) -> torch.Tensor:  # noise of x's shape, drawn for the whole (global) batch
+        return batch_draw(len(x), lambda m: draw(fn, (m, *x.shape[1:]), x.device, generator))
+
     if noise == "gaussian":
-        noisy = x + level * torch.randn(x.shape, generator=generator)
+        noisy = x + level * fresh(torch.randn)
         return noisy.clamp(0, 1) if clip else noisy
-    hit = torch.rand(x.shape, generator=generator) < level
+    hit = fresh(torch.rand) < level
     if noise == "masking":
         return x.masked_fill(hit, 0.0)
-    salt = torch.rand(x.shape, generator=generator) < 0.5
+    salt = fresh(torch.rand) < 0.5
     return torch.where(hit, salt.to(x.dtype), x)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aelab.distributed import batch_draw, draw
 from aelab.errors import UserError
 from aelab.images import tile
 from aelab.losses import bce_per_image, gaussian_kl, iwae_bound, log_normal
@@ -28,8 +29,11 @@ def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Gene
                    k: int | None = None) -> torch.Tensor:
     """z = mu + sigma * eps, eps ~ N(0, I): a sample of N(mu, exp(logvar)) differentiable in mu and logvar.
     With k, k samples per row: shape (k, *mu.shape)."""
-    shape = mu.shape if k is None else (k, *mu.shape)
-    return mu + (0.5 * logvar).exp() * torch.randn(shape, generator=generator)
+    if k is None:  # one draw per row of the (global) batch
+        eps = batch_draw(len(mu), lambda m: draw(torch.randn, (m, *mu.shape[1:]), mu.device, generator))
+    else:
+        eps = draw(torch.randn, (k, *mu.shape), mu.device, generator)
+    return mu + (0.5 * logvar).exp() * eps
 
 
 class VariationalAutoencoder(Autoencoder):
@@ -53,11 +57,11 @@ class VariationalAutoencoder(Autoencoder):
     def code(self, x: torch.Tensor) -> torch.Tensor:
         return reparameterise(*self.posterior(x))
 
-    def kl_weight(self) -> float:
+    def kl_weight(self) -> float | torch.Tensor:
         """beta, ramped up from 0 during the first warmup_steps training steps; the full beta in evaluation."""
         if not self.training or not self.config.warmup_steps:
             return self.config.beta
-        return self.config.beta * min(1.0, self.steps_done.item() / self.config.warmup_steps)
+        return self.config.beta * (self.steps_done / self.config.warmup_steps).clamp(max=1.0)  # no host sync
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Terms per image in nats, averaged over the batch: loss = recon + kl_weight * kl."""
@@ -66,8 +70,8 @@ class VariationalAutoencoder(Autoencoder):
         kl = gaussian_kl(mu, logvar).mean()
         return {"loss": recon + self.kl_weight() * kl, "recon": recon, "kl": kl}
 
-    def train_step(self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
-        terms = super().train_step(x, optimizers)
+    def training_steps(self, x: torch.Tensor):
+        terms = yield from super().training_steps(x)
         self.steps_done += 1
         return terms
 
@@ -102,7 +106,7 @@ class VariationalAutoencoder(Autoencoder):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n new images (n, c, h, w) in [0, 1]: the decoder's means for draws z ~ N(0, I)."""
         self.eval()
-        return torch.sigmoid(self.decoder(torch.randn(n, self.config.latent, generator=generator)))
+        return torch.sigmoid(self.decoder(draw(torch.randn, (n, self.config.latent), self.device, generator)))
 
     def extra_pictures(self, test) -> dict:
         """samples.png: 100 images decoded from N(0, I) draws."""

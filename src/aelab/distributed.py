@@ -1,0 +1,174 @@
+"""Devices and data-parallel training under `torchrun`.
+
+With N ranks, every rank draws the same global shuffle, takes its share of each global batch, and the trainer sums
+the gradients weighted by share / batch, so N ranks follow the single process that takes the whole batch. Random
+draws of a batch (noise, dropout masks, prior samples) go through `batch_draw`: every rank draws the global batch's
+and keeps its rows, so the ranks' random streams stay equal and together draw what one process would.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from aelab.errors import UserError
+
+# the rows [offset, offset + n) of a global batch of `total` this rank trains on now; None outside a sharded step
+_shard: tuple[int, int] | None = None
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto: the first CUDA GPU if there is one, else the CPU; cpu, cuda, cuda:N, mps as asked, if present."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use --device auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {name}: this machine has no CUDA GPU that torch can use; use --device cpu "
+                            "or auto")
+        if (device.index or 0) >= count:
+            raise UserError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UserError(f"--device {name}: Apple's MPS is not available here; use --device cpu or auto")
+    elif device.type != "cpu":
+        raise UserError(f"unknown device {name!r}; use --device auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def launched() -> bool:
+    """Whether torchrun started this process as one of several ranks."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device_name: str) -> torch.device:
+    """The device of this process; under torchrun, joins the process group first (NCCL on GPUs, gloo on CPUs)
+    and gives each rank its own GPU (cuda:LOCAL_RANK) when the device is a GPU."""
+    device = resolve_device(device_name)
+    if not launched():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """Rank 0, the one process that writes the run folder, prints and draws."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def on_main(fn):
+    """fn() on rank 0 only, its result there (None elsewhere); if it fails there, every rank stops with it."""
+    failed = None
+    result = None
+    if is_main():
+        try:
+            result = fn()
+        except BaseException as e:  # noqa: BLE001  re-raised below, after the others know
+            failed = e
+    if dist.is_initialized():
+        flag = torch.tensor([failed is not None], dtype=torch.int32,
+                            device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.broadcast(flag, src=0)
+        if flag.item() and failed is None:
+            raise UserError("rank 0 stopped (its message says why)")
+    if failed is not None:
+        raise failed
+    return result
+
+
+def finish() -> None:
+    """Leave the process group, after every rank is done."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def share(index: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """This rank's rows of a global batch's indices, and their offset in it (shares differ by one at most)."""
+    if world_size() == 1:
+        return index, 0
+    parts = torch.tensor_split(index, world_size())
+    return parts[rank()], sum(len(p) for p in parts[:rank()])
+
+
+class sharded:
+    """Within it, batch_draw keeps this rank's rows of global draws."""
+
+    def __init__(self, offset: int, total: int):
+        self.shard = (offset, total) if world_size() > 1 else None
+
+    def __enter__(self):
+        global _shard
+        self.before, _shard = _shard, self.shard
+
+    def __exit__(self, *exc):
+        global _shard
+        _shard = self.before
+
+
+def batch_draw(n: int, draw: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """draw(m) gives m random rows; this is this rank's n rows of the global batch's draw (all n rows outside
+    a sharded step), so every rank consumes the random stream as a single process would."""
+    if _shard is None:
+        return draw(n)
+    offset, total = _shard
+    return draw(total)[offset:offset + n]
+
+
+def draw(fn, shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """fn(shape) random numbers (torch.randn, torch.rand) on `device`: from that device's own stream, or from a
+    seeded generator where it lives (evaluation's are on the CPU) and then moved, the same on every device."""
+    where = generator.device if generator is not None else device
+    return fn(shape, generator=generator, device=where).to(device)
+
+
+def average_gradients(parameters: list[torch.nn.Parameter], weight: float, loss: torch.Tensor) -> torch.Tensor:
+    """Sum of weight * gradient over ranks, in place, in one all-reduce (weight: this rank's share of the batch).
+    Returns a number that is finite only if every rank's loss and gradients are: 0 * loss rides along."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    flat = torch.cat([*(g.reshape(-1) for g in grads), loss.reshape(1).float()])
+    flat[:-1].mul_(weight)
+    flat[-1:].mul_(0)
+    dist.all_reduce(flat)
+    start = 0
+    for g in grads:
+        g.copy_(flat[start:start + g.numel()].view_as(g))
+        start += g.numel()
+    return flat.sum()
+
+
+def all_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def broadcast_parameters(module: torch.nn.Module) -> None:
+    """Rank 0's weights and buffers to every rank (they start equal from the seed; this makes sure)."""
+    if world_size() > 1:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)

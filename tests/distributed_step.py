@@ -1,0 +1,29 @@
+"""Run by test_distributed.py, alone or under torchrun: for each MODEL, one training step on the first global batch
+of DATA (each rank its share); rank 0 saves the gradients left by the step and the weights after it to
+OUT/MODEL.safetensors."""
+
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+from aelab import config as cfg
+from aelab import distributed
+from aelab.models import build
+from aelab.train import Trainer
+
+data, out, *names = sys.argv[1:]
+torch.set_num_threads(1)
+for name in names:
+    config = cfg.resolve(name, None, {"data.path": data, "train.batch_size": 64, "train.device": "cpu"})
+    train_set, test_set = config.data.load()
+    config.model.in_shape = train_set.shape
+    torch.manual_seed(0)
+    trainer = Trainer(build(name, config.model), train_set, test_set, config.train)
+    trainer.train_batch(next(trainer.train_set.index_batches(64, trainer.shuffle)))
+    if distributed.is_main():
+        model = trainer.model
+        save_file({**{f"grad.{k}": p.grad for k, p in model.named_parameters() if p.grad is not None},
+                   **{f"weight.{k}": v.contiguous() for k, v in model.state_dict().items()}},
+                  f"{out}/{name}.safetensors")
+distributed.finish()

@@ -1,0 +1,162 @@
+"""Data-parallel training under torchrun on the CPU (gloo), with real processes on real Fashion-MNIST: two ranks
+that share each global batch follow the single process that takes it whole, for every registered model."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aelab.models import MODELS
+from conftest import SRC
+
+HERE = Path(__file__).parent
+ENV = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{HERE}", "OMP_NUM_THREADS": "1"}
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+# a few hundred steps: 4 epochs of 3000 images in global batches of 48
+CLI_TRAIN = ("--epochs", "4", "--batch-size", "48", "--threads", "1", "--device", "cpu", "--set", "train.grid_every=2")
+
+
+def run(command: list, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def torchrun(*args, nproc: int = 2) -> subprocess.CompletedProcess:
+    return run([*TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", *map(str, args)])
+
+
+def test_two_ranks_average_to_the_single_process_gradients(subset_npz, tmp_path):
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    names = list(MODELS)
+    run([sys.executable, HERE / "distributed_step.py", subset_npz, tmp_path / "one", *names])
+    torchrun(HERE / "distributed_step.py", subset_npz, tmp_path / "two", *names)
+    for name in names:
+        one, two = (load_file(tmp_path / side / f"{name}.safetensors") for side in ("one", "two"))
+        assert one.keys() == two.keys()
+        for key in one:
+            # the adversarial AE's discriminator also holds the generator step's local gradient: not averaged
+            if key.startswith("grad.") and not (name == "aae" and "discriminator" in key):
+                assert torch.allclose(one[key], two[key], rtol=0, atol=1e-6), (name, key)
+            if key.startswith("weight."):
+                assert torch.allclose(one[key], two[key], rtol=0, atol=1e-5), (name, key)
+
+
+def measures(run_dir: Path) -> dict:
+    return json.loads((run_dir / "eval.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["ae", "aae", "vae"])
+def test_torchrun_training_follows_the_single_process_run(name, subset_npz, tmp_path):
+    single = tmp_path / "single"
+    run([sys.executable, "-m", "aelab", "train", name, "--data", subset_npz, *CLI_TRAIN, "--out", single])
+    ranks = tmp_path / "ranks"
+    result = torchrun("-m", "aelab", "train", name, "--data", subset_npz, *CLI_TRAIN, "--out", ranks)
+    assert result.stdout.count("epoch   1/4") == 1 and "on 2 ranks" in result.stdout  # rank 0 alone prints
+    assert [json.loads(line)["epoch"] for line in (ranks / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert sorted(p.name for p in (ranks / "grids").iterdir()) == ["epoch_002.png", "epoch_004.png"]
+    a, b = measures(single), measures(ranks)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert b[key] == pytest.approx(a[key], rel=1e-3), key
+
+
+def test_resume_under_torchrun_equals_the_uninterrupted_run(subset_npz, tmp_path):
+    common = ("--data", subset_npz, "--batch-size", "48", "--threads", "1", "--device", "cpu", "--set",
+              "train.grid_every=0")
+    torchrun("-m", "aelab", "train", "vae", *common, "--epochs", "2", "--out", tmp_path / "whole")
+    torchrun("-m", "aelab", "train", "vae", *common, "--epochs", "1", "--out", tmp_path / "part")
+    torchrun("-m", "aelab", "train", "--resume", tmp_path / "part", "--epochs", "2", "--threads", "1")
+    whole, part = (load_file(tmp_path / d / "model.safetensors") for d in ("whole", "part"))
+    assert all(torch.equal(whole[k], part[k]) for k in whole)
+    assert len((tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_machines_on_one_host_train_as_two_ranks(subset_npz, tmp_path):
+    """Two torchrun launches, one rank each, meeting at a rendezvous on localhost: what --nnodes 2 does across
+    machines. They must train what one two-rank launch trains."""
+    common = ["-m", "aelab", "train", "ae", "--data", subset_npz, "--epochs", "1", "--batch-size", "48",
+              "--threads", "1", "--device", "cpu", "--set", "train.grid_every=0"]
+    torchrun(*common, "--out", tmp_path / "one-launch")
+    rendezvous = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+                  "--rdzv-id=aelab-test"]
+    nodes = [subprocess.Popen([*TORCHRUN, *rendezvous, *map(str, common), "--out", str(tmp_path / "two-nodes")],
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for node in nodes:
+        out, err = node.communicate(timeout=300)
+        assert node.returncode == 0, err[-3000:]
+    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("one-launch", "two-nodes"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- devices ------------------------------------------------------------------------------------------------------
+
+def test_auto_and_cpu_devices_train_on_this_machine_and_say_so(trained_run, tmp_path):
+    """The fixture run used the default device, auto: on a machine without a GPU that is the CPU."""
+    from conftest import aelab
+
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["train"]["device"] == "auto"
+    assert "device cpu" in (trained_run.parent / "train.stdout").read_text()
+    assert "trained on cpu" in (trained_run / "report.md").read_text()
+    result = aelab("eval", trained_run, "--device", "cpu", "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)["bce"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a CUDA GPU")
+@pytest.mark.parametrize("command", [("train", "--epochs", "1"), ("eval", "RUN"), ("encode", "RUN", "X", "--out", "c.npy")])
+def test_asking_for_a_missing_gpu_is_one_line(command, trained_run, subset_npz, tmp_path):
+    from conftest import aelab, assert_user_error
+
+    args = [str(trained_run) if a == "RUN" else str(subset_npz) if a == "X" else a for a in command]
+    result = aelab(*args, "--device", "cuda", *(["--data", subset_npz, "--out", tmp_path / "r"]
+                                                if command[0] == "train" else []), cwd=tmp_path)
+    assert_user_error(result, "no CUDA GPU", "--device cpu")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_run_trained_elsewhere_loads_and_resumes_here(trained_run, subset_npz, tmp_path):
+    """A run whose config says it trained on cuda:0 (as one copied from a GPU machine): safetensors hold no
+    device, so it loads on the CPU, and resumes here with --device cpu."""
+    import shutil
+
+    from aelab.runs import load_model
+    from conftest import aelab
+
+    moved = tmp_path / "from-gpu"
+    shutil.copytree(trained_run, moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["train"]["device"] = "cuda:0"
+    (moved / "config.json").write_text(json.dumps(config))
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(load_model(moved, "cpu").reconstruct(x), load_model(trained_run, "cpu").reconstruct(x))
+    result = aelab("train", "--resume", moved, "--epochs", "4", "--device", "cpu", "--threads", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((moved / "config.json").read_text())["train"]["device"] == "cpu"
+
+
+def test_random_draws_land_on_the_device_asked_from_either_generator():
+    from aelab.distributed import batch_draw, draw, sharded
+
+    g = torch.Generator().manual_seed(0)
+    a = draw(torch.randn, (3, 2), torch.device("cpu"), g)
+    assert torch.equal(a, torch.randn((3, 2), generator=torch.Generator().manual_seed(0)))
+    torch.manual_seed(5)
+    whole = batch_draw(6, lambda m: torch.randn(m, 2))
+    torch.manual_seed(5)
+    with sharded(2, 6):  # one process: the shard is the whole batch, as it must be
+        assert torch.equal(batch_draw(6, lambda m: torch.randn(m, 2)), whole)
