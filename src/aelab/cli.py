@@ -89,6 +89,11 @@ def build_parser() -> Parser:
     p.add_argument("--overwrite", action="store_true", help="replace DIR's figures and tables (finished runs are reused)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
+    p = sub.add_parser("report", help="rebuild report.html, the page of a run or a comparison (opens from disk)")
+    p.add_argument("folder", help="a run folder (`aelab train --out`) or a comparison folder (`aelab compare --out`)")
+    p.add_argument("--out", metavar="FILE.html", help="where to write the page (default: FOLDER/report.html)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
     for name, help_text, inputs_help in (
             ("reconstruct", "reconstruct images through a trained run", "image files, folders, .npy/.npz"),
             ("encode", "codes of images as .npy", "image files, folders, .npy/.npz"),
@@ -217,6 +222,19 @@ def cmd_compare(args) -> int:
     else:
         print(markdown_table(rows))
         print(f"figures and tables in {args.out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from aelab.report_html import write_page
+
+    if args.out is not None:
+        out = Path(args.out)
+        if out.suffix != ".html":
+            raise UserError(f"the report is an HTML page; give --out FILE.html, not {out}")
+        if out.exists() and not args.overwrite:
+            raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+    print(f"report: {write_page(args.folder, args.out)}")
     return 0
 
 
@@ -355,5 +373,6 @@ def _write_images(images, out: Path) -> None:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cmd_models, "compare": cmd_compare,
+            "report": cmd_report,
             "reconstruct": cmd_apply, "encode": cmd_apply, "decode": cmd_apply,
             "sample": cmd_sample, "interpolate": cmd_interpolate, "denoise": cmd_apply}

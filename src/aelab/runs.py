@@ -171,10 +171,11 @@ def _free_run_dir(model_name: str) -> Path:
 def train(config: RunConfig | None = None, out: str | Path | None = None, overwrite: bool = False,
           resume: str | Path | None = None, epochs: int | None = None, threads: int | None = None) -> int:
     """Train a new run (config, out) or continue one (resume, optionally to more epochs); then evaluate it on
-    the test set and write the loss curves, eval.json and report.md. Ctrl-C leaves the last finished epoch's
-    checkpoint, from which `resume` continues exactly as if never stopped."""
+    the test set and write the loss curves, eval.json, report.md and report.html. Ctrl-C leaves the last finished
+    epoch's checkpoint, from which `resume` continues exactly as if never stopped."""
     from aelab.evaluate import ReconstructionTracker, evaluate
     from aelab.images import save_png
+    from aelab.report_html import write_run_page
     from aelab.reports import GridWriter, plot_losses, write_report
     from aelab.train import ConsolePrinter
 
@@ -218,6 +219,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
     for name, picture in pictures.items():
         save_png(picture, run.path / name)
     report = write_report(run.path, config, model, trainer.history, metrics, list(pictures))
+    page = write_run_page(run.path, model=model, test=test_set)
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-    print(f"report: {report}")
+    print(f"report: {report} and {page}")
     return 0
