@@ -413,6 +413,7 @@
       hoverReal.width = w; hoverReal.height = h;
       hoverReal.getContext("2d").drawImage(sprite, col * w, row * h, w, h, 0, 0, w, h);
       paint(hoverRecon, decode(code(i)), shape);
+      hoverLabel.dataset.index = i;
       hoverLabel.textContent = `test image ${i}` + (labels ? ` \u00b7 ${classes[labels[i]]}` : "") + " \u00b7 click to take its code";
     }
 
@@ -459,6 +460,10 @@
     });
     showPrior.addEventListener("change", drawMap);
     window.addEventListener("resize", drawMap);
+    window.aelab.pointOnScreen = (i) => {  // where test point i is drawn, in viewport pixels (for tests)
+      const r = map.getBoundingClientRect(), { X, Y } = view();
+      return [r.left + X(xy[i][0]), r.top + Y(xy[i][1])];
+    };
     window.aelab.project = project;
     window.aelab.unproject = unproject;
 
