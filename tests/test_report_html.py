@@ -14,7 +14,8 @@ from aelab.cli import main
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (make setup); a browser downloaded at run time would not do
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]  # containers often have a small /dev/shm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

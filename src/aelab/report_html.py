@@ -141,9 +141,9 @@ def run_page_data(run_path: Path, model=None, test=None) -> dict:
     history = run.metrics()
     eval_path = run.path / "eval.json"
     measures = json.loads(eval_path.read_text()) if eval_path.is_file() else evaluate(model, test)
-    pictures = []
-    for name, picture in model.extra_pictures(test).items():
-        pictures.append({"name": name, "uri": _uri(picture), "caption": (model.extra_pictures.__doc__ or "").strip()})
+    caption = (model.extra_pictures.__doc__ or "").strip()  # "name.png: what it shows"
+    pictures = [{"name": name, "uri": _uri(picture), "caption": caption.removeprefix(f"{name}: ").capitalize()}
+                for name, picture in model.extra_pictures(test).items()]
     c, h, w = model.config.in_shape
     return {
         "kind": "run",

@@ -216,10 +216,11 @@
   const MEASURES = {
     bce: ["BCE per pixel", "test cross-entropy, nats"], bce_floor: ["BCE floor", "the test pixels' own entropy: no model goes below"],
     mse: ["MSE per pixel", "mean squared error"], sse_per_image: ["squared error per image", "summed over its pixels"],
-    psnr: ["PSNR", "dB, peak 1"], neg_elbo: ["−ELBO", "nats per image"], iwae_nll: ["−log p(x) bound", "IWAE, nats per image"],
+    psnr: ["PSNR", "peak signal 1"], neg_elbo: ["−ELBO", "nats per image"], iwae_nll: ["−log p(x) bound", "IWAE, nats per image"],
     recon: ["reconstruction", "nats per image"], kl: ["KL", "nats per image"], mmd: ["MMD² to the prior", "test codes vs prior draws"],
     mmd_prior_baseline: ["MMD², prior vs prior", "the scale of chance"], disc_accuracy: ["discriminator accuracy", "0.5: codes pass for the prior"],
-    psnr_noisy: ["PSNR of noisy input", "dB"], psnr_denoised: ["PSNR denoised", "dB"],
+    psnr_noisy: ["PSNR of the noisy input", "against the clean image"],
+    psnr_denoised: ["PSNR denoised", "the model's output for the noisy input"],
   };
 
   function charts(history) {
@@ -257,7 +258,7 @@
       el("div", { class: "cards" }, Object.entries(measures).filter(([k, v]) => typeof v === "number" && k !== "bce_floor")
         .map(([k, v]) => el("div", { class: "card", id: `measure-${k}` },
           el("div", { class: "k", text: (MEASURES[k] || [k])[0] }),
-          el("div", { class: "v", text: fmt(v) }),
+          el("div", { class: "v", text: k.startsWith("psnr") ? `${v.toFixed(2)} dB` : fmt(v) }),
           el("div", { class: "n", text: k === "bce" && "bce_floor" in measures
             ? `floor ${fmt(measures.bce_floor)}: the pixels' own entropy` : (MEASURES[k] || ["", ""])[1] }))))));
 
@@ -269,8 +270,9 @@
     if (D.grids) page.append(gridSection(D.grids));
     page.append(explorerSection(decode, shape));
     if (M.generative) page.append(samplesSection(decode, shape));
+    const PICTURE_TITLES = { "denoise.png": "Noisy, denoised, clean", "samples.png": "Samples from the prior, fixed seed" };
     for (const p of D.pictures) {
-      page.append(section(`${M.class}: ${p.name}`, p.caption, el("div", { class: "picture" },
+      page.append(section(PICTURE_TITLES[p.name] || p.name, p.caption, el("div", { class: "picture" },
         el("img", { class: "pix", src: p.uri, alt: p.name, style: "width:min(100%, 560px)" }))));
     }
     page.append(section("Model and configuration", null,
@@ -394,17 +396,18 @@
       ctx.strokeStyle = "#1d2433"; ctx.setLineDash([4, 4]); ctx.lineWidth = 1.2;
       ctx.beginPath(); ctx.moveTo(X(a[0]), Y(a[1])); ctx.lineTo(X(b[0]), Y(b[1])); ctx.stroke(); ctx.setLineDash([]);
       ring(ctx, X(a[0]), Y(a[1]), 7, "#1d2433", "A");
-      ring(ctx, X(b[0]), Y(b[1]), 7, "#e8773a", "B");
+      ring(ctx, X(b[0]), Y(b[1]), 8, "#c2185b", "B");
     }
 
-    function ring(ctx, x, y, r, color, text) {
-      ctx.lineWidth = 2.5; ctx.strokeStyle = "#fff";
+    function ring(ctx, x, y, r, color, text) {  // a marker with a white halo, readable over any class colour
+      ctx.lineWidth = 4; ctx.strokeStyle = "#fff";
       ctx.beginPath(); ctx.arc(x, y, r, 0, 2 * Math.PI); ctx.stroke();
-      ctx.lineWidth = 1.6; ctx.strokeStyle = color;
+      ctx.lineWidth = 2; ctx.strokeStyle = color;
       ctx.beginPath(); ctx.arc(x, y, r, 0, 2 * Math.PI); ctx.stroke();
       if (text) {
-        ctx.font = "bold 12px system-ui, sans-serif"; ctx.textAlign = "left"; ctx.fillStyle = color;
-        ctx.fillText(text, x + r + 3, y - r);
+        ctx.font = "bold 13px system-ui, sans-serif"; ctx.textAlign = "left"; ctx.textBaseline = "alphabetic";
+        ctx.lineWidth = 3; ctx.strokeStyle = "#fff"; ctx.strokeText(text, x + r + 3, y - r);
+        ctx.fillStyle = color; ctx.fillText(text, x + r + 3, y - r);
       }
     }
 
