@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from aelab.cli import main
+from conftest import RUN_EPOCHS
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (make setup); a browser downloaded at run time would not do
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -98,6 +99,9 @@ def test_run_page_offline_grids_and_clicks_decoded_like_the_mlp(browser, trained
     page = Page(browser, trained_run / "report.html")
     assert page.js("document.querySelector('#measure-bce .n').textContent").startswith("floor 0.2")
     assert page.js("document.querySelectorAll('#charts canvas').length") >= 4  # loss, bce, mse, psnr
+    chart = page.page.locator("#charts canvas").first.bounding_box()
+    page.page.mouse.move(chart["x"] + chart["width"] - 20, chart["y"] + chart["height"] / 2)  # the last epoch
+    assert f"epoch {RUN_EPOCHS}" in page.page.locator("#charts .tip").first.inner_text()
 
     # the epoch slider shows another epoch's grid
     last = page.js("document.getElementById('grid-recon').src")

@@ -17,7 +17,7 @@ from aelab.errors import UserError
 from aelab.runs import Run, _metadata, load_model
 from conftest import N_TEST, RUN_EPOCHS
 
-SAFE_SUFFIXES = {".json", ".jsonl", ".safetensors", ".png", ".gif", ".md"}
+SAFE_SUFFIXES = {".json", ".jsonl", ".safetensors", ".png", ".gif", ".md", ".html"}
 
 
 @pytest.fixture

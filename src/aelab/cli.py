@@ -226,15 +226,27 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from aelab.report_html import write_page
-
-    if args.out is not None:
-        out = Path(args.out)
+    folder, out = Path(args.folder), args.out and Path(args.out)
+    if out is not None:
         if out.suffix != ".html":
             raise UserError(f"the report is an HTML page; give --out FILE.html, not {out}")
         if out.exists() and not args.overwrite:
             raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
-    print(f"report: {write_page(args.folder, args.out)}")
+    if not folder.exists():
+        raise UserError(f"{folder} does not exist; pass a run folder (`aelab train --out`) or a comparison folder "
+                        "(`aelab compare --out`)")
+    if (folder / "config.json").is_file():
+        from aelab.runs import write_page
+
+        page = write_page(folder, out)
+    elif (folder / "compare.json").is_file():
+        from aelab.report_html import write_compare_page
+
+        page = write_compare_page(folder, out)
+    else:
+        raise UserError(f"{folder} is neither a run folder (no config.json) nor a comparison folder (no "
+                        "compare.json); pass a folder written by `aelab train --out` or `aelab compare --out`")
+    print(f"report: {page}")
     return 0
 
 

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from aelab.errors import UserError
 
 MAP_POINTS = 2000   # test codes on the latent map, with their images for hovering (a 0.8 MB sprite at 28x28)
 MAX_FRAMES = 100    # epoch grids kept for the slider; a longer run keeps evenly spaced ones, first and last
@@ -128,36 +127,26 @@ def epoch_grids(folder: Path) -> dict | None:
                        for f in frames]}
 
 
-def run_page_data(run_path: Path, model=None, test=None) -> dict:
-    from aelab.evaluate import evaluate
-    from aelab.models import is_denoising, is_generative, summary
-    from aelab.runs import Run, load_model
+def run_page_data(run_path: Path, config, model, test, history: list[dict], measures: dict) -> dict:
+    from aelab.models import is_generative, summary
 
-    run = Run.open(run_path)
-    config = run.config()
-    model = (model or load_model(run_path)).eval()
-    if test is None:
-        test = config.data.load()[1]
-    history = run.metrics()
-    eval_path = run.path / "eval.json"
-    measures = json.loads(eval_path.read_text()) if eval_path.is_file() else evaluate(model, test)
-    caption = (model.extra_pictures.__doc__ or "").strip()  # "name.png: what it shows"
-    pictures = [{"name": name, "uri": _uri(picture), "caption": caption.removeprefix(f"{name}: ").capitalize()}
+    model.eval()
+    doc = (model.extra_pictures.__doc__ or "").strip()  # "name.png: what it shows"
+    pictures = [{"name": name, "uri": _uri(picture), "caption": doc.removeprefix(f"{name}: ")}
                 for name, picture in model.extra_pictures(test).items()]
-    c, h, w = model.config.in_shape
     return {
         "kind": "run",
         "title": f"{config.model_name}{' (conv)' if model.config.arch == 'conv' else ''} on "
                  f"{config.data.path or 'Fashion-MNIST'}",
-        "run": str(run.path),
+        "run": str(run_path),
         "model": {"name": config.model_name, "class": type(model).__name__, "latent": model.config.latent,
-                  "shape": [c, h, w], "parameters": model.num_parameters(), "generative": is_generative(model),
-                  "denoising": is_denoising(model), "prior": getattr(model.config, "prior", "normal"),
+                  "shape": list(model.config.in_shape), "parameters": model.num_parameters(),
+                  "generative": is_generative(model), "prior": getattr(model.config, "prior", "normal"),
                   "doc": (type(model).__doc__ or "").strip()},
         "facts": {"epochs": len(history), "seconds": sum(r["seconds"] for r in history), "test_images": len(test)},
         "measures": measures,
         "history": history,
-        "grids": epoch_grids(run.grids_path),
+        "grids": epoch_grids(Path(run_path) / "grids"),
         "map": latent_map(model, test, config),
         "decoder": decoder_program(model.decoder),
         "pictures": pictures,
@@ -196,28 +185,17 @@ def render(data: dict) -> str:
             .replace("__DATA__", payload))
 
 
-def write_run_page(run_path: str | Path, out: str | Path | None = None, model=None, test=None) -> Path:
-    """RUN/report.html (or `out`) for a trained run; `model` and `test` spare loading them again."""
+def write_run_page(run_path: str | Path, config, model, test, history: list[dict], measures: dict,
+                   out: str | Path | None = None) -> Path:
+    """RUN/report.html (or `out`): the run's config and model, its test set (an ImageSet), its metrics.jsonl
+    records and its final test measures."""
     path = Path(out or Path(run_path) / "report.html")
-    path.write_text(render(run_page_data(Path(run_path), model, test)))
+    path.write_text(render(run_page_data(Path(run_path), config, model, test, history, measures)))
     return path
 
 
 def write_compare_page(folder: str | Path, out: str | Path | None = None) -> Path:
+    """FOLDER/report.html (or `out`) for a folder written by `aelab compare`."""
     path = Path(out or Path(folder) / "report.html")
     path.write_text(render(compare_page_data(Path(folder))))
     return path
-
-
-def write_page(target: str | Path, out: str | Path | None = None) -> Path:
-    """The page of a run folder or a comparison folder, whichever `target` is."""
-    target = Path(target)
-    if not target.exists():
-        raise UserError(f"{target} does not exist; pass a run folder (`aelab train --out`) or a comparison folder "
-                        "(`aelab compare --out`)")
-    if (target / "config.json").is_file():
-        return write_run_page(target, out)
-    if (target / "compare.json").is_file():
-        return write_compare_page(target, out)
-    raise UserError(f"{target} is neither a run folder (no config.json) nor a comparison folder (no compare.json); "
-                    "pass a folder written by `aelab train --out` or `aelab compare --out`")

@@ -140,9 +140,11 @@
 
   function lineChart(title, series, floor) {
     const canvas = el("canvas"), tip = el("div", { class: "tip" });
-    const legend = el("div", { class: "legend" }, series.map((s) =>
-      el("span", {}, el("span", { class: "swatch", style: `border-color:${s.color};border-top-style:${s.dash ? "dashed" : "solid"}` }), s.name)),
-      floor != null ? el("span", {}, el("span", { class: "swatch", style: "border-color:#999;border-top-style:dotted" }), "floor (test entropy)") : null);
+    const swatch = (color, style, name) => el("span", {},
+      el("span", { class: "swatch", style: `border-color:${color};border-top-style:${style}` }), name);
+    const legend = el("div", { class: "legend" },
+      series.map((s) => swatch(s.color, s.dash ? "dashed" : "solid", s.name)),
+      floor != null ? swatch("#999", "dotted", "floor (test entropy)") : null);
     const box = el("div", { class: "chart" }, el("div", { class: "title", text: title }), canvas, legend, tip);
     const xs = series[0].points.map((p) => p[0]);
     const ys = series.flatMap((s) => s.points.map((p) => p[1])).concat(floor != null ? [floor] : []);
@@ -175,7 +177,10 @@
         ctx.beginPath();
         s.points.forEach(([x, y], i) => (i ? ctx.lineTo(X(x), Y(y)) : ctx.moveTo(X(x), Y(y))));
         ctx.stroke();
-        if (s.points.length === 1) { ctx.fillStyle = s.color; ctx.fillRect(X(s.points[0][0]) - 2, Y(s.points[0][1]) - 2, 4, 4); }
+        if (s.points.length === 1) {  // one epoch: a dot, not a line
+          ctx.fillStyle = s.color;
+          ctx.fillRect(X(s.points[0][0]) - 2, Y(s.points[0][1]) - 2, 4, 4);
+        }
       }
       ctx.setLineDash([]);
       if (hover != null) {
@@ -214,11 +219,13 @@
     gen: "generator loss (encoder fooling the discriminator)",
   };
   const MEASURES = {
-    bce: ["BCE per pixel", "test cross-entropy, nats"], bce_floor: ["BCE floor", "the test pixels' own entropy: no model goes below"],
+    bce: ["BCE per pixel", "test cross-entropy, nats"],
     mse: ["MSE per pixel", "mean squared error"], sse_per_image: ["squared error per image", "summed over its pixels"],
-    psnr: ["PSNR", "peak signal 1"], neg_elbo: ["−ELBO", "nats per image"], iwae_nll: ["−log p(x) bound", "IWAE, nats per image"],
-    recon: ["reconstruction", "nats per image"], kl: ["KL", "nats per image"], mmd: ["MMD² to the prior", "test codes vs prior draws"],
-    mmd_prior_baseline: ["MMD², prior vs prior", "the scale of chance"], disc_accuracy: ["discriminator accuracy", "0.5: codes pass for the prior"],
+    psnr: ["PSNR", "peak signal 1"], neg_elbo: ["\u2212ELBO", "nats per image"],
+    iwae_nll: ["\u2212log p(x) bound", "IWAE, nats per image"], recon: ["reconstruction", "nats per image"],
+    kl: ["KL", "nats per image"], mmd: ["MMD\u00b2 to the prior", "test codes vs prior draws"],
+    mmd_prior_baseline: ["MMD\u00b2, prior vs prior", "the scale of chance"],
+    disc_accuracy: ["discriminator accuracy", "0.5: codes pass for the prior"],
     psnr_noisy: ["PSNR of the noisy input", "against the clean image"],
     psnr_denoised: ["PSNR denoised", "the model's output for the noisy input"],
   };
@@ -248,14 +255,16 @@
         el("span", {}, el("b", { text: M.class }), ` (${M.name})`),
         el("span", {}, el("b", { text: M.parameters.toLocaleString("en") }), " parameters"),
         el("span", {}, "code of ", el("b", { text: String(M.latent) }), " numbers"),
-        el("span", {}, el("b", { text: String(facts.epochs) }), " epochs in ", el("b", { text: `${seconds.toFixed(0)} s` }),
+        el("span", {}, el("b", { text: String(facts.epochs) }), " epochs in ",
+          el("b", { text: `${seconds.toFixed(0)} s` }),
           facts.epochs ? ` (${(seconds / facts.epochs).toFixed(2)} s per epoch)` : ""),
         el("span", {}, el("b", { text: facts.test_images.toLocaleString("en") }), " test images")),
       el("div", { class: "doc", text: M.doc })));
 
     const measures = D.measures;
     page.append(section("Test measures", "On the whole test set after the last epoch.",
-      el("div", { class: "cards" }, Object.entries(measures).filter(([k, v]) => typeof v === "number" && k !== "bce_floor")
+      el("div", { class: "cards" }, Object.entries(measures)
+        .filter(([k, v]) => typeof v === "number" && k !== "bce_floor")
         .map(([k, v]) => el("div", { class: "card", id: `measure-${k}` },
           el("div", { class: "k", text: (MEASURES[k] || [k])[0] }),
           el("div", { class: "v", text: k.startsWith("psnr") ? `${v.toFixed(2)} dB` : fmt(v) }),
@@ -270,20 +279,23 @@
     if (D.grids) page.append(gridSection(D.grids));
     page.append(explorerSection(decode, shape));
     if (M.generative) page.append(samplesSection(decode, shape));
-    const PICTURE_TITLES = { "denoise.png": "Noisy, denoised, clean", "samples.png": "Samples from the prior, fixed seed" };
+    const PICTURE_TITLES = { "denoise.png": "Noisy, denoised, clean",
+                             "samples.png": "Samples from the prior, fixed seed" };
     for (const p of D.pictures) {
       page.append(section(PICTURE_TITLES[p.name] || p.name, p.caption, el("div", { class: "picture" },
         el("img", { class: "pix", src: p.uri, alt: p.name, style: "width:min(100%, 560px)" }))));
     }
     page.append(section("Model and configuration", null,
       el("details", { open: "" }, el("summary", { text: "Layers" }), el("pre", { text: D.summary })),
-      el("details", {}, el("summary", { text: "Configuration" }), el("pre", { text: JSON.stringify(D.config, null, 2) })),
+      el("details", {}, el("summary", { text: "Configuration" }),
+        el("pre", { text: JSON.stringify(D.config, null, 2) })),
       el("p", { class: "caption", text: `Run folder: ${D.run}. Rebuild this page with \`aelab report ${D.run}\`.` })));
   }
 
   function gridSection(G) {
     const recon = el("img", { class: "pix", id: "grid-recon", alt: "reconstructions" });
-    const slider = el("input", { type: "range", id: "epoch-slider", min: 0, max: G.frames.length - 1, step: 1, value: G.frames.length - 1 });
+    const last = G.frames.length - 1;
+    const slider = el("input", { type: "range", id: "epoch-slider", min: 0, max: last, step: 1, value: last });
     const label = el("div", { class: "epoch" }), stats = el("div", { class: "stats" });
     const play = el("button", { id: "play", text: "\u25B6 Play" });
     let timer = null;
@@ -293,7 +305,8 @@
       const epoch = G.epochs[i], r = D.history.find((h) => h.epoch === epoch);
       label.textContent = `epoch ${epoch}`;
       stats.replaceChildren(...(r ? [["test BCE", r.test_bce], ["test MSE", r.test_mse], ["PSNR", r.test_psnr, " dB"]]
-        .filter(([, v]) => v != null).map(([k, v, unit]) => el("div", {}, `${k} `, el("b", { text: fmt(v) + (unit || "") }))) : []));
+        .filter(([, v]) => v != null)
+        .map(([k, v, unit]) => el("div", {}, `${k} `, el("b", { text: fmt(v) + (unit || "") }))) : []));
     }
     function stop() { clearInterval(timer); timer = null; play.textContent = "\u25B6 Play"; }
     play.addEventListener("click", () => {
@@ -309,10 +322,11 @@
       "right, row by row. Press play to watch the edges sharpen.",
       el("div", { class: "row" },
         el("div", { class: "grid-pair" },
-          el("figure", {}, el("figcaption", { text: "test images" }), el("img", { class: "pix", src: G.real, alt: "test images" })),
+          el("figure", {}, el("figcaption", { text: "test images" }),
+            el("img", { class: "pix", src: G.real, alt: "test images" })),
           el("figure", {}, el("figcaption", { text: "reconstructions" }), recon)),
         el("div", { class: "controls" }, label, slider,
-          el("div", { class: "caption", text: `${G.frames.length} grids, epochs ${G.epochs[0]} to ${G.epochs[G.epochs.length - 1]}` }),
+          el("div", { class: "caption", text: `${G.frames.length} grids, epochs ${G.epochs[0]} to ${G.epochs[last]}` }),
           el("div", { style: "margin-top:10px" }, play), stats)));
   }
 
@@ -417,7 +431,8 @@
       hoverReal.getContext("2d").drawImage(sprite, col * w, row * h, w, h, 0, 0, w, h);
       paint(hoverRecon, decode(code(i)), shape);
       hoverLabel.dataset.index = i;
-      hoverLabel.textContent = `test image ${i}` + (labels ? ` \u00b7 ${classes[labels[i]]}` : "") + " \u00b7 click to take its code";
+      hoverLabel.textContent = `test image ${i}` + (labels ? ` \u00b7 ${classes[labels[i]]}` : "") +
+        " \u00b7 click to take its code";
     }
 
     function update(pick, what) {  // decode the current code and refresh everything that shows it
@@ -425,9 +440,14 @@
       decoded.dataset.code = JSON.stringify(current);
       window.aelab.current = current.slice();
       if (what) decodedLabel.textContent = what;
-      sliders.forEach(({ input, value }, d) => { input.value = current[d]; value.textContent = current[d].toFixed(2); });
+      sliders.forEach(({ input, value }, d) => {
+        input.value = current[d];
+        value.textContent = current[d].toFixed(2);
+      });
       const steps = 10;
-      if (strip.children.length !== steps) strip.replaceChildren(...Array.from({ length: steps }, () => el("canvas", { class: "pix" })));
+      if (strip.children.length !== steps) {
+        strip.replaceChildren(...Array.from({ length: steps }, () => el("canvas", { class: "pix" })));
+      }
       Array.from(strip.children).forEach((c, s) => {
         const t = s / (steps - 1);
         paint(c, decode(previous.map((a, i) => (1 - t) * a + t * current[i])), shape);
@@ -458,7 +478,8 @@
       } else {
         const r = map.getBoundingClientRect(), [x, y] = view().inv(e.clientX - r.left, e.clientY - r.top);
         current = unproject(x, y);
-        update(true, `B: the map point (${x.toFixed(2)}, ${y.toFixed(2)})` + (L > 2 ? ", the mean code moved along the two axes" : ""));
+        update(true, `B: the map point (${x.toFixed(2)}, ${y.toFixed(2)})` +
+          (L > 2 ? ", the mean code moved along the two axes" : ""));
       }
     });
     showPrior.addEventListener("change", drawMap);
@@ -477,7 +498,8 @@
       : `the codes' first two principal axes (${P.variance.map((v) => `${(100 * v).toFixed(0)}%`).join(" and ")} of ` +
         "their variance); a point of the map is the mean code moved along them";
     const section_ = section("Latent explorer",
-      `${n.toLocaleString("en")} test images placed by ${how}. Hover a point to see the image and its reconstruction; ` +
+      `${n.toLocaleString("en")} test images placed by ${how}. Hover a point to see the image and its ` +
+      "reconstruction; " +
       "click a point to take its code, or anywhere to decode that place of the map, in this page. The sliders move " +
       "each number of the current code; the strip walks from the previous pick (A) to the current one (B).",
       el("div", { class: "explorer" },
@@ -511,8 +533,8 @@
       grid.replaceChildren(...canvases);
     }
     draw();
-    return section("New samples", `Codes drawn from the prior (${D.model.prior}) in this page and decoded here: images ` +
-      "the model was never shown.", el("div", { style: "margin-bottom:10px" },
+    return section("New samples", `Codes drawn from the prior (${D.model.prior}) in this page and decoded here: ` +
+      "images the model was never shown.", el("div", { style: "margin-bottom:10px" },
         el("button", { id: "new-samples", text: "New samples", onclick: draw })), grid);
   }
 
@@ -538,7 +560,7 @@
     const columns = Object.keys(COLUMN_TITLES).filter((c) => rows.some((r) => r[c] != null));
     const tbody = el("tbody");
     let sortKey = null, ascending = true;
-    const heads = columns.map((c) => el("th", { "data-key": c, text: COLUMN_TITLES[c], title: "sort by " + COLUMN_TITLES[c] }));
+    const heads = columns.map((c) => el("th", { "data-key": c, title: "sort by " + COLUMN_TITLES[c] }));
     function cell(v, c) {
       if (v == null) return "";
       if (["sse_per_image", "frechet", "frechet_floor", "train_seconds"].includes(c)) return v.toFixed(2);
@@ -548,7 +570,8 @@
     function best(c, r) {  // the best value of a column among the rows of the same code size
       const peers = rows.filter((o) => o.latent === r.latent && o[c] != null).map((o) => o[c]);
       if (peers.length < 2) return false;
-      return LOWER_BETTER.includes(c) ? r[c] === Math.min(...peers) : HIGHER_BETTER.includes(c) && r[c] === Math.max(...peers);
+      if (LOWER_BETTER.includes(c)) return r[c] === Math.min(...peers);
+      return HIGHER_BETTER.includes(c) && r[c] === Math.max(...peers);
     }
     function fill() {
       const sorted = rows.slice();
@@ -557,8 +580,9 @@
         if (x == null || y == null) return (x == null) - (y == null);
         return (typeof x === "number" ? x - y : String(x).localeCompare(String(y))) * (ascending ? 1 : -1);
       });
-      tbody.replaceChildren(...sorted.map((r) => el("tr", {}, columns.map((c) => el("td", { class: best(c, r) ? "best" : "" },
-        c === "method" && r.page ? el("a", { href: r.page, text: r.method }) : cell(r[c], c))))));
+      tbody.replaceChildren(...sorted.map((r) => el("tr", {}, columns.map((c) =>
+        el("td", { class: best(c, r) ? "best" : "" },
+          c === "method" && r.page ? el("a", { href: r.page, text: r.method }) : cell(r[c], c))))));
       heads.forEach((h) => {
         const k = h.dataset.key;
         h.className = k === sortKey ? "sorted" : "";
@@ -574,11 +598,13 @@
     fill();
     page.append(section("Leaderboard", "Click a column to sort; the best value at each code size is in green. " +
       "Methods that were trained here link to their own run pages.",
-      el("div", { style: "overflow-x:auto" }, el("table", { id: "leaderboard" }, el("thead", {}, el("tr", {}, heads)), tbody)),
+      el("div", { style: "overflow-x:auto" },
+        el("table", { id: "leaderboard" }, el("thead", {}, el("tr", {}, heads)), tbody)),
       D.notes.map((t) => el("p", { class: "caption", text: t }))));
     if (D.error_vs_latent) {
       page.append(section("Error against code size", null,
-        el("div", { class: "figure" }, el("img", { src: D.error_vs_latent, alt: "error against code size", style: "max-width:640px" }))));
+        el("div", { class: "figure" },
+          el("img", { src: D.error_vs_latent, alt: "error against code size", style: "max-width:640px" }))));
     }
   }
 

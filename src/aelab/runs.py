@@ -147,6 +147,19 @@ def load_model(path: str | Path):
     return model.eval()
 
 
+def write_page(path: str | Path, out: str | Path | None = None) -> Path:
+    """report.html of a finished run, older runs included (`aelab report`)."""
+    from aelab.evaluate import evaluate
+    from aelab.report_html import write_run_page
+
+    run, model = Run.open(path), load_model(path)
+    config = run.config()
+    test = config.data.load()[1]
+    measures = run.path / "eval.json"
+    measures = json.loads(measures.read_text()) if measures.is_file() else evaluate(model, test)
+    return write_run_page(run.path, config, model, test, run.metrics(), measures, out)
+
+
 class RunRecorder(Callback):
     """After every epoch: the metrics line, the weights and a checkpoint to resume from."""
 
@@ -219,7 +232,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
     for name, picture in pictures.items():
         save_png(picture, run.path / name)
     report = write_report(run.path, config, model, trainer.history, metrics, list(pictures))
-    page = write_run_page(run.path, model=model, test=test_set)
+    page = write_run_page(run.path, config, model, test_set, trainer.history, metrics)
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     print(f"report: {report} and {page}")
     return 0
