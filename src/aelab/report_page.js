@@ -304,9 +304,9 @@
       recon.src = G.frames[i];
       const epoch = G.epochs[i], r = D.history.find((h) => h.epoch === epoch);
       label.textContent = `epoch ${epoch}`;
-      stats.replaceChildren(...(r ? [["test BCE", r.test_bce], ["test MSE", r.test_mse], ["PSNR", r.test_psnr, " dB"]]
-        .filter(([, v]) => v != null)
-        .map(([k, v, unit]) => el("div", {}, `${k} `, el("b", { text: fmt(v) + (unit || "") }))) : []));
+      const psnr = r && r.test_psnr != null ? `${r.test_psnr.toFixed(2)} dB` : null;
+      stats.replaceChildren(...(r ? [["test BCE", r.test_bce], ["test MSE", r.test_mse], ["PSNR", psnr]]
+        .filter(([, v]) => v != null).map(([k, v]) => el("div", {}, `${k} `, el("b", { text: fmt(v) }))) : []));
     }
     function stop() { clearInterval(timer); timer = null; play.textContent = "\u25B6 Play"; }
     play.addEventListener("click", () => {
