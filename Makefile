@@ -1,11 +1,12 @@
 # Two commands do everything on a fresh machine (Debian, Python 3.11, root or sudo):
 #   make chapter   set up, then train the chapter's autoencoder for 100 epochs: runs/chapter/report.md
-#   make test      set up (test extras too), then run the test suite
+#   make test      set up (test extras and Debian's Chromium for the report.html tests too), then run the test suite
 #   make compare   set up, then the chapter's figure 12.3: autoencoder, logistic PCA, PCA at 30 (runs/compare)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DATA   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+CHROMIUM := /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup chapter test bench compare clean
@@ -13,6 +14,11 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(DATA):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+
+# the browser the report.html tests drive (playwright, pointed at it); never a browser downloaded at run time
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 # torch first, pinned to the CPU wheel: a bare `torch` requirement would pull a multi-GB CUDA build.
 $(BIN)/aelab: pyproject.toml
@@ -30,7 +36,7 @@ chapter: setup
 compare: setup
 	$(BIN)/aelab compare --out runs/compare --overwrite
 
-test: setup
+test: setup $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -17,7 +17,7 @@ from aelab.errors import UserError
 from aelab.runs import Run, _metadata, load_model
 from conftest import N_TEST, RUN_EPOCHS
 
-SAFE_SUFFIXES = {".json", ".jsonl", ".safetensors", ".png", ".gif", ".md"}
+SAFE_SUFFIXES = {".json", ".jsonl", ".safetensors", ".png", ".gif", ".md", ".html"}
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_run_folder_holds_config_metrics_weights_pictures_and_report(trained_run
     files = {p.relative_to(trained_run).as_posix() for p in trained_run.rglob("*") if p.is_file()}
     grids = {f"grids/epoch_{e:03d}.png" for e in range(1, RUN_EPOCHS + 1)}
     assert files == {"config.json", "metrics.jsonl", "model.safetensors", "checkpoint.safetensors", "eval.json",
-                     "loss.png", "report.md", "grids.gif"} | grids
+                     "loss.png", "report.md", "report.html", "grids.gif"} | grids
 
     config = json.loads((trained_run / "config.json").read_text())
     assert config["model_name"] == "ae" and config["data"]["path"] == str(subset_npz)

@@ -96,6 +96,11 @@ def build_parser() -> Parser:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
+    p = sub.add_parser("report", help="rebuild report.html, the page of a run or a comparison (opens from disk)")
+    p.add_argument("folder", help="a run folder (`aelab train --out`) or a comparison folder (`aelab compare --out`)")
+    p.add_argument("--out", metavar="FILE.html", help="where to write the page (default: FOLDER/report.html)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
     for name, help_text, inputs_help in (
             ("reconstruct", "reconstruct images through a trained run", "image files, folders, .npy/.npz"),
             ("encode", "codes of images as .npy", "image files, folders, .npy/.npz"),
@@ -226,6 +231,31 @@ def cmd_compare(args) -> int:
     else:
         print(markdown_table(rows))
         print(f"figures and tables in {args.out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    folder, out = Path(args.folder), args.out and Path(args.out)
+    if out is not None:
+        if out.suffix != ".html":
+            raise UserError(f"the report is an HTML page; give --out FILE.html, not {out}")
+        if out.exists() and not args.overwrite:
+            raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+    if not folder.exists():
+        raise UserError(f"{folder} does not exist; pass a run folder (`aelab train --out`) or a comparison folder "
+                        "(`aelab compare --out`)")
+    if (folder / "config.json").is_file():
+        from aelab.runs import write_page
+
+        page = write_page(folder, out)
+    elif (folder / "compare.json").is_file():
+        from aelab.report_html import write_compare_page
+
+        page = write_compare_page(folder, out)
+    else:
+        raise UserError(f"{folder} is neither a run folder (no config.json) nor a comparison folder (no "
+                        "compare.json); pass a folder written by `aelab train --out` or `aelab compare --out`")
+    print(f"report: {page}")
     return 0
 
 
@@ -364,5 +394,6 @@ def _write_images(images, out: Path) -> None:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cmd_models, "compare": cmd_compare,
+            "report": cmd_report,
             "reconstruct": cmd_apply, "encode": cmd_apply, "decode": cmd_apply,
             "sample": cmd_sample, "interpolate": cmd_interpolate, "denoise": cmd_apply}

@@ -6,6 +6,7 @@ logistic PCA, at one or several code sizes.
     OUT/reconstructions_kK.png   real test images, then one labelled row of reconstructions per method
     OUT/compare.md|csv|json      the table: errors, size, training time, code quality, sample quality
     OUT/error_vs_latent.png      with several code sizes: test error against code size
+    OUT/report.html              all of it as one page, the table sortable (`aelab report OUT` rebuilds it)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from aelab.baselines import PCA, LogisticPCA, load_baseline
 from aelab.data import DataConfig, ImageSet
 from aelab.errors import UserError
 from aelab.evaluate import knn_accuracy, linear_probe_accuracy, reconstruction_metrics
+from aelab.report_html import write_compare_page
 
 DEFAULT_METHODS = ("ae", "logistic_pca", "pca")
 BASELINES = {"pca": PCA, "logistic_pca": LogisticPCA}
@@ -295,4 +297,5 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
                     "accuracy of the test codes among the training codes; `probe_accuracy`: a logistic "
                     "regression on the training codes.")
     write_tables(rows, out, notes)
+    write_compare_page(out)
     return rows

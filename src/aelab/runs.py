@@ -150,6 +150,19 @@ def load_model(path: str | Path, device: str = "auto"):
     return model.to(distributed.resolve_device(device)).eval()
 
 
+def write_page(path: str | Path, out: str | Path | None = None) -> Path:
+    """report.html of a finished run, older runs included (`aelab report`)."""
+    from aelab.evaluate import evaluate
+    from aelab.report_html import write_run_page
+
+    run, model = Run.open(path), load_model(path)
+    config = run.config()
+    test = config.data.load()[1]
+    measures = run.path / "eval.json"
+    measures = json.loads(measures.read_text()) if measures.is_file() else evaluate(model, test)
+    return write_run_page(run.path, config, model, test, run.metrics(), measures, out)
+
+
 class RunRecorder(Callback):
     """After every epoch: the metrics line, the weights and a checkpoint to resume from."""
 
@@ -175,10 +188,11 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
           resume: str | Path | None = None, epochs: int | None = None, threads: int | None = None,
           device: str | None = None) -> int:
     """Train a new run (config, out) or continue one (resume, optionally to more epochs); then evaluate it on
-    the test set and write the loss curves, eval.json and report.md. Ctrl-C leaves the last finished epoch's
-    checkpoint, from which `resume` continues exactly as if never stopped."""
+    the test set and write the loss curves, eval.json, report.md and report.html. Ctrl-C leaves the last finished
+    epoch's checkpoint, from which `resume` continues exactly as if never stopped."""
     from aelab.evaluate import evaluate
     from aelab.images import save_png
+    from aelab.report_html import write_run_page
     from aelab.reports import GridWriter, plot_losses, write_report
     from aelab.train import ConsolePrinter
 
@@ -233,7 +247,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
         for name, picture in pictures.items():
             save_png(picture, run.path / name)
         report = write_report(run.path, config, model, trainer.history, metrics, list(pictures))
+        page = write_run_page(run.path, config, model, test_set, trainer.history, metrics)
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-        print(f"report: {report}")
+        print(f"report: {report} and {page}")
     distributed.finish()
     return 0

@@ -143,7 +143,8 @@ class Autoencoder(nn.Module):
         return {}
 
     def extra_pictures(self, test) -> dict[str, np.ndarray]:
-        """Pictures of this variant written into the run folder after training: file name -> image array."""
+        """Pictures of this variant written into the run folder after training: file name -> image array.
+        Like extra_metrics, it gets the test set on the model's device."""
         return {}
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
