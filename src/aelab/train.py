@@ -194,6 +194,8 @@ class Trainer:
             self.graph, self.graph_x = torch.cuda.CUDAGraph(), x.clone()
             for optimizer in self.optimizers:
                 optimizer.zero_grad(set_to_none=True)
+                for group in optimizer.param_groups:  # Adam refuses capture unless its step count lives on the GPU
+                    group["capturable"] = True
             with torch.cuda.graph(self.graph):
                 self.graph_terms = self.step(self.graph_x, share)
         self.graph_x.copy_(x)
