@@ -46,6 +46,8 @@ def build_parser() -> Parser:
     p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR", help="continue an interrupted run (--epochs may extend it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--log", action="append", default=[], choices=("tensorboard", "mlflow"),
+                   help="also log to TensorBoard (RUN/tensorboard) or MLflow (MLFLOW_TRACKING_URI); may repeat")
 
     p = sub.add_parser("eval", help="test-set measures of a trained run")
     p.add_argument("run")
@@ -132,9 +134,9 @@ def cmd_train(args) -> int:
         if changed or args.model:
             raise UserError(f"a resumed run keeps its settings; drop {', '.join(changed) or 'the model name'} "
                             "(only --epochs may change)")
-        return train(resume=run_dir, epochs=overrides.get("train.epochs"), threads=args.threads)
+        return train(resume=run_dir, epochs=overrides.get("train.epochs"), threads=args.threads, loggers=args.log)
     config = cfg.resolve(args.model, args.config, overrides)
-    return train(config, out=args.out, overwrite=args.overwrite, threads=args.threads)
+    return train(config, out=args.out, overwrite=args.overwrite, threads=args.threads, loggers=args.log)
 
 
 def _parse_set(item: str) -> tuple[str, str]:

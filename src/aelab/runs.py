@@ -169,14 +169,19 @@ def _free_run_dir(model_name: str) -> Path:
 
 
 def train(config: RunConfig | None = None, out: str | Path | None = None, overwrite: bool = False,
-          resume: str | Path | None = None, epochs: int | None = None, threads: int | None = None) -> int:
+          resume: str | Path | None = None, epochs: int | None = None, threads: int | None = None,
+          loggers=()) -> int:
     """Train a new run (config, out) or continue one (resume, optionally to more epochs); then evaluate it on
     the test set and write the loss curves, eval.json and report.md. Ctrl-C leaves the last finished epoch's
-    checkpoint, from which `resume` continues exactly as if never stopped."""
+    checkpoint, from which `resume` continues exactly as if never stopped. `loggers`: experiment trackers
+    ("tensorboard", "mlflow" or trackers.Logger objects) told the config, every epoch and the run's files."""
+    from aelab import trackers
     from aelab.evaluate import ReconstructionTracker, evaluate
     from aelab.images import save_png
     from aelab.reports import GridWriter, plot_losses, write_report
     from aelab.train import ConsolePrinter
+
+    loggers = trackers.make(loggers)  # before the folder exists: a missing package leaves nothing behind
 
     if threads:
         torch.set_num_threads(threads)
@@ -195,8 +200,10 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
     model = build(config.model_name, config.model)  # before the folder exists: a bad setting leaves nothing behind
     if resume is None:
         run = Run.create(out or _free_run_dir(config.model_name), config, overwrite)
+    for logger in loggers:
+        logger.start(run.path, config)
     callbacks = [ReconstructionTracker(), ConsolePrinter(), RunRecorder(run, config),
-                 GridWriter(run.grids_path, config.train.grid_every)]
+                 GridWriter(run.grids_path, config.train.grid_every), *loggers]
     trainer = Trainer(model, train_set, test_set, config.train, callbacks)
     if resume is not None:
         run.load_checkpoint(trainer)
@@ -207,9 +214,12 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
         print(config.describe())
     try:
         trainer.fit()
-    except KeyboardInterrupt:
-        raise UserError(f"interrupted: {run.path} holds epoch {trainer.epoch}; continue with "
-                        f"`aelab train --resume {run.path}`") from None
+    except BaseException as e:  # the trackers hear how it ended
+        trackers.finish(loggers, run.path, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        if isinstance(e, KeyboardInterrupt):
+            raise UserError(f"interrupted: {run.path} holds epoch {trainer.epoch}; continue with "
+                            f"`aelab train --resume {run.path}`") from None
+        raise
     finally:
         plot_losses(trainer.history, run.path / "loss.png")
     metrics = evaluate(model, test_set)
@@ -220,4 +230,5 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
     report = write_report(run.path, config, model, trainer.history, metrics, list(pictures))
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     print(f"report: {report}")
+    trackers.finish(loggers, run.path)
     return 0
