@@ -91,6 +91,12 @@ def build_parser() -> Parser:
     p.add_argument("--overwrite", action="store_true", help="replace DIR's figures and tables (finished runs are reused)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
+    p = sub.add_parser("export", help="a trained run as encoder.onnx and decoder.onnx, to use without torch")
+    p.add_argument("run")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only one so far)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for encoder.onnx and decoder.onnx")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+
     for name, help_text, inputs_help in (
             ("reconstruct", "reconstruct images through a trained run", "image files, folders, .npy/.npz"),
             ("encode", "codes of images as .npy", "image files, folders, .npy/.npz"),
@@ -291,6 +297,32 @@ def cmd_interpolate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """encoder.onnx and decoder.onnx, checked against the torch model with onnxruntime on test images."""
+    import torch
+
+    from aelab.export import export_onnx, max_differences, require_onnx
+    from aelab.runs import Run, load_model
+
+    require_onnx()
+    out = Path(args.out)
+    taken = [p.name for p in (out / "encoder.onnx", out / "decoder.onnx") if p.exists()]
+    if taken and not args.overwrite:
+        raise UserError(f"{out} already holds {' and '.join(taken)}; choose another --out or pass --overwrite")
+    model = load_model(args.run)
+    paths = export_onnx(model, out)
+    try:  # the run's own test images when its data is here; else uniform noise of the same shape
+        images, what = Run.open(args.run).config().data.load()[1].floats(slice(0, 256)), "test images"
+    except UserError:
+        images, what = torch.rand(256, *model.config.in_shape, generator=torch.Generator().manual_seed(0)), "random images"
+    diff = max_differences(model, out, images)
+    print(f"wrote {paths[0]} and {paths[1]}: images (batch, {', '.join(map(str, model.config.in_shape))}) -> "
+          f"codes (batch, {model.config.latent}) -> images")
+    print(f"onnxruntime against torch on {len(images)} {what}: codes differ by at most {diff['codes']:.1e}, "
+          f"images by {diff['images']:.1e}")
+    return 0
+
+
 def _model_that(run: str, able, cannot: str):
     """The run's model, or one line saying what it cannot do."""
     from aelab.runs import Run, load_model
@@ -358,4 +390,4 @@ def _write_images(images, out: Path) -> None:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cmd_models, "compare": cmd_compare,
             "reconstruct": cmd_apply, "encode": cmd_apply, "decode": cmd_apply,
-            "sample": cmd_sample, "interpolate": cmd_interpolate, "denoise": cmd_apply}
+            "sample": cmd_sample, "interpolate": cmd_interpolate, "denoise": cmd_apply, "export": cmd_export}
