@@ -25,8 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+try:
+    from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+    from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+except ImportError:
+    raise ImportError("aelab.estimators needs scikit-learn 1.6 or later; install it with "
+                      "`pip install 'aelab[sklearn]'`") from None
 
 from aelab import baselines
 from aelab.config import RunConfig, resolve
@@ -97,7 +101,10 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
                 warnings.warn(f"X holds values from {rows.min():g} to {rows.max():g}; {type(self).__name__} reads "
                               "floats as pixel intensities in [0, 1] (its loss is a Bernoulli cross-entropy): "
                               "divide 0-255 floats by 255, or pass uint8 images", UserWarning, stacklevel=3)
-        images = torch.from_numpy(np.ascontiguousarray(rows)).reshape(len(rows), *self.layout_)
+        rows = np.ascontiguousarray(rows)
+        if not rows.flags.writeable:  # torch wants arrays it may write to (a read-only memmap is copied)
+            rows = rows.copy()
+        images = torch.from_numpy(rows).reshape(len(rows), *self.layout_)
         if len(self.layout_) == 2:
             return images.unsqueeze(1)
         return images if _channels_first(self.layout_) else images.permute(0, 3, 1, 2).contiguous()
