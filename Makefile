@@ -36,7 +36,12 @@ chapter: setup
 compare: setup
 	$(BIN)/aelab compare --out runs/compare --overwrite
 
-test: setup $(CHROMIUM)
+# the optional extras the tests exercise (scikit-learn, TensorBoard, MLflow, ONNX), kept out of `make chapter`
+$(VENV)/.test-extras: $(BIN)/aelab
+	$(BIN)/pip install -q -e '.[test,sklearn,tensorboard,mlflow,onnx]'
+	touch $@
+
+test: setup $(CHROMIUM) $(VENV)/.test-extras
 	$(BIN)/python -m pytest -q
 
 bench: setup

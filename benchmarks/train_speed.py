@@ -72,6 +72,13 @@ def speed(train, test, epochs: int) -> dict[str, float]:
                 times[k].append(v)
         print(f"  round {epoch}{' (warm-up)' if not epoch else ''}: " + "  ".join(f"{k} {v:.3f} s" for k, v in t.items()),
               flush=True)
+    extras = {"test evaluation (loss + measures, one pass)": lambda: whole.evaluate(test, reconstruction=True),
+              "eval-mode pass over 10 000 training images (every 10th epoch)": lambda: whole.evaluate(train.subset(10_000)),
+              "grid": lambda: whole.callbacks[1].on_epoch_end(whole, {}),
+              "weights + checkpoint + metrics line": lambda: whole.callbacks[0].on_epoch_end(whole, {"epoch": 0})}
+    print("\nper-epoch extras (median of 5):")
+    for name, fn in extras.items():
+        print(f"  {name:<64}{statistics.median(timed(fn) for _ in range(5)):.3f} s")
     return {k: statistics.median(v) for k, v in times.items()}
 
 

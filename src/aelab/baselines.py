@@ -128,9 +128,9 @@ class PCA(_Baseline):
         """Eigenvectors of the training covariance, accumulated in float64 a chunk at a time."""
         rows, self.image_shape_ = _as_rows(x)
         n, d = rows.shape
-        if not 1 <= self.n_components <= min(n, d):
-            raise UserError(f"PCA needs 1 <= n_components <= min(images, pixels) = {min(n, d)}, "
-                            f"not {self.n_components}")
+        if n < 2 or not 1 <= self.n_components <= min(n, d):
+            raise UserError(f"PCA needs at least 2 images and 1 <= n_components <= min(images, pixels) = "
+                            f"{min(n, d)}, not {self.n_components} components on n_samples={n}")
         mean = rows.double().mean(0)
         cov = torch.zeros(d, d, dtype=torch.float64)
         for s in _chunks(n, chunk_size):
@@ -184,7 +184,7 @@ class LogisticPCA(_Baseline):
         n, d = rows.shape
         if not 1 <= self.n_components <= d or n < 2:
             raise UserError(f"logistic PCA needs at least 2 images and 1 <= n_components <= {d}, "
-                            f"not {self.n_components} components on {n} images")
+                            f"not {self.n_components} components on n_samples={n}")
         m = self.m if self.m is not None else self.choose_m(rows, verbose)
         if not m > 0:
             raise UserError(f"logistic PCA's m must be positive, not {m}")

@@ -49,6 +49,8 @@ def build_parser() -> Parser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--log", action="append", default=[], choices=("tensorboard", "mlflow"),
+                   help="also log to TensorBoard (RUN/tensorboard) or MLflow (MLFLOW_TRACKING_URI); may repeat")
 
     p = sub.add_parser("eval", help="test-set measures of a trained run")
     p.add_argument("run")
@@ -101,6 +103,12 @@ def build_parser() -> Parser:
     p.add_argument("--out", metavar="FILE.html", help="where to write the page (default: FOLDER/report.html)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
+    p = sub.add_parser("export", help="a trained run as encoder.onnx and decoder.onnx, to use without torch")
+    p.add_argument("run")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only one so far)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for encoder.onnx and decoder.onnx")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+
     for name, help_text, inputs_help in (
             ("reconstruct", "reconstruct images through a trained run", "image files, folders, .npy/.npz"),
             ("encode", "codes of images as .npy", "image files, folders, .npy/.npz"),
@@ -146,9 +154,9 @@ def cmd_train(args) -> int:
             raise UserError(f"a resumed run keeps its settings; drop {', '.join(changed) or 'the model name'} "
                             "(only --epochs and --device may change)")
         return train(resume=run_dir, epochs=overrides.get("train.epochs"), threads=args.threads,
-                     device=overrides.get("train.device"))
+                     device=overrides.get("train.device"), loggers=args.log)
     config = cfg.resolve(args.model, args.config, overrides)
-    return train(config, out=args.out, overwrite=args.overwrite, threads=args.threads)
+    return train(config, out=args.out, overwrite=args.overwrite, threads=args.threads, loggers=args.log)
 
 
 def _parse_set(item: str) -> tuple[str, str]:
@@ -328,6 +336,32 @@ def cmd_interpolate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """encoder.onnx and decoder.onnx, checked against the torch model with onnxruntime on test images."""
+    import torch
+
+    from aelab.export import export_onnx, max_differences, require_onnx
+    from aelab.runs import Run, load_model
+
+    require_onnx()
+    out = Path(args.out)
+    taken = [p.name for p in (out / "encoder.onnx", out / "decoder.onnx") if p.exists()]
+    if taken and not args.overwrite:
+        raise UserError(f"{out} already holds {' and '.join(taken)}; choose another --out or pass --overwrite")
+    model = load_model(args.run, "cpu")  # exported from the CPU: the files run anywhere
+    paths = export_onnx(model, out)
+    try:  # the run's own test images when its data is here; else uniform noise of the same shape
+        images, what = Run.open(args.run).config().data.load()[1].floats(slice(0, 256)), "test images"
+    except UserError:
+        images, what = torch.rand(256, *model.config.in_shape, generator=torch.Generator().manual_seed(0)), "random images"
+    diff = max_differences(model, out, images)
+    print(f"wrote {paths[0]} and {paths[1]}: images (batch, {', '.join(map(str, model.config.in_shape))}) -> "
+          f"codes (batch, {model.config.latent}) -> images")
+    print(f"onnxruntime against torch on {len(images)} {what}: codes differ by at most {diff['codes']:.1e}, "
+          f"images by {diff['images']:.1e}")
+    return 0
+
+
 def _model_that(run: str, able, cannot: str, device: str):
     """The run's model, or one line saying what it cannot do."""
     from aelab.runs import Run, load_model
@@ -396,4 +430,4 @@ def _write_images(images, out: Path) -> None:
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cmd_models, "compare": cmd_compare,
             "report": cmd_report,
             "reconstruct": cmd_apply, "encode": cmd_apply, "decode": cmd_apply,
-            "sample": cmd_sample, "interpolate": cmd_interpolate, "denoise": cmd_apply}
+            "sample": cmd_sample, "interpolate": cmd_interpolate, "denoise": cmd_apply, "export": cmd_export}

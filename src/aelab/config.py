@@ -98,6 +98,8 @@ def _coerce(value, kind, key: str):
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ValueError
             return str(value)
+    except UserError:
+        raise
     except (ValueError, TypeError):
         pass
     raise UserError(f"setting {key!r} takes {getattr(kind, '__name__', kind)}, not {value!r}")

@@ -41,7 +41,7 @@ class DataConfig:
 
 @dataclass
 class ImageSet:
-    """Images as uint8 (n, c, h, w) with optional int64 labels (n,)."""
+    """Images as uint8 (n, c, h, w), or float32 already in [0, 1], with optional int64 labels (n,)."""
 
     images: torch.Tensor
     labels: torch.Tensor | None = None
@@ -54,8 +54,9 @@ class ImageSet:
         return tuple(self.images.shape[1:])
 
     def floats(self, index=slice(None)) -> torch.Tensor:
-        """Pixels / 255 as float32, for the rows picked by `index`."""
-        return self.images[index].float().div_(255)
+        """Pixels in [0, 1] as float32 (uint8 / 255), for the rows picked by `index`."""
+        x = self.images[index]
+        return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
 
     def index_batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
         """Row indices of each batch, on the images' device; shuffled on every call when a (CPU) generator is

@@ -26,15 +26,20 @@ class GridWriter(Callback):
 
     @staticmethod
     def write(model, real: torch.Tensor, path: Path) -> Path:
-        model.eval()
-        grid = side_by_side(real, model.reconstruct(real), GRID_ROWS, GRID_COLS)
-        model.train()
-        return save_png(grid, path)
+        return save_png(reconstruction_grid(model, real), path)
 
     def on_fit_end(self, trainer: Trainer) -> None:
         frames = sorted(self.folder.glob("epoch_*.png"))
         if len(frames) > 1:
             save_gif(frames, self.folder.parent / "grids.gif")
+
+
+def reconstruction_grid(model, real: torch.Tensor):
+    """The chapter's 10x10 grid (H, W) or (H, W, 3) uint8 of 50 real images and their reconstructions."""
+    model.eval()
+    grid = side_by_side(real, model.reconstruct(real), GRID_ROWS, GRID_COLS)
+    model.train()
+    return grid
 
 
 def plot_losses(history: list[dict], path: Path) -> Path | None:

@@ -186,16 +186,20 @@ def _free_run_dir(model_name: str) -> Path:
 
 def train(config: RunConfig | None = None, out: str | Path | None = None, overwrite: bool = False,
           resume: str | Path | None = None, epochs: int | None = None, threads: int | None = None,
-          device: str | None = None) -> int:
-    """Train a new run (config, out) or continue one (resume, optionally to more epochs); then evaluate it on
-    the test set and write the loss curves, eval.json, report.md and report.html. Ctrl-C leaves the last finished
-    epoch's checkpoint, from which `resume` continues exactly as if never stopped."""
+          device: str | None = None, loggers=()) -> int:
+    """Train a new run (config, out) or continue one (resume, optionally to more epochs or on another device);
+    then evaluate it on the test set and write the loss curves, eval.json, report.md and report.html. Ctrl-C
+    leaves the last finished epoch's checkpoint, from which `resume` continues exactly as if never stopped.
+    `loggers`: experiment trackers ("tensorboard", "mlflow" or trackers.Logger objects) told the config, every
+    epoch and the run's files. Under torchrun every rank calls this; rank 0 alone writes, prints and logs."""
+    from aelab import trackers
     from aelab.evaluate import evaluate
     from aelab.images import save_png
     from aelab.report_html import write_run_page
     from aelab.reports import GridWriter, plot_losses, write_report
     from aelab.train import ConsolePrinter
 
+    loggers = trackers.make(loggers)  # before the folder exists: a missing package leaves nothing behind
     if threads:
         torch.set_num_threads(threads)
     if resume is not None:
@@ -212,15 +216,19 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
     config.train.check()
     device = distributed.setup(config.train.device)  # under torchrun: joins the process group
     main = distributed.is_main()  # rank 0 alone writes the run folder, prints and draws
+    loggers = loggers if main else []
     torch.manual_seed(config.train.seed)
     model = build(config.model_name, config.model)  # before the folder exists: a bad setting leaves nothing behind
     if resume is None:
         path = Path(out) if out else _free_run_dir(config.model_name)
         distributed.barrier()  # every rank has picked the same free folder before rank 0 takes it
         run = distributed.on_main(lambda: Run.create(path, config, overwrite)) or Run(path)
-    elif (epochs is not None or device is not None) and main:
+    elif main:
         run.config_path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    callbacks = [ConsolePrinter(), RunRecorder(run, config), GridWriter(run.grids_path, config.train.grid_every)]
+    for logger in loggers:
+        logger.start(run.path, config)
+    callbacks = [ConsolePrinter(), RunRecorder(run, config), GridWriter(run.grids_path, config.train.grid_every),
+                 *loggers]
     trainer = Trainer(model, train_set, test_set, config.train, callbacks)
     say = print if main else (lambda *a, **k: None)
     if resume is not None:
@@ -234,9 +242,12 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
         say(config.describe())
     try:
         trainer.fit()
-    except KeyboardInterrupt:
-        raise UserError(f"interrupted: {run.path} holds epoch {trainer.epoch}; continue with "
-                        f"`aelab train --resume {run.path}`") from None
+    except BaseException as e:  # the trackers hear how it ended
+        trackers.finish(loggers, run.path, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        if isinstance(e, KeyboardInterrupt):
+            raise UserError(f"interrupted: {run.path} holds epoch {trainer.epoch}; continue with "
+                            f"`aelab train --resume {run.path}`") from None
+        raise
     finally:
         if main:
             plot_losses(trainer.history, run.path / "loss.png")
@@ -250,5 +261,6 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
         page = write_run_page(run.path, config, model, test_set, trainer.history, metrics)
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         print(f"report: {report} and {page}")
+        trackers.finish(loggers, run.path)
     distributed.finish()
     return 0

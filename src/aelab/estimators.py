@@ -1,0 +1,392 @@
+"""aelab's models and baselines as scikit-learn transformers.
+
+    from aelab.estimators import Autoencoder, PCA, LogisticPCA
+
+    ae = Autoencoder(model="vae", latent=30, epochs=20).fit(X)   # X: rows (n, h*w*c) or images (n, h, w[, c])
+    codes = ae.transform(X)                 # (n, 30) float32: the codes (a VAE's posterior mean)
+    images = ae.inverse_transform(codes)    # float32 in [0, 1], laid out as the X given to fit
+    ae.score(X)                             # minus the squared error per image: higher is better
+
+X holds pixels: uint8 (0-255) or floats in [0, 1], numpy, torch or anything array-like. Rows that are not images
+of a known shape are read as square grey images (or square colour ones, h*w*3), else as one row of pixels; pass
+`image_shape` for others. Training runs aelab's one Trainer in memory: no run folder, no files.
+
+Fitted estimators save to one safetensors file (`save`, `load`): the weights as tensors, parameters and fitted
+attributes as JSON in its metadata. Pickling (joblib too) stores those same bytes, never a torch pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+try:
+    from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+    from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+except ImportError:
+    raise ImportError("aelab.estimators needs scikit-learn 1.6 or later; install it with "
+                      "`pip install 'aelab[sklearn]'`") from None
+
+from aelab import baselines
+from aelab.config import RunConfig, resolve
+from aelab.data import ImageSet
+from aelab.evaluate import reconstruction_metrics
+from aelab.models import build
+from aelab.train import Trainer
+
+FORMAT = "aelab-estimator/1"
+BATCH = 2500  # images per forward pass in transform, inverse_transform and score
+
+
+# -- one image's layout: as the user holds it, and as the models take it (c, h, w) ------------------------------
+
+def _layout(sample_shape: tuple[int, ...], image_shape=None) -> tuple[int, ...]:
+    """One image as the user lays it out: (h, w), (h, w, c) or (c, h, w)."""
+    if len(sample_shape) > 1:
+        if len(sample_shape) > 3:
+            raise ValueError(f"images of shape {sample_shape} have too many axes; give (n, h, w) or (n, h, w, c)")
+        return tuple(sample_shape)
+    (d,) = sample_shape
+    if image_shape is not None:
+        if not 2 <= len(image_shape) <= 3 or math.prod(image_shape) != d:
+            raise ValueError(f"image_shape {tuple(image_shape)} does not hold the {d} values of a row; "
+                             "give (h, w) or (h, w, c) with h*w*c equal to the row length")
+        return tuple(image_shape)
+    side = math.isqrt(d)
+    if side * side == d:
+        return side, side
+    side = math.isqrt(d // 3)
+    if 3 * side * side == d:
+        return side, side, 3
+    return 1, d  # no square image: one row of pixels (which an MLP does not mind)
+
+
+def _channels_first(layout: tuple[int, ...]) -> bool:
+    return len(layout) == 3 and layout[0] in (1, 3, 4) and layout[-1] not in (1, 3, 4)
+
+
+def _model_shape(layout: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(layout) == 2:
+        return 1, *layout
+    return layout if _channels_first(layout) else (layout[2], layout[0], layout[1])
+
+
+class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """What every estimator here shares: input checks and layouts, batched transforms, score, save and load.
+    Subclasses fit `model_` in `_fit` and say how it encodes, decodes and saves."""
+
+    _bernoulli = True  # pixels are Bernoulli means: floats outside [0, 1] get a warning
+
+    def _images(self, X, reset: bool) -> torch.Tensor:
+        """X as model images (n, c, h, w): uint8, or float32 in [0, 1]."""
+        if isinstance(X, torch.Tensor):
+            X = X.detach().cpu().numpy()
+        shape = tuple(X.shape) if getattr(X, "ndim", 0) > 2 else ()
+        if shape:  # images: flattened, so that sklearn sees (and checks) one row per image
+            X = np.asarray(X).reshape(shape[0], math.prod(shape[1:]))
+        rows = validate_data(self, X, reset=reset)
+        if reset:
+            self.input_shape_ = shape[1:] or (rows.shape[1],)
+            self.layout_ = _layout(self.input_shape_, getattr(self, "image_shape", None))
+            self.image_shape_ = _model_shape(self.layout_)
+        if rows.dtype != np.uint8:
+            rows = rows.astype(np.float32)
+            if self._bernoulli and rows.size and (rows.min() < 0 or rows.max() > 1):
+                # a warning, not an error: scikit-learn's contract is any finite numbers in, and they do train
+                warnings.warn(f"X holds values from {rows.min():g} to {rows.max():g}; {type(self).__name__} reads "
+                              "floats as pixel intensities in [0, 1] (its loss is a Bernoulli cross-entropy): "
+                              "divide 0-255 floats by 255, or pass uint8 images", UserWarning, stacklevel=3)
+        rows = np.ascontiguousarray(rows)
+        if not rows.flags.writeable:  # torch wants arrays it may write to (a read-only memmap is copied)
+            rows = rows.copy()
+        images = torch.from_numpy(rows).reshape(len(rows), *self.layout_)
+        if len(self.layout_) == 2:
+            return images.unsqueeze(1)
+        return images if _channels_first(self.layout_) else images.permute(0, 3, 1, 2).contiguous()
+
+    def _as_input(self, images: torch.Tensor) -> np.ndarray:
+        """Model images (n, c, h, w) in the layout of the X given to fit."""
+        if len(self.layout_) == 2:
+            images = images[:, 0]
+        elif not _channels_first(self.layout_):
+            images = images.permute(0, 2, 3, 1)
+        return images.reshape(len(images), *self.input_shape_).numpy()
+
+    def fit(self, X, y=None):
+        """Learn codes of the images X; y is ignored (for pipelines)."""
+        self._fit(self._images(X, reset=True))
+        return self
+
+    @torch.no_grad()
+    def transform(self, X) -> np.ndarray:
+        """Codes (n, n_codes) float32 of the images X."""
+        check_is_fitted(self)
+        images = ImageSet(self._images(X, reset=False))
+        return torch.cat([self._encode(x) for x in images.batches(BATCH)]).numpy()
+
+    @torch.no_grad()
+    def inverse_transform(self, X) -> np.ndarray:
+        """Images (float32 in [0, 1] for the autoencoders and logistic PCA) decoded from codes X (n, n_codes)."""
+        check_is_fitted(self)
+        codes = check_array(X, dtype=np.float32)
+        if codes.shape[1] != self._n_features_out:
+            raise ValueError(f"codes must have {self._n_features_out} columns, not {codes.shape[1]}")
+        codes = torch.from_numpy(codes)
+        return self._as_input(torch.cat([self._decode(codes[i:i + BATCH]) for i in range(0, len(codes), BATCH)]))
+
+    def score(self, X, y=None) -> float:
+        """Minus the squared error per image (summed over its pixels in [0, 1], averaged over images) of the
+        reconstructions of X: higher is better, as scikit-learn's model selection expects."""
+        check_is_fitted(self)
+        return -reconstruction_metrics(self.model_, ImageSet(self._images(X, reset=False)), BATCH)["sse_per_image"]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]  # codes are float32, whatever came in
+        return tags
+
+    # -- save and load: one safetensors blob, for files and pickles alike ----------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """The fitted estimator as safetensors bytes: tensors, with parameters and fitted attributes as JSON."""
+        from safetensors.torch import save
+
+        check_is_fitted(self)
+        fitted = {"n_features_in_": self.n_features_in_, "input_shape_": self.input_shape_, "layout_": self.layout_,
+                  "image_shape_": self.image_shape_, **self._fitted_meta()}
+        if hasattr(self, "feature_names_in_"):
+            fitted["feature_names_in_"] = self.feature_names_in_.tolist()
+        meta = {"format": FORMAT, "class": type(self).__name__, "params": json.dumps(self.get_params()),
+                "fitted": json.dumps(fitted)}
+        return save({k: v.detach().contiguous() for k, v in self._tensors().items()}, metadata=meta)
+
+    def _load_bytes(self, data: bytes) -> None:
+        from safetensors.torch import load
+
+        meta = _metadata(data)
+        if meta.get("class") != type(self).__name__:
+            raise ValueError(f"these bytes hold a {meta.get('class')}, not a {type(self).__name__}")
+        tuples = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731  JSON turned tuples into lists
+        self.__dict__.update({k: tuples(v) for k, v in json.loads(meta["params"]).items()})
+        fitted = json.loads(meta["fitted"])
+        for key in ("n_features_in_", "input_shape_", "layout_", "image_shape_"):
+            setattr(self, key, tuples(fitted.pop(key)))
+        if "feature_names_in_" in fitted:
+            self.feature_names_in_ = np.asarray(fitted.pop("feature_names_in_"), dtype=object)
+        self._restore(load(data), fitted)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted estimator to a safetensors file (no pickle); read it back with `load`."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.to_bytes())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """An estimator written by `save`."""
+        data = Path(path).read_bytes()
+        meta = _metadata(data, path)
+        target = ESTIMATORS.get(meta.get("class"))
+        if meta.get("format") != FORMAT or target is None or not issubclass(target, cls):
+            raise ValueError(f"{path} holds no saved aelab {cls.__name__}; write one with est.save(path)")
+        estimator = target.__new__(target)
+        estimator._load_bytes(data)
+        return estimator
+
+    def __getstate__(self):
+        """Pickles of a fitted estimator hold its safetensors bytes: weights as tensors, the rest as JSON."""
+        state = super().__getstate__()
+        if not hasattr(self, "model_"):
+            return state
+        return {"_sklearn_version": state.get("_sklearn_version"), "aelab_safetensors": self.to_bytes()}
+
+    def __setstate__(self, state):
+        data = state.pop("aelab_safetensors", None)
+        super().__setstate__(state)
+        if data is not None:
+            self._load_bytes(data)
+
+    # -- what each estimator fills in ------------------------------------------------------------------------
+
+    def _fit(self, images: torch.Tensor) -> None: ...
+    def _encode(self, x: torch.Tensor) -> torch.Tensor: ...
+    def _decode(self, z: torch.Tensor) -> torch.Tensor: ...
+    def _tensors(self) -> dict[str, torch.Tensor]: ...
+    def _fitted_meta(self) -> dict: return {}
+    def _restore(self, tensors: dict[str, torch.Tensor], fitted: dict) -> None: ...
+
+
+def _metadata(data: bytes, source="bytes") -> dict[str, str]:
+    """The JSON metadata of safetensors bytes (an 8-byte little-endian header length, then the JSON header)."""
+    try:
+        size = int.from_bytes(data[:8], "little")
+        return json.loads(data[8:8 + size]).get("__metadata__") or {}
+    except (ValueError, AttributeError):
+        raise ValueError(f"{source} is not a safetensors file; write one with est.save(path)") from None
+
+
+# -- the autoencoders -------------------------------------------------------------------------------------------
+
+# estimator parameter -> aelab setting; None leaves the model's own default
+SETTINGS = {"latent": "model.latent", "hidden": "model.hidden", "arch": "model.arch", "channels": "model.channels",
+            "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "seed": "train.seed",
+            "precision": "train.precision",
+            # the variants' own: dae, dropout, aae, vae (a model without the setting refuses it)
+            "noise": "model.noise", "level": "model.level", "clip": "model.clip", "rate": "model.rate",
+            "prior": "model.prior", "disc_hidden": "model.disc_hidden", "adv_lr_scale": "model.adv_lr_scale",
+            "beta": "model.beta", "warmup_steps": "model.warmup_steps", "iwae_k": "model.iwae_k"}
+
+
+class Autoencoder(_ImageTransformer):
+    """Any registered aelab model (`aelab models`: ae, dae, dropout, aae, vae) as a transformer, trained by
+    aelab's Trainer in memory. transform gives the deterministic code (a VAE's posterior mean), inverse_transform
+    the decoder's pixel probabilities.
+
+    Settings left at None take the model's defaults, as `aelab train` does: latent 20, hidden (256, 128, 64),
+    arch "mlp", 100 epochs, batch_size 512, lr 1e-3, seed 0, precision "fp32". The variants' own settings (dae:
+    noise, level, clip; dropout: rate; aae: prior, disc_hidden, adv_lr_scale; vae: beta, warmup_steps, iwae_k)
+    are refused by a model that has no such setting. `image_shape` (h, w) or (h, w, c) says how rows are images
+    (needed by arch="conv" for rows that are not square images).
+
+    Fitted: model_ (the torch module, eval mode, CPU), config_ (aelab's RunConfig), history_ (the training loss
+    terms of every epoch), n_features_in_, image_shape_ (c, h, w)."""
+
+    def __init__(self, model: str = "ae", *, latent=None, hidden=None, arch=None, channels=None, epochs=None,
+                 batch_size=None, lr=None, seed=None, device: str = "auto", precision=None, image_shape=None,
+                 noise=None, level=None, clip=None, rate=None, prior=None, disc_hidden=None, adv_lr_scale=None,
+                 beta=None, warmup_steps=None, iwae_k=None):
+        self.model, self.latent, self.hidden, self.arch, self.channels = model, latent, hidden, arch, channels
+        self.epochs, self.batch_size, self.lr, self.seed = epochs, batch_size, lr, seed
+        self.device, self.precision, self.image_shape = device, precision, image_shape
+        self.noise, self.level, self.clip, self.rate = noise, level, clip, rate
+        self.prior, self.disc_hidden, self.adv_lr_scale = prior, disc_hidden, adv_lr_scale
+        self.beta, self.warmup_steps, self.iwae_k = beta, warmup_steps, iwae_k
+
+    def run_config(self) -> RunConfig:
+        """The aelab configuration these parameters make (what `aelab train` would run)."""
+        overrides = {key: getattr(self, name) for name, key in SETTINGS.items() if getattr(self, name) is not None}
+        overrides["train.train_eval_size"] = 0  # fit reports its training loss; no second pass over the images
+        return resolve(self.model, None, {**overrides, "train.device": self.device})
+
+    def _fit(self, images: torch.Tensor) -> None:
+        config = self.run_config()
+        config.model.in_shape = self.image_shape_
+        with torch.random.fork_rng(devices=[]):  # seeded like `aelab train`, the caller's RNG left as it was
+            torch.manual_seed(config.train.seed)
+            model = build(config.model_name, config.model)
+            trainer = Trainer(model, ImageSet(images), ImageSet(images[:0]), config.train)
+            self.history_ = trainer.fit()
+        self.model_, self.config_ = model.cpu().eval(), config
+
+    @property
+    def _n_features_out(self) -> int:
+        return self.config_.model.latent
+
+    def _encode(self, x):
+        return self.model_.encode(x)
+
+    def _decode(self, z):
+        return self.model_.decode(z)
+
+    def _tensors(self):
+        return self.model_.state_dict()
+
+    def _fitted_meta(self):
+        return {"config": self.config_.to_dict(), "history": self.history_}
+
+    def _restore(self, tensors, fitted):
+        self.config_ = RunConfig.from_dict(fitted["config"])
+        self.history_ = fitted["history"]
+        self.model_ = build(self.config_.model_name, self.config_.model)
+        self.model_.load_state_dict(tensors)
+        self.model_.eval()
+
+
+# -- the linear baselines ---------------------------------------------------------------------------------------
+
+class _Baseline(_ImageTransformer):
+    """A transformer over one of baselines.py's classes, whose constructor takes this estimator's parameters."""
+
+    _baseline: type[baselines._Baseline]
+
+    def _fit(self, images):
+        self.model_ = self._baseline(**self.get_params()).fit(images)
+
+    @property
+    def _n_features_out(self) -> int:
+        return self.n_components
+
+    def _encode(self, x):
+        return self.model_.encode(x)
+
+    def _decode(self, z):
+        return self.model_.decode(z)
+
+    def _tensors(self):
+        return {name: getattr(self.model_, name) for name in self._baseline._state}
+
+    def _restore(self, tensors, fitted):
+        self.model_ = self._baseline(**self.get_params())
+        self.model_.image_shape_ = self.image_shape_
+        for name, value in tensors.items():
+            setattr(self.model_, name, value)
+
+    mean_ = property(lambda self: self.model_.mean_.numpy(), doc="(n_features,) the centre the codes start from")
+    components_ = property(lambda self: self.model_.components_.numpy(), doc="(n_components, n_features)")
+
+
+class PCA(_Baseline):
+    """Principal component analysis of images (aelab's: float64 covariance, scikit-learn's sign convention):
+    the best rank-k linear reconstruction in squared error. Codes are the centred images' coordinates along the
+    components; inverse_transform is not clipped to [0, 1].
+
+    Fitted: components_ (k, n_features), mean_, explained_variance_, n_features_in_."""
+
+    _baseline = baselines.PCA
+    _bernoulli = False  # a least-squares method: any range will do
+
+    def __init__(self, n_components: int = 30):
+        self.n_components = n_components
+
+    explained_variance_ = property(lambda self: self.model_.explained_variance_.numpy())
+
+
+class LogisticPCA(_Baseline):
+    """Logistic PCA of images (Landgraf & Lee 2015): pixels in [0, 1] are Bernoulli means whose natural
+    parameters are projected on k directions, fitted by minimising the Bernoulli deviance (BCE) with L-BFGS.
+    A new image's code is one matrix product: z = (m (2x - 1) - mean_) components_.T, and inverse_transform
+    gives pixel probabilities sigmoid(mean_ + z components_).
+
+    m (how far the saturated model's logits reach) is chosen from m_grid by held-out BCE when left None.
+    Fitted: components_ (k, n_features), mean_ (the logit offset), m_, loss_curve_ (mean BCE per image at each
+    L-BFGS evaluation), m_scores_ (held-out BCE per pixel of each m tried, when m was chosen)."""
+
+    _baseline = baselines.LogisticPCA
+
+    def __init__(self, n_components: int = 30, *, m=None, m_grid=(3.0, 5.0, 8.0), max_iter: int = 200,
+                 chunk_size: int = 10_000, seed: int = 0):
+        self.n_components, self.m, self.m_grid = n_components, m, m_grid
+        self.max_iter, self.chunk_size, self.seed = max_iter, chunk_size, seed
+
+    m_ = property(lambda self: self.model_.m_.item())
+    loss_curve_ = property(lambda self: self.model_.loss_curve_)
+    n_iter_ = property(lambda self: len(self.model_.loss_curve_), doc="evaluations of the loss and its gradient")
+    m_scores_ = property(lambda self: getattr(self.model_, "m_scores_", None))
+
+    def _fitted_meta(self):
+        scores = getattr(self.model_, "m_scores_", None)
+        return {"loss_curve_": self.model_.loss_curve_, "m_scores_": scores and list(scores.items())}
+
+    def _restore(self, tensors, fitted):
+        super()._restore(tensors, fitted)
+        self.model_.loss_curve_ = fitted["loss_curve_"]
+        if fitted["m_scores_"]:
+            self.model_.m_scores_ = dict(fitted["m_scores_"])
+
+
+ESTIMATORS = {cls.__name__: cls for cls in (Autoencoder, PCA, LogisticPCA)}
