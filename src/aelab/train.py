@@ -109,8 +109,9 @@ class Trainer:
         """Measure, record and tell the callbacks. The random state is put back after measuring, so what is
         measured (and how often) never changes the training's random stream, and checkpoints hold that stream."""
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_terms.items()},
-                      **{f"test_{k}": v for k, v in self.evaluate(self.test_set, reconstruction=True).items()}}
+            record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_terms.items()}}
+            if len(self.test_set):  # scikit-learn's fit has none
+                record.update({f"test_{k}": v for k, v in self.evaluate(self.test_set, reconstruction=True).items()})
             if self.config.train_eval_size and (epoch % self.config.train_eval_every == 0 or epoch == 1):
                 seen = self.evaluate(self.train_set.subset(self.config.train_eval_size))
                 record.update({f"train_eval_{k}": v for k, v in seen.items()})
