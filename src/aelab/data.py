@@ -338,6 +338,27 @@ def read_inputs(paths: list[str | Path], grey: bool = True) -> ImageSet:
     return ImageSet(torch.cat(parts))
 
 
+def read_codes(paths: list[str | Path]) -> np.ndarray:
+    """Codes (n, latent) as float32 from .npy files such as `aelab encode` writes; finite, at least one."""
+    arrays = []
+    for raw in paths:
+        path = Path(raw)
+        if path.suffix.lower() != ".npy" or not path.is_file():
+            raise UserError(f"{path} is not a .npy file of codes (one 2-d numeric array (n, latent)); "
+                            "give the .npy `aelab encode` writes")
+        array = read_array_file(path)["images"]
+        if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+            raise UserError(f"{path} holds an array of shape {array.shape}, not codes: one 2-d numeric array "
+                            "(n, latent) with n >= 1; give the .npy `aelab encode` writes")
+        arrays.append(array)
+    if len({a.shape[1] for a in arrays}) > 1:
+        raise UserError(f"the code files differ in width {sorted({a.shape[1] for a in arrays})}; decode them apart")
+    codes = np.concatenate(arrays).astype(np.float32)
+    if not np.isfinite(codes).all():
+        raise UserError("the codes hold NaN or infinite values (or values beyond float32); clean them first")
+    return codes
+
+
 # ---------------------------------------------------------------------------------------------- train/test sets
 
 def _labels(arrays: dict[str, np.ndarray], key: str, count: int, path: Path) -> torch.Tensor | None:
