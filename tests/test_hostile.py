@@ -73,6 +73,28 @@ def npy_claiming(array: np.ndarray, shape: tuple) -> bytes:
     return raw[:10] + header.encode() + raw[10 + header_len:]
 
 
+def npz_of(npy: bytes, deflated: bytes, size: int) -> bytes:
+    """A one-member .npz ("images.npy") built by hand: deflated data, and the unpacked size the zip claims.
+    CRC left at 0: a reader that checks sizes first never gets that far."""
+    name = b"images.npy"
+    fields = struct.pack("<HHHHHIII", 20, 0, 8, 0, 0, 0, len(deflated), size)  # version, flags, deflate, time, CRC
+    local = b"PK\x03\x04" + fields + struct.pack("<HH", len(name), 0) + name
+    central = (b"PK\x01\x02" + struct.pack("<H", 20) + fields + struct.pack("<HHHHHII", len(name), 0, 0, 0, 0, 0, 0)
+               + name)
+    end = b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 1, 1, len(central), len(local) + len(deflated), 0)
+    return local + deflated + central + end
+
+
+def deflate(*parts: bytes, repeat_last: int = 1) -> bytes:
+    """Raw deflate of the parts; the last one compressed once and repeated (a full flush makes each copy stand
+    alone), so 2 GiB of zeros cost a fraction of a second."""
+    blocks = []
+    for part in parts:
+        stream = zlib.compressobj(9, zlib.DEFLATED, -15)
+        blocks.append(stream.compress(part) + stream.flush(zlib.Z_FULL_FLUSH))
+    return b"".join(blocks[:-1]) + blocks[-1] * repeat_last + zlib.compressobj(9, zlib.DEFLATED, -15).flush()
+
+
 def with_header(path, edit) -> None:
     """Rewrite a safetensors file's JSON header with `edit(header)`, the tensor bytes left as they are."""
     raw = path.read_bytes()
@@ -128,15 +150,14 @@ def hostile(tmp_path_factory, fashion):
     np.save(root / "zero_size.npy", np.zeros((5, 0, 0), np.uint8))
     (root / "lying.npy").write_bytes(npy_claiming(real, (20_000_000_000, 28, 28)))
     np.savez(root / "two_sizes.npz", x_train=real, x_test=np.zeros((5, 32, 32), np.uint8))
-    # an npz whose member claims 2 GiB in a few KiB (deflate cannot expand that much)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, images=real)
-    raw = bytearray(buffer.getvalue())
-    for sig, size_at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # local header and central directory
-        at = raw.index(sig)
-        raw[at + size_at: at + size_at + 4] = (2 << 30).to_bytes(4, "little")
-    (root / "zip_bomb.npz").write_bytes(bytes(raw))
-
+    # a zip member claiming 2 GiB (as does its .npy header) in 1 KiB; and a true 2 GiB of zeros in 2 MiB behind a
+    # .npy header promising 20 images
+    claim = npy_claiming(real[:1], (2**31,))
+    (root / "zip_bomb.npz").write_bytes(npz_of(claim, deflate(claim), len(claim) - 784 + 2**31))
+    npy = io.BytesIO()
+    np.save(npy, real)
+    (root / "zeros_after.npz").write_bytes(npz_of(npy.getvalue(), deflate(npy.getvalue(), bytes(16 << 20), repeat_last=128),
+                                                  len(npy.getvalue()) + 2**31))
     (root / "list.json").write_text("[1, 2, 3]")
     (root / "scalar.json").write_text("42")
     (root / "binary.json").write_bytes(bytes(range(256)))
@@ -157,6 +178,7 @@ DATA_CASES = {
     "0x0 image": (["--data", "{h}/zero_png"], ["a.png"]),
     "truncated image": (["--data", "{h}/truncated_png"], ["b.png", "not a readable image"]),
     "image header over the pixel limit": (["--data", "{h}/png_huge_header"], ["9000x9000", "resize"]),
+    "npz of 2 GiB behind a small header": (["--data", "{h}/zeros_after.npz"], ["header promises", "2,147,"]),
     "npz that is not a zip": (["--data", "{h}/not_zip.npz"], ["not a readable .npz"]),
     "npz of object arrays": (["--data", "{h}/objects.npz"], ["python objects", "unpickling"]),
     "npy of object arrays": (["--data", "{h}/objects.npy"], ["python objects"]),

@@ -292,9 +292,12 @@ def read_array_file(path: Path) -> dict[str, np.ndarray]:
         with zipfile.ZipFile(path) as archive:
             members = [m for m in archive.infolist() if m.filename.endswith(".npy")]
             total = sum(m.file_size for m in members)
-            if total > MAX_DATA_BYTES or any(m.file_size > DEFLATE_MAX_RATIO * m.compress_size + 1024 for m in members):
-                raise UserError(f"{path} claims {total:,} bytes of arrays: over 4 GiB, or more than its compressed "
-                                "size can hold (a zip bomb); save it again with numpy.savez")
+            if total > MAX_DATA_BYTES:
+                raise UserError(f"{path} holds {total:,} bytes of arrays, over the 4 GiB aelab reads; use less data")
+            for m in members:
+                if m.file_size > DEFLATE_MAX_RATIO * m.compress_size + 1024:
+                    raise UserError(f"{path}[{m.filename}] claims {m.file_size:,} bytes packed in {m.compress_size:,}, "
+                                    "more than deflate can unpack (a zip bomb, or a damaged file); save it again")
             arrays = {}
             for m in members:
                 with archive.open(m) as f:
