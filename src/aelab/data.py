@@ -7,9 +7,11 @@ time, by tensor indexing: 60 000 Fashion-MNIST images take 47 MB, not 188.
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import struct
+import tokenize
 import warnings
 import zipfile
 import zlib
@@ -177,7 +179,8 @@ def to_uint8_images(array: np.ndarray, source: str, grey: bool = True) -> torch.
         raise UserError(f"{source} has shape {a.shape}: images need 1, 3 or 4 channels and a height and width "
                         "of at least 1; save it as (n, height, width) or (n, h, w, channels)")
     if a.dtype != np.uint8:
-        wide = a.astype(np.float64)
+        with np.errstate(all="ignore"):  # a long double beyond float64 becomes inf, refused just below
+            wide = a.astype(np.float64)
         bad = ~np.isfinite(wide)
         if bad.any():
             raise UserError(f"{source} holds {int(bad.sum())} NaN or infinite values; "
@@ -220,9 +223,12 @@ def read_image_files(paths: list[Path], grey: bool = True) -> torch.Tensor:
     channels = 1 if grey else 3
     for i, path in enumerate(paths):
         try:
+            if path.stat().st_size > MAX_DATA_BYTES:
+                raise UserError(f"{path} is over 4 GiB; aelab reads smaller image files")
+            data = io.BytesIO(path.read_bytes())  # from memory: a chunk length that lies makes no huge read buffer
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)  # an error, not a stderr line
-                with Image.open(path) as img:
+                with Image.open(data) as img:
                     width, height = img.size
                     if width * height > MAX_IMAGE_PIXELS or width < 1 or height < 1:
                         raise UserError(f"{path} claims {width}x{height} pixels; aelab reads images of 1x1 up to "
@@ -257,13 +263,16 @@ def _read_npy(f, size: int, source: str) -> np.ndarray:
     from numpy.lib import format as npy
 
     try:
-        version = npy.read_magic(f)
-        if version not in ((1, 0), (2, 0)):
-            raise ValueError(f"unsupported .npy version {version}")
-        reader = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
-        shape, fortran, dtype = reader(f)
+        with warnings.catch_warnings():  # numpy warns of odd header text (escapes, Python 2): no stderr line
+            warnings.simplefilter("ignore")
+            version = npy.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"unsupported .npy version {version}")
+            reader = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            shape, fortran, dtype = reader(f)
         offset = f.tell()
-    except (ValueError, SyntaxError, TypeError, EOFError, OSError, zlib.error, zipfile.BadZipFile) as e:
+    except (ValueError, SyntaxError, TypeError, EOFError, OSError, zlib.error, zipfile.BadZipFile,
+            tokenize.TokenError) as e:  # numpy tokenizes the header's text: a torn one is a TokenError
         raise UserError(f"{source} is not a readable .npy array ({e}); save plain numeric arrays with numpy") from None
     _check_dtype(dtype, source)
     nbytes = math.prod(shape) * dtype.itemsize
@@ -303,8 +312,8 @@ def read_array_file(path: Path) -> dict[str, np.ndarray]:
                 with archive.open(m) as f:
                     arrays[m.filename[:-4]] = _read_npy(f, m.file_size, f"{path}[{m.filename[:-4]}]")
             return arrays
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, ValueError, EOFError, OSError,
-            zlib.error) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, ValueError, EOFError,
+            OSError, zlib.error) as e:  # RuntimeError: a member flagged as encrypted
         raise UserError(f"{path} is not a readable {path.suffix} file ({e.__class__.__name__}: {e}); "
                         "save it again with numpy.save or numpy.savez") from None
 

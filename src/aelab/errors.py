@@ -2,4 +2,8 @@
 
 
 class UserError(Exception):
-    """Bad input from the user: the message names the problem and the fix."""
+    """Bad input from the user: the message names the problem and the fix, on one line (a line break in text
+    quoted from a damaged file is shown escaped, never as a second line)."""
+
+    def __init__(self, message: str):
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))

@@ -183,8 +183,8 @@ def _load(path: Path, like: dict[str, torch.Tensor], exact: bool = True, max_byt
             missing, extra = sorted(like.keys() - names), sorted(names - like.keys()) if exact else []
             if missing or extra:
                 raise UserError(f"{path} does not hold this model's tensors (missing: {', '.join(missing[:4]) or '-'}; "
-                                f"unknown: {', '.join(extra[:4]) or '-'}); it is damaged or from another model: "
-                                "retrain or restore it")
+                                f"unknown: {', '.join(map(repr, extra[:4])) or '-'}); it is damaged or from another "
+                                "model: retrain or restore it")
             for name, want in like.items():
                 shape = tuple(f.get_slice(name).get_shape())
                 if shape != tuple(want.shape):
