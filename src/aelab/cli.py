@@ -82,7 +82,7 @@ def build_parser() -> Parser:
     p.add_argument("run")
     p.add_argument("-n", type=int_in(1, 100_000), default=100, help="how many images (default 100)")
     p.add_argument("--out", required=True, help="FILE.png (a grid, 10 per row), a folder (one PNG each) or FILE.npy")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0)
     p.add_argument("--overwrite", action="store_true", help="replace existing output")
 
     p = sub.add_parser("interpolate", help="decode codes on the line between two images: a strip PNG")

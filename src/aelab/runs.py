@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file, safe_open
+from safetensors.torch import save_file, safe_open
 
 from aelab.config import RunConfig, parse_settings
 from aelab.errors import UserError
@@ -27,7 +27,7 @@ FORMAT = "aelab/1"
 MAX_HEADER_BYTES = 1 << 24  # a run file's safetensors header: tensor names, shapes and the config, a few KiB
 # what safetensors (and torch, building tensors from the file) raise on a damaged file
 SAFETENSORS_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError, KeyError,
-                      IndexError, MemoryError)
+                      IndexError)
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
