@@ -246,6 +246,14 @@ def normalise(message: str) -> str:
     return re.sub(r"\d[\d,.e+-]*", "N", message)[:160]
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM: getrusage's ru_maxrss keeps a parent's peak across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def fuzz(kind: str, count: int, seed: int, seeds: dict[str, list[bytes]], work: Path, keep: Path | None,
          time_limit: float) -> dict:
     rng = random.Random(f"{seed}-{kind}")
@@ -305,7 +313,7 @@ def fuzz(kind: str, count: int, seed: int, seeds: dict[str, list[bytes]], work: 
     stats["distinct_messages"] = len(stats.pop("messages"))
     stats["mean_ms"] = round(1000 * stats.pop("total_s") / max(1, stats["inputs"]), 3)
     stats["worst_s"] = round(stats["worst_s"], 3)
-    stats["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    stats["peak_rss_mib"] = peak_rss_mib()
     return stats
 
 
