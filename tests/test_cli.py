@@ -59,9 +59,14 @@ def test_eval_json_on_the_full_test_set(trained_run, trained_model, fashion, tmp
     per_image = ((recon - x) ** 2).sum((1, 2, 3))
     assert metrics["psnr"] == pytest.approx((10 * np.log10(784 / per_image)).mean(), rel=1e-4)
 
+    before = snapshot(run)
     text = aelab("eval", run)  # on the run's own test set (the subset's 1000 images), as a table
     assert text.returncode == 0 and "bce_floor" in text.stdout and "1000 test images" in text.stdout
+    assert snapshot(run) == before  # eval only reads, unless asked
+    (run / "eval.json").unlink()
+    assert aelab("eval", run, "--save").returncode == 0
     assert json.loads((run / "eval.json").read_text())["bce"] == pytest.approx(json.loads(own)["bce"], rel=1e-5)
+    assert_user_error(aelab("eval", run, "--save", "--data", FASHION_DIR), "--save", "drop --data")
 
 
 # ---------------------------------------------------------------------------------------------- reconstruct, encode, decode

@@ -11,6 +11,22 @@ from pathlib import Path
 from aelab.errors import UserError
 
 
+def int_in(low: int, high: int):
+    """An argparse type: an integer in [low, high], checked where the flag enters."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give an integer from {low} to {high:,}")
+        return value
+    return parse
+
+
+THREADS = int_in(1, 4096)
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, no usage dump
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
@@ -47,7 +63,7 @@ def build_parser() -> Parser:
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/MODEL, numbered if taken)")
     p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR", help="continue an interrupted run (--epochs may extend it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=THREADS, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--log", action="append", default=[], choices=("tensorboard", "mlflow"),
                    help="also log to TensorBoard (RUN/tensorboard) or MLflow (MLFLOW_TRACKING_URI); may repeat")
@@ -57,6 +73,8 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--data", metavar="PATH", help="evaluate on this data's test split instead of the run's")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--save", action="store_true", help="also write the measures to RUN/eval.json (the run's own "
+                   "test set only); without it eval only reads")
 
     p = sub.add_parser("info", help="layer and parameter summary of a model or a run")
     p.add_argument("target", nargs="?", default="ae", help="model name or run folder")
@@ -68,9 +86,9 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("sample", help="new images from a generative run (vae, aae): a grid PNG")
     p.add_argument("run")
-    p.add_argument("-n", type=int, default=100, help="how many images (default 100)")
+    p.add_argument("-n", type=int_in(1, 100_000), default=100, help="how many images (default 100)")
     p.add_argument("--out", required=True, help="FILE.png (a grid, 10 per row), a folder (one PNG each) or FILE.npy")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0)
     p.add_argument("--overwrite", action="store_true", help="replace existing output")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
@@ -78,7 +96,8 @@ def build_parser() -> Parser:
     p.add_argument("run")
     p.add_argument("a", help="an image file, or the index of an image in the run's test set")
     p.add_argument("b", help="an image file, or the index of an image in the run's test set")
-    p.add_argument("--steps", type=int, default=10, help="images in the strip, both ends included (default 10)")
+    p.add_argument("--steps", type=int_in(2, 10_000), default=10,
+                   help="images in the strip, both ends included (default 10)")
     p.add_argument("--out", required=True, help="FILE.png (one strip), a folder or FILE.npy")
     p.add_argument("--overwrite", action="store_true", help="replace existing output")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -95,7 +114,7 @@ def build_parser() -> Parser:
     p.add_argument("--data", metavar="PATH", help="idx folder, image folder or .npy/.npz (default: Fashion-MNIST)")
     p.add_argument("--json", action="store_true", help="print the table as a JSON list of rows (progress to stderr)")
     p.add_argument("--overwrite", action="store_true", help="replace DIR's figures and tables (finished runs are reused)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=THREADS, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     p = sub.add_parser("report", help="rebuild report.html, the page of a run or a comparison (opens from disk)")
@@ -167,15 +186,27 @@ def _parse_set(item: str) -> tuple[str, str]:
 
 
 def cmd_eval(args) -> int:
+    import math
+
     from aelab.data import load_dataset
     from aelab.evaluate import evaluate
     from aelab.runs import Run, load_model
 
+    if args.save and (args.data or not Path(args.run).is_dir()):
+        raise UserError("--save writes RUN/eval.json, the measures of a run folder on its own test set; "
+                        "drop --data (or --save)")
     model = load_model(args.run, args.device)
     config = Run.open(args.run).config()
     _, test = load_dataset(args.data or config.data.path, config.data.grey, config.data.test_fraction)
+    if test.shape != tuple(model.config.in_shape):
+        raise UserError(f"the test images are {'x'.join(map(str, test.shape))} but {args.run} takes "
+                        f"{'x'.join(map(str, model.config.in_shape))} (channels x height x width); give --data of that size")
     metrics = evaluate(model, test)
-    if Path(args.run).is_dir() and not args.data:  # eval.json is the run's own test set, as report.md says
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:  # JSON has no NaN: refuse rather than write a file no other reader can parse
+        raise UserError(f"{args.run} gives non-finite measures ({', '.join(f'{k} {metrics[k]}' for k in bad)}); "
+                        "its weights overflow on these images: retrain with a lower --lr")
+    if args.save:  # eval.json is the run's own test set, as report.md says
         (Path(args.run) / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if args.json:
         print(json.dumps(metrics))
@@ -271,10 +302,9 @@ def cmd_apply(args) -> int:
     """reconstruct, encode, decode and denoise: inputs through a trained model, to PNGs, a grid or .npy."""
     import numpy as np
 
-    from aelab.data import read_inputs
-    from aelab.runs import load_model
-
+    from aelab.data import read_codes, read_inputs
     from aelab.models import is_denoising
+    from aelab.runs import load_model
 
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
@@ -284,7 +314,7 @@ def cmd_apply(args) -> int:
     else:
         model = load_model(args.run, args.device)
     if args.command == "decode":
-        codes = _read_codes(args.inputs)
+        codes = read_codes(args.inputs)
         result = model.decode(codes)
     else:
         images = read_inputs(args.inputs, grey=not args.rgb)
@@ -309,8 +339,6 @@ def cmd_sample(args) -> int:
 
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
-    if args.n < 1:
-        raise UserError(f"-n must be at least 1, not {args.n}")
     model = _model_that(args.run, is_generative, "which cannot draw new images; sample from a vae or aae run "
                                                  "(`aelab train vae`)", args.device)
     images = model.sample(args.n, torch.Generator().manual_seed(args.seed))
@@ -383,26 +411,6 @@ def _image_or_test_index(run: str, item: str):
             raise UserError(f"test index {item} is out of range: the run's test set holds {len(test)} images")
         return test.images[int(item):int(item) + 1]
     return read_inputs([item]).images[:1]
-
-
-def _read_codes(paths: list[str]):
-    import numpy as np
-
-    arrays = []
-    for p in paths:
-        try:
-            array = np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{p} is not a readable .npy file of codes ({e}); write codes with `aelab encode`") from None
-        if not isinstance(array, np.ndarray) or array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
-            raise UserError(f"{p} is not one 2-d numeric array (n, latent); give the .npy `aelab encode` writes")
-        arrays.append(array)
-    if len({a.shape[1] for a in arrays}) > 1:
-        raise UserError(f"the code files differ in width {sorted({a.shape[1] for a in arrays})}; decode them apart")
-    codes = np.concatenate(arrays).astype(np.float32)
-    if not np.isfinite(codes).all():
-        raise UserError("the codes hold NaN or infinite values; clean them first")
-    return codes
 
 
 def _check_new_output(out: Path, overwrite: bool) -> None:

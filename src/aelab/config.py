@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from aelab.models import AEConfig, model_class
 from aelab.train import TrainConfig
 
 SECTIONS = ("data", "model", "train")
+MAX_EPOCHS = 1_000_000
+MAX_FILE_BYTES = 1 << 20  # a config file (or a run's config.json) holds a few settings, not megabytes
 
 
 @dataclass
@@ -34,17 +37,36 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
+        if not isinstance(d, dict) or not all(isinstance(d.get(s, {}), dict) for s in SECTIONS):
+            raise UserError("a run configuration is a JSON object with data, model and train objects, not "
+                            f"{type(d).__name__ if not isinstance(d, dict) else 'this'}")
         config = default_config(d.get("model_name", "ae"))
         for section in SECTIONS:
             for key, value in d.get(section, {}).items():
                 set_value(config, f"{section}.{key}", value)
+        config.check()
         return config
+
+    def check(self) -> None:
+        """Refuse settings that cannot work before anything is loaded or written; the model's own checks run
+        again at build, where the data's image size is known."""
+        self.model.check()
+        self.train.check()
+        if not 0 <= self.train.seed < 2 ** 63:
+            raise UserError(f"seed must lie in [0, 2**63), not {self.train.seed}")
+        if self.train.epochs > MAX_EPOCHS:
+            raise UserError(f"epochs must be at most {MAX_EPOCHS:,}, not {self.train.epochs:,}")
+        if not 0 < self.data.test_fraction < 1:
+            raise UserError(f"test_fraction must lie between 0 and 1, not {self.data.test_fraction}; "
+                            "e.g. --set data.test_fraction=0.1")
 
     def describe(self) -> str:
         return "\n".join(f"  {s}.{k} = {v}" for s in SECTIONS for k, v in dataclasses.asdict(getattr(self, s)).items())
 
 
 def default_config(model_name: str) -> RunConfig:
+    if not isinstance(model_name, str):
+        raise UserError(f"model_name must be a model's name (see `aelab models`), not {model_name!r}")
     return RunConfig(model_name, DataConfig(), model_class(model_name).Config(), TrainConfig())
 
 
@@ -86,14 +108,16 @@ def _coerce(value, kind, key: str):
             if str(value).lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError
-        if kind is int:
+        if kind is int:  # an int64, as torch and numpy take it
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(value)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
+            if -2 ** 63 <= int(value) < 2 ** 63:
+                return int(value)
+            raise ValueError
+        if kind is float:  # a finite number: no setting of aelab works with inf or nan
+            if not isinstance(value, bool) and math.isfinite(float(value)):
+                return float(value)
+            raise ValueError
         if kind is str:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ValueError
@@ -102,7 +126,8 @@ def _coerce(value, kind, key: str):
         raise
     except (ValueError, TypeError):
         pass
-    raise UserError(f"setting {key!r} takes {getattr(kind, '__name__', kind)}, not {value!r}")
+    what = {int: "an integer in [-2**63, 2**63)", float: "a finite number"}.get(kind, getattr(kind, "__name__", kind))
+    raise UserError(f"setting {key!r} takes {what}, not {str(value)[:50]!r}")
 
 
 def set_value(config: RunConfig, key: str, value) -> None:
@@ -114,11 +139,24 @@ def read_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; check the path")
+    return parse_settings(path, f"config file {path}")
+
+
+def parse_settings(path: Path, source: str) -> dict:
+    """The settings object of a JSON or TOML file, read with a size limit; anything else is one clear line."""
+    kind = "TOML" if path.suffix == ".toml" else "JSON"
     try:
-        text = path.read_text()
-        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}") from None
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise UserError(f"{source} is over {MAX_FILE_BYTES // 1024} KiB; a settings file holds a few settings")
+        loaded = tomllib.loads(raw.decode()) if kind == "TOML" else json.loads(raw)
+    except (ValueError, RecursionError, OSError) as e:  # JSON, TOML and UTF-8 decoding errors are ValueErrors
+        raise UserError(f"{source} is not valid {kind} ({str(e)[:200]}); fix or restore it") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{source} holds a {type(loaded).__name__}, not an object of settings; write it as "
+                        '{"model": {"latent": 30}, "train": {"epochs": 10}}')
+    return loaded
 
 
 def resolve(model_name: str | None, file: str | Path | None = None, overrides: dict[str, object] | None = None
@@ -136,4 +174,5 @@ def resolve(model_name: str | None, file: str | Path | None = None, overrides: d
             set_value(config, key, value)
     for key, value in (overrides or {}).items():
         set_value(config, key, value)
+    config.check()
     return config

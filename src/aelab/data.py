@@ -7,7 +7,13 @@ time, by tensor indexing: 60 000 Fashion-MNIST images take 47 MB, not 188.
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import os
+import struct
+import tokenize
+import warnings
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +32,12 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10_000),
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Limits checked against headers before anything is decompressed or allocated, so a damaged or hostile file costs
+# at most about its own size in memory.
+MAX_DATA_BYTES = 4 << 30      # one array, idx file or image folder: 4 GiB (over 5 million 28x28 images)
+MAX_IMAGE_PIXELS = 1 << 26    # one image file: 64 megapixels (8192x8192); a larger header is a decompression bomb
+MAX_CLASSES = 10_000          # labels index per-class tables (kNN votes, probes): a label of 2**62 is damage
+DEFLATE_MAX_RATIO = 1100      # deflate cannot expand data more than 1032 times: a header promising more is a lie
 INSTALL_HINT = "install it with `apt-get install dataset-fashion-mnist` or pass --data DIR holding its four idx .gz files"
 
 
@@ -88,26 +100,38 @@ class ImageSet:
 # ---------------------------------------------------------------------------------------------- idx files
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Read an idx file of unsigned bytes (gzipped or not), checking magic number, dimensions and length."""
+    """Read an idx file of unsigned bytes (gzipped or not), checking magic number, dimensions and length. The
+    header's size is checked against the file (and, gzipped, deflate's largest ratio) before any data is read."""
+    fix = "the file is corrupt or truncated: reinstall it (`apt-get install --reinstall dataset-fashion-mnist`)"
+    gzipped = path.suffix == ".gz"
     try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            raw = f.read()
+        with (gzip.open if gzipped else open)(path, "rb") as f:
+            raw = f.read(4 + 4 * ndim)
+            if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != ndim:
+                raise UserError(f"{path} is not an idx file of {ndim}-d unsigned bytes (bad magic number "
+                                f"{raw[:4].hex() or 'none'}); point --data at Fashion-MNIST's original idx files")
+            if len(raw) < 4 + 4 * ndim:
+                raise UserError(f"{path} is truncated inside its header; reinstall the data set")
+            dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+            count = math.prod(dims)  # a Python int: no overflow, however large the header's numbers
+            size = os.path.getsize(path)
+            if count > MAX_DATA_BYTES:
+                raise UserError(f"{path}'s header promises dimensions {dims}: {count:,} bytes, over the 4 GiB aelab "
+                                f"reads; {fix}")
+            if count > (DEFLATE_MAX_RATIO * size if gzipped else size):
+                raise UserError(f"{path}'s header promises dimensions {dims}: {count:,} bytes, more than its "
+                                f"{size:,} bytes can hold; {fix}")
+            data = bytearray()
+            while len(data) < count and (chunk := f.read(min(1 << 20, count - len(data)))):
+                data += chunk  # grows with what is really there, never with what the header claims
+            extra = len(f.read(1))
     except (OSError, EOFError, zlib.error) as e:  # zlib.error: a garbled deflate stream, not an OSError
-        raise UserError(f"{path} cannot be read ({e}); the file is corrupt or truncated: reinstall it "
-                        "(`apt-get install --reinstall dataset-fashion-mnist`)") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != ndim:
-        raise UserError(f"{path} is not an idx file of {ndim}-d unsigned bytes (bad magic number "
-                        f"{raw[:4].hex() or 'none'}); point --data at Fashion-MNIST's original idx files")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise UserError(f"{path} is truncated inside its header; reinstall the data set")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + int(np.prod(dims))
-    if len(raw) != expected:
-        raise UserError(f"{path} holds {len(raw)} bytes but its header promises {expected} "
-                        f"(dimensions {dims}); the file is truncated or corrupt: reinstall the data set")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+        raise UserError(f"{path} cannot be read ({e}); {fix}") from None
+    if len(data) != count or extra:
+        raise UserError(f"{path} holds {4 + 4 * ndim + len(data) + extra}{'+' if extra else ''} bytes but its "
+                        f"header promises {4 + 4 * ndim + count} (dimensions {dims}); the file is truncated or "
+                        "corrupt: reinstall the data set")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:
@@ -133,25 +157,26 @@ def load_idx_split(folder: Path, split: str) -> ImageSet:
     if images.shape[0] != labels.shape[0]:
         raise UserError(f"{image_path.name} holds {images.shape[0]} images but {label_path.name} "
                         f"{labels.shape[0]} labels; the files do not belong together: reinstall the data set")
-    if images.shape[0] == 0:
-        raise UserError(f"{image_path} holds no images; reinstall the data set")
+    if images.shape[0] == 0 or 0 in images.shape:
+        raise UserError(f"{image_path} holds no images (dimensions {list(images.shape)}); reinstall the data set")
     if labels.max() > 9:
         raise UserError(f"{label_path} has label {int(labels.max())}, outside 0-9; the file is corrupt: reinstall it")
     del usual_count  # other MNIST-style sets (MNIST, KMNIST) have the same layout but may differ in size
-    return ImageSet(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+    return ImageSet(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
 
 
 # ---------------------------------------------------------------------------------------------- arrays and images
 
 def to_uint8_images(array: np.ndarray, source: str, grey: bool = True) -> torch.Tensor:
-    """Turn an array of images into uint8 (n, c, h, w): accepts (n,h,w), (n,h,w,c), (n,c,h,w), (n, side*side);
-    uint8 as is, floats in [0, 1] or [0, 255]."""
+    """Turn an array of images into uint8 (n, c, h, w): accepts (n,h,w), (n,h,w,c), (n,c,h,w), (n, side*side)
+    with 1, 3 or 4 channels; integers in 0-255, or floats in [0, 1] (scaled by 255), or floats that are whole
+    numbers in 0-255 (taken as they are). Anything else is refused rather than guessed: floats up to 1.2, say,
+    are no image read either way."""
     a = np.asarray(array)
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise UserError(f"{source} holds {a.dtype} values, not numbers; save the images as a numeric array")
+    _check_dtype(a.dtype, source)
     if a.ndim == 2:
-        side = int(round(a.shape[1] ** 0.5))
-        if side * side != a.shape[1]:
+        side = math.isqrt(a.shape[1])
+        if side * side != a.shape[1] or side == 0:
             raise UserError(f"{source} holds flat rows of {a.shape[1]} values, not square images; "
                             "save it as (n, height, width)")
         a = a.reshape(a.shape[0], 1, side, side)
@@ -164,17 +189,22 @@ def to_uint8_images(array: np.ndarray, source: str, grey: bool = True) -> torch.
         raise UserError(f"{source} has shape {a.shape}; images must be (n, height, width) or (n, h, w, channels)")
     if a.shape[0] == 0:
         raise UserError(f"{source} holds no images")
+    if a.shape[1] not in (1, 3, 4) or 0 in a.shape:
+        raise UserError(f"{source} has shape {a.shape}: images need 1, 3 or 4 channels and a height and width "
+                        "of at least 1; save it as (n, height, width) or (n, h, w, channels)")
     if a.dtype != np.uint8:
-        a = a.astype(np.float64)
-        bad = ~np.isfinite(a)
+        with np.errstate(all="ignore"):  # a long double beyond float64 becomes inf, refused just below
+            wide = a.astype(np.float64)
+        bad = ~np.isfinite(wide)
         if bad.any():
             raise UserError(f"{source} holds {int(bad.sum())} NaN or infinite values; "
                             "clean or drop those images before using them")
-        low, high = a.min(), a.max()
-        if low < 0 or high > 255:
-            raise UserError(f"{source} has values from {low:g} to {high:g}; pixels must lie in [0, 1] or [0, 255]")
-        scale = 255.0 if high <= 1.0 else 1.0
-        a = np.rint(a * scale).astype(np.uint8)
+        low, high = wide.min(), wide.max()
+        whole = a.dtype.kind in "biu" or bool((wide == np.rint(wide)).all())
+        if low < 0 or high > 255 or (high > 1 and not whole):
+            raise UserError(f"{source} has values from {low:g} to {high:g}; pixels must lie in [0, 1] (floats) or "
+                            "be whole numbers in [0, 255]: divide 0-255 data by 255, or clip to [0, 1]")
+        a = np.rint(wide * (255.0 if high <= 1.0 else 1.0)).astype(np.uint8)
     if a.shape[1] == 4:
         a = a[:, :3]  # drop alpha
     if grey and a.shape[1] == 3:
@@ -183,43 +213,123 @@ def to_uint8_images(array: np.ndarray, source: str, grey: bool = True) -> torch.
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-def read_image_files(paths: list[Path], grey: bool = True) -> torch.Tensor:
-    """Image files of one size as uint8 (n, c, h, w)."""
-    from PIL import Image, UnidentifiedImageError
+def _check_dtype(dtype: np.dtype, source: str) -> None:
+    """Only plain numbers: bools, integers, real floats (a complex or structured array is no image)."""
+    if dtype.hasobject:
+        raise UserError(f"{source} holds Python objects, which aelab never loads (unpickling can run code); "
+                        "save plain numeric arrays")
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        what = "complex numbers" if dtype.kind == "c" else f"{dtype} values, not real numbers"
+        raise UserError(f"{source} holds {what}; save the images (or codes) as a real numeric array")
 
-    arrays, first = [], None
-    for path in paths:
+
+# Pillow's format plugins raise many types on damaged files; any of them means "not a readable image".
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, struct.error,
+                zlib.error)
+
+
+def read_image_files(paths: list[Path], grey: bool = True) -> torch.Tensor:
+    """Image files of one size as uint8 (n, c, h, w). Each file's size is read from its header and checked
+    (against MAX_IMAGE_PIXELS, and the whole set against MAX_DATA_BYTES) before its pixels are decoded."""
+    from PIL import Image
+
+    stacked, first = None, None
+    channels = 1 if grey else 3
+    for i, path in enumerate(paths):
         try:
-            with Image.open(path) as img:
-                img = img.convert("L" if grey else "RGB")
-                array = np.asarray(img)
-        except (UnidentifiedImageError, OSError) as e:
-            raise UserError(f"{path} is not a readable image ({e.__class__.__name__}); remove or replace it") from None
-        if first is None:
-            first = (path, array.shape)
-        elif array.shape != first[1]:
-            raise UserError(f"images differ in size: {first[0].name} is {first[1][1]}x{first[1][0]} but "
-                            f"{path.name} is {array.shape[1]}x{array.shape[0]}; resize them all to one size")
-        arrays.append(array)
-    stacked = np.stack(arrays)
-    return torch.from_numpy(stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2).copy())
+            if path.stat().st_size > MAX_DATA_BYTES:
+                raise UserError(f"{path} is over 4 GiB; aelab reads smaller image files")
+            data = io.BytesIO(path.read_bytes())  # from memory: a chunk length that lies makes no huge read buffer
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)  # an error, not a stderr line
+                with Image.open(data) as img:
+                    width, height = img.size
+                    if width * height > MAX_IMAGE_PIXELS or width < 1 or height < 1:
+                        raise UserError(f"{path} claims {width}x{height} pixels; aelab reads images of 1x1 up to "
+                                        f"{MAX_IMAGE_PIXELS:,} pixels: resize it or remove it")
+                    if first is None:
+                        first = (path, (width, height))
+                        if len(paths) * width * height * channels > MAX_DATA_BYTES:
+                            raise UserError(f"{len(paths)} images of {width}x{height} take over 4 GiB; "
+                                            "use fewer or smaller images")
+                        stacked = np.empty((len(paths), height, width, channels), np.uint8)
+                    elif (width, height) != first[1]:
+                        raise UserError(f"images differ in size: {first[0].name} is {first[1][0]}x{first[1][1]} "
+                                        f"but {path.name} is {width}x{height}; resize them all to one size")
+                    array = np.asarray(img.convert("L" if grey else "RGB"))
+        except (*IMAGE_ERRORS, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise UserError(f"{path} is not a readable image ({e.__class__.__name__}: {e}); remove or replace it"
+                            ) from None
+        if array.shape[:2] != (height, width):  # a decoder that disagrees with its own header
+            raise UserError(f"{path} is not a readable image (it decodes to {array.shape[1]}x{array.shape[0]}, "
+                            f"not the {width}x{height} its header says); remove or replace it")
+        stacked[i] = array.reshape(height, width, channels)
+    return torch.from_numpy(stacked.transpose(0, 3, 1, 2).copy())
 
 
 def image_files_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _load_array_file(path: Path) -> dict[str, np.ndarray]:
+def _read_npy(f, size: int, source: str) -> np.ndarray:
+    """One .npy stream of `size` bytes. Its header (shape, dtype) is checked against `size` before the data is
+    read, so a header that lies costs nothing; object arrays (pickles) and non-real dtypes are refused."""
+    from numpy.lib import format as npy
+
     try:
-        loaded = np.load(path, allow_pickle=False)  # never unpickle user files
-    except ValueError as e:
-        raise UserError(f"{path} cannot be read without unpickling ({e}); save plain numeric arrays") from None
-    except (OSError, EOFError) as e:
-        raise UserError(f"{path} is not a readable .npy/.npz file ({e}); check the file") from None
-    if isinstance(loaded, np.ndarray):
-        return {"images": loaded}
-    with loaded:
-        return {key: loaded[key] for key in loaded.files}
+        with warnings.catch_warnings():  # numpy warns of odd header text (escapes, Python 2): no stderr line
+            warnings.simplefilter("ignore")
+            version = npy.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"unsupported .npy version {version}")
+            reader = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            shape, fortran, dtype = reader(f)
+        offset = f.tell()
+    except (ValueError, SyntaxError, TypeError, EOFError, OSError, zlib.error, zipfile.BadZipFile,
+            tokenize.TokenError) as e:  # numpy tokenizes the header's text: a torn one is a TokenError
+        raise UserError(f"{source} is not a readable .npy array ({e}); save plain numeric arrays with numpy") from None
+    _check_dtype(dtype, source)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > MAX_DATA_BYTES or offset + nbytes != size:
+        raise UserError(f"{source}'s header promises {shape} of {dtype} ({nbytes:,} bytes) but the file holds "
+                        f"{size - offset:,}; it is truncated or corrupt (aelab reads up to 4 GiB): save it again")
+    data, got = bytearray(nbytes), 0  # writable, so torch can take it as it is
+    try:
+        while got < nbytes and (n := f.readinto(memoryview(data)[got:])):
+            got += n
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as e:
+        raise UserError(f"{source} cannot be read ({e}); the file is corrupt: save it again") from None
+    if got != nbytes:
+        raise UserError(f"{source} is truncated: {got:,} of {nbytes:,} bytes; save it again")
+    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def read_array_file(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a .npy file ({"images": array}) or a .npz archive (name -> array), read without numpy's
+    loader: sizes are checked before reading and nothing is ever unpickled."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() != ".npz":
+            with open(path, "rb") as f:
+                return {"images": _read_npy(f, os.fstat(f.fileno()).st_size, str(path))}
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.infolist() if m.filename.endswith(".npy")]
+            total = sum(m.file_size for m in members)
+            if total > MAX_DATA_BYTES:
+                raise UserError(f"{path} holds {total:,} bytes of arrays, over the 4 GiB aelab reads; use less data")
+            for m in members:
+                if m.file_size > DEFLATE_MAX_RATIO * m.compress_size + 1024:
+                    raise UserError(f"{path}[{m.filename}] claims {m.file_size:,} bytes packed in {m.compress_size:,}, "
+                                    "more than deflate can unpack (a zip bomb, or a damaged file); save it again")
+            arrays = {}
+            for m in members:
+                with archive.open(m) as f:
+                    arrays[m.filename[:-4]] = _read_npy(f, m.file_size, f"{path}[{m.filename[:-4]}]")
+            return arrays
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, ValueError, EOFError,
+            OSError, zlib.error) as e:  # RuntimeError: a member flagged as encrypted
+        raise UserError(f"{path} is not a readable {path.suffix} file ({e.__class__.__name__}: {e}); "
+                        "save it again with numpy.save or numpy.savez") from None
 
 
 def read_inputs(paths: list[str | Path], grey: bool = True) -> ImageSet:
@@ -239,7 +349,7 @@ def read_inputs(paths: list[str | Path], grey: bool = True) -> ImageSet:
                                 "point at a folder that holds image files")
             image_paths += found
         elif path.suffix.lower() in (".npy", ".npz"):
-            arrays = _load_array_file(path)
+            arrays = read_array_file(path)
             key = next((k for k in ("images", "x_test", "x", "arr_0") if k in arrays), next(iter(arrays), None))
             if key is None:
                 raise UserError(f"{path} holds no arrays")
@@ -254,6 +364,27 @@ def read_inputs(paths: list[str | Path], grey: bool = True) -> ImageSet:
     return ImageSet(torch.cat(parts))
 
 
+def read_codes(paths: list[str | Path]) -> np.ndarray:
+    """Codes (n, latent) as float32 from .npy files such as `aelab encode` writes; finite, at least one."""
+    arrays = []
+    for raw in paths:
+        path = Path(raw)
+        if path.suffix.lower() != ".npy" or not path.is_file():
+            raise UserError(f"{path} is not a .npy file of codes (one 2-d numeric array (n, latent)); "
+                            "give the .npy `aelab encode` writes")
+        array = read_array_file(path)["images"]
+        if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+            raise UserError(f"{path} holds an array of shape {array.shape}, not codes: one 2-d numeric array "
+                            "(n, latent) with n >= 1; give the .npy `aelab encode` writes")
+        arrays.append(array)
+    if len({a.shape[1] for a in arrays}) > 1:
+        raise UserError(f"the code files differ in width {sorted({a.shape[1] for a in arrays})}; decode them apart")
+    codes = np.concatenate(arrays).astype(np.float32)
+    if not np.isfinite(codes).all():
+        raise UserError("the codes hold NaN or infinite values (or values beyond float32); clean them first")
+    return codes
+
+
 # ---------------------------------------------------------------------------------------------- train/test sets
 
 def _labels(arrays: dict[str, np.ndarray], key: str, count: int, path: Path) -> torch.Tensor | None:
@@ -261,9 +392,10 @@ def _labels(arrays: dict[str, np.ndarray], key: str, count: int, path: Path) -> 
     if key not in arrays:
         return None
     labels = np.asarray(arrays[key]).reshape(-1)
-    if len(labels) != count or not np.issubdtype(labels.dtype, np.integer) or (len(labels) and labels.min() < 0):
-        raise UserError(f"{path}[{key}] must hold {count} non-negative integer labels, one per image, not "
-                        f"{len(labels)} of {labels.dtype}; fix or drop the labels")
+    if (len(labels) != count or not np.issubdtype(labels.dtype, np.integer)
+            or (len(labels) and not 0 <= labels.min() <= labels.max() < MAX_CLASSES)):
+        raise UserError(f"{path}[{key}] must hold {count} integer labels from 0 to {MAX_CLASSES - 1}, one per image, "
+                        f"not {len(labels)} of {labels.dtype}; fix or drop the labels")
     return torch.from_numpy(labels.astype(np.int64))
 
 
@@ -285,6 +417,14 @@ def load_dataset(data: str | Path | None = None, grey: bool = True, test_fractio
     """(train, test) from an MNIST-style idx folder (default: Debian's Fashion-MNIST), a folder of images,
     or a .npy/.npz file. Sets without their own test split hold out `test_fraction` (the same every time)."""
     path = Path(data) if data else Path(FASHION_MNIST_DIR)
+    train, test = _load_split(path, data, grey, test_fraction)
+    if train.shape != test.shape:  # found here, before any run folder exists, not in the first evaluation
+        raise UserError(f"{path}: train images are {'x'.join(map(str, train.shape))} but test images "
+                        f"{'x'.join(map(str, test.shape))} (channels x height x width); give both one size")
+    return train, test
+
+
+def _load_split(path: Path, data, grey: bool, test_fraction: float) -> tuple[ImageSet, ImageSet]:
     if not path.exists():
         if data is None or os.path.abspath(path) == FASHION_MNIST_DIR:
             raise UserError(f"Fashion-MNIST not found at {path}; {INSTALL_HINT}")
@@ -298,7 +438,7 @@ def load_dataset(data: str | Path | None = None, grey: bool = True, test_fractio
                             "point --data at Fashion-MNIST's folder or a folder of images")
         return _holdout_split(read_image_files(files, grey), None, test_fraction)
     if path.suffix.lower() in (".npy", ".npz"):
-        arrays = _load_array_file(path)
+        arrays = read_array_file(path)
         def labelled(images_key: str, labels_key: str) -> ImageSet:
             images = to_uint8_images(arrays[images_key], f"{path}[{images_key}]", grey)
             return ImageSet(images, _labels(arrays, labels_key, len(images), path))

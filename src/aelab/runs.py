@@ -16,15 +16,19 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file, safe_open
+from safetensors.torch import save_file, safe_open
 
 from aelab import distributed
-from aelab.config import RunConfig
+from aelab.config import RunConfig, parse_settings
 from aelab.errors import UserError
 from aelab.models import build
 from aelab.train import Callback, Trainer
 
 FORMAT = "aelab/1"
+MAX_HEADER_BYTES = 1 << 24  # a run file's safetensors header: tensor names, shapes and the config, a few KiB
+# what safetensors (and torch, building tensors from the file) raise on a damaged file
+SAFETENSORS_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError, KeyError,
+                      IndexError)
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -75,11 +79,8 @@ class Run:
 
     def config(self) -> RunConfig:
         if self.path.is_file():
-            return RunConfig.from_dict(json.loads(_metadata(self.path)["config"]))
-        try:
-            return RunConfig.from_dict(json.loads(self.config_path.read_text()))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{self.config_path} is not valid JSON ({e}); restore it or retrain") from None
+            return _stored_config(self.path)
+        return _checked_config(parse_settings(self.config_path, str(self.config_path)), str(self.config_path))
 
     # -- weights and checkpoints ------------------------------------------------------------------------------
 
@@ -96,8 +97,16 @@ class Run:
         if not self.checkpoint_path.is_file():
             raise UserError(f"{self.path} has no checkpoint to resume from (it stopped before its first epoch "
                             "ended); start it again with --overwrite")
-        tensors = _load(self.checkpoint_path)
-        trainer.load_state(tensors, json.loads(_metadata(self.checkpoint_path)["trainer"]))
+        path = self.checkpoint_path
+        model = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
+        # weights and two Adam moments of each, RNG states: a checkpoint over 4x the weights (+ 1 MiB) is damaged
+        tensors = _load(path, model, exact=False,
+                        max_bytes=4 * sum(v.numel() * v.element_size() for v in model.values()) + (1 << 20))
+        try:
+            trainer.load_state(tensors, json.loads(_metadata(path)["trainer"]))
+        except (*SAFETENSORS_ERRORS, AttributeError) as e:  # JSON errors are ValueErrors
+            raise UserError(f"{path} does not fit this run ({e.__class__.__name__}: {str(e)[:200]}); it is damaged: "
+                            "restore it, or start the run again with --overwrite") from None
         if distributed.is_main():
             self.truncate_metrics(trainer.epoch)
             trainer.history = self.metrics()
@@ -109,9 +118,24 @@ class Run:
             f.write(json.dumps(record) + "\n")
 
     def metrics(self) -> list[dict]:
+        """Every finished epoch's record. A last line without its newline is an append cut short (by a crash or a
+        full disk): it is left out, and that epoch trained again on resume. Any other damage is one clear line."""
         if not self.metrics_path.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        records = []
+        *lines, _unfinished = self.metrics_path.read_bytes().split(b"\n")
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except (ValueError, RecursionError):
+                record = False
+            if record is None:
+                continue
+            if not isinstance(record, dict) or type(record.get("epoch")) is not int:
+                raise UserError(f"{self.metrics_path} line {number} is not an epoch's record ({line[:60]!r}); the file "
+                                "is damaged: restore it, or delete that line and the ones after it")
+            records.append(record)
+        return records
 
     def truncate_metrics(self, epoch: int) -> None:
         """Drop records of epochs after `epoch`: an interrupted epoch is trained again on resume."""
@@ -119,19 +143,86 @@ class Run:
         self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
+def _check_header(path: Path, max_bytes: int | None = None) -> None:
+    """Before safetensors maps a file: its size, and the header length in its first 8 bytes, are sane."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise UserError(f"{path} cannot be read ({e}); check its permissions, or restore it") from None
+    length = int.from_bytes(head, "little") if len(head) == 8 else 0
+    if not 2 <= length <= min(MAX_HEADER_BYTES, size - 8):
+        raise UserError(f"{path} is not a readable safetensors file (a header of {length:,} bytes does not fit its "
+                        f"{size:,} bytes); it is truncated or corrupt: retrain or restore it")
+    if max_bytes is not None and size > max_bytes:
+        raise UserError(f"{path} is {size:,} bytes, more than this run's model can need ({max_bytes:,}); it is "
+                        "damaged: retrain or restore it")
+
+
+def _unreadable(path: Path, e: Exception) -> UserError:
+    return UserError(f"{path} is not a readable safetensors file ({e.__class__.__name__}: {str(e)[:200]}); it is "
+                     "corrupt: retrain or restore it")
+
+
 def _metadata(path: Path) -> dict[str, str]:
+    _check_header(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"{path} is not a readable safetensors file ({e}); it is corrupt: retrain or restore it") from None
+    except SAFETENSORS_ERRORS as e:
+        raise _unreadable(path, e) from None
 
 
-def _load(path: Path) -> dict[str, torch.Tensor]:
+def _load(path: Path, like: dict[str, torch.Tensor], exact: bool = True, max_bytes: int | None = None
+          ) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file. Those named in `like` must be there with its shapes (and, exact, no
+    others): compared in the header before a byte of them is read, so a file that lies costs nothing."""
+    _check_header(path, max_bytes)
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"{path} is not a readable safetensors file ({e}); it is corrupt: retrain or restore it") from None
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+            missing, extra = sorted(like.keys() - names), sorted(names - like.keys()) if exact else []
+            if missing or extra:
+                raise UserError(f"{path} does not hold this model's tensors (missing: {', '.join(missing[:4]) or '-'}; "
+                                f"unknown: {', '.join(map(repr, extra[:4])) or '-'}); it is damaged or from another "
+                                "model: retrain or restore it")
+            for name, want in like.items():
+                shape = tuple(f.get_slice(name).get_shape())
+                if shape != tuple(want.shape):
+                    raise UserError(f"{path} holds {name} of shape {shape}, but the model its config describes "
+                                    f"needs {tuple(want.shape)}; it is damaged: retrain or restore it")
+            tensors = {name: f.get_tensor(name) for name in names}
+    except SAFETENSORS_ERRORS as e:
+        raise _unreadable(path, e) from None
+    for name, want in like.items():
+        if tensors[name].dtype != want.dtype:
+            raise UserError(f"{path} holds {name} as {tensors[name].dtype}, not {want.dtype}; it is damaged: "
+                            "retrain or restore it")
+        if tensors[name].is_floating_point() and not torch.isfinite(tensors[name]).all():
+            raise UserError(f"{path} holds NaN or infinite values in {name}; the weights are damaged (or training "
+                            "diverged): retrain, or resume from a good checkpoint")
+    return tensors
+
+
+def _checked_config(d, source: str) -> RunConfig:
+    try:
+        return RunConfig.from_dict(d)
+    except UserError as e:
+        raise UserError(f"{source} holds settings that cannot work ({e}); restore it or retrain") from None
+
+
+def _stored_config(weights: Path) -> RunConfig:
+    """The run configuration in a weights file's metadata."""
+    text = _metadata(weights).get("config")
+    if text is None:
+        raise UserError(f"{weights} holds weights without aelab's config in its metadata, so the model cannot be "
+                        "rebuilt; pass a run folder or a model.safetensors written by `aelab train`")
+    try:
+        d = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise UserError(f"{weights}'s stored config is not valid JSON ({e}); retrain or restore it") from None
+    return _checked_config(d, f"{weights}'s stored config")
 
 
 def load_model(path: str | Path, device: str = "auto"):
@@ -144,9 +235,9 @@ def load_model(path: str | Path, device: str = "auto"):
     weights = run.path if run.path.is_file() else run.weights_path
     if not weights.is_file():
         raise UserError(f"{run.path} has no model.safetensors yet (no epoch has finished); train it first")
-    config = RunConfig.from_dict(json.loads(_metadata(weights)["config"]))
+    config = _stored_config(weights)
     model = build(config.model_name, config.model)
-    model.load_state_dict(_load(weights))  # safetensors load on the CPU, then move
+    model.load_state_dict(_load(weights, model.state_dict()))  # safetensors load on the CPU, then move
     return model.to(distributed.resolve_device(device)).eval()
 
 
@@ -223,8 +314,6 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
         path = Path(out) if out else _free_run_dir(config.model_name)
         distributed.barrier()  # every rank has picked the same free folder before rank 0 takes it
         run = distributed.on_main(lambda: Run.create(path, config, overwrite)) or Run(path)
-    elif main:
-        run.config_path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     for logger in loggers:
         logger.start(run.path, config)
     callbacks = [ConsolePrinter(), RunRecorder(run, config), GridWriter(run.grids_path, config.train.grid_every),
@@ -233,6 +322,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
     say = print if main else (lambda *a, **k: None)
     if resume is not None:
         run.load_checkpoint(trainer)
+        if main:  # only now: a resume that fails leaves the run's config as it was
+            run.config_path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         say(f"resuming {run.path} after epoch {trainer.epoch} of {config.train.epochs}")
     else:
         ranks = f" on {distributed.world_size()} ranks" if distributed.world_size() > 1 else ""

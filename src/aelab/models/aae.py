@@ -30,6 +30,13 @@ class AAEConfig(AEConfig):
     #                                                measured on 15 000 images, 4 epochs: 1.0 left recon at 0.44,
     #                                                0.3 at 0.34 with the discriminator fooled (accuracy 0.53)
 
+    def check(self) -> None:
+        super().check()
+        if self.prior not in PRIORS:
+            raise UserError(f"unknown prior {self.prior!r}; use --set prior= one of {', '.join(PRIORS)}")
+        if any(w < 1 for w in self.disc_hidden) or not self.adv_lr_scale > 0:
+            raise UserError("disc_hidden widths must be positive integers and adv_lr_scale positive")
+
 
 def sample_prior(prior: str, n: int, dim: int, generator: torch.Generator | None = None,
                  device: torch.device | str = "cpu") -> torch.Tensor:
@@ -53,8 +60,6 @@ class AdversarialAutoencoder(Autoencoder):
     Config = AAEConfig
 
     def __init__(self, config: AAEConfig):
-        if config.prior not in PRIORS:
-            raise UserError(f"unknown prior {config.prior!r}; use --set prior= one of {', '.join(PRIORS)}")
         super().__init__(config)
         self.discriminator = nn.Sequential(*mlp([config.latent, *config.disc_hidden, 1]))
         keras_init_(self.discriminator)

@@ -25,6 +25,19 @@ class AEConfig:
     channels: tuple[int, ...] = (32, 64)      # conv: channels of the stride-2 layers
     in_shape: tuple[int, int, int] = (1, 28, 28)  # (c, h, w), taken from the data
 
+    def check(self) -> None:
+        """Refuse values that cannot work, where settings enter (config.resolve, a run's config.json) and again
+        when a model is built. Variants extend this; what depends on the data's size is checked at build."""
+        if self.arch not in ("mlp", "conv"):
+            raise UserError(f"unknown arch {self.arch!r}; use --arch mlp or --arch conv")
+        if self.latent < 1 or any(w < 1 for w in self.hidden + self.channels):
+            raise UserError("latent and hidden sizes must be positive integers")
+        if self.arch == "conv" and not self.channels:
+            raise UserError("--arch conv needs at least one channel width, e.g. --set model.channels=32,64")
+        if len(self.in_shape) != 3 or self.in_shape[0] not in (1, 3) or min(self.in_shape) < 1:
+            raise UserError(f"in_shape must be (channels, height, width) with 1 or 3 channels, not {self.in_shape}; "
+                            "it is taken from the data: drop the setting")
+
 
 class Dropout(nn.Dropout):
     """nn.Dropout with its mask drawn for the whole global batch (batch_draw), so N ranks drop what one process
@@ -97,16 +110,26 @@ def keras_init_(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+MAX_WEIGHTS = 1 << 28  # 268 million weights (1 GiB in fp32, 3 with Adam's moments): beyond that a setting is a slip
+
+
 def check_config(config: AEConfig) -> None:
-    if config.arch not in ("mlp", "conv"):
-        raise UserError(f"unknown arch {config.arch!r}; use --arch mlp or --arch conv")
-    if config.latent < 1 or any(w < 1 for w in config.hidden + config.channels):
-        raise UserError("latent and hidden sizes must be positive integers")
-    if config.arch == "conv":
+    """config.check(), and what depends on the data's size: before any layer is allocated."""
+    config.check()
+    c, h, w = config.in_shape
+    if config.arch == "mlp":
+        sizes = [c * h * w, *config.hidden, config.latent]
+        weights = sum(a * b for a, b in zip(sizes, sizes[1:]))
+    else:
         scale = 2 ** len(config.channels)
-        if config.in_shape[1] % scale or config.in_shape[2] % scale:
+        if h % scale or w % scale:
             raise UserError(f"--arch conv halves the image {len(config.channels)} times, so height and width must "
-                            f"divide by {scale}, not {config.in_shape[1]}x{config.in_shape[2]}; use --arch mlp")
+                            f"divide by {scale}, not {h}x{w}; use --arch mlp")
+        widths = [c, *config.channels]
+        weights = sum(16 * a * b for a, b in zip(widths, widths[1:])) + widths[-1] * h * w // scale ** 2 * config.latent
+    if 2 * weights > MAX_WEIGHTS:  # encoder and decoder mirror each other
+        raise UserError(f"these sizes make a model of about {2 * weights:,} weights for {c}x{h}x{w} images, over "
+                        f"the {MAX_WEIGHTS:,} aelab builds; use smaller --hidden, --latent or channels")
 
 
 class Autoencoder(nn.Module):

@@ -24,6 +24,14 @@ class DAEConfig(AEConfig):
     level: float = 0.5       # sigma for gaussian (0.5 as in Chollet's Keras denoising example), else a fraction
     clip: bool = True        # gaussian: clip the noisy image to [0, 1]
 
+    def check(self) -> None:
+        super().check()
+        if self.noise not in NOISES:
+            raise UserError(f"unknown noise {self.noise!r}; use --set noise= one of {', '.join(NOISES)}")
+        if not (self.level >= 0 and (self.noise == "gaussian" or self.level <= 1)):
+            raise UserError(f"noise level {self.level} is out of range: a sigma >= 0 for gaussian, "
+                            "a fraction in [0, 1] for masking and salt_pepper")
+
 
 def add_noise(x: torch.Tensor, noise: str, level: float, clip: bool = True,
               generator: torch.Generator | None = None) -> torch.Tensor:
@@ -45,14 +53,6 @@ class DenoisingAutoencoder(Autoencoder):
     """Denoising AE: fresh noise (gaussian, masking or salt-and-pepper) on every batch, the clean image as target."""
 
     Config = DAEConfig
-
-    def __init__(self, config: DAEConfig):
-        if config.noise not in NOISES:
-            raise UserError(f"unknown noise {config.noise!r}; use --set noise= one of {', '.join(NOISES)}")
-        if not (config.level >= 0 and (config.noise == "gaussian" or config.level <= 1)):
-            raise UserError(f"noise level {config.level} is out of range: a sigma >= 0 for gaussian, "
-                            "a fraction in [0, 1] for masking and salt_pepper")
-        super().__init__(config)
 
     def corrupt(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return add_noise(x, self.config.noise, self.config.level, self.config.clip, generator)

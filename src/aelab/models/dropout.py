@@ -12,6 +12,11 @@ from aelab.models.base import AEConfig, Autoencoder
 class DropoutConfig(AEConfig):
     rate: float = 0.2  # probability of zeroing each hidden unit while training
 
+    def check(self) -> None:
+        super().check()
+        if not 0 <= self.rate < 1:
+            raise UserError(f"dropout rate must lie in [0, 1), not {self.rate}")
+
 
 class DropoutAutoencoder(Autoencoder):
     """Dropout AE: dropout between hidden layers (rate configurable) while training, off at evaluation."""
@@ -19,6 +24,4 @@ class DropoutAutoencoder(Autoencoder):
     Config = DropoutConfig
 
     def __init__(self, config: DropoutConfig):
-        if not 0 <= config.rate < 1:
-            raise UserError(f"dropout rate must lie in [0, 1), not {config.rate}")
         super().__init__(config, dropout=config.rate)

@@ -24,6 +24,11 @@ class VAEConfig(AEConfig):
     warmup_steps: int = 0    # the KL weight rises linearly from 0 to beta over this many training steps
     iwae_k: int = 100        # importance samples per test image for the IWAE bound in `aelab eval`
 
+    def check(self) -> None:
+        super().check()
+        if self.beta < 0 or self.warmup_steps < 0 or not 1 <= self.iwae_k <= 100_000:
+            raise UserError("beta and warmup_steps must be >= 0 and iwae_k between 1 and 100000")
+
 
 def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None,
                    k: int | None = None) -> torch.Tensor:
@@ -43,8 +48,6 @@ class VariationalAutoencoder(Autoencoder):
     code_heads = 2  # the encoder outputs (mean, log-variance)
 
     def __init__(self, config: VAEConfig):
-        if config.beta < 0 or config.warmup_steps < 0 or config.iwae_k < 1:
-            raise UserError("beta and warmup_steps must be >= 0 and iwae_k >= 1")
         super().__init__(config)
         # training steps taken, for the KL warm-up; a buffer, so checkpoints carry it and resume is exact
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.int64))
