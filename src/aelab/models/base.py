@@ -97,9 +97,9 @@ def keras_init_(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def check_config(config: AEConfig) -> None:
-    if config.arch not in ("mlp", "conv"):
-        raise UserError(f"unknown arch {config.arch!r}; use --arch mlp or --arch conv")
+def check_config(config: AEConfig, archs: tuple[str, ...] = ("mlp", "conv"), name: str = "this model") -> None:
+    if config.arch not in archs:
+        raise UserError(f"{name} has no arch {config.arch!r}; use " + " or ".join(f"--arch {a}" for a in archs))
     if config.latent < 1 or any(w < 1 for w in config.hidden + config.channels):
         raise UserError("latent and hidden sizes must be positive integers")
     if config.arch == "conv":
@@ -114,10 +114,11 @@ class Autoencoder(nn.Module):
 
     Config = AEConfig
     code_heads = 1  # how many latent-sized vectors the encoder outputs (a VAE's mean and log-variance: 2)
+    archs = ("mlp", "conv")  # the architectures this model can be built on
 
     def __init__(self, config: AEConfig, dropout: float = 0.0):
         super().__init__()
-        check_config(config)
+        check_config(config, self.archs, type(self).__name__)
         self.config = config
         self.encoder = build_encoder(config, config.latent * self.code_heads, dropout)
         self.decoder = build_decoder(config, dropout)
@@ -158,10 +159,21 @@ class Autoencoder(nn.Module):
 
     # -- public use: tensors or numpy arrays in, the same kind out -----------------------------------------------
 
+    @property
+    def code_shape(self) -> tuple[int, ...]:
+        """The shape of one image's code as the decoder takes it: (latent,), or a VQ-VAE's grid."""
+        return (self.config.latent,)
+
+    @property
+    def code_size(self) -> int:
+        """How many numbers `encode` gives per image: the code flattened."""
+        return int(np.prod(self.code_shape))
+
     @torch.no_grad()
     def encode(self, x):
-        """Codes of images: (n, h, w), (n, c, h, w) or flat rows; uint8 in 0-255 or float in [0, 1]."""
-        return _same_kind(x, self.code_eval(self._images(x)))
+        """Codes of images, flat rows (n, code_size): images (n, h, w), (n, c, h, w) or flat rows; uint8 in 0-255
+        or float in [0, 1]."""
+        return _same_kind(x, self.code_eval(self._images(x)).flatten(1))
 
     @property
     def device(self) -> torch.device:
@@ -169,12 +181,12 @@ class Autoencoder(nn.Module):
 
     @torch.no_grad()
     def decode(self, z):
-        """Images (probabilities in [0, 1]) from codes (n, latent)."""
+        """Images (probabilities in [0, 1]) from codes (n, code_size), as `encode` gives them."""
         z_t = torch.as_tensor(np.asarray(z) if not isinstance(z, torch.Tensor) else z, dtype=torch.float32,
                               device=self.device)
-        if z_t.ndim != 2 or z_t.shape[1] != self.config.latent:
-            raise UserError(f"codes must have shape (n, {self.config.latent}), not {tuple(z_t.shape)}")
-        return _same_kind(z, torch.sigmoid(self.decoder(z_t)))
+        if z_t.ndim != 2 or z_t.shape[1] != self.code_size:
+            raise UserError(f"codes must have shape (n, {self.code_size}), not {tuple(z_t.shape)}")
+        return _same_kind(z, torch.sigmoid(self.decoder(z_t.view(-1, *self.code_shape))))
 
     @torch.no_grad()
     def reconstruct(self, x):
@@ -222,7 +234,7 @@ def summary(model: nn.Module) -> str:
     shape = (1, *model.config.in_shape)
     for part in ("encoder", "decoder"):
         if part == "decoder":
-            shape = (1, model.config.latent)
+            shape = (1, *model.code_shape)
         x = torch.zeros(shape, device=next(model.parameters()).device)
         for i, layer in enumerate(getattr(model, part)):
             x = layer(x)
