@@ -36,6 +36,14 @@ def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> str:
     return lines[0]
 
 
+def arch_cases(models) -> list:
+    """(name, arch) for every registered model on both architectures, as pytest params; a model not built on an
+    architecture (a VQ-VAE quantises a grid of code vectors, which the MLP has not) is skipped there, saying so."""
+    return [pytest.param(name, arch, marks=() if arch in cls.archs else pytest.mark.skip(
+        reason=f"{name} is built on --arch {' or '.join(cls.archs)} only, and refuses {arch} (tested apart)"))
+        for name, cls in models.items() for arch in ("mlp", "conv")]
+
+
 def stepper(model, lr: float = 1e-3):
     """A CPU trainer around `model`, to take optimisation steps by hand with .step(x) (its data is never read)."""
     import torch

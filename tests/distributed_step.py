@@ -1,6 +1,6 @@
-"""Run by test_distributed.py, alone or under torchrun: for each MODEL, one training step on the first global batch
-of DATA (each rank its share); rank 0 saves the gradients left by the step and the weights after it to
-OUT/MODEL.safetensors."""
+"""Run by test_distributed.py, alone or under torchrun: for each MODEL (a name, or NAME,KEY=VALUE,... with model
+settings), one training step on the first global batch of DATA (each rank its share); rank 0 saves the gradients
+left by the step and the weights (and buffers) after it to OUT/MODEL.safetensors."""
 
 import sys
 
@@ -14,8 +14,10 @@ from aelab.train import Trainer
 
 data, out, *names = sys.argv[1:]
 torch.set_num_threads(1)
-for name in names:
-    config = cfg.resolve(name, None, {"data.path": data, "train.batch_size": 64, "train.device": "cpu"})
+for spec in names:
+    name, *settings = spec.split(",")
+    config = cfg.resolve(name, None, {"data.path": data, "train.batch_size": 64, "train.device": "cpu",
+                                      **dict(s.split("=") for s in settings)})
     train_set, test_set = config.data.load()
     config.model.in_shape = train_set.shape
     torch.manual_seed(0)
@@ -25,5 +27,5 @@ for name in names:
         model = trainer.model
         save_file({**{f"grad.{k}": p.grad for k, p in model.named_parameters() if p.grad is not None},
                    **{f"weight.{k}": v.contiguous() for k, v in model.state_dict().items()}},
-                  f"{out}/{name}.safetensors")
+                  f"{out}/{spec}.safetensors")
 distributed.finish()

@@ -40,16 +40,20 @@ def torchrun(*args, nproc: int = 2) -> subprocess.CompletedProcess:
 
 def test_two_ranks_average_to_the_single_process_gradients(subset_npz, tmp_path):
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
-    names = list(MODELS)
+    # and a VQ-VAE whose unchosen codes are re-seeded after this one step: the same draws of the global batch
+    names = [*MODELS, "vqvae,dead_after=1"]
     run([sys.executable, HERE / "distributed_step.py", subset_npz, tmp_path / "one", *names])
     torchrun(HERE / "distributed_step.py", subset_npz, tmp_path / "two", *names)
     for name in names:
         one, two = (load_file(tmp_path / side / f"{name}.safetensors") for side in ("one", "two"))
         assert one.keys() == two.keys()
+        # the VQ-VAE is conv: torch's CPU transposed-convolution bias gradient of a batch of 64 is off by 2e-4
+        # (relative, against float64) in one process already, and by 1e-5 for half the batch
+        rtol = 1e-3 if name.startswith("vqvae") else 0
         for key in one:
             # the adversarial AE's discriminator also holds the generator step's local gradient: not averaged
             if key.startswith("grad.") and not (name == "aae" and "discriminator" in key):
-                assert torch.allclose(one[key], two[key], rtol=0, atol=1e-6), (name, key)
+                assert torch.allclose(one[key], two[key], rtol=rtol, atol=1e-6), (name, key)
             if key.startswith("weight."):
                 assert torch.allclose(one[key], two[key], rtol=0, atol=1e-5), (name, key)
 

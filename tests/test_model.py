@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from aelab.models import MODELS, AEConfig, build, summary
-from conftest import aelab, stepper
+from conftest import aelab, arch_cases, stepper
 
 CHAPTER_LAYERS = [784, 256, 128, 64, 20, 64, 128, 256, 784]
 
@@ -66,8 +66,7 @@ def test_aelab_info_prints_the_summary(trained_run):
     assert of_run.returncode == 0 and of_run.stdout == result.stdout
 
 
-@pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("name,arch", arch_cases(MODELS))
 def test_every_model_keeps_the_contract(name, arch, fashion):
     torch.manual_seed(0)
     model = MODELS[name](MODELS[name].Config(latent=4, hidden=(32,), channels=(4, 8), arch=arch))
@@ -80,7 +79,7 @@ def test_every_model_keeps_the_contract(name, arch, fashion):
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))  # every tensor learned
     model.eval()
     z = model.encode(x)
-    assert z.shape == (16, 4)
+    assert z.shape == (16, model.code_size) and model.code_size == 4 * math.prod(model.code_shape[1:])
     out = model.decode(z)
     assert out.shape == (16, 1, 28, 28) and 0 <= out.min() and out.max() <= 1
     assert torch.equal(model.reconstruct(x), out)

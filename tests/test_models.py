@@ -19,10 +19,10 @@ from aelab.models import MODELS, build, is_denoising, is_generative
 from aelab.models.dae import add_noise
 from aelab.runs import Run, load_model
 from aelab.train import Trainer, TrainConfig
-from conftest import stepper
+from conftest import arch_cases, stepper
 
 TINY = {"model.latent": 4, "model.hidden": "32,16", "model.channels": "4,8"}
-CASES = [(name, arch) for name in MODELS for arch in ("mlp", "conv")]
+CASES = arch_cases(MODELS)
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +54,12 @@ def tiny(name: str, arch: str = "mlp", **extra):
 def test_shapes_and_named_terms(name, arch, fashion):
     _, model = tiny(name, arch)
     x = fashion[1].floats(slice(0, 16))
-    assert model.encoder(x).shape == (16, 4 * model.code_heads)
-    assert model.encode(x).shape == (16, 4)
+    width, *grid = model.code_shape  # (4,), or a VQ-VAE's (4, 7, 7): vectors of `latent` on a grid
+    assert width == 4 and model.encoder(x).shape == (16, 4 * model.code_heads, *grid)
+    assert model.encode(x).shape == (16, model.code_size)
     recon = model.reconstruct(x)
     assert recon.shape == x.shape and recon.min() >= 0 and recon.max() <= 1
-    assert model.decode(np.zeros((3, 4), np.float32)).shape == (3, 1, 28, 28)
+    assert model.decode(np.zeros((3, model.code_size), np.float32)).shape == (3, 1, 28, 28)
     terms = model.loss(x)
     assert "loss" in terms and all(t.ndim == 0 and torch.isfinite(t) for t in terms.values())
     step_terms = stepper(model).step(x)
@@ -93,7 +94,7 @@ def test_save_load_round_trip_is_exact(name, arch, fashion, tmp_path):
 @pytest.mark.parametrize("name,arch", CASES)
 def test_generative_models_sample(name, arch):
     _, model = tiny(name, arch)
-    assert is_generative(model) == (name in ("vae", "aae"))
+    assert is_generative(model) == (name in ("vae", "betavae", "aae"))
     if is_generative(model):
         a = model.sample(5, torch.Generator().manual_seed(3))
         assert a.shape == (5, 1, 28, 28) and a.min() >= 0 and a.max() <= 1
@@ -264,3 +265,122 @@ def test_dropout_cli_reports_eval_mode_train_loss(tmp_path, npz, capsys):
     assert main(["denoise", str(run), str(npz), "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err
     assert "cannot draw new images" in err and "not trained to remove noise" in err
+
+
+# -- beta-VAE, contractive AE, VQ-VAE: known answers -----------------------------------------------------------
+
+def test_betavae_with_beta_1_is_the_vae_to_the_bit(fashion):
+    runs = []
+    for name in ("vae", "betavae"):
+        _, model = tiny(name, **{"model.beta": 1.0})
+        trainer = stepper(model)  # seeded by tiny(): the same weights, then the same reparameterisation draws
+        terms = [trainer.step(fashion[0].floats(slice(i * 32, (i + 1) * 32))) for i in range(3)]
+        runs.append((terms, model.state_dict()))
+    (vae_terms, vae_weights), (beta_terms, beta_weights) = runs
+    assert all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(vae_terms, beta_terms))
+    assert all(torch.equal(vae_weights[k], beta_weights[k]) for k in vae_weights)
+    assert tiny("betavae")[0].model.beta == 4.0
+
+
+def test_betavae_reports_the_kl_of_each_code_dimension(trained_vae, fashion):
+    metrics = trained_vae.bounds(fashion[1], k=2, generator=torch.Generator().manual_seed(0))
+    per_dim = metrics["kl_per_dim"]
+    assert len(per_dim) == 8 and min(per_dim) >= 0
+    assert sum(per_dim) == pytest.approx(metrics["kl"], rel=1e-3)
+    assert metrics["active_dims"] == sum(v > 0.01 for v in per_dim)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_contractive_penalty_is_the_jacobians_squared_frobenius_norm(arch, fashion):
+    _, model = tiny("cae", arch)
+    stepper(model).step(fashion[0].floats(slice(0, 64)))  # away from the initial weights, some ReLUs off
+    x = fashion[1].floats(slice(0, 5)).double()
+    model.double()
+    reference = torch.stack([torch.autograd.functional.jacobian(lambda v: model.encoder(v[None])[0], image)
+                             .pow(2).sum() for image in x])  # (latent, c, h, w) per image
+    z, norm2 = model.jacobian_norm2(x)
+    assert torch.allclose(norm2, reference, rtol=1e-10) and reference.min() > 0
+    assert torch.equal(z, model.encoder(x))
+    terms = model.loss(x)
+    assert terms["jacobian"].item() == pytest.approx(reference.mean().item(), rel=1e-10)
+    assert terms["loss"].item() == pytest.approx(terms["recon"].item() + 0.003 * reference.mean().item(), rel=1e-10)
+
+
+def vq(**extra):
+    return tiny("vqvae", "conv", **{"model.codebook": 16, **extra})[1]
+
+
+def test_vqvae_ema_step_moves_each_used_code_to_the_mean_of_its_vectors(fashion):
+    model = vq(**{"model.decay": 1e-9, "model.dead_after": 1000})  # decay ~0: the EMA is this batch's mean
+    x = fashion[0].floats(slice(0, 64))
+    with torch.no_grad():
+        z_e = model.encoder(x).permute(0, 2, 3, 1).reshape(-1, 4)
+        index = model.quantise(model.encoder(x))[1]
+    stepper(model).step(x)
+    used = index.unique()
+    means = torch.stack([z_e[index == k].mean(0) for k in used])
+    assert torch.allclose(model.codebook[used], means, atol=1e-5)
+    assert torch.equal(model.idle[used], torch.zeros(len(used), dtype=torch.int64))
+
+
+def test_vqvae_reseeds_dead_codes_with_encoder_outputs_of_the_batch(fashion):
+    model = vq(**{"model.dead_after": 1})
+    with torch.no_grad():
+        model.codebook[1:] = 1e3  # far from every encoder output: only code 0 is chosen
+        model.ema_sum[1:] = 1e3
+    x = fashion[0].floats(slice(0, 64))
+    with torch.no_grad():
+        z_e = model.encoder(x).permute(0, 2, 3, 1).reshape(-1, 4)
+    terms = stepper(model).step(x)
+    assert terms["unused"].item() == 15 and terms["perplexity"].item() == pytest.approx(1.0)
+    assert model.reseeded.item() == 15 and (model.codebook[1:] < 1e3).all()
+    # each re-seeded code is one of the batch's encoder outputs, taken before the step moved the encoder
+    assert all((z_e - code).abs().max(1).values.min() < 1e-6 for code in model.codebook[1:])
+
+
+def test_vqvae_codebook_learns_by_loss_when_asked(fashion):
+    model = vq(**{"model.update": "loss"})
+    assert "codebook" in dict(model.named_parameters()) and not hasattr(model, "ema_sum")
+    before = model.codebook.detach().clone()
+    terms = stepper(model).step(fashion[0].floats(slice(0, 64)))
+    assert {"codebook", "commit", "perplexity", "unused"} <= terms.keys()
+    assert not torch.equal(before, model.codebook)
+
+
+def test_vqvae_codes_are_the_quantised_grid_and_tokens(fashion):
+    model = vq().eval()
+    x = fashion[1].images[:6]
+    codes, tokens = model.encode(x), model.tokens(x)
+    assert codes.shape == (6, 4 * 7 * 7) and tokens.shape == (6, 7, 7)
+    # every code vector is the codebook entry its token names
+    assert torch.equal(codes.view(6, 4, 7, 7).permute(0, 2, 3, 1), model.codebook[tokens])
+    assert torch.equal(model.decode(codes), model.reconstruct(x))
+
+
+def test_vqvae_refuses_the_mlp_in_one_line(npz, tmp_path, capsys):
+    assert main(["train", "vqvae", "--arch", "mlp", "--data", str(npz), "--out", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err
+    assert "VQVAE has no arch 'mlp'; use --arch conv" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "v").exists()
+
+
+def test_new_models_cli_report_their_own_measures(tmp_path, npz, capsys):
+    run = train(tmp_path, npz, "vqvae", "--epochs", "1", "--batch-size", "128", "--latent", "4",
+                "--set", "channels=8,16", "--set", "codebook=32")
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"train_commit", "train_perplexity", "test_perplexity", "test_unused"} <= record.keys()
+    metrics = eval_json(run, capsys)
+    assert 1 <= metrics["perplexity"] <= 32 and 0 <= metrics["dead_codes"] < 32 and metrics["code_bits"] == 49 * 5
+    assert "perplexity" in (run / "report.md").read_text()
+    assert main(["encode", str(run), str(npz), "--out", str(tmp_path / "codes.npy")]) == 0
+    assert np.load(tmp_path / "codes.npy").shape == (256, 4 * 49)
+    assert main(["decode", str(run), str(tmp_path / "codes.npy"), "--out", str(tmp_path / "d.npy")]) == 0
+    assert np.load(tmp_path / "d.npy").shape == (256, 1, 28, 28)
+    run = train(tmp_path, npz, "betavae", "--epochs", "1", "--batch-size", "128", "--latent", "6",
+                "--set", "iwae_k=2")
+    metrics = json.loads((run / "eval.json").read_text())
+    assert len(metrics["kl_per_dim"]) == 6 and 0 <= metrics["active_dims"] <= 6
+    assert "kl_per_dim" in (run / "report.md").read_text()
+    run = train(tmp_path, npz, "cae", "--epochs", "1", "--batch-size", "128", "--latent", "6", "--set", "hidden=64")
+    metrics = eval_json(run, capsys)
+    assert metrics["jacobian"] > 0 and metrics["jacobian_relative"] > 0

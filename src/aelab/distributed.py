@@ -130,6 +130,12 @@ class sharded:
         _shard = self.before
 
 
+def batch_rows(n: int) -> tuple[int, int]:
+    """(offset, total): this rank's n rows are rows offset..offset+n of a global batch of total ((0, n) outside
+    a sharded step), for draws that pick rows of the global batch."""
+    return _shard if _shard is not None else (0, n)
+
+
 def batch_draw(n: int, draw: Callable[[int], torch.Tensor]) -> torch.Tensor:
     """draw(m) gives m random rows; this is this rank's n rows of the global batch's draw (all n rows outside
     a sharded step), so every rank consumes the random stream as a single process would."""

@@ -239,18 +239,21 @@ SETTINGS = {"latent": "model.latent", "hidden": "model.hidden", "arch": "model.a
             # the variants' own: dae, dropout, aae, vae (a model without the setting refuses it)
             "noise": "model.noise", "level": "model.level", "clip": "model.clip", "rate": "model.rate",
             "prior": "model.prior", "disc_hidden": "model.disc_hidden", "adv_lr_scale": "model.adv_lr_scale",
-            "beta": "model.beta", "warmup_steps": "model.warmup_steps", "iwae_k": "model.iwae_k"}
+            "beta": "model.beta", "warmup_steps": "model.warmup_steps", "iwae_k": "model.iwae_k",
+            # cae; vqvae
+            "contraction": "model.contraction", "codebook": "model.codebook", "commitment": "model.commitment",
+            "update": "model.update", "decay": "model.decay", "dead_after": "model.dead_after"}
 
 
 class Autoencoder(_ImageTransformer):
-    """Any registered aelab model (`aelab models`: ae, dae, dropout, aae, vae) as a transformer, trained by
+    """Any registered aelab model (`aelab models`) as a transformer, trained by
     aelab's Trainer in memory. transform gives the deterministic code (a VAE's posterior mean), inverse_transform
     the decoder's pixel probabilities.
 
     Settings left at None take the model's defaults, as `aelab train` does: latent 20, hidden (256, 128, 64),
     arch "mlp", 100 epochs, batch_size 512, lr 1e-3, seed 0, precision "fp32". The variants' own settings (dae:
-    noise, level, clip; dropout: rate; aae: prior, disc_hidden, adv_lr_scale; vae: beta, warmup_steps, iwae_k)
-    are refused by a model that has no such setting. `image_shape` (h, w) or (h, w, c) says how rows are images
+    noise, level, clip; dropout: rate; aae: prior, disc_hidden, adv_lr_scale; vae, betavae: beta, warmup_steps,
+    iwae_k; cae: contraction; vqvae: codebook, commitment, update, decay, dead_after) are refused by a model that has no such setting. `image_shape` (h, w) or (h, w, c) says how rows are images
     (needed by arch="conv" for rows that are not square images).
 
     Fitted: model_ (the torch module, eval mode, CPU), config_ (aelab's RunConfig), history_ (the training loss
@@ -259,13 +262,16 @@ class Autoencoder(_ImageTransformer):
     def __init__(self, model: str = "ae", *, latent=None, hidden=None, arch=None, channels=None, epochs=None,
                  batch_size=None, lr=None, seed=None, device: str = "auto", precision=None, image_shape=None,
                  noise=None, level=None, clip=None, rate=None, prior=None, disc_hidden=None, adv_lr_scale=None,
-                 beta=None, warmup_steps=None, iwae_k=None):
+                 beta=None, warmup_steps=None, iwae_k=None, contraction=None, codebook=None, commitment=None,
+                 update=None, decay=None, dead_after=None):
         self.model, self.latent, self.hidden, self.arch, self.channels = model, latent, hidden, arch, channels
         self.epochs, self.batch_size, self.lr, self.seed = epochs, batch_size, lr, seed
         self.device, self.precision, self.image_shape = device, precision, image_shape
         self.noise, self.level, self.clip, self.rate = noise, level, clip, rate
         self.prior, self.disc_hidden, self.adv_lr_scale = prior, disc_hidden, adv_lr_scale
         self.beta, self.warmup_steps, self.iwae_k = beta, warmup_steps, iwae_k
+        self.contraction, self.codebook, self.commitment = contraction, codebook, commitment
+        self.update, self.decay, self.dead_after = update, decay, dead_after
 
     def run_config(self) -> RunConfig:
         """The aelab configuration these parameters make (what `aelab train` would run)."""

@@ -33,9 +33,14 @@ def squared_error_per_image(probs: torch.Tensor, x: torch.Tensor) -> torch.Tenso
     return (probs.float() - x).pow(2).flatten(1).sum(1)
 
 
+def gaussian_kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) of each code dimension, shape (b, d); Appendix B of Kingma & Welling."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)
+
+
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per row, shape (b,); Appendix B of Kingma & Welling (2013)."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row, shape (b,): the dimensions' KLs summed."""
+    return gaussian_kl_per_dim(mu, logvar).sum(1)
 
 
 def log_normal(z: torch.Tensor, mu: torch.Tensor | float = 0.0, logvar: torch.Tensor | float = 0.0) -> torch.Tensor:

@@ -38,12 +38,14 @@ class TrainConfig:
     def check(self) -> None:
         if self.epochs < 1:
             raise UserError(f"epochs must be at least 1, not {self.epochs}")
-        if min(self.grid_every, self.train_eval_size) < 0 or self.batch_size < 1 or self.eval_batch_size < 1 \
-                or self.train_eval_every < 1:
-            raise UserError("batch sizes and train_eval_every must be positive; grid_every and train_eval_size "
-                            "must not be negative")
+        for name in ("batch_size", "eval_batch_size", "train_eval_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be positive, not {getattr(self, name)}")
+        for name in ("grid_every", "train_eval_size"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must not be negative, not {getattr(self, name)} (0 turns it off)")
         if not 0 < self.lr < float("inf"):
-            raise UserError(f"learning rate must be a positive finite number, not {self.lr}; try --lr 1e-3")
+            raise UserError(f"learning rate must be positive and finite, not {self.lr}; try --lr 1e-3")
         if self.precision not in ("fp32", "bf16"):
             raise UserError(f"unknown precision {self.precision!r}; use --precision fp32 or bf16")
         distributed.resolve_device(self.device)

@@ -2,9 +2,12 @@
 
 from aelab.models.aae import AdversarialAutoencoder
 from aelab.models.base import AEConfig, Autoencoder, summary
+from aelab.models.betavae import BetaVAE
+from aelab.models.cae import ContractiveAutoencoder
 from aelab.models.dae import DenoisingAutoencoder
 from aelab.models.dropout import DropoutAutoencoder
 from aelab.models.vae import VariationalAutoencoder
+from aelab.models.vqvae import VQVAE
 
 MODELS: dict[str, type[Autoencoder]] = {
     "ae": Autoencoder,
@@ -12,6 +15,9 @@ MODELS: dict[str, type[Autoencoder]] = {
     "dropout": DropoutAutoencoder,
     "aae": AdversarialAutoencoder,
     "vae": VariationalAutoencoder,
+    "betavae": BetaVAE,
+    "cae": ContractiveAutoencoder,
+    "vqvae": VQVAE,
 }
 
 

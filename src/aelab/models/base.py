@@ -113,9 +113,12 @@ def keras_init_(module: nn.Module) -> None:
 MAX_WEIGHTS = 1 << 28  # 268 million weights (1 GiB in fp32, 3 with Adam's moments): beyond that a setting is a slip
 
 
-def check_config(config: AEConfig) -> None:
-    """config.check(), and what depends on the data's size: before any layer is allocated."""
+def check_config(config: AEConfig, archs: tuple[str, ...] = ("mlp", "conv"), name: str = "this model") -> None:
+    """config.check(), the model's own architectures, and what depends on the data's size: before any layer is
+    allocated."""
     config.check()
+    if config.arch not in archs:
+        raise UserError(f"{name} has no arch {config.arch!r}; use " + " or ".join(f"--arch {a}" for a in archs))
     c, h, w = config.in_shape
     if config.arch == "mlp":
         sizes = [c * h * w, *config.hidden, config.latent]
@@ -137,10 +140,11 @@ class Autoencoder(nn.Module):
 
     Config = AEConfig
     code_heads = 1  # how many latent-sized vectors the encoder outputs (a VAE's mean and log-variance: 2)
+    archs = ("mlp", "conv")  # the architectures this model can be built on
 
     def __init__(self, config: AEConfig, dropout: float = 0.0):
         super().__init__()
-        check_config(config)
+        check_config(config, self.archs, type(self).__name__)
         self.config = config
         self.encoder = build_encoder(config, config.latent * self.code_heads, dropout)
         self.decoder = build_decoder(config, dropout)
@@ -182,10 +186,21 @@ class Autoencoder(nn.Module):
 
     # -- public use: tensors or numpy arrays in, the same kind out -----------------------------------------------
 
+    @property
+    def code_shape(self) -> tuple[int, ...]:
+        """The shape of one image's code as the decoder takes it: (latent,), or a VQ-VAE's grid."""
+        return (self.config.latent,)
+
+    @property
+    def code_size(self) -> int:
+        """How many numbers `encode` gives per image: the code flattened."""
+        return int(np.prod(self.code_shape))
+
     @torch.no_grad()
     def encode(self, x):
-        """Codes of images: (n, h, w), (n, c, h, w) or flat rows; uint8 in 0-255 or float in [0, 1]."""
-        return _same_kind(x, self.code_eval(self._images(x)))
+        """Codes of images, flat rows (n, code_size): images (n, h, w), (n, c, h, w) or flat rows; uint8 in 0-255
+        or float in [0, 1]."""
+        return _same_kind(x, self.code_eval(self._images(x)).flatten(1))
 
     @property
     def device(self) -> torch.device:
@@ -193,12 +208,12 @@ class Autoencoder(nn.Module):
 
     @torch.no_grad()
     def decode(self, z):
-        """Images (probabilities in [0, 1]) from codes (n, latent)."""
+        """Images (probabilities in [0, 1]) from codes (n, code_size), as `encode` gives them."""
         z_t = torch.as_tensor(np.asarray(z) if not isinstance(z, torch.Tensor) else z, dtype=torch.float32,
                               device=self.device)
-        if z_t.ndim != 2 or z_t.shape[1] != self.config.latent:
-            raise UserError(f"codes must have shape (n, {self.config.latent}), not {tuple(z_t.shape)}")
-        return _same_kind(z, torch.sigmoid(self.decoder(z_t)))
+        if z_t.ndim != 2 or z_t.shape[1] != self.code_size:
+            raise UserError(f"codes must have shape (n, {self.code_size}), not {tuple(z_t.shape)}")
+        return _same_kind(z, torch.sigmoid(self.decoder(z_t.view(-1, *self.code_shape))))
 
     @torch.no_grad()
     def reconstruct(self, x):
@@ -246,7 +261,7 @@ def summary(model: nn.Module) -> str:
     shape = (1, *model.config.in_shape)
     for part in ("encoder", "decoder"):
         if part == "decoder":
-            shape = (1, model.config.latent)
+            shape = (1, *model.code_shape)
         x = torch.zeros(shape, device=next(model.parameters()).device)
         for i, layer in enumerate(getattr(model, part)):
             x = layer(x)

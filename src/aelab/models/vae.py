@@ -12,10 +12,11 @@ import torch
 from aelab.distributed import batch_draw, draw
 from aelab.errors import UserError
 from aelab.images import tile
-from aelab.losses import bce_per_image, gaussian_kl, iwae_bound, log_normal
+from aelab.losses import bce_per_image, gaussian_kl, gaussian_kl_per_dim, iwae_bound, log_normal
 from aelab.models.base import AEConfig, Autoencoder
 
 EVAL_SEED = 1234  # evaluation samples come from their own generator: reproducible, training RNG untouched
+ACTIVE_KL = 0.01  # nats: a code dimension whose mean KL on the test set is above this is in use
 
 
 @dataclass
@@ -89,18 +90,24 @@ class VariationalAutoencoder(Autoencoder):
 
     @torch.no_grad()
     def bounds(self, test, k: int, generator: torch.Generator | None = None, chunk: int = 20_000) -> dict:
-        """Test-set means in nats per image: neg_elbo = recon + kl (one sample, analytic KL), and iwae_nll = -L_k.
-        Images go through in chunks of about `chunk` decoder passes, which bounds the memory used."""
+        """Test-set means in nats per image: neg_elbo = recon + kl (one sample, analytic KL), and iwae_nll = -L_k;
+        the KL of each code dimension, and how many are in use (active_dims: mean KL above ACTIVE_KL): a dimension
+        whose posterior is the prior for every image carries nothing. Images go through in chunks of about `chunk`
+        decoder passes, which bounds the memory used."""
         self.eval()
         sums = dict.fromkeys(("recon", "kl", "iwae_nll"), 0.0)
+        kl_dims = torch.zeros(self.config.latent, dtype=torch.float64, device=self.device)
         for x in test.batches(max(1, chunk // k)):
             mu, logvar = self.posterior(x)
             sums["recon"] += bce_per_image(self.decoder(reparameterise(mu, logvar, generator)), x).sum().item()
             sums["kl"] += gaussian_kl(mu, logvar).sum().item()
+            kl_dims += gaussian_kl_per_dim(mu, logvar).sum(0)
             sums["iwae_nll"] -= iwae_bound(self.log_weights(x, k, generator)).sum().item()
         means = {key: value / len(test) for key, value in sums.items()}
+        kl_per_dim = (kl_dims / len(test)).tolist()
         return {"neg_elbo": means["recon"] + means["kl"], "recon": means["recon"], "kl": means["kl"],
-                "iwae_nll": means["iwae_nll"], "iwae_k": k}
+                "iwae_nll": means["iwae_nll"], "iwae_k": k, "active_dims": sum(v > ACTIVE_KL for v in kl_per_dim),
+                "kl_per_dim": [round(v, 4) for v in kl_per_dim]}
 
     def extra_metrics(self, test) -> dict:
         return self.bounds(test, self.config.iwae_k, torch.Generator().manual_seed(EVAL_SEED))

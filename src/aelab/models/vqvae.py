@@ -1,0 +1,160 @@
+"""Vector-quantised VAE (van den Oord, Vinyals & Kavukcuoglu 2017) on the conv architecture. The encoder's last
+feature map is a grid of code vectors (`latent` is their dimension D; the grid 7x7 for 28x28 images and two
+stride-2 layers); each is replaced by the nearest of K codebook vectors, the decoder reconstructs from those, and
+the gradient passes the quantisation straight through (z_e + sg[z_q - z_e]). Loss: the chapter's per-pixel BCE
++ commitment * ||z_e - sg[e]||^2, plus ||sg[z_e] - e||^2 when the codebook learns by loss (update = "loss"); by
+default it follows exponential moving averages of the encoder outputs each code is chosen for (their Appendix A.1),
+updated inside the training step, outside any optimiser, and summed over torchrun ranks. A code no encoder output
+chose in `dead_after` steps is re-seeded with an encoder output of the batch, drawn at random.
+
+`encode` gives the quantised vectors flattened, (n, D * 7 * 7), which `decode` takes back (decode does not quantise
+again); `tokens` gives the code numbers (n, 7, 7): an image as 49 tokens of log2(K) bits each."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aelab.distributed import all_sum, batch_rows, draw
+from aelab.errors import UserError
+from aelab.losses import bce_mean
+from aelab.models.base import AEConfig, Autoencoder, _same_kind, build_decoder, build_encoder, keras_init_
+
+UPDATES = ("ema", "loss")
+EPS = 1e-5  # Laplace smoothing of the EMA counts, so a rarely chosen code is never divided by zero
+
+
+@dataclass
+class VQVAEConfig(AEConfig):
+    arch: str = "conv"        # a grid of code vectors needs the conv encoder
+    latent: int = 16          # D, the dimension of each code vector
+    codebook: int = 256       # K, the number of code vectors: 8 bits per grid position
+    commitment: float = 0.25  # beta of van den Oord et al.
+    update: str = "ema"       # "ema": moving averages of the assigned encoder outputs; "loss": the codebook loss
+    decay: float = 0.99       # of the moving averages
+    dead_after: int = 20      # a code unchosen for this many training steps is re-seeded
+
+
+def perplexity(counts: torch.Tensor) -> torch.Tensor:
+    """exp(entropy) of how often each code was chosen: K when all are used equally, 1 when one takes all."""
+    p = counts.double() / counts.sum()
+    return torch.exp(-torch.xlogy(p, p).sum())
+
+
+class VQVAE(Autoencoder):
+    """VQ-VAE: a grid of code vectors, each snapped to the nearest of K codebook vectors (EMA or loss updates)."""
+
+    Config = VQVAEConfig
+    archs = ("conv",)  # its code is a grid of vectors: the MLP has no grid
+
+    def __init__(self, config: VQVAEConfig):
+        if config.update not in UPDATES:
+            raise UserError(f"unknown codebook update {config.update!r}; use --set update=ema or update=loss")
+        if config.codebook < 2 or config.dead_after < 1 or not 0 < config.decay < 1 or config.commitment < 0:
+            raise UserError("codebook must be >= 2, dead_after >= 1, decay in (0, 1) and commitment >= 0")
+        super().__init__(config)
+        # the conv layers without the dense code: a 1x1 convolution makes each grid position a D-vector
+        self.encoder = nn.Sequential(*build_encoder(config, 1)[:-2], nn.Conv2d(config.channels[-1], config.latent, 1))
+        self.decoder = nn.Sequential(nn.Conv2d(config.latent, config.channels[-1], 1), nn.ReLU(),
+                                     *build_decoder(config)[3:])
+        keras_init_(self)
+        k, d = config.codebook, config.latent
+        codebook = torch.empty(k, d).uniform_(-1 / k, 1 / k)  # as the authors' Sonnet code starts it
+        if config.update == "loss":
+            self.codebook = nn.Parameter(codebook)
+        else:  # buffers: checkpoints carry them and resume is exact; count 1, sum = code, so sum / count = code
+            self.register_buffer("codebook", codebook)
+            self.register_buffer("ema_count", torch.ones(k))
+            self.register_buffer("ema_sum", codebook.clone())
+        self.register_buffer("idle", torch.zeros(k, dtype=torch.int64))      # steps since each code was chosen
+        self.register_buffer("reseeded", torch.zeros((), dtype=torch.int64))  # codes re-seeded in training
+
+    @property
+    def code_shape(self) -> tuple[int, ...]:
+        scale = 2 ** len(self.config.channels)
+        return self.config.latent, self.config.in_shape[1] // scale, self.config.in_shape[2] // scale
+
+    def quantise(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each D-vector of the grid z_e (b, D, h, w) replaced by its nearest code: (b, D, h, w), and the code
+        numbers (b * h * w,)."""
+        b, d, h, w = z_e.shape
+        flat = z_e.permute(0, 2, 3, 1).reshape(-1, d)
+        # |z - e|^2 less |z|^2, the same for every code of a row: adding it would only round the differences away
+        index = (self.codebook.pow(2).sum(1) - 2 * flat @ self.codebook.T).argmin(1)
+        return self.codebook[index].view(b, h, w, d).permute(0, 3, 1, 2).contiguous(), index
+
+    def code_eval(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quantise(self.encoder(x).float())[0]
+
+    def forward_terms(self, x: torch.Tensor):
+        """The loss terms of a batch, and what the codebook update needs: the encoder outputs and code numbers."""
+        z_e = self.encoder(x).float()
+        z_q, index = self.quantise(z_e)
+        recon = bce_mean(self.decoder(z_e + (z_q - z_e).detach()), x)  # straight through
+        commit = F.mse_loss(z_e, z_q.detach())
+        terms = {"loss": recon + self.config.commitment * commit, "recon": recon, "commit": commit}
+        if self.config.update == "loss":
+            terms["codebook"] = F.mse_loss(z_q, z_e.detach())
+            terms["loss"] = terms["loss"] + terms["codebook"]
+        counts = torch.bincount(index, minlength=self.config.codebook)
+        terms.update(perplexity=perplexity(counts).float(), unused=(counts == 0).sum().float())  # of this batch
+        return terms, z_e.detach(), index
+
+    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_terms(x)[0]
+
+    def training_steps(self, x: torch.Tensor):
+        terms, z_e, index = self.forward_terms(x)
+        yield 0, terms["loss"]
+        with torch.no_grad():
+            self.update_codebook(z_e.permute(0, 2, 3, 1).reshape(-1, z_e.shape[1]), index, len(x))
+        return terms
+
+    def update_codebook(self, flat: torch.Tensor, index: torch.Tensor, images: int) -> None:
+        """The EMA update (if so set), then re-seeding of idle codes. Counts and sums are summed over torchrun
+        ranks, so every rank makes the update one process would make on the global batch."""
+        k = self.config.codebook
+        counts = all_sum(torch.bincount(index, minlength=k).float())
+        if self.config.update == "ema":
+            sums = all_sum(torch.zeros_like(self.ema_sum).index_add_(0, index, flat))
+            self.ema_count.lerp_(counts, 1 - self.config.decay)
+            self.ema_sum.lerp_(sums, 1 - self.config.decay)
+            n = self.ema_count.sum()
+            self.codebook.copy_(self.ema_sum / ((self.ema_count + EPS) / (n + k * EPS) * n)[:, None])
+        self.idle.copy_(torch.where(counts > 0, 0, self.idle + 1))
+        # K random positions of the global batch (one draw, alike on every rank); each rank fills those it holds
+        offset, total = batch_rows(images)
+        per_image = len(flat) // images
+        pick = (draw(torch.rand, (k,), flat.device) * (total * per_image)).long().clamp(max=total * per_image - 1)
+        local = pick - offset * per_image
+        mine = (local >= 0) & (local < len(flat))
+        fresh = all_sum(flat[local.clamp(0, len(flat) - 1)] * mine[:, None])
+        dead = self.idle >= self.config.dead_after  # no host sync: every code is rewritten, the live ones as they were
+        self.codebook.copy_(torch.where(dead[:, None], fresh, self.codebook))
+        if self.config.update == "ema":
+            self.ema_sum.copy_(torch.where(dead[:, None], fresh, self.ema_sum))
+            self.ema_count.masked_fill_(dead, 1.0)
+        self.idle.masked_fill_(dead, 0)
+        self.reseeded += dead.sum()
+
+    @torch.no_grad()
+    def tokens(self, x):
+        """The code numbers of images, (n, h, w) in 0..K-1: the image as a grid of tokens."""
+        z_e = self.encoder(self._images(x)).float()
+        return _same_kind(x, self.quantise(z_e)[1].view(len(z_e), *self.code_shape[1:]))
+
+    @torch.no_grad()
+    def extra_metrics(self, test) -> dict:
+        """Codebook use on the test set: the perplexity of the codes chosen (K if all were chosen equally often),
+        dead_codes (never chosen), code_bits (one image's code: grid positions x log2 K) and the codes re-seeded
+        during training."""
+        self.eval()
+        counts = sum(torch.bincount(self.quantise(self.encoder(x).float())[1], minlength=self.config.codebook)
+                     for x in test.batches(2500))
+        positions = math.prod(self.code_shape[1:])
+        return {"perplexity": perplexity(counts).item(), "dead_codes": int((counts == 0).sum()),
+                "code_bits": positions * math.log2(self.config.codebook), "reseeded": int(self.reseeded)}
