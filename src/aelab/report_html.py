@@ -44,9 +44,12 @@ def _floats(array) -> str:
     return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode()
 
 
-def decoder_program(decoder: nn.Sequential) -> dict:
-    """The decoder as a list of operations for the page's interpreter, with every weight in one float32 buffer."""
+def decoder_program(decoder: nn.Sequential, code_shape: tuple[int, ...] = ()) -> dict:
+    """The decoder as a list of operations for the page's interpreter, with every weight in one float32 buffer.
+    A code of more than one dimension (a VQ-VAE's grid of vectors) arrives flat and is reshaped first."""
     ops, chunks, offset = [], [], 0
+    if len(code_shape) > 1:
+        ops.append({"op": "reshape", "shape": list(code_shape)})
 
     def put(tensor: torch.Tensor) -> int:
         nonlocal offset
@@ -64,6 +67,11 @@ def decoder_program(decoder: nn.Sequential) -> dict:
             ops.append({"op": "convT", "cin": layer.in_channels, "cout": layer.out_channels,
                         "k": layer.kernel_size[0], "stride": layer.stride[0], "pad": layer.padding[0],
                         "w": put(layer.weight), "b": put(layer.bias)})
+        elif isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and layer.stride == (1, 1) \
+                and layer.padding == (0, 0) and layer.groups == 1:
+            # a 1x1 convolution is the 1x1 transposed one with in and out swapped in the weight
+            ops.append({"op": "convT", "cin": layer.in_channels, "cout": layer.out_channels, "k": 1, "stride": 1,
+                        "pad": 0, "w": put(layer.weight.transpose(0, 1).contiguous()), "b": put(layer.bias)})
         elif isinstance(layer, nn.ReLU):
             ops.append({"op": "relu"})
         elif isinstance(layer, nn.Unflatten):
@@ -140,7 +148,7 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
         "title": f"{config.model_name}{' (conv)' if model.config.arch == 'conv' else ''} on "
                  f"{config.data.path or 'Fashion-MNIST'}",
         "run": str(run_path),
-        "model": {"name": config.model_name, "class": type(model).__name__, "latent": model.config.latent,
+        "model": {"name": config.model_name, "class": type(model).__name__, "latent": model.code_size,
                   "shape": list(model.config.in_shape), "parameters": model.num_parameters(),
                   "generative": is_generative(model), "prior": getattr(model.config, "prior", "normal"),
                   "doc": (type(model).__doc__ or "").strip()},
@@ -149,7 +157,7 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
         "history": history,
         "grids": epoch_grids(Path(run_path) / "grids"),
         "map": latent_map(model, test, config),
-        "decoder": decoder_program(model.decoder),
+        "decoder": decoder_program(model.decoder, model.code_shape),
         "pictures": pictures,
         "summary": summary(model),
         "config": config.to_dict(),

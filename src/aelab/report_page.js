@@ -330,6 +330,8 @@
           el("div", { style: "margin-top:10px" }, play), stats)));
   }
 
+  const MAX_SLIDERS = 64;  // a VQ-VAE's code has 784 numbers: the first 64 get sliders
+
   function explorerSection(decode, shape) {
     const P = D.map, L = D.model.latent, n = P.n, codes = floats(P.codes);
     const code = (i) => Array.from(codes.subarray(i * L, (i + 1) * L));
@@ -362,7 +364,7 @@
     const other = labels ? labels.findIndex((c) => c !== labels[0]) : 1;
     previous = code(Math.max(0, Math.min(n - 1, other)));
 
-    const ranges = Array.from({ length: L }, (_, d) => {
+    const ranges = Array.from({ length: Math.min(L, MAX_SLIDERS) }, (_, d) => {  // a slider for each, up to 64
       let lo = Infinity, hi = -Infinity;
       for (let i = 0; i < n; i++) { lo = Math.min(lo, codes[i * L + d]); hi = Math.max(hi, codes[i * L + d]); }
       if (generative) { lo = Math.min(lo, -3); hi = Math.max(hi, 3); }
