@@ -42,7 +42,8 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=("fp32", "bf16"), help="bf16: bfloat16 autocast (faster on CPUs with AVX512-BF16)")
     p.add_argument("--grid-every", type=int, metavar="N", help="write the test grid every N epochs (0: never)")
-    p.add_argument("--data", metavar="PATH", help="idx folder, image folder or .npy/.npz (default: Debian's Fashion-MNIST)")
+    p.add_argument("--data", metavar="PATH", help="idx folder, image folder or .npy/.npz (default: Debian's "
+                   "Fashion-MNIST); a .npy of float vectors (n, d) trains on vectors")
     p.add_argument("--rgb", action="store_true", help="keep colour images in colour (default: convert to grey)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/MODEL, numbered if taken)")
     p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR", help="continue an interrupted run (--epochs may extend it)")
@@ -97,10 +98,12 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     for name, help_text, inputs_help in (
-            ("reconstruct", "reconstruct images through a trained run", "image files, folders, .npy/.npz"),
-            ("encode", "codes of images as .npy", "image files, folders, .npy/.npz"),
+            ("reconstruct", "reconstruct images (or vectors) through a trained run",
+             "image files, folders, .npy/.npz (a run trained on vectors: .npy vectors)"),
+            ("encode", "codes of images (or vectors) as .npy",
+             "image files, folders, .npy/.npz (a run trained on vectors: .npy vectors)"),
             ("denoise", "clean noisy images with a trained denoising run (dae)", "image files, folders, .npy/.npz"),
-            ("decode", "images from codes (.npy)", "a .npy file of codes (n, latent)")):
+            ("decode", "images (or vectors) from codes (.npy)", "a .npy file of codes (n, latent)")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("run")
         p.add_argument("inputs", nargs="+", help=inputs_help)
@@ -160,14 +163,14 @@ def cmd_eval(args) -> int:
 
     model = load_model(args.run, args.device)
     config = Run.open(args.run).config()
-    _, test = load_dataset(args.data or config.data.path, config.data.grey, config.data.test_fraction)
+    _, test = load_dataset(args.data or config.data.path, config.data.grey, config.data.test_fraction, config.data.kind)
     metrics = evaluate(model, test)
     if Path(args.run).is_dir() and not args.data:  # eval.json is the run's own test set, as report.md says
         (Path(args.run) / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"{args.run}: {config.model_name}, {len(test)} test images")
+        print(f"{args.run}: {config.model_name}, {len(test)} test {'images' if test.recon_loss == 'bce' else 'vectors'}")
         for k, v in metrics.items():
             print(f"  {k:<16}{v:.4f}" if isinstance(v, float) else f"  {k:<16}{v}")
     return 0
@@ -233,10 +236,9 @@ def cmd_apply(args) -> int:
     """reconstruct, encode, decode and denoise: inputs through a trained model, to PNGs, a grid or .npy."""
     import numpy as np
 
-    from aelab.data import read_inputs
-    from aelab.runs import load_model
-
+    from aelab.data import read_inputs, read_vectors
     from aelab.models import is_denoising
+    from aelab.runs import load_model
 
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
@@ -245,12 +247,14 @@ def cmd_apply(args) -> int:
                                                     "(`aelab train dae`), or use `aelab reconstruct`", args.device)
     else:
         model = load_model(args.run, args.device)
+    vectors = model.config.recon_loss == "mse"  # a run trained on vectors takes and gives .npy vectors
+    if vectors and out.suffix != ".npy":
+        raise UserError(f"{args.run} was trained on vectors; give --out FILE.npy, not {out}")
     if args.command == "decode":
-        codes = _read_codes(args.inputs)
-        result = model.decode(codes)
+        result = model.decode(read_vectors(args.inputs, "codes"))
     else:
-        images = read_inputs(args.inputs, grey=not args.rgb)
-        result = model.encode(images.images) if args.command == "encode" else model.reconstruct(images.images)
+        inputs = read_vectors(args.inputs) if vectors else read_inputs(args.inputs, grey=not args.rgb).images
+        result = model.encode(inputs) if args.command == "encode" else model.reconstruct(inputs)
     result = np.asarray(result)  # decode of numpy codes gives numpy, the others tensors
     out.parent.mkdir(parents=True, exist_ok=True)  # as save_png does; np.save would fail on a missing folder
     if args.command == "encode":
@@ -319,26 +323,6 @@ def _image_or_test_index(run: str, item: str):
             raise UserError(f"test index {item} is out of range: the run's test set holds {len(test)} images")
         return test.images[int(item):int(item) + 1]
     return read_inputs([item]).images[:1]
-
-
-def _read_codes(paths: list[str]):
-    import numpy as np
-
-    arrays = []
-    for p in paths:
-        try:
-            array = np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{p} is not a readable .npy file of codes ({e}); write codes with `aelab encode`") from None
-        if not isinstance(array, np.ndarray) or array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
-            raise UserError(f"{p} is not one 2-d numeric array (n, latent); give the .npy `aelab encode` writes")
-        arrays.append(array)
-    if len({a.shape[1] for a in arrays}) > 1:
-        raise UserError(f"the code files differ in width {sorted({a.shape[1] for a in arrays})}; decode them apart")
-    codes = np.concatenate(arrays).astype(np.float32)
-    if not np.isfinite(codes).all():
-        raise UserError("the codes hold NaN or infinite values; clean them first")
-    return codes
 
 
 def _check_new_output(out: Path, overwrite: bool) -> None:

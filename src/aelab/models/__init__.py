@@ -4,6 +4,7 @@ from aelab.models.aae import AdversarialAutoencoder
 from aelab.models.base import AEConfig, Autoencoder, summary
 from aelab.models.dae import DenoisingAutoencoder
 from aelab.models.dropout import DropoutAutoencoder
+from aelab.models.sparse import SparseAutoencoder
 from aelab.models.vae import VariationalAutoencoder
 
 MODELS: dict[str, type[Autoencoder]] = {
@@ -12,6 +13,7 @@ MODELS: dict[str, type[Autoencoder]] = {
     "dropout": DropoutAutoencoder,
     "aae": AdversarialAutoencoder,
     "vae": VariationalAutoencoder,
+    "sae": SparseAutoencoder,
 }
 
 

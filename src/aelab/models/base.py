@@ -6,6 +6,7 @@ Encoder 784-256-128-64-20 with ReLU and a linear code, decoder 20-64-128-256-784
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,7 @@ from torch import nn
 
 from aelab.distributed import batch_draw
 from aelab.errors import UserError
-from aelab.losses import bce_mean
+from aelab.losses import bce_mean, mse_mean
 
 
 @dataclass
@@ -23,7 +24,8 @@ class AEConfig:
     hidden: tuple[int, ...] = (256, 128, 64)  # MLP widths from the image towards the code
     arch: str = "mlp"                         # "mlp" (the chapter's) or "conv"
     channels: tuple[int, ...] = (32, 64)      # conv: channels of the stride-2 layers
-    in_shape: tuple[int, int, int] = (1, 28, 28)  # (c, h, w), taken from the data
+    in_shape: tuple[int, ...] = (1, 28, 28)   # (c, h, w) images or (d,) vectors, taken from the data
+    recon_loss: str = "bce"                   # taken from the data: "bce" for pixels in [0, 1], "mse" for vectors
 
 
 class Dropout(nn.Dropout):
@@ -51,9 +53,9 @@ def mlp(sizes: list[int], dropout: float = 0.0) -> list[nn.Module]:
 
 
 def build_encoder(config: AEConfig, out_features: int, dropout: float = 0.0) -> nn.Sequential:
-    c, h, w = config.in_shape
     if config.arch == "mlp":
-        return nn.Sequential(nn.Flatten(), *mlp([c * h * w, *config.hidden, out_features], dropout))
+        return nn.Sequential(nn.Flatten(), *mlp([math.prod(config.in_shape), *config.hidden, out_features], dropout))
+    c, h, w = config.in_shape
     layers: list[nn.Module] = []
     for c_in, c_out in zip((c, *config.channels), config.channels):
         layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
@@ -65,10 +67,10 @@ def build_encoder(config: AEConfig, out_features: int, dropout: float = 0.0) -> 
 
 
 def build_decoder(config: AEConfig, dropout: float = 0.0) -> nn.Sequential:
-    c, h, w = config.in_shape
     if config.arch == "mlp":
-        return nn.Sequential(*mlp([config.latent, *reversed(config.hidden), c * h * w], dropout),
-                             nn.Unflatten(1, (c, h, w)))
+        return nn.Sequential(*mlp([config.latent, *reversed(config.hidden), math.prod(config.in_shape)], dropout),
+                             nn.Unflatten(1, config.in_shape))
+    c, h, w = config.in_shape
     scale = 2 ** len(config.channels)
     top = config.channels[-1]
     layers: list[nn.Module] = [nn.Linear(config.latent, top * (h // scale) * (w // scale)), nn.ReLU(),
@@ -102,6 +104,11 @@ def check_config(config: AEConfig) -> None:
         raise UserError(f"unknown arch {config.arch!r}; use --arch mlp or --arch conv")
     if config.latent < 1 or any(w < 1 for w in config.hidden + config.channels):
         raise UserError("latent and hidden sizes must be positive integers")
+    if config.recon_loss not in ("bce", "mse"):
+        raise UserError(f"unknown recon_loss {config.recon_loss!r}: the data sets it (bce for images, mse for vectors)")
+    if config.arch == "conv" and len(config.in_shape) != 3:
+        raise UserError(f"--arch conv needs images (channels, height, width), not inputs of shape {config.in_shape}; "
+                        "train vectors with --arch mlp")
     if config.arch == "conv":
         scale = 2 ** len(config.channels)
         if config.in_shape[1] % scale or config.in_shape[2] % scale:
@@ -114,14 +121,23 @@ class Autoencoder(nn.Module):
 
     Config = AEConfig
     code_heads = 1  # how many latent-sized vectors the encoder outputs (a VAE's mean and log-variance: 2)
+    recon_losses = ("bce", "mse")  # the data it trains on: images (bce) and vectors (mse); variants may narrow it
 
     def __init__(self, config: AEConfig, dropout: float = 0.0):
         super().__init__()
         check_config(config)
+        if config.recon_loss not in self.recon_losses:
+            raise UserError(f"{type(self).__name__} trains on images only, not on vectors; train vectors with "
+                            "ae, dropout or sae")
         self.config = config
         self.encoder = build_encoder(config, config.latent * self.code_heads, dropout)
         self.decoder = build_decoder(config, dropout)
         keras_init_(self)
+        if config.recon_loss == "mse":
+            # vectors train standardised (data.VectorSet); the training split's per-feature mean and std live in
+            # the weights, so that encode, decode and reconstruct take and give vectors in their own units
+            self.register_buffer("in_mean", torch.zeros(config.in_shape))
+            self.register_buffer("in_std", torch.ones(config.in_shape))
 
     # -- the hooks variants override --------------------------------------------------------------------------
 
@@ -135,8 +151,16 @@ class Autoencoder(nn.Module):
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named loss terms for a batch of clean images x; "loss" is what the optimiser minimises."""
-        logits = self.decoder(self.code(self.corrupt(x)))
-        return {"loss": bce_mean(logits, x)}
+        return {"loss": self.recon_error(self.decoder(self.code(self.corrupt(x))), x)}
+
+    def recon_error(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The mean reconstruction loss of decoder output `out` for targets x: the chapter's per-pixel
+        cross-entropy with logits for images, the mean squared error for (standardised) vectors."""
+        return bce_mean(out, x) if self.config.recon_loss == "bce" else mse_mean(out, x)
+
+    def output(self, out: torch.Tensor) -> torch.Tensor:
+        """What the decoder's output stands for: probabilities for images, standardised vectors for vectors."""
+        return torch.sigmoid(out) if self.config.recon_loss == "bce" else out.float()
 
     def extra_metrics(self, test) -> dict[str, float]:
         """Measures of this variant beyond reconstruction, for `aelab eval` (test: an ImageSet)."""
@@ -160,7 +184,8 @@ class Autoencoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, x):
-        """Codes of images: (n, h, w), (n, c, h, w) or flat rows; uint8 in 0-255 or float in [0, 1]."""
+        """Codes of images: (n, h, w), (n, c, h, w) or flat rows; uint8 in 0-255 or float in [0, 1]. A model
+        trained on vectors takes vectors (n, d) in their own units."""
         return _same_kind(x, self.code_eval(self._images(x)))
 
     @property
@@ -169,17 +194,17 @@ class Autoencoder(nn.Module):
 
     @torch.no_grad()
     def decode(self, z):
-        """Images (probabilities in [0, 1]) from codes (n, latent)."""
+        """Images (probabilities in [0, 1]), or vectors in their own units, from codes (n, latent)."""
         z_t = torch.as_tensor(np.asarray(z) if not isinstance(z, torch.Tensor) else z, dtype=torch.float32,
                               device=self.device)
         if z_t.ndim != 2 or z_t.shape[1] != self.config.latent:
             raise UserError(f"codes must have shape (n, {self.config.latent}), not {tuple(z_t.shape)}")
-        return _same_kind(z, torch.sigmoid(self.decoder(z_t)))
+        return _same_kind(z, self._outputs(self.decoder(z_t)))
 
     @torch.no_grad()
     def reconstruct(self, x):
         """Reconstructions (probabilities in [0, 1]) of clean images."""
-        return _same_kind(x, torch.sigmoid(self.decoder(self.code_eval(self._images(x)))))
+        return _same_kind(x, self._outputs(self.decoder(self.code_eval(self._images(x)))))
 
     @torch.no_grad()
     def interpolate(self, a, b, steps: int = 10) -> torch.Tensor:
@@ -188,7 +213,7 @@ class Autoencoder(nn.Module):
             raise UserError(f"interpolation needs at least 2 steps, not {steps}")
         za, zb = self.code_eval(self._images(a)[:1]), self.code_eval(self._images(b)[:1])
         t = torch.linspace(0, 1, steps, device=self.device).unsqueeze(1)
-        return torch.sigmoid(self.decoder((1 - t) * za + t * zb))
+        return self._outputs(self.decoder((1 - t) * za + t * zb))
 
     def code_eval(self, x: torch.Tensor) -> torch.Tensor:
         """The deterministic code of a clean image: a VAE's posterior mean."""
@@ -203,9 +228,15 @@ class Autoencoder(nn.Module):
         elif t.ndim == 3 and shape[0] == 1:
             t = t.unsqueeze(1)
         if tuple(t.shape[1:]) != tuple(shape):
-            raise UserError(f"images of shape {tuple(t.shape[1:])} do not fit this model, which takes "
-                            f"{'x'.join(map(str, shape))} (channels x height x width)")
-        return t
+            raise UserError(f"{'images' if len(shape) == 3 else 'vectors'} of shape {tuple(t.shape[1:])} do not fit "
+                            f"this model, which takes {'x'.join(map(str, shape))}"
+                            + (" (channels x height x width)" if len(shape) == 3 else " values each"))
+        return (t - self.in_mean) / self.in_std if self.config.recon_loss == "mse" else t
+
+    def _outputs(self, out: torch.Tensor) -> torch.Tensor:
+        """Decoder output as the user's data: probabilities, or vectors in their own units."""
+        values = self.output(out)
+        return values * self.in_std + self.in_mean if self.config.recon_loss == "mse" else values
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -45,6 +45,7 @@ class DenoisingAutoencoder(Autoencoder):
     """Denoising AE: fresh noise (gaussian, masking or salt-and-pepper) on every batch, the clean image as target."""
 
     Config = DAEConfig
+    recon_losses = ("bce",)  # its loss is written for pixels in [0, 1]
 
     def __init__(self, config: DAEConfig):
         if config.noise not in NOISES:
