@@ -337,7 +337,7 @@ def _finite(x: np.ndarray, source: str) -> np.ndarray:
     return x
 
 
-def _feature_stats(data: np.ndarray, keep: np.ndarray, source: str, chunk_bytes: int = 1 << 25):
+def _feature_stats(data: np.ndarray, keep: np.ndarray, source: str, chunk_bytes: int = 1 << 24):
     """Per-feature mean and std of the rows where `keep` is true, in one pass over the file in chunks of about
     `chunk_bytes`, combining chunks as Chan, Golub & LeVeque (1979) do: exact at any offset or scale."""
     step = max(1, chunk_bytes // (8 * data.shape[1]))
