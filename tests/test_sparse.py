@@ -81,6 +81,7 @@ def test_vector_runs_refuse_what_does_not_fit(planted, tmp_path, capsys):
     np.save(tmp_path / "narrow.npy", np.zeros((3, 10), np.float32))
     for args, words in ((["reconstruct", run, data, "--out", tmp_path / "r.png"], ["trained on vectors", ".npy"]),
                         (["encode", run, tmp_path / "narrow.npy", "--out", tmp_path / "c.npy"], ["do not fit", "64"]),
+                        (["interpolate", run, "0", "1", "--out", tmp_path / "i.npy"], ["trained on vectors"]),
                         (["train", "vae", "--data", data, "--out", tmp_path / "v"], ["images only"]),
                         (["train", "sae", "--arch", "conv", "--data", data, "--out", tmp_path / "c"], ["--arch mlp"]),
                         (["train", "sae", "--set", "sparsity=l2", "--data", data, "--out", tmp_path / "s"], ["l1"])):
@@ -153,7 +154,7 @@ def test_a_step_renormalises_the_atoms_and_counts_inputs_since_each_unit_fired(s
     z = model.code(x)
     terms = model.loss(x)
     if sparsity == "l1":
-        assert torch.allclose(terms["loss"], terms["recon"] + 0.01 * z.abs().sum(1).mean())
+        assert torch.allclose(terms["loss"], terms["recon"] + config.model.l1 * z.abs().sum(1).mean())
     else:
         assert ((z > 0).sum(1) <= 3).all() and terms.keys() == {"loss", "l0"}
     assert terms["l0"] == (z > 0).sum(1).float().mean()

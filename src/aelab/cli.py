@@ -292,6 +292,9 @@ def cmd_interpolate(args) -> int:
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
     model = load_model(args.run, args.device)
+    if model.config.recon_loss == "mse":
+        raise UserError(f"{args.run} was trained on vectors; interpolate between their codes with `aelab encode`, "
+                        "then `aelab decode`")
     a, b = _image_or_test_index(args.run, args.a), _image_or_test_index(args.run, args.b)
     strip = model.interpolate(a, b, args.steps).cpu().numpy()
     if out.suffix == ".png":
