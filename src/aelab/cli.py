@@ -58,7 +58,8 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=("fp32", "bf16"), help="bf16: bfloat16 autocast (faster on CPUs with AVX512-BF16)")
     p.add_argument("--grid-every", type=int, metavar="N", help="write the test grid every N epochs (0: never)")
-    p.add_argument("--data", metavar="PATH", help="idx folder, image folder or .npy/.npz (default: Debian's Fashion-MNIST)")
+    p.add_argument("--data", metavar="PATH", help="idx folder, image folder or .npy/.npz (default: Debian's "
+                   "Fashion-MNIST); a .npy of float vectors (n, d) trains on vectors")
     p.add_argument("--rgb", action="store_true", help="keep colour images in colour (default: convert to grey)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/MODEL, numbered if taken)")
     p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR", help="continue an interrupted run (--epochs may extend it)")
@@ -129,10 +130,12 @@ def build_parser() -> Parser:
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
 
     for name, help_text, inputs_help in (
-            ("reconstruct", "reconstruct images through a trained run", "image files, folders, .npy/.npz"),
-            ("encode", "codes of images as .npy", "image files, folders, .npy/.npz"),
+            ("reconstruct", "reconstruct images (or vectors) through a trained run",
+             "image files, folders, .npy/.npz (a run trained on vectors: .npy vectors)"),
+            ("encode", "codes of images (or vectors) as .npy",
+             "image files, folders, .npy/.npz (a run trained on vectors: .npy vectors)"),
             ("denoise", "clean noisy images with a trained denoising run (dae)", "image files, folders, .npy/.npz"),
-            ("decode", "images from codes (.npy)", "a .npy file of codes (n, latent)")):
+            ("decode", "images (or vectors) from codes (.npy)", "a .npy file of codes (n, latent)")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("run")
         p.add_argument("inputs", nargs="+", help=inputs_help)
@@ -197,10 +200,10 @@ def cmd_eval(args) -> int:
                         "drop --data (or --save)")
     model = load_model(args.run, args.device)
     config = Run.open(args.run).config()
-    _, test = load_dataset(args.data or config.data.path, config.data.grey, config.data.test_fraction)
+    _, test = load_dataset(args.data or config.data.path, config.data.grey, config.data.test_fraction, config.data.kind)
     if test.shape != tuple(model.config.in_shape):
-        raise UserError(f"the test images are {'x'.join(map(str, test.shape))} but {args.run} takes "
-                        f"{'x'.join(map(str, model.config.in_shape))} (channels x height x width); give --data of that size")
+        raise UserError(f"the test data are {'x'.join(map(str, test.shape))} but {args.run} takes "
+                        f"{'x'.join(map(str, model.config.in_shape))}; give --data of that size")
     metrics = evaluate(model, test)
     bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:  # JSON has no NaN: refuse rather than write a file no other reader can parse
@@ -211,7 +214,7 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"{args.run}: {config.model_name}, {len(test)} test images")
+        print(f"{args.run}: {config.model_name}, {len(test)} test {'images' if test.recon_loss == 'bce' else 'vectors'}")
         for k, v in metrics.items():
             print(f"  {k:<16}{v:.4f}" if isinstance(v, float) else f"  {k:<16}{v}")
     return 0
@@ -302,7 +305,7 @@ def cmd_apply(args) -> int:
     """reconstruct, encode, decode and denoise: inputs through a trained model, to PNGs, a grid or .npy."""
     import numpy as np
 
-    from aelab.data import read_codes, read_inputs
+    from aelab.data import read_codes, read_inputs, read_vectors
     from aelab.models import is_denoising
     from aelab.runs import load_model
 
@@ -313,12 +316,14 @@ def cmd_apply(args) -> int:
                                                     "(`aelab train dae`), or use `aelab reconstruct`", args.device)
     else:
         model = load_model(args.run, args.device)
+    vectors = model.config.recon_loss == "mse"  # a run trained on vectors takes and gives .npy vectors
+    if vectors and out.suffix != ".npy":
+        raise UserError(f"{args.run} was trained on vectors; give --out FILE.npy, not {out}")
     if args.command == "decode":
-        codes = read_codes(args.inputs)
-        result = model.decode(codes)
+        result = model.decode(read_codes(args.inputs))
     else:
-        images = read_inputs(args.inputs, grey=not args.rgb)
-        result = model.encode(images.images) if args.command == "encode" else model.reconstruct(images.images)
+        inputs = read_vectors(args.inputs) if vectors else read_inputs(args.inputs, grey=not args.rgb).images
+        result = model.encode(inputs) if args.command == "encode" else model.reconstruct(inputs)
     result = np.asarray(result)  # decode of numpy codes gives numpy, the others tensors
     out.parent.mkdir(parents=True, exist_ok=True)  # as save_png does; np.save would fail on a missing folder
     if args.command == "encode":
@@ -354,6 +359,9 @@ def cmd_interpolate(args) -> int:
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
     model = load_model(args.run, args.device)
+    if model.config.recon_loss == "mse":
+        raise UserError(f"{args.run} was trained on vectors; interpolate between their codes with `aelab encode`, "
+                        "then `aelab decode`")
     a, b = _image_or_test_index(args.run, args.a), _image_or_test_index(args.run, args.b)
     strip = model.interpolate(a, b, args.steps).cpu().numpy()
     if out.suffix == ".png":

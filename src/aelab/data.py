@@ -1,11 +1,14 @@
-"""Datasets as compact uint8 tensors: Fashion-MNIST idx files, folders of images, .npy/.npz arrays.
+"""Datasets: images as compact uint8 tensors (Fashion-MNIST idx files, folders of images, .npy/.npz arrays), and
+plain vectors (a .npy of shape (n, d), such as a network's activations) read from a memory map.
 
 Images live in memory as (n, channels, height, width) uint8 and become float in [0, 1] one batch at a
-time, by tensor indexing: 60 000 Fashion-MNIST images take 47 MB, not 188.
+time, by tensor indexing: 60 000 Fashion-MNIST images take 47 MB, not 188. Vectors stay in their file, which may
+be larger than the memory: each batch is read from the map; only the held-out test split is loaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import math
@@ -39,43 +42,31 @@ MAX_IMAGE_PIXELS = 1 << 26    # one image file: 64 megapixels (8192x8192); a lar
 MAX_CLASSES = 10_000          # labels index per-class tables (kNN votes, probes): a label of 2**62 is damage
 DEFLATE_MAX_RATIO = 1100      # deflate cannot expand data more than 1032 times: a header promising more is a lie
 INSTALL_HINT = "install it with `apt-get install dataset-fashion-mnist` or pass --data DIR holding its four idx .gz files"
+KINDS = ("auto", "images", "vectors")
+VECTOR_TEST_MAX = 10_000  # held-out vectors, loaded into memory: enough for stable measures, whatever the file's size
 
 
 @dataclass
 class DataConfig:
     path: str | None = None      # idx folder, image folder or .npy/.npz; None: Debian's Fashion-MNIST
     grey: bool = True            # convert colour images to grey
-    test_fraction: float = 0.1   # held out when the data has no test split of its own
+    test_fraction: float = 0.1   # held out when the data has no test split of its own (vectors: at most 10 000)
+    kind: str = "auto"           # "auto": a .npy of 2-d floats (n, d) is vectors, anything else images;
+    #                              "images" or "vectors" to say so (e.g. flat float images, or integer vectors)
 
-    def load(self) -> tuple["ImageSet", "ImageSet"]:
-        return load_dataset(self.path, self.grey, self.test_fraction)
+    def load(self) -> tuple["ImageSet | VectorSet", "ImageSet | VectorSet"]:
+        return load_dataset(self.path, self.grey, self.test_fraction, self.kind)
 
 
-@dataclass
-class ImageSet:
-    """Images as uint8 (n, c, h, w), or float32 already in [0, 1], with optional int64 labels (n,)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])
-
-    def floats(self, index=slice(None)) -> torch.Tensor:
-        """Pixels in [0, 1] as float32 (uint8 / 255), for the rows picked by `index`."""
-        x = self.images[index]
-        return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+class Batches:
+    """Batching by row index, for a set with __len__, floats(index) and index_device."""
 
     def index_batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
-        """Row indices of each batch, on the images' device; shuffled on every call when a (CPU) generator is
+        """Row indices of each batch, on index_device; shuffled on every call when a (CPU) generator is
         given, so the same seed gives the same order on any device. The last batch may be short."""
         n = len(self)
         order = (torch.randperm(n, generator=generator) if generator is not None else torch.arange(n))
-        order = order.to(self.images.device, non_blocking=True)
+        order = order.to(self.index_device, non_blocking=True)
         return iter(order.split(batch_size))
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
@@ -86,6 +77,31 @@ class ImageSet:
             for start in range(0, len(self), batch_size):
                 yield self.floats(slice(start, start + batch_size))
 
+
+@dataclass
+class ImageSet(Batches):
+    """Images as uint8 (n, c, h, w), or float32 already in [0, 1], with optional int64 labels (n,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+    recon_loss = "bce"  # pixels in [0, 1]: the chapter's cross-entropy
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    @property
+    def index_device(self) -> torch.device:
+        return self.images.device
+
+    def floats(self, index=slice(None)) -> torch.Tensor:
+        """Pixels in [0, 1] as float32 (uint8 / 255), for the rows picked by `index`."""
+        x = self.images[index]
+        return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
     def to(self, device: torch.device | str) -> "ImageSet":
         """The same images (still uint8) and labels on another device."""
         labels = None if self.labels is None else self.labels.to(device)
@@ -95,6 +111,49 @@ class ImageSet:
         """The first `count` images (all of them if there are fewer)."""
         labels = None if self.labels is None else self.labels[:count]
         return ImageSet(self.images[:count], labels)
+
+
+@dataclass
+class VectorSet(Batches):
+    """Vectors (n, d), standardised per feature on the way out with the training split's mean and std. `data` is
+    the file's memory map (or, for a held-out split, an array in memory); `rows` picks this set's rows of it."""
+
+    data: np.ndarray                  # (N, d) numbers: np.memmap of the .npy, or an in-memory array
+    rows: torch.Tensor | None         # int64 row numbers of this set in `data`, ascending (None: every row)
+    mean: torch.Tensor                # (d,) float32, of the training split
+    std: torch.Tensor                 # (d,) float32, of the training split (1 where a feature is constant)
+    device: torch.device = torch.device("cpu")  # where floats() delivers; the data stays in its file
+    labels = None
+    recon_loss = "mse"  # real values of any scale: squared error
+    index_device = torch.device("cpu")  # row numbers index the file
+
+    def __len__(self) -> int:
+        return len(self.data) if self.rows is None else len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.data.shape[1],)
+
+    def floats(self, index=slice(None)) -> torch.Tensor:
+        """Standardised float32 vectors (b, d) of the rows picked by `index`, on the set's device. A gather reads
+        the file in ascending row order (the pages one after another), then puts the rows back in the order asked."""
+        if self.rows is None and isinstance(index, slice):
+            x = torch.from_numpy(np.array(self.data[index], dtype=np.float32))  # a slice of the map: no gather
+        else:
+            rows, order = (index.cpu() if self.rows is None else self.rows[index]).sort()
+            x = torch.empty((len(rows), self.shape[0]))
+            x[order] = torch.from_numpy(np.asarray(self.data[rows.numpy()], dtype=np.float32))
+        return x.to(self.device, non_blocking=True).sub_(self.mean).div_(self.std)
+
+    def to(self, device: torch.device | str) -> "VectorSet":
+        device = torch.device(device)
+        return dataclasses.replace(self, mean=self.mean.to(device), std=self.std.to(device), device=device)
+
+    def subset(self, count: int) -> "VectorSet":
+        """The first `count` vectors (all of them if there are fewer)."""
+        if self.rows is None:
+            return dataclasses.replace(self, data=self.data[:count])
+        return dataclasses.replace(self, rows=self.rows[:count])
 
 
 # ---------------------------------------------------------------------------------------------- idx files
@@ -271,9 +330,9 @@ def image_files_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _read_npy(f, size: int, source: str) -> np.ndarray:
-    """One .npy stream of `size` bytes. Its header (shape, dtype) is checked against `size` before the data is
-    read, so a header that lies costs nothing; object arrays (pickles) and non-real dtypes are refused."""
+def _npy_header(f, size: int, source: str, limit: int | None = MAX_DATA_BYTES) -> tuple[tuple, bool, np.dtype, int]:
+    """Shape, Fortran order, dtype and data offset of one .npy stream of `size` bytes, checked against `size` (and
+    `limit`) before a byte of data is read; object arrays (pickles) and non-real dtypes are refused."""
     from numpy.lib import format as npy
 
     try:
@@ -290,9 +349,16 @@ def _read_npy(f, size: int, source: str) -> np.ndarray:
         raise UserError(f"{source} is not a readable .npy array ({e}); save plain numeric arrays with numpy") from None
     _check_dtype(dtype, source)
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes > MAX_DATA_BYTES or offset + nbytes != size:
+    if (limit is not None and nbytes > limit) or offset + nbytes != size:
         raise UserError(f"{source}'s header promises {shape} of {dtype} ({nbytes:,} bytes) but the file holds "
                         f"{size - offset:,}; it is truncated or corrupt (aelab reads up to 4 GiB): save it again")
+    return shape, fortran, dtype, offset
+
+
+def _read_npy(f, size: int, source: str) -> np.ndarray:
+    """One .npy stream of `size` bytes, its header checked first (_npy_header): a header that lies costs nothing."""
+    shape, fortran, dtype, _ = _npy_header(f, size, source)
+    nbytes = math.prod(shape) * dtype.itemsize
     data, got = bytearray(nbytes), 0  # writable, so torch can take it as it is
     try:
         while got < nbytes and (n := f.readinto(memoryview(data)[got:])):
@@ -385,6 +451,86 @@ def read_codes(paths: list[str | Path]) -> np.ndarray:
     return codes
 
 
+# ---------------------------------------------------------------------------------------------- vectors
+
+def open_npy(path: Path) -> np.ndarray:
+    """A .npy file's array as a read-only memory map: only its header is read now, and checked as every .npy is
+    (no size limit: a map of a file larger than memory is the point)."""
+    try:
+        with open(path, "rb") as f:
+            shape, fortran, dtype, offset = _npy_header(f, os.fstat(f.fileno()).st_size, str(path), limit=None)
+        if math.prod(shape) == 0:
+            return np.zeros(shape, dtype)
+        return np.memmap(path, dtype, "r", offset, shape, "F" if fortran else "C")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable .npy file ({e}); check the file") from None
+
+
+def _check_vectors(array: np.ndarray, source: str, what: str = "vectors") -> None:
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise UserError(f"{source} holds {array.dtype} values of shape {array.shape}, not {what}; save {what} as "
+                        "one 2-d numeric array (n, width)")
+
+
+def _finite(x: np.ndarray, source: str) -> np.ndarray:
+    if not np.isfinite(x).all():
+        raise UserError(f"{source} holds {int((~np.isfinite(x)).sum())} NaN or infinite values; clean or drop those "
+                        "vectors first")
+    return x
+
+
+def _feature_stats(data: np.ndarray, keep: np.ndarray, source: str, chunk_bytes: int = 1 << 24):
+    """Per-feature mean and std of the rows where `keep` is true, in one pass over the file in chunks of about
+    `chunk_bytes`, combining chunks as Chan, Golub & LeVeque (1979) do: exact at any offset or scale."""
+    step = max(1, chunk_bytes // (8 * data.shape[1]))
+    count, mean, m2 = 0, np.zeros(data.shape[1]), np.zeros(data.shape[1])
+    for start in range(0, len(data), step):
+        x = _finite(np.asarray(data[start:start + step], dtype=np.float64)[keep[start:start + step]], source)
+        if not len(x):
+            continue
+        x_mean, total = x.mean(0), count + len(x)
+        delta = x_mean - mean
+        m2 += ((x - x_mean) ** 2).sum(0) + delta ** 2 * count * len(x) / total
+        mean, count = mean + delta * len(x) / total, total
+    std = np.sqrt(m2 / count)
+    std[std == 0] = 1.0  # a constant feature is only shifted
+    return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
+
+
+def load_vectors(path: Path, test_fraction: float) -> tuple[VectorSet, VectorSet]:
+    """(train, test) from a .npy of vectors (n, d). The training set reads its batches from the file's memory map;
+    the held-out rows (test_fraction of them, at most VECTOR_TEST_MAX, the same every time) are loaded."""
+    data = open_npy(path)
+    _check_vectors(data, str(path))
+    n = len(data)
+    if not 0 < test_fraction < 1:
+        raise UserError(f"test_fraction must lie between 0 and 1, not {test_fraction}; e.g. --set data.test_fraction=0.1")
+    if n < 2 or data.shape[1] < 1:
+        raise UserError(f"{path} holds {n} vectors of {data.shape[1]} values; training needs at least 2 (one is "
+                        "held out for testing) of at least 1")
+    n_test = min(VECTOR_TEST_MAX, n - 1, max(1, round(n * test_fraction)))
+    test_rows = np.sort(np.random.default_rng(0).choice(n, n_test, replace=False))  # fixed: the split never changes
+    keep = np.ones(n, dtype=bool)
+    keep[test_rows] = False
+    mean, std = _feature_stats(data, keep, str(path))
+    test = _finite(np.array(data[test_rows]), str(path))
+    return VectorSet(data, torch.from_numpy(np.flatnonzero(keep)), mean, std), VectorSet(test, None, mean, std)
+
+
+def read_vectors(paths: list[str | Path], what: str = "vectors") -> np.ndarray:
+    """Vectors (or codes) given on a command line: .npy files of 2-d numbers, one after another, as float32."""
+    arrays = []
+    for p in paths:
+        if Path(p).suffix.lower() != ".npy":
+            raise UserError(f"{p} is not a .npy file; give {what} as one 2-d numeric array (n, width) in a .npy file")
+        array = open_npy(Path(p))
+        _check_vectors(array, str(p), what)
+        arrays.append(array)
+    if len({a.shape[1] for a in arrays}) > 1:
+        raise UserError(f"the {what} files differ in width {sorted({a.shape[1] for a in arrays})}; use them apart")
+    return _finite(np.concatenate(arrays).astype(np.float32), f"the {what}")
+
+
 # ---------------------------------------------------------------------------------------------- train/test sets
 
 def _labels(arrays: dict[str, np.ndarray], key: str, count: int, path: Path) -> torch.Tensor | None:
@@ -412,19 +558,24 @@ def _holdout_split(images: torch.Tensor, labels: torch.Tensor | None, test_fract
     return ImageSet(images[train], pick(train)), ImageSet(images[test], pick(test))
 
 
-def load_dataset(data: str | Path | None = None, grey: bool = True, test_fraction: float = 0.1
-                 ) -> tuple[ImageSet, ImageSet]:
+def load_dataset(data: str | Path | None = None, grey: bool = True, test_fraction: float = 0.1, kind: str = "auto"
+                 ) -> tuple[ImageSet, ImageSet] | tuple[VectorSet, VectorSet]:
     """(train, test) from an MNIST-style idx folder (default: Debian's Fashion-MNIST), a folder of images,
-    or a .npy/.npz file. Sets without their own test split hold out `test_fraction` (the same every time)."""
+    or a .npy/.npz file. Sets without their own test split hold out `test_fraction` (the same every time).
+    A .npy of 2-d floats (n, d) is vectors (`kind` may say images or vectors instead of "auto")."""
+    if kind not in KINDS:
+        raise UserError(f"unknown data kind {kind!r}; use --set data.kind= one of {', '.join(KINDS)}")
     path = Path(data) if data else Path(FASHION_MNIST_DIR)
-    train, test = _load_split(path, data, grey, test_fraction)
+    if kind == "vectors" and path.suffix.lower() != ".npy":
+        raise UserError(f"vectors come from a .npy file of shape (n, d), not {path}; save them with numpy.save")
+    train, test = _load_split(path, data, grey, test_fraction, kind)
     if train.shape != test.shape:  # found here, before any run folder exists, not in the first evaluation
         raise UserError(f"{path}: train images are {'x'.join(map(str, train.shape))} but test images "
                         f"{'x'.join(map(str, test.shape))} (channels x height x width); give both one size")
     return train, test
 
 
-def _load_split(path: Path, data, grey: bool, test_fraction: float) -> tuple[ImageSet, ImageSet]:
+def _load_split(path: Path, data, grey: bool, test_fraction: float, kind: str):
     if not path.exists():
         if data is None or os.path.abspath(path) == FASHION_MNIST_DIR:
             raise UserError(f"Fashion-MNIST not found at {path}; {INSTALL_HINT}")
@@ -437,6 +588,10 @@ def _load_split(path: Path, data, grey: bool, test_fraction: float) -> tuple[Ima
             raise UserError(f"{path} holds neither idx files nor images (.png, .jpg, ...); "
                             "point --data at Fashion-MNIST's folder or a folder of images")
         return _holdout_split(read_image_files(files, grey), None, test_fraction)
+    if path.suffix.lower() == ".npy" and kind != "images":
+        header = open_npy(path)
+        if kind == "vectors" or (header.ndim == 2 and np.issubdtype(header.dtype, np.floating)):
+            return load_vectors(path, test_fraction)
     if path.suffix.lower() in (".npy", ".npz"):
         arrays = read_array_file(path)
         def labelled(images_key: str, labels_key: str) -> ImageSet:

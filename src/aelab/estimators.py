@@ -242,7 +242,10 @@ SETTINGS = {"latent": "model.latent", "hidden": "model.hidden", "arch": "model.a
             "beta": "model.beta", "warmup_steps": "model.warmup_steps", "iwae_k": "model.iwae_k",
             # cae; vqvae
             "contraction": "model.contraction", "codebook": "model.codebook", "commitment": "model.commitment",
-            "update": "model.update", "decay": "model.decay", "dead_after": "model.dead_after"}
+            "update": "model.update", "decay": "model.decay", "dead_after": "model.dead_after",
+            # sae; recon_loss is the data's ("bce" images, "mse" vectors) and is listed so no setting is missing
+            "sparsity": "model.sparsity", "k": "model.k", "l1": "model.l1", "dead_window": "model.dead_window",
+            "recon_loss": "model.recon_loss"}
 
 
 class Autoencoder(_ImageTransformer):
@@ -253,7 +256,8 @@ class Autoencoder(_ImageTransformer):
     Settings left at None take the model's defaults, as `aelab train` does: latent 20, hidden (256, 128, 64),
     arch "mlp", 100 epochs, batch_size 512, lr 1e-3, seed 0, precision "fp32". The variants' own settings (dae:
     noise, level, clip; dropout: rate; aae: prior, disc_hidden, adv_lr_scale; vae, betavae: beta, warmup_steps,
-    iwae_k; cae: contraction; vqvae: codebook, commitment, update, decay, dead_after) are refused by a model that has no such setting. `image_shape` (h, w) or (h, w, c) says how rows are images
+    iwae_k; cae: contraction; vqvae: codebook, commitment, update, decay, dead_after; sae: sparsity, k, l1,
+    dead_window) are refused by a model that has no such setting. `image_shape` (h, w) or (h, w, c) says how rows are images
     (needed by arch="conv" for rows that are not square images).
 
     Fitted: model_ (the torch module, eval mode, CPU), config_ (aelab's RunConfig), history_ (the training loss
@@ -263,7 +267,8 @@ class Autoencoder(_ImageTransformer):
                  batch_size=None, lr=None, seed=None, device: str = "auto", precision=None, image_shape=None,
                  noise=None, level=None, clip=None, rate=None, prior=None, disc_hidden=None, adv_lr_scale=None,
                  beta=None, warmup_steps=None, iwae_k=None, contraction=None, codebook=None, commitment=None,
-                 update=None, decay=None, dead_after=None):
+                 update=None, decay=None, dead_after=None, sparsity=None, k=None, l1=None, dead_window=None,
+                 recon_loss=None):
         self.model, self.latent, self.hidden, self.arch, self.channels = model, latent, hidden, arch, channels
         self.epochs, self.batch_size, self.lr, self.seed = epochs, batch_size, lr, seed
         self.device, self.precision, self.image_shape = device, precision, image_shape
@@ -272,6 +277,7 @@ class Autoencoder(_ImageTransformer):
         self.beta, self.warmup_steps, self.iwae_k = beta, warmup_steps, iwae_k
         self.contraction, self.codebook, self.commitment = contraction, codebook, commitment
         self.update, self.decay, self.dead_after = update, decay, dead_after
+        self.sparsity, self.k, self.l1, self.dead_window, self.recon_loss = sparsity, k, l1, dead_window, recon_loss
 
     def run_config(self) -> RunConfig:
         """The aelab configuration these parameters make (what `aelab train` would run)."""

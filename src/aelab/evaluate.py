@@ -1,6 +1,9 @@
-"""Test-set measures of a trained model, the same for every model and baseline that can reconstruct."""
+"""Test-set measures of a trained model, the same for every model and baseline that can reconstruct. Images: BCE
+(and its floor), MSE, squared error per image, PSNR. Vectors: MSE and the fraction of variance explained."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -14,25 +17,33 @@ def on_device_of(model, images: ImageSet) -> ImageSet:
 
 
 def values_and_logits(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A method's reconstructions of float images (b, c, h, w), with logits where it has them (PCA has none)."""
+    """A method's reconstructions of float images (b, c, h, w), with logits where it has them (PCA has none; nor
+    does a model of vectors)."""
     if isinstance(model, torch.nn.Module):
-        logits = model.decoder(model.code_eval(x))
-        return torch.sigmoid(logits), logits
+        out = model.decoder(model.code_eval(x))
+        return model.output(out), (out if model.config.recon_loss == "bce" else None)
     if hasattr(model, "logits"):
         logits = model.logits(x)
         return torch.sigmoid(logits), logits
     return model.reconstruct(x), None
 
 
-def reconstruction_sums(values: torch.Tensor, logits: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Summed over the batch: BCE per image, squared error per image and PSNR, as tensors on x's device."""
+def reconstruction_sums(values: torch.Tensor, logits: torch.Tensor | None, x: torch.Tensor
+                        ) -> dict[str, torch.Tensor]:
+    """Summed over the batch, as tensors on x's device: squared error per input, and for images (given their
+    logits) BCE per image and PSNR."""
+    if logits is None:
+        return {"sse": squared_error_per_image(values, x).sum()}
     return {"bce": bce_per_image(logits, x).sum(), "sse": squared_error_per_image(values, x).sum(),
             "psnr": psnr_per_image(values, x).sum()}
 
 
-def summed_measures(sums: dict[str, float], n: int, pixels: int) -> dict[str, float]:
-    """Per-pixel BCE and MSE, squared error per image and PSNR from the sums over n images."""
-    return {"bce": sums["bce"] / n / pixels, "mse": sums["sse"] / n / pixels, "sse_per_image": sums["sse"] / n,
+def summed_measures(sums: dict[str, float], n: int, size: int) -> dict[str, float]:
+    """From the sums over n inputs of `size` values each: per-pixel BCE and MSE, squared error per image and PSNR
+    for images; the MSE per value for vectors."""
+    if "bce" not in sums:
+        return {"mse": sums["sse"] / n / size}
+    return {"bce": sums["bce"] / n / size, "mse": sums["sse"] / n / size, "sse_per_image": sums["sse"] / n,
             "psnr": sums["psnr"] / n}
 
 
@@ -41,15 +52,15 @@ def reconstruction_metrics(model, images: ImageSet, batch_size: int = 2500, eps:
     """Per-pixel BCE, per-pixel MSE, summed squared error per image, and PSNR in dB (mean over images, peak 1),
     for any method that reconstructs, baselines included. Without logits (PCA), BCE is taken on the values
     clipped to [eps, 1 - eps]; squared error is always on the values as they are."""
-    sums = dict.fromkeys(("bce", "sse", "psnr"), 0.0)
+    sums: dict[str, float] = {}
     images = on_device_of(model, images)
     for x in images.batches(batch_size):
         values, logits = values_and_logits(model, x)
-        if logits is None:
+        if logits is None and images.recon_loss == "bce":
             logits = torch.logit(values.float().clamp(eps, 1 - eps))
         for k, v in reconstruction_sums(values, logits, x).items():
-            sums[k] += v.item()
-    return summed_measures(sums, len(images), images.images[0].numel())
+            sums[k] = sums.get(k, 0.0) + v.item()
+    return summed_measures(sums, len(images), math.prod(images.shape))
 
 
 @torch.no_grad()
@@ -60,16 +71,35 @@ def bce_floor(images: ImageSet, batch_size: int = 2500) -> float:
     return total / len(images) / images.images[0].numel()
 
 
+@torch.no_grad()
+def variance_per_value(vectors, batch_size: int = 2500) -> float:
+    """The mean squared distance of the vectors' values from their own per-feature mean: the MSE of always
+    answering that mean, against which the fraction of variance explained is measured."""
+    sums = sq = 0
+    for x in vectors.batches(batch_size):
+        sums, sq = sums + x.double().sum(0), sq + x.double().pow(2).sum(0)
+    return ((sq - sums ** 2 / len(vectors)) / len(vectors)).mean().item()
+
+
+def data_floor(data) -> float:
+    """What a set's reconstruction measures are read against, a property of the data alone (worth computing once):
+    the BCE floor of images, the variance per value of vectors."""
+    return variance_per_value(data) if data.recon_loss == "mse" else bce_floor(data)
+
+
 def with_floor(metrics: dict[str, float], floor: float) -> dict[str, float]:
-    """The measures with bce_floor placed right after bce."""
+    """Images: the measures with bce_floor placed right after bce. Vectors: with the fraction of variance
+    explained, 1 - MSE / variance (as sparse-autoencoder papers report it, here in standardised units)."""
+    if "bce" not in metrics:
+        return {**metrics, "fve": 1 - metrics["mse"] / floor}
     return {"bce": metrics["bce"], "bce_floor": floor, **{k: v for k, v in metrics.items() if k != "bce"}}
 
 
 def evaluate(model, images: ImageSet) -> dict[str, float]:
-    """Reconstruction measures of clean images, plus whatever the model measures of itself."""
+    """Reconstruction measures of clean images (or vectors), plus whatever the model measures of itself."""
     model.eval()
     images = on_device_of(model, images)
-    metrics = with_floor(reconstruction_metrics(model, images), bce_floor(images))
+    metrics = with_floor(reconstruction_metrics(model, images), data_floor(images))
     metrics.update(model.extra_metrics(images))
     return metrics
 

@@ -15,6 +15,11 @@ def bce_mean(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), x)
 
 
+def mse_mean(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per element: the reconstruction loss of real-valued (standardised) vectors."""
+    return F.mse_loss(out.float(), x)
+
+
 def bce_per_image(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of each image, shape (b,): the Bernoulli negative log-likelihood in nats."""
     return F.binary_cross_entropy_with_logits(logits.float(), x, reduction="none").flatten(1).sum(1)

@@ -94,11 +94,15 @@ def write_report(run_path: Path, config, model, history: list[dict], metrics: di
         "## Test measures",
         _table([("measure", "value")] + [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in metrics.items()]),
         "BCE is per pixel; `bce_floor` is the test pixels' own entropy, the least BCE any model can reach on grey "
-        "targets. `sse_per_image` sums squared error over an image's pixels; PSNR is in dB with peak 1.",
+        "targets. `sse_per_image` sums squared error over an image's pixels; PSNR is in dB with peak 1."
+        if "bce" in metrics else
+        "Vectors are measured standardised (each feature less its training mean, over its training std): `mse` per "
+        "value, `fve` the fraction of the test set's variance the reconstructions explain.",
         "## Loss curves", "![losses](loss.png)",
     ]
     milestones = [r for r in history if r["epoch"] in (1, 5, 10, 30, 50, 100) or r is history[-1]]
-    columns = [k for k in ("train_loss", "test_loss", "test_mse", "test_sse_per_image", "test_psnr")
+    columns = [k for k in ("train_loss", "test_loss", "test_mse", "test_sse_per_image", "test_psnr", "test_fve",
+                           "test_l0")
                if history and k in history[0]]
     if milestones and columns:
         parts += ["## Progress", _table([("epoch", *columns)] + [(r["epoch"], *(f"{r[k]:.4f}" for k in columns))

@@ -304,20 +304,26 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
             config.train.device = device
     train_set, test_set = config.data.load()
     config.model.in_shape = train_set.shape
+    config.model.recon_loss = train_set.recon_loss  # bce for images, mse for vectors
     config.train.check()
     device = distributed.setup(config.train.device)  # under torchrun: joins the process group
     main = distributed.is_main()  # rank 0 alone writes the run folder, prints and draws
     loggers = loggers if main else []
     torch.manual_seed(config.train.seed)
     model = build(config.model_name, config.model)  # before the folder exists: a bad setting leaves nothing behind
+    if train_set.recon_loss == "mse":  # the model keeps the standardisation the vectors train in
+        model.in_mean.copy_(train_set.mean.reshape(model.in_mean.shape))
+        model.in_std.copy_(train_set.std.reshape(model.in_std.shape))
     if resume is None:
         path = Path(out) if out else _free_run_dir(config.model_name)
         distributed.barrier()  # every rank has picked the same free folder before rank 0 takes it
         run = distributed.on_main(lambda: Run.create(path, config, overwrite)) or Run(path)
     for logger in loggers:
         logger.start(run.path, config)
-    callbacks = [ConsolePrinter(), RunRecorder(run, config), GridWriter(run.grids_path, config.train.grid_every),
-                 *loggers]
+    callbacks = [ConsolePrinter(), RunRecorder(run, config)]
+    if train_set.recon_loss == "bce":  # vectors have no pictures: their measures tell
+        callbacks.append(GridWriter(run.grids_path, config.train.grid_every))
+    callbacks += loggers
     trainer = Trainer(model, train_set, test_set, config.train, callbacks)
     say = print if main else (lambda *a, **k: None)
     if resume is not None:
@@ -327,7 +333,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, overwr
         say(f"resuming {run.path} after epoch {trainer.epoch} of {config.train.epochs}")
     else:
         ranks = f" on {distributed.world_size()} ranks" if distributed.world_size() > 1 else ""
-        say(f"training {config.model_name} ({model.num_parameters():,} parameters) on {len(train_set)} images "
+        what = "images" if train_set.recon_loss == "bce" else "vectors of"
+        say(f"training {config.model_name} ({model.num_parameters():,} parameters) on {len(train_set)} {what} "
             f"{'x'.join(map(str, train_set.shape))}, testing on {len(test_set)}; device {device}{ranks}; "
             f"run folder {run.path}")
         say(config.describe())

@@ -6,6 +6,7 @@ device, measures the test set each epoch and tells its callbacks, which write gr
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -15,8 +16,7 @@ import torch
 from aelab import distributed
 from aelab.data import ImageSet
 from aelab.errors import UserError
-from aelab.evaluate import bce_floor, reconstruction_sums, summed_measures, with_floor
-from aelab.losses import bce_mean
+from aelab.evaluate import data_floor, reconstruction_sums, summed_measures, with_floor
 
 
 @dataclass
@@ -61,8 +61,8 @@ class Callback:
 
 
 def reconstruction_is_loss(model) -> bool:
-    """Whether the model's eval-mode loss is the plain BCE of its clean reconstruction (the chapter's AE and the
-    dropout AE): then one decoder pass gives the test loss and the reconstruction measures alike."""
+    """Whether the model's eval-mode loss is the plain reconstruction loss of its clean reconstruction (the
+    chapter's AE and the dropout AE): then one decoder pass gives the test loss and the reconstruction measures."""
     from aelab.models import Autoencoder, is_denoising
 
     return type(model).loss is Autoencoder.loss and not is_denoising(model)
@@ -85,7 +85,7 @@ class Trainer:
         self.epoch = 0            # epochs finished
         self.history: list[dict] = []
         self.finite = torch.ones((), dtype=torch.bool, device=self.device)  # no NaN/inf loss seen this epoch
-        self.floor: float | None = None  # the test set's BCE floor, computed once
+        self.floor: float | None = None  # the test set's BCE floor (or variance), computed once
         self.graph, self.graph_warmup = None, 0  # the captured step, if config.cuda_graph
 
     def autocast(self):
@@ -215,22 +215,23 @@ class Trainer:
         self.model.eval()
         plain = reconstruction_is_loss(self.model)
         sums: dict[str, torch.Tensor] = {}
-        measured = dict.fromkeys(("bce", "sse", "psnr"), 0.0)
+        measured: dict[str, float] = {}
         for x in images.batches(self.config.eval_batch_size):
             with self.autocast():
-                logits = self.model.decoder(self.model.code_eval(x)) if plain or reconstruction else None
-                terms = {"loss": bce_mean(logits, x)} if plain else self.model.loss(x)
+                out = self.model.decoder(self.model.code_eval(x)) if plain or reconstruction else None
+                terms = {"loss": self.model.recon_error(out, x)} if plain else self.model.loss(x)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.float() * len(x)
             if reconstruction:
-                for k, v in reconstruction_sums(torch.sigmoid(logits), logits, x).items():
-                    measured[k] += v.item()
+                logits = out if images.recon_loss == "bce" else None
+                for k, v in reconstruction_sums(self.model.output(out), logits, x).items():
+                    measured[k] = measured.get(k, 0.0) + v.item()
         self.model.train()
         means = {k: (v / len(images)).item() for k, v in sums.items()}
         if reconstruction:
-            if self.floor is None:  # the data's own entropy: it never changes
-                self.floor = bce_floor(images)
-            means.update(with_floor(summed_measures(measured, len(images), images.images[0].numel()), self.floor))
+            if self.floor is None:  # a property of the data: it never changes
+                self.floor = data_floor(images)
+            means.update(with_floor(summed_measures(measured, len(images), math.prod(images.shape)), self.floor))
         return means
 
     # -- checkpoint state: plain tensors and JSON, never a pickle ---------------------------------------------

@@ -6,6 +6,7 @@ from aelab.models.betavae import BetaVAE
 from aelab.models.cae import ContractiveAutoencoder
 from aelab.models.dae import DenoisingAutoencoder
 from aelab.models.dropout import DropoutAutoencoder
+from aelab.models.sparse import SparseAutoencoder
 from aelab.models.vae import VariationalAutoencoder
 from aelab.models.vqvae import VQVAE
 
@@ -18,6 +19,7 @@ MODELS: dict[str, type[Autoencoder]] = {
     "betavae": BetaVAE,
     "cae": ContractiveAutoencoder,
     "vqvae": VQVAE,
+    "sae": SparseAutoencoder,
 }
 
 

@@ -58,6 +58,7 @@ class AdversarialAutoencoder(Autoencoder):
     """Adversarial AE: a discriminator on the code pushes the codes towards a prior (normal, mixture, uniform)."""
 
     Config = AAEConfig
+    recon_losses = ("bce",)  # its loss is written for pixels in [0, 1]
 
     def __init__(self, config: AAEConfig):
         super().__init__(config)

@@ -6,6 +6,7 @@ Encoder 784-256-128-64-20 with ReLU and a linear code, decoder 20-64-128-256-784
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,7 @@ from torch import nn
 
 from aelab.distributed import batch_draw
 from aelab.errors import UserError
-from aelab.losses import bce_mean
+from aelab.losses import bce_mean, mse_mean
 
 
 @dataclass
@@ -23,7 +24,8 @@ class AEConfig:
     hidden: tuple[int, ...] = (256, 128, 64)  # MLP widths from the image towards the code
     arch: str = "mlp"                         # "mlp" (the chapter's) or "conv"
     channels: tuple[int, ...] = (32, 64)      # conv: channels of the stride-2 layers
-    in_shape: tuple[int, int, int] = (1, 28, 28)  # (c, h, w), taken from the data
+    in_shape: tuple[int, ...] = (1, 28, 28)   # (c, h, w) images or (d,) vectors, taken from the data
+    recon_loss: str = "bce"                   # taken from the data: "bce" for pixels in [0, 1], "mse" for vectors
 
     def check(self) -> None:
         """Refuse values that cannot work, where settings enter (config.resolve, a run's config.json) and again
@@ -34,9 +36,15 @@ class AEConfig:
             raise UserError("latent and hidden sizes must be positive integers")
         if self.arch == "conv" and not self.channels:
             raise UserError("--arch conv needs at least one channel width, e.g. --set model.channels=32,64")
-        if len(self.in_shape) != 3 or self.in_shape[0] not in (1, 3) or min(self.in_shape) < 1:
-            raise UserError(f"in_shape must be (channels, height, width) with 1 or 3 channels, not {self.in_shape}; "
-                            "it is taken from the data: drop the setting")
+        if self.recon_loss not in ("bce", "mse"):
+            raise UserError(f"unknown recon_loss {self.recon_loss!r}: the data sets it (bce for images, mse for vectors)")
+        vector = self.recon_loss == "mse" and len(self.in_shape) == 1
+        if not vector and (len(self.in_shape) != 3 or self.in_shape[0] not in (1, 3)) or min(self.in_shape) < 1:
+            raise UserError(f"in_shape must be (channels, height, width) with 1 or 3 channels, or (d,) for vectors, "
+                            f"not {self.in_shape}; it is taken from the data: drop the setting")
+        if self.arch == "conv" and len(self.in_shape) != 3:
+            raise UserError(f"--arch conv needs images (channels, height, width), not inputs of shape {self.in_shape}; "
+                            "train vectors with --arch mlp")
 
 
 class Dropout(nn.Dropout):
@@ -64,9 +72,9 @@ def mlp(sizes: list[int], dropout: float = 0.0) -> list[nn.Module]:
 
 
 def build_encoder(config: AEConfig, out_features: int, dropout: float = 0.0) -> nn.Sequential:
-    c, h, w = config.in_shape
     if config.arch == "mlp":
-        return nn.Sequential(nn.Flatten(), *mlp([c * h * w, *config.hidden, out_features], dropout))
+        return nn.Sequential(nn.Flatten(), *mlp([math.prod(config.in_shape), *config.hidden, out_features], dropout))
+    c, h, w = config.in_shape
     layers: list[nn.Module] = []
     for c_in, c_out in zip((c, *config.channels), config.channels):
         layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
@@ -78,10 +86,10 @@ def build_encoder(config: AEConfig, out_features: int, dropout: float = 0.0) -> 
 
 
 def build_decoder(config: AEConfig, dropout: float = 0.0) -> nn.Sequential:
-    c, h, w = config.in_shape
     if config.arch == "mlp":
-        return nn.Sequential(*mlp([config.latent, *reversed(config.hidden), c * h * w], dropout),
-                             nn.Unflatten(1, (c, h, w)))
+        return nn.Sequential(*mlp([config.latent, *reversed(config.hidden), math.prod(config.in_shape)], dropout),
+                             nn.Unflatten(1, config.in_shape))
+    c, h, w = config.in_shape
     scale = 2 ** len(config.channels)
     top = config.channels[-1]
     layers: list[nn.Module] = [nn.Linear(config.latent, top * (h // scale) * (w // scale)), nn.ReLU(),
@@ -119,11 +127,11 @@ def check_config(config: AEConfig, archs: tuple[str, ...] = ("mlp", "conv"), nam
     config.check()
     if config.arch not in archs:
         raise UserError(f"{name} has no arch {config.arch!r}; use " + " or ".join(f"--arch {a}" for a in archs))
-    c, h, w = config.in_shape
     if config.arch == "mlp":
-        sizes = [c * h * w, *config.hidden, config.latent]
+        sizes = [math.prod(config.in_shape), *config.hidden, config.latent]
         weights = sum(a * b for a, b in zip(sizes, sizes[1:]))
     else:
+        c, h, w = config.in_shape
         scale = 2 ** len(config.channels)
         if h % scale or w % scale:
             raise UserError(f"--arch conv halves the image {len(config.channels)} times, so height and width must "
@@ -131,8 +139,9 @@ def check_config(config: AEConfig, archs: tuple[str, ...] = ("mlp", "conv"), nam
         widths = [c, *config.channels]
         weights = sum(16 * a * b for a, b in zip(widths, widths[1:])) + widths[-1] * h * w // scale ** 2 * config.latent
     if 2 * weights > MAX_WEIGHTS:  # encoder and decoder mirror each other
-        raise UserError(f"these sizes make a model of about {2 * weights:,} weights for {c}x{h}x{w} images, over "
-                        f"the {MAX_WEIGHTS:,} aelab builds; use smaller --hidden, --latent or channels")
+        raise UserError(f"these sizes make a model of about {2 * weights:,} weights for inputs of shape "
+                        f"{'x'.join(map(str, config.in_shape))}, over the {MAX_WEIGHTS:,} aelab builds; use smaller "
+                        "--hidden, --latent or channels")
 
 
 class Autoencoder(nn.Module):
@@ -141,14 +150,23 @@ class Autoencoder(nn.Module):
     Config = AEConfig
     code_heads = 1  # how many latent-sized vectors the encoder outputs (a VAE's mean and log-variance: 2)
     archs = ("mlp", "conv")  # the architectures this model can be built on
+    recon_losses = ("bce", "mse")  # the data it trains on: images (bce) and vectors (mse); variants may narrow it
 
     def __init__(self, config: AEConfig, dropout: float = 0.0):
         super().__init__()
         check_config(config, self.archs, type(self).__name__)
+        if config.recon_loss not in self.recon_losses:
+            raise UserError(f"{type(self).__name__} trains on images only, not on vectors; train vectors with "
+                            "ae, dropout or sae")
         self.config = config
         self.encoder = build_encoder(config, config.latent * self.code_heads, dropout)
         self.decoder = build_decoder(config, dropout)
         keras_init_(self)
+        if config.recon_loss == "mse":
+            # vectors train standardised (data.VectorSet); the training split's per-feature mean and std live in
+            # the weights, so that encode, decode and reconstruct take and give vectors in their own units
+            self.register_buffer("in_mean", torch.zeros(config.in_shape))
+            self.register_buffer("in_std", torch.ones(config.in_shape))
 
     # -- the hooks variants override --------------------------------------------------------------------------
 
@@ -162,8 +180,16 @@ class Autoencoder(nn.Module):
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named loss terms for a batch of clean images x; "loss" is what the optimiser minimises."""
-        logits = self.decoder(self.code(self.corrupt(x)))
-        return {"loss": bce_mean(logits, x)}
+        return {"loss": self.recon_error(self.decoder(self.code(self.corrupt(x))), x)}
+
+    def recon_error(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The mean reconstruction loss of decoder output `out` for targets x: the chapter's per-pixel
+        cross-entropy with logits for images, the mean squared error for (standardised) vectors."""
+        return bce_mean(out, x) if self.config.recon_loss == "bce" else mse_mean(out, x)
+
+    def output(self, out: torch.Tensor) -> torch.Tensor:
+        """What the decoder's output stands for: probabilities for images, standardised vectors for vectors."""
+        return torch.sigmoid(out) if self.config.recon_loss == "bce" else out.float()
 
     def extra_metrics(self, test) -> dict[str, float]:
         """Measures of this variant beyond reconstruction, for `aelab eval` (test: an ImageSet)."""
@@ -198,8 +224,8 @@ class Autoencoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, x):
-        """Codes of images, flat rows (n, code_size): images (n, h, w), (n, c, h, w) or flat rows; uint8 in 0-255
-        or float in [0, 1]."""
+        """Codes, flat rows (n, code_size), of images (n, h, w), (n, c, h, w) or flat rows, uint8 in 0-255 or
+        float in [0, 1]; a model trained on vectors takes vectors (n, d) in their own units."""
         return _same_kind(x, self.code_eval(self._images(x)).flatten(1))
 
     @property
@@ -208,17 +234,18 @@ class Autoencoder(nn.Module):
 
     @torch.no_grad()
     def decode(self, z):
-        """Images (probabilities in [0, 1]) from codes (n, code_size), as `encode` gives them."""
+        """Images (probabilities in [0, 1]), or vectors in their own units, from codes (n, code_size), as
+        `encode` gives them."""
         z_t = torch.as_tensor(np.asarray(z) if not isinstance(z, torch.Tensor) else z, dtype=torch.float32,
                               device=self.device)
         if z_t.ndim != 2 or z_t.shape[1] != self.code_size:
             raise UserError(f"codes must have shape (n, {self.code_size}), not {tuple(z_t.shape)}")
-        return _same_kind(z, torch.sigmoid(self.decoder(z_t.view(-1, *self.code_shape))))
+        return _same_kind(z, self._outputs(self.decoder(z_t.view(-1, *self.code_shape))))
 
     @torch.no_grad()
     def reconstruct(self, x):
         """Reconstructions (probabilities in [0, 1]) of clean images."""
-        return _same_kind(x, torch.sigmoid(self.decoder(self.code_eval(self._images(x)))))
+        return _same_kind(x, self._outputs(self.decoder(self.code_eval(self._images(x)))))
 
     @torch.no_grad()
     def interpolate(self, a, b, steps: int = 10) -> torch.Tensor:
@@ -227,7 +254,7 @@ class Autoencoder(nn.Module):
             raise UserError(f"interpolation needs at least 2 steps, not {steps}")
         za, zb = self.code_eval(self._images(a)[:1]), self.code_eval(self._images(b)[:1])
         t = torch.linspace(0, 1, steps, device=self.device).unsqueeze(1)
-        return torch.sigmoid(self.decoder((1 - t) * za + t * zb))
+        return self._outputs(self.decoder((1 - t) * za + t * zb))
 
     def code_eval(self, x: torch.Tensor) -> torch.Tensor:
         """The deterministic code of a clean image: a VAE's posterior mean."""
@@ -242,9 +269,15 @@ class Autoencoder(nn.Module):
         elif t.ndim == 3 and shape[0] == 1:
             t = t.unsqueeze(1)
         if tuple(t.shape[1:]) != tuple(shape):
-            raise UserError(f"images of shape {tuple(t.shape[1:])} do not fit this model, which takes "
-                            f"{'x'.join(map(str, shape))} (channels x height x width)")
-        return t
+            raise UserError(f"{'images' if len(shape) == 3 else 'vectors'} of shape {tuple(t.shape[1:])} do not fit "
+                            f"this model, which takes {'x'.join(map(str, shape))}"
+                            + (" (channels x height x width)" if len(shape) == 3 else " values each"))
+        return (t - self.in_mean) / self.in_std if self.config.recon_loss == "mse" else t
+
+    def _outputs(self, out: torch.Tensor) -> torch.Tensor:
+        """Decoder output as the user's data: probabilities, or vectors in their own units."""
+        values = self.output(out)
+        return values * self.in_std + self.in_mean if self.config.recon_loss == "mse" else values
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -53,6 +53,7 @@ class DenoisingAutoencoder(Autoencoder):
     """Denoising AE: fresh noise (gaussian, masking or salt-and-pepper) on every batch, the clean image as target."""
 
     Config = DAEConfig
+    recon_losses = ("bce",)  # its loss is written for pixels in [0, 1]
 
     def corrupt(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return add_noise(x, self.config.noise, self.config.level, self.config.clip, generator)

@@ -47,6 +47,7 @@ class VariationalAutoencoder(Autoencoder):
 
     Config = VAEConfig
     code_heads = 2  # the encoder outputs (mean, log-variance)
+    recon_losses = ("bce",)  # its loss is written for pixels in [0, 1]
 
     def __init__(self, config: VAEConfig):
         super().__init__(config)

@@ -1,0 +1,183 @@
+"""Sparse autoencoders and plain vectors as data: a TopK SAE trained by the real CLI on vectors made from a planted
+dictionary finds the atoms; vectors are read lazily from a memory-mapped .npy and standardised with the training
+split's statistics, which the run keeps so that encode/decode/reconstruct speak the data's own units."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from aelab import config as cfg
+from aelab import runs
+from aelab.cli import main
+from aelab.data import VectorSet, load_dataset
+from aelab.errors import UserError
+from aelab.models import build
+from aelab.models.sparse import planted_dictionary, recovered
+from conftest import aelab, stepper
+
+PLANTED_ACTIVE = 5
+SCALE, OFFSET = 30.0, 7.0  # the vectors' own units: any scale and offset
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """10 000 vectors in 64-d, each 5 of 256 planted unit atoms mixed with weights in [0.5, 1.5], plus noise,
+    then scaled and shifted; and a TopK SAE (512 units, k = 5) trained on them by `aelab train`."""
+    folder = tmp_path_factory.mktemp("planted")
+    vectors, atoms = planted_dictionary(10_000, active=PLANTED_ACTIVE)
+    np.save(folder / "planted.npy", vectors * SCALE + OFFSET)
+    # measured on 2 cores: 6 epochs take about 13 s of CPU time and recover 97% of the atoms
+    result = aelab("train", "sae", "--data", folder / "planted.npy", "--latent", 512, "--set", f"k={PLANTED_ACTIVE}",
+                   "--epochs", 6, "--batch-size", 128, "--lr", 5e-3, "--threads", 1, "--out", folder / "run",
+                   timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder, atoms
+
+
+def test_topk_sae_recovers_the_planted_atoms(planted):
+    folder, atoms = planted
+    run = folder / "run"
+    model = runs.load_model(run)
+    best = recovered(model.atoms().numpy(), atoms)  # the dictionary in the vectors' own units
+    assert (best > 0.9).mean() >= 0.9, np.sort(best)[:20]
+    metrics = json.loads((run / "eval.json").read_text())
+    assert abs(metrics["l0"] - PLANTED_ACTIVE) <= 0.5
+    assert metrics["fve"] > 0.7 and metrics["dead_fraction"] < 0.1
+    assert set(metrics) == {"mse", "fve", "l0", "dead_units", "dead_fraction", "dead_on_test"}
+    # the atoms stay at unit norm (in the standardised space the model trains in)
+    assert torch.allclose(model.decoder[0].weight.norm(dim=0), torch.ones(512), atol=1e-5)
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"train_l0", "test_l0", "test_mse", "test_fve"} <= record.keys()
+    assert not (run / "grids").exists() and "fve" in (run / "report.md").read_text()
+
+
+def test_encode_decode_reconstruct_speak_the_vectors_units(planted, tmp_path):
+    folder, _ = planted
+    run, data = folder / "run", folder / "planted.npy"
+    raw = np.load(data)
+    for command, out in (("encode", "codes.npy"), ("reconstruct", "recon.npy")):
+        result = aelab(command, run, data, "--out", tmp_path / out)
+        assert result.returncode == 0, result.stderr
+    assert aelab("decode", run, tmp_path / "codes.npy", "--out", tmp_path / "decoded.npy").returncode == 0
+    codes, recon = np.load(tmp_path / "codes.npy"), np.load(tmp_path / "recon.npy")
+    assert codes.shape == (len(raw), 512) and codes.min() >= 0 and ((codes > 0).sum(1) <= PLANTED_ACTIVE).all()
+    assert np.allclose(np.load(tmp_path / "decoded.npy"), recon, atol=1e-3 * SCALE)
+    # the reconstructions are vectors in the file's own units: they explain most of its variance
+    explained = 1 - ((recon - raw) ** 2).sum() / ((raw - raw.mean(0)) ** 2).sum()
+    assert explained > 0.7
+    model = runs.load_model(run)
+    train, _ = load_dataset(data)
+    assert torch.allclose(model.in_mean, train.mean) and torch.allclose(model.in_std, train.std)
+    assert np.allclose(model.in_mean.numpy(), raw[train.rows.numpy()].mean(0), atol=1e-4)
+
+
+def test_vector_runs_refuse_what_does_not_fit(planted, tmp_path, capsys):
+    folder, _ = planted
+    run, data = str(folder / "run"), str(folder / "planted.npy")
+    np.save(tmp_path / "narrow.npy", np.zeros((3, 10), np.float32))
+    for args, words in ((["reconstruct", run, data, "--out", tmp_path / "r.png"], ["trained on vectors", ".npy"]),
+                        (["encode", run, tmp_path / "narrow.npy", "--out", tmp_path / "c.npy"], ["do not fit", "64"]),
+                        (["interpolate", run, "0", "1", "--out", tmp_path / "i.npy"], ["trained on vectors"]),
+                        (["train", "vae", "--data", data, "--out", tmp_path / "v"], ["images only"]),
+                        (["train", "sae", "--arch", "conv", "--data", data, "--out", tmp_path / "c"], ["--arch mlp"]),
+                        (["train", "sae", "--set", "sparsity=l2", "--data", data, "--out", tmp_path / "s"], ["l1"])):
+        capsys.readouterr()
+        assert main([str(a) for a in args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("aelab: error:") and all(w in err for w in words), err
+    assert not (tmp_path / "v").exists() and not (tmp_path / "c").exists()
+
+
+# -- vectors as data ------------------------------------------------------------------------------------------
+
+def _rss_anon_mib() -> float:
+    """This process's anonymous resident memory (file pages of a memory map are not in it)."""
+    line = next(line for line in open("/proc/self/status") if line.startswith("RssAnon:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_vectors_are_read_lazily_from_a_memory_map(tmp_path):
+    path = tmp_path / "big.npy"
+    n, d = 250_000, 64  # 32 MiB of float16, written through a map too
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, d))
+    rng = np.random.default_rng(0)
+    for start in range(0, n, 50_000):
+        out[start:start + 50_000] = rng.normal(3.0, 2.0, (50_000, d))
+    out.flush()
+    del out
+    before = _rss_anon_mib()
+    train, test = load_dataset(path)
+    batches = [train.floats(index) for index in train.index_batches(4096, torch.Generator().manual_seed(0))]
+    grown = _rss_anon_mib() - before - sum(b.numel() * 4 for b in batches) / 2**20
+    assert isinstance(train, VectorSet) and isinstance(train.data, np.memmap) and str(train.data.filename) == str(path)
+    assert not isinstance(test.data, np.memmap) and len(test) == 10_000 and len(train) == n - 10_000
+    assert grown < 16, grown  # the file is 32 MiB: its rows never all sit in the process's own memory
+    held_out = np.setdiff1d(np.arange(n), train.rows.numpy())  # the test rows: every row not trained on
+    assert np.array_equal(test.data, train.data[held_out]) and train.data.dtype == np.float16
+    # standardised with the training rows' own mean and std; rows come back in the order asked
+    rows = train.data[train.rows.numpy()].astype(np.float64)
+    assert np.allclose(train.mean.numpy(), rows.mean(0), atol=1e-5) and np.allclose(train.std.numpy(), rows.std(0), rtol=1e-5)
+    index = torch.tensor([5, 0, 123_456, 7])
+    expected = (rows[index.numpy()] - rows.mean(0)) / rows.std(0)
+    assert np.allclose(train.floats(index).numpy(), expected, atol=1e-4)
+    assert torch.equal(test.mean, train.mean)
+
+
+def test_ae_trains_on_vectors_and_kinds_are_checked(tmp_path, capsys):
+    vectors = np.random.default_rng(0).normal(0, 5, (600, 12)).astype(np.float32)
+    np.save(tmp_path / "v.npy", vectors)
+    out = tmp_path / "ae"
+    assert main(["train", "--data", str(tmp_path / "v.npy"), "--epochs", "1", "--latent", "3", "--hidden", "8",
+                 "--threads", "1", "--out", str(out)]) == 0
+    assert set(json.loads((out / "eval.json").read_text())) == {"mse", "fve"} and not (out / "grids").exists()
+    assert json.loads((out / "config.json").read_text())["model"]["recon_loss"] == "mse"
+    with pytest.raises(UserError, match="square"):  # flat rows said to be images are images again
+        load_dataset(tmp_path / "v.npy", kind="images")
+    np.save(tmp_path / "nan.npy", np.where(vectors > 9, np.nan, vectors))
+    with pytest.raises(UserError, match="NaN"):
+        load_dataset(tmp_path / "nan.npy")
+
+
+# -- the model's own mechanics ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sparsity", ["topk", "l1"])
+def test_a_step_renormalises_the_atoms_and_counts_inputs_since_each_unit_fired(sparsity):
+    config = cfg.resolve("sae", None, {"latent": 64, "k": 3, "sparsity": sparsity, "dead_window": 32})
+    config.model.in_shape, config.model.recon_loss = (16,), "mse"
+    torch.manual_seed(0)
+    model = build("sae", config.model)
+    x = torch.randn(32, 16)
+    z = model.code(x)
+    terms = model.loss(x)
+    if sparsity == "l1":
+        assert torch.allclose(terms["loss"], terms["recon"] + config.model.l1 * z.abs().sum(1).mean())
+    else:
+        assert ((z > 0).sum(1) <= 3).all() and terms.keys() == {"loss", "l0"}
+    assert terms["l0"] == (z > 0).sum(1).float().mean()
+    trainer = stepper(model, lr=1e-2)
+    trainer.step(x)
+    assert torch.allclose(model.decoder[0].weight.norm(dim=0), torch.ones(64), atol=1e-6)
+    fired = (z > 0).any(0)
+    assert torch.equal(model.inputs_since_active, torch.where(fired, 0, 32))
+    since, fired = model.inputs_since_active.clone(), (model.code(x[:8]) > 0).any(0)
+    trainer.step(x[:8])
+    assert torch.equal(model.inputs_since_active, torch.where(fired, 0, since + 8))
+    assert model.extra_metrics(VectorSet(x.numpy(), None, torch.zeros(16), torch.ones(16)))["dead_units"] \
+        == int((model.inputs_since_active >= 32).sum())
+
+
+def test_resume_is_exact_with_the_dead_unit_buffer(tmp_path, one_thread):
+    vectors, _ = planted_dictionary(1500, d=16, atoms=32, active=3)
+    np.save(tmp_path / "v.npy", vectors)
+    settings = {"data.path": str(tmp_path / "v.npy"), "latent": 48, "k": 3, "batch_size": 64, "dead_window": 500,
+                "train_eval_size": 0}
+    runs.train(cfg.resolve("sae", None, {**settings, "epochs": 2}), out=tmp_path / "straight")
+    runs.train(cfg.resolve("sae", None, {**settings, "epochs": 1}), out=tmp_path / "resumed")
+    runs.train(resume=tmp_path / "resumed", epochs=2)
+    a, b = (runs.load_model(tmp_path / name).state_dict() for name in ("straight", "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a["inputs_since_active"].max() > 0
