@@ -297,7 +297,7 @@ class Autoencoder(_ImageTransformer):
 
     @property
     def _n_features_out(self) -> int:
-        return self.config_.model.latent
+        return self.model_.code_size  # a VQ-VAE codes a grid of vectors
 
     def _encode(self, x):
         return self.model_.encode(x)

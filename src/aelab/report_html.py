@@ -140,6 +140,7 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
     from aelab.models import is_generative, summary
 
     model.eval()
+    images = model.config.recon_loss == "bce"
     doc = (model.extra_pictures.__doc__ or "").strip()  # "name.png: what it shows"
     pictures = [{"name": name, "uri": _uri(picture), "caption": doc.removeprefix(f"{name}: ")}
                 for name, picture in model.extra_pictures(on_device_of(model, test)).items()]
@@ -156,8 +157,9 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
         "measures": measures,
         "history": history,
         "grids": epoch_grids(Path(run_path) / "grids"),
-        "map": latent_map(model, test, config),
-        "decoder": decoder_program(model.decoder, model.code_shape),
+        # the explorer shows images: a run on vectors has measures and curves, no map
+        "map": latent_map(model, test, config) if images else None,
+        "decoder": decoder_program(model.decoder, model.code_shape) if images else None,
         "pictures": pictures,
         "summary": summary(model),
         "config": config.to_dict(),

@@ -245,7 +245,7 @@
   // -- the run page -----------------------------------------------------------------------------------------
 
   function runPage() {
-    const M = D.model, facts = D.facts, decode = makeDecoder(D.decoder), shape = M.shape;
+    const M = D.model, facts = D.facts, decode = D.decoder && makeDecoder(D.decoder), shape = M.shape;
     window.aelab.decode = decode;
     const seconds = facts.seconds;
     page.append(el("header", {},
@@ -277,7 +277,7 @@
         el("div", { class: "charts", id: "charts" }, charts(D.history))));
     }
     if (D.grids) page.append(gridSection(D.grids));
-    page.append(explorerSection(decode, shape));
+    if (D.map) page.append(explorerSection(decode, shape));  // runs on vectors have no images to explore
     if (M.generative) page.append(samplesSection(decode, shape));
     const PICTURE_TITLES = { "denoise.png": "Noisy, denoised, clean",
                              "samples.png": "Samples from the prior, fixed seed" };
