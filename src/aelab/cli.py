@@ -45,7 +45,7 @@ def build_parser() -> Parser:
     p.add_argument("--data", metavar="PATH", help="idx folder, image folder or .npy/.npz (default: Debian's Fashion-MNIST)")
     p.add_argument("--rgb", action="store_true", help="keep colour images in colour (default: convert to grey)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/MODEL, numbered if taken)")
-    p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR", help="continue an interrupted run (--epochs may extend it)")
+    p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR", help="continue an interrupted run (--epochs, --lr, --precision, --device may change)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--device", help=DEVICE_HELP)
@@ -114,6 +114,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _signals()
     try:
         return COMMANDS[args.command](args) or 0
     except UserError as e:
@@ -124,9 +125,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _signals() -> None:
+    """SIGTERM (what schedulers and torchrun send) stops like Ctrl-C; past a file-size limit (`ulimit -f`) a write
+    fails with one line instead of the process being killed."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 def cmd_train(args) -> int:
     from aelab import config as cfg
-    from aelab.runs import train
+    from aelab.runs import RESUMABLE, train
 
     overrides = dict(_parse_set(item) for item in args.set)
     overrides.update({key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None})
@@ -136,12 +146,11 @@ def cmd_train(args) -> int:
         run_dir = args.out if args.resume is True else args.resume
         if run_dir is None:
             raise UserError("--resume needs the run folder: `aelab train --resume RUN_DIR`")
-        changed = sorted(set(overrides) - {"train.epochs", "train.device"}) + (["--config"] if args.config else [])
+        changed = sorted(set(overrides) - set(RESUMABLE)) + (["--config"] if args.config else [])
         if changed or args.model:
             raise UserError(f"a resumed run keeps its settings; drop {', '.join(changed) or 'the model name'} "
-                            "(only --epochs and --device may change)")
-        return train(resume=run_dir, epochs=overrides.get("train.epochs"), threads=args.threads,
-                     device=overrides.get("train.device"))
+                            "(only --epochs, --lr, --precision and --device may change)")
+        return train(resume=run_dir, threads=args.threads, changes=overrides)
     config = cfg.resolve(args.model, args.config, overrides)
     return train(config, out=args.out, overwrite=args.overwrite, threads=args.threads)
 
