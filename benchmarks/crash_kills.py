@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from crashes import command, crash_and_resume, differences, random_instants, start  # noqa: E402
+from crashes import WRITTEN, command, crash_and_resume, differences, random_instants, start  # noqa: E402
+
+PICTURES = {"aae": ("samples.png",), "dae": ("denoise.png",)}  # what these models write besides every model's files
 
 
 def main() -> None:
@@ -51,8 +53,9 @@ def main() -> None:
             seconds = time.monotonic() - began
             for chain in range(args.chains):
                 out = tmp / f"{model}-killed-{chain}"
-                hits = crash_and_resume(data, out, args.epochs, random_instants(rng, args.kills_per_chain, seconds),
-                                        model)
+                names = WRITTEN + PICTURES.get(model, ())
+                hits = crash_and_resume(data, out, args.epochs,
+                                        random_instants(rng, args.kills_per_chain, seconds, names), model)
                 found = differences(out, reference)
                 killed = sum(hit.startswith("killed") for hit in hits)
                 kills += killed

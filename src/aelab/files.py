@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import os
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def _writer_gone(tmp: Path) -> bool:
 
 def sweep(folder: Path, name: str = "*") -> None:
     """Remove the temporary files of `name` (default: of every file) in folder that no live process is writing."""
-    for tmp in Path(folder).glob(f".{name}.*{TMP_SUFFIX}"):
+    for tmp in Path(folder).glob(f".{name if name == '*' else glob.escape(name)}.*{TMP_SUFFIX}"):
         if _writer_gone(tmp):
             tmp.unlink(missing_ok=True)
 

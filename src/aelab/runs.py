@@ -73,8 +73,10 @@ class Run:
             run.check(replacing=True)
             run.lock()
             for entry in run.path.iterdir():
-                if entry.name != LOCK:
-                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                elif entry.name != LOCK:
+                    entry.unlink()
         else:
             try:
                 run.path.mkdir(parents=True, exist_ok=True)
