@@ -16,11 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+
 from aelab import files
 from aelab.errors import UserError
 from aelab.models import MODELS, build
 from aelab.runs import LOCK, MARKER, PICTURES, Run, _metadata, load_model
-from conftest import aelab, assert_user_error
+from aelab.train import Diverged
+from conftest import aelab, assert_user_error, stepper
 from crashes import command, crash_and_resume, differences, random_instants, signal_at, start, temporaries
 
 
@@ -280,3 +283,14 @@ def test_every_models_pictures_are_names_aelab_owns(fashion):
     for name, cls in MODELS.items():
         model = build(name, cls.Config(hidden=(16,), latent=2))
         assert set(model.extra_pictures(test)) <= set(PICTURES), name
+
+
+def test_non_finite_weights_stop_an_epoch_even_when_its_loss_was_finite():
+    model = build("ae", MODELS["ae"].Config(hidden=(16,), latent=2))
+    trainer = stepper(model)
+    trainer.check_finite(1, 6, last=True)  # finite: nothing to say
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("inf")  # as a step on an infinite gradient leaves it
+    trainer.check_finite(1, 5)  # mid-epoch only the losses are watched
+    with pytest.raises(Diverged, match="in epoch 1 by step 6"):
+        trainer.check_finite(1, 6, last=True)  # at the epoch's end, before anything is saved, the weights too

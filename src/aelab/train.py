@@ -147,7 +147,8 @@ class Trainer:
         infinite weights, and nothing non-finite may be saved."""
         if last:
             state = [v for o in self.optimizers for s in o.state.values() for v in s.values() if torch.is_tensor(v)]
-            self.finite &= torch.stack([t.isfinite().all() for t in (*self.model.parameters(), *state)]).all()
+            self.finite &= torch.stack([t.isfinite().all().to(self.device) for t in (*self.model.parameters(), *state)
+                                        if t.is_floating_point()]).all()
         if not self.finite.item():
             fp32 = "" if self.config.precision == "fp32" else ", or with --precision fp32"
             raise Diverged(f"training diverged: the loss or the weights became NaN or infinite in epoch {epoch} by "
