@@ -6,7 +6,7 @@ run killed at an instant, resumed (or started again if no epoch was saved) and k
 end and compared. Half the instants are random times within the uninterrupted run's duration, half the middle of
 writing a random file (the checkpoint, weights, metrics, a grid, the GIF, the report...), from a fixed seed.
 
-    nice python benchmarks/crash_kills.py [--models ae,dae,vae,aae] [--chains 2] [--kills-per-chain 3] [--seed 0]
+    nice python benchmarks/crash_kills.py [--models ae,dae,vae,aae] [--chains 3] [--kills-per-chain 3] [--seed 0]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ PICTURES = {"aae": ("samples.png",), "dae": ("denoise.png",)}  # what these mode
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="ae,dae,vae,aae")
-    parser.add_argument("--chains", type=int, default=2, help="chains of kills per model")
+    parser.add_argument("--chains", type=int, default=3, help="chains of kills per model")
     parser.add_argument("--kills-per-chain", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
