@@ -71,8 +71,8 @@ def _fsync_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic(path: str | Path, mode: str = "wb", **open_args):
-    """`with atomic(path) as f: f.write(...)`: path becomes what was written, whole, or stays as it was."""
+def atomic(path: str | Path):
+    """`with atomic(path) as f: f.write(b"...")`: path becomes what was written, whole, or stays as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
     try:
@@ -81,7 +81,7 @@ def atomic(path: str | Path, mode: str = "wb", **open_args):
         # O_EXCL | O_NOFOLLOW: a link planted at the temporary name is never followed
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         try:
-            with open(fd, mode, **open_args) as f:
+            with open(fd, "wb") as f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
