@@ -88,7 +88,7 @@ def test_resumed_run_equals_an_uninterrupted_one_to_the_bit(subset_npz, tmp_path
 
 
 def test_resume_refuses_changed_settings_and_missing_runs(trained_run, tmp_path):
-    assert_user_error(aelab("train", "--resume", trained_run, "--lr", "0.1"), "train.lr")
+    assert_user_error(aelab("train", "--resume", trained_run, "--latent", "5"), "model.latent")
     assert_user_error(aelab("train", "--resume", tmp_path / "nothing"), "does not exist")
 
 

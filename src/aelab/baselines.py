@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from aelab.data import ImageSet
 from aelab.errors import UserError
+from aelab.files import write_safetensors
 
 FORMAT = "aelab-baseline/1"
 
@@ -81,15 +82,10 @@ class _Baseline:
 
     def save(self, path: str | Path, **extra: str) -> Path:
         """The fitted state as safetensors; parameters, image shape and `extra` strings in its metadata."""
-        from safetensors.torch import save_file
-
         self._check_fitted()
         meta = {"format": FORMAT, "class": type(self).__name__, "image_shape": json.dumps(self.image_shape_),
                 "params": json.dumps({p: getattr(self, p) for p in self._params}), **extra}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({name: getattr(self, name).contiguous() for name in self._state}, str(path), metadata=meta)
-        return path
+        return write_safetensors(path, {name: getattr(self, name).contiguous() for name in self._state}, meta)
 
 
 def load_baseline(path: str | Path) -> tuple["_Baseline", dict[str, str]]:

@@ -62,7 +62,7 @@ def build_parser() -> Parser:
                    "Fashion-MNIST); a .npy of float vectors (n, d) trains on vectors")
     p.add_argument("--rgb", action="store_true", help="keep colour images in colour (default: convert to grey)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/MODEL, numbered if taken)")
-    p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR", help="continue an interrupted run (--epochs may extend it)")
+    p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR", help="continue an interrupted run (--epochs, --lr, --precision, --device may change)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--threads", type=THREADS, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--device", help=DEVICE_HELP)
@@ -149,6 +149,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _signals()
     try:
         return COMMANDS[args.command](args) or 0
     except UserError as e:
@@ -159,9 +160,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _signals() -> None:
+    """SIGTERM (what schedulers and torchrun send) stops like Ctrl-C; past a file-size limit (`ulimit -f`) a write
+    fails with one line instead of the process being killed."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 def cmd_train(args) -> int:
     from aelab import config as cfg
-    from aelab.runs import train
+    from aelab.runs import RESUMABLE, train
 
     overrides = dict(_parse_set(item) for item in args.set)
     overrides.update({key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None})
@@ -171,12 +181,11 @@ def cmd_train(args) -> int:
         run_dir = args.out if args.resume is True else args.resume
         if run_dir is None:
             raise UserError("--resume needs the run folder: `aelab train --resume RUN_DIR`")
-        changed = sorted(set(overrides) - {"train.epochs", "train.device"}) + (["--config"] if args.config else [])
+        changed = sorted(set(overrides) - set(RESUMABLE)) + (["--config"] if args.config else [])
         if changed or args.model:
             raise UserError(f"a resumed run keeps its settings; drop {', '.join(changed) or 'the model name'} "
-                            "(only --epochs and --device may change)")
-        return train(resume=run_dir, epochs=overrides.get("train.epochs"), threads=args.threads,
-                     device=overrides.get("train.device"), loggers=args.log)
+                            "(only --epochs, --lr, --precision and --device may change)")
+        return train(resume=run_dir, threads=args.threads, changes=overrides, loggers=args.log)
     config = cfg.resolve(args.model, args.config, overrides)
     return train(config, out=args.out, overwrite=args.overwrite, threads=args.threads, loggers=args.log)
 
@@ -210,7 +219,9 @@ def cmd_eval(args) -> int:
         raise UserError(f"{args.run} gives non-finite measures ({', '.join(f'{k} {metrics[k]}' for k in bad)}); "
                         "its weights overflow on these images: retrain with a lower --lr")
     if args.save:  # eval.json is the run's own test set, as report.md says
-        (Path(args.run) / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        from aelab import files
+
+        files.write_text(Path(args.run) / "eval.json", json.dumps(metrics, indent=2) + "\n")
     if args.json:
         print(json.dumps(metrics))
     else:

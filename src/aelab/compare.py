@@ -12,6 +12,7 @@ logistic PCA, at one or several code sizes.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from aelab import files
 from aelab.baselines import PCA, LogisticPCA, load_baseline
 from aelab.data import DataConfig, ImageSet
 from aelab.errors import UserError
@@ -223,12 +225,13 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def write_tables(rows: list[dict], out: Path, notes: list[str]) -> None:
-    (out / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
-    with open(out / "compare.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "compare.md").write_text("\n\n".join([markdown_table(rows), *notes]) + "\n")
+    files.write_text(out / "compare.json", json.dumps(rows, indent=2) + "\n")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    files.write_text(out / "compare.csv", table.getvalue())
+    files.write_text(out / "compare.md", "\n\n".join([markdown_table(rows), *notes]) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- the command

@@ -63,7 +63,9 @@ def setup(device_name: str) -> torch.device:
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
+    if dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0")) if launched() else 0  # before setup: what torchrun says
 
 
 def world_size() -> int:

@@ -31,7 +31,7 @@ except ImportError:
     raise ImportError("aelab.estimators needs scikit-learn 1.6 or later; install it with "
                       "`pip install 'aelab[sklearn]'`") from None
 
-from aelab import baselines
+from aelab import baselines, files
 from aelab.config import RunConfig, resolve
 from aelab.data import ImageSet
 from aelab.evaluate import reconstruction_metrics
@@ -183,7 +183,7 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         """Write the fitted estimator to a safetensors file (no pickle); read it back with `load`."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self.to_bytes())
+        files.write_bytes(path, self.to_bytes())
         return path
 
     @classmethod

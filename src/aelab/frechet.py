@@ -18,6 +18,7 @@ from torch import nn
 
 from aelab.data import ImageSet
 from aelab.errors import UserError
+from aelab.files import write_safetensors
 
 CLASSIFIER_FILE = "fashion_classifier.safetensors"
 IMAGE_SHAPE = (1, 28, 28)
@@ -95,7 +96,7 @@ def feature_classifier(train: ImageSet | None = None, test: ImageSet | None = No
                        epochs: int = 3) -> tuple[FeatureNet, float]:
     """The cached classifier and its test accuracy; trained on Fashion-MNIST (or the sets given) and saved
     on first use."""
-    from safetensors.torch import load_file, safe_open, save_file
+    from safetensors.torch import load_file, safe_open
 
     path = Path(cache or cache_dir()) / CLASSIFIER_FILE
     net = FeatureNet()
@@ -114,10 +115,10 @@ def feature_classifier(train: ImageSet | None = None, test: ImageSet | None = No
     print(f"training the Fashion-MNIST feature classifier once ({epochs} epochs); it is kept in {path}", flush=True)
     began = time.perf_counter()
     net, accuracy = train_classifier(train, test, epochs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path),
-              metadata={"test_accuracy": f"{accuracy:.6f}", "train_images": str(len(train)),
-                        "seconds": f"{time.perf_counter() - began:.1f}"})
+    # written whole (aelab.files): processes sharing the cache never read half of it
+    write_safetensors(path, {k: v.contiguous() for k, v in net.state_dict().items()},
+                      {"test_accuracy": f"{accuracy:.6f}", "train_images": str(len(train)),
+                       "seconds": f"{time.perf_counter() - began:.1f}"})
     return net.eval(), accuracy
 
 

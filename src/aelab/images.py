@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aelab.files import atomic
+
 
 def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
     """Float images in [0, 1] (or uint8) as a uint8 numpy array (n, c, h, w)."""
@@ -52,10 +54,9 @@ def stacked_rows(rows_of_images: list, pad: int = 2) -> np.ndarray:
 def save_png(array: np.ndarray, path: str | Path) -> Path:
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
+    with atomic(path) as f:
+        Image.fromarray(array).save(f, format="PNG")
+    return Path(path)
 
 
 def save_images(images, folder: str | Path, names: list[str]) -> list[Path]:
@@ -70,5 +71,6 @@ def save_gif(frames: list[Path], path: str | Path, ms_per_frame: int = 120) -> P
     from PIL import Image
 
     images = [Image.open(f).convert("P") for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
+    with atomic(path) as f:
+        images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
     return Path(path)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import io
 import json
-from importlib.resources import files
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from aelab import files
 
 
 MAP_POINTS = 2000   # test codes on the latent map, with their images for hovering (a 0.8 MB sprite at 28x28)
@@ -187,7 +189,7 @@ def compare_page_data(folder: Path) -> dict:
 
 def render(data: dict) -> str:
     """The page: the template with its script and the data inlined (no external resource of any kind)."""
-    package = files("aelab")
+    package = resources.files("aelab")
     script = (package / "report_page.js").read_text()
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")  # no early end of the script tag
     return ((package / "report_page.html").read_text()
@@ -201,12 +203,12 @@ def write_run_page(run_path: str | Path, config, model, test, history: list[dict
     """RUN/report.html (or `out`): the run's config and model, its test set (an ImageSet), its metrics.jsonl
     records and its final test measures."""
     path = Path(out or Path(run_path) / "report.html")
-    path.write_text(render(run_page_data(Path(run_path), config, model, test, history, measures)))
+    files.write_text(path, render(run_page_data(Path(run_path), config, model, test, history, measures)))
     return path
 
 
 def write_compare_page(folder: str | Path, out: str | Path | None = None) -> Path:
     """FOLDER/report.html (or `out`) for a folder written by `aelab compare`."""
     path = Path(out or Path(folder) / "report.html")
-    path.write_text(render(compare_page_data(Path(folder))))
+    files.write_text(path, render(compare_page_data(Path(folder))))
     return path

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from aelab.files import atomic, write_text
 from aelab.images import save_gif, save_png, side_by_side
 from aelab.train import Callback, Trainer
 
@@ -68,7 +69,8 @@ def plot_losses(history: list[dict], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic(path) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return Path(path)
 
@@ -118,6 +120,4 @@ def write_report(run_path: Path, config, model, history: list[dict], metrics: di
                   *(f"![{name}]({name})" for name in pictures)]
     parts += ["## Model", "```\n" + summary(model) + "\n```",
               "## Configuration", "```json\n" + json.dumps(config.to_dict(), indent=2) + "\n```"]
-    path = run_path / "report.md"
-    path.write_text("\n\n".join(parts) + "\n")
-    return path
+    return write_text(run_path / "report.md", "\n\n".join(parts) + "\n")

@@ -144,12 +144,19 @@ class Trainer:
             except StopIteration as done:
                 return {k: v.detach() for k, v in done.value.items()}
 
-    def check_finite(self, epoch: int, step: int) -> None:
-        """Stop at the first non-finite loss seen; on the CPU this runs every step, on a GPU at the few syncs."""
+    def check_finite(self, epoch: int, step: int, last: bool = False) -> None:
+        """Stop at the first non-finite loss seen; on the CPU this runs every step, on a GPU at the few syncs.
+        After an epoch's `last` step the weights and optimiser state too: a finite loss can still take a step to
+        infinite weights, and nothing non-finite may be saved."""
+        if last:
+            state = [v for o in self.optimizers for s in o.state.values() for v in s.values() if torch.is_tensor(v)]
+            self.finite &= torch.stack([t.isfinite().all().to(self.device) for t in (*self.model.parameters(), *state)
+                                        if t.is_floating_point()]).all()
         if not self.finite.item():
-            raise Diverged(f"training diverged: the loss became NaN or infinite in epoch {epoch} by step {step}; "
-                           "nothing of that epoch was saved. Resume from the last good epoch with a lower "
-                           "learning rate (--lr), or with --precision fp32")
+            fp32 = "" if self.config.precision == "fp32" else ", or with --precision fp32"
+            raise Diverged(f"training diverged: the loss or the weights became NaN or infinite in epoch {epoch} by "
+                           f"step {step}; nothing of that epoch was saved. Resume from the last good epoch with a "
+                           f"lower learning rate (--lr){fp32}")
 
     def train_epoch(self, epoch: int = 0) -> dict[str, float]:
         from tqdm import tqdm
@@ -166,7 +173,7 @@ class Trainer:
             for k, v in terms.items():  # batch-size weighted, so a short last batch counts for what it holds
                 sums[k] = sums.get(k, 0) + v.float() * n
             if step % sync_every == 0 or step == len(batches):
-                self.check_finite(epoch, step)
+                self.check_finite(epoch, step, last=step == len(batches))
             if step % 20 == 1:
                 bar.set_postfix(loss=f"{terms['loss'].item():.4f}")
         return {k: (distributed.all_sum(v) / len(self.train_set)).item() for k, v in sums.items()}
