@@ -14,13 +14,12 @@ from aelab.errors import UserError
 from aelab.export import export_onnx, max_differences
 from aelab.models import MODELS, build
 
-from conftest import aelab
+from conftest import aelab, arch_cases
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("arch", ["mlp", "conv"])
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name,arch", arch_cases(MODELS))
 def test_onnxruntime_reproduces_codes_and_images(name, arch, fashion, tmp_path):
     import onnxruntime as ort
 
@@ -39,7 +38,7 @@ def test_onnxruntime_reproduces_codes_and_images(name, arch, fashion, tmp_path):
     recon = ort.InferenceSession(str(decoder)).run(None, {"codes": codes})[0]
     np.testing.assert_allclose(codes, model.encode(images[:1]).numpy(), atol=1e-5)
     np.testing.assert_allclose(recon, model.reconstruct(images[:1]).numpy(), atol=1e-5)
-    assert codes.shape == (1, 6) and recon.shape == (1, 1, 28, 28)
+    assert codes.shape == (1, model.code_size) and recon.shape == (1, 1, 28, 28)
 
 
 def test_export_command(trained_run, tmp_path):

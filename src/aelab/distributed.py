@@ -20,14 +20,25 @@ from aelab.errors import UserError
 _shard: tuple[int, int] | None = None
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """auto: the first CUDA GPU if there is one, else the CPU; cpu, cuda, cuda:N, mps as asked, if present."""
+def parse_device(name: str) -> torch.device | None:
+    """The device a setting names (None for auto), checked for form only: a run trained on a GPU keeps "cuda" in
+    its config, and must still load where there is none."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return None
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use --device auto, cpu, cuda, cuda:N or mps") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown device {name!r}; use --device auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto: the first CUDA GPU if there is one, else the CPU; cpu, cuda, cuda:N, mps as asked, if present."""
+    device = parse_device(name)
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -38,8 +49,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     elif device.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise UserError(f"--device {name}: Apple's MPS is not available here; use --device cpu or auto")
-    elif device.type != "cpu":
-        raise UserError(f"unknown device {name!r}; use --device auto, cpu, cuda, cuda:N or mps")
     return device
 
 

@@ -28,7 +28,9 @@ class _Encoder(nn.Module):
         self.model = model
 
     def forward(self, images):
-        return self.model.code_eval(images)
+        if self.model.config.recon_loss == "mse":  # vectors: standardised as the model learnt them
+            images = (images - self.model.in_mean) / self.model.in_std
+        return self.model.code_eval(images).flatten(1)  # flat rows, as model.encode gives them
 
 
 class _Decoder(nn.Module):
@@ -37,7 +39,7 @@ class _Decoder(nn.Module):
         self.model = model
 
     def forward(self, codes):
-        return torch.sigmoid(self.model.decoder(codes))
+        return self.model._outputs(self.model.decoder(codes.view(-1, *self.model.code_shape)))  # as model.decode
 
 
 def require_onnx():
@@ -59,7 +61,7 @@ def export_onnx(model, out: str | Path) -> tuple[Path, Path]:
     model = model.eval()
     paths = out / "encoder.onnx", out / "decoder.onnx"
     parts = ((_Encoder(model), torch.zeros(2, *model.config.in_shape), "images", "codes"),
-             (_Decoder(model), torch.zeros(2, model.config.latent), "codes", "images"))
+             (_Decoder(model), torch.zeros(2, model.code_size), "codes", "images"))
     for path, (module, example, name_in, name_out) in zip(paths, parts):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's, see the docstring

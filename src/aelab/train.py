@@ -48,7 +48,7 @@ class TrainConfig:
             raise UserError(f"learning rate must be positive and finite, not {self.lr}; try --lr 1e-3")
         if self.precision not in ("fp32", "bf16"):
             raise UserError(f"unknown precision {self.precision!r}; use --precision fp32 or bf16")
-        distributed.resolve_device(self.device)
+        distributed.parse_device(self.device)  # its form; whether this machine has it, when training starts
 
 
 class Diverged(UserError):
