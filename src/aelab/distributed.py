@@ -150,9 +150,7 @@ def batch_rows(n: int) -> tuple[int, int]:
 def batch_draw(n: int, draw: Callable[[int], torch.Tensor]) -> torch.Tensor:
     """draw(m) gives m random rows; this is this rank's n rows of the global batch's draw (all n rows outside
     a sharded step), so every rank consumes the random stream as a single process would."""
-    if _shard is None:
-        return draw(n)
-    offset, total = _shard
+    offset, total = batch_rows(n)
     return draw(total)[offset:offset + n]
 
 
