@@ -324,7 +324,7 @@ def test_a_record_without_seconds_drops_the_time_not_the_page(damaged):
     assert data["facts"]["seconds"] is None and len(data["history"]) == RUN_EPOCHS
 
 
-@pytest.mark.parametrize("bad", ["abc", float("nan"), [1]])
+@pytest.mark.parametrize("bad", ["abc", float("nan"), [1]], ids=["text", "nan", "list"])
 def test_a_value_that_is_not_a_number_is_a_gap_in_its_curve(browser, damaged, bad):
     edit_metrics(damaged, lambda epoch, r: epoch == 2 and r.update(train_loss=bad))
     result = aelab("report", damaged)
