@@ -3,15 +3,19 @@ file:// with every network request recorded. The decoder the page runs must agre
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from aelab.cli import main
-from conftest import RUN_EPOCHS
+from conftest import RUN_EPOCHS, aelab, assert_user_error
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (make setup); a browser downloaded at run time would not do
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -54,6 +58,24 @@ class Page:
                        "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); }", selector)
         return np.array(rgba, np.uint8).reshape(-1, 4)[:, 0]
 
+    def drawn(self) -> dict[str, int]:
+        """What each chart (by title) and the map drew, once all have drawn: the page's own data-drawn counts.
+        Polled from here: the page's policy forbids the eval that wait_for_function's polling needs."""
+        counts = "Object.fromEntries(Array.from(document.querySelectorAll('#charts .chart, #map')).map(e => " \
+                 "[e.id || e.querySelector('.title').textContent, e.dataset.drawn]))"
+        for _ in range(50):
+            drawn = self.js(counts)
+            if drawn and None not in drawn.values():
+                return {k: int(v) for k, v in drawn.items()}
+            self.page.wait_for_timeout(100)
+        raise AssertionError(f"the page never said what it drew: {drawn}")
+
+    def screenshot(self, selector: str) -> np.ndarray:
+        """The element as the browser shows it on screen, (h, w, 3) uint8."""
+        self.page.locator(selector).scroll_into_view_if_needed()
+        png = self.page.locator(selector).screenshot()
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
     def assert_offline_and_clean(self):
         assert self.requests == [self.path.as_uri()], self.requests  # the file itself, nothing else
         assert self.errors == [], self.errors
@@ -77,7 +99,34 @@ def conv_run(tmp_path_factory, subset_npz, one_thread):
 
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory, subset_npz, one_thread):
-    return tiny_run(tmp_path_factory, subset_npz, "vae", **{"model.latent": 2})
+    # the eval-mode train terms after epochs 1 and 2 only: the loss, reconstruction and KL charts have a short series
+    return tiny_run(tmp_path_factory, subset_npz, "vae", **{"model.latent": 2, "train.epochs": 3,
+                                                             "train.train_eval_every": 2})
+
+
+@pytest.fixture(scope="module")
+def sparse_run(tmp_path_factory, subset_npz):
+    """The chapter's model by the real CLI, 4 epochs, measured in eval mode after epochs 1, 2 and 4, not 3."""
+    out = tmp_path_factory.mktemp("runs") / "sparse"
+    result = aelab("train", "--data", subset_npz, "--epochs", 4, "--seed", 0, "--threads", 1, "--out", out,
+                   "--set", "train.train_eval_every=2", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [("train_eval_loss" in json.loads(line)) for line in (out / "metrics.jsonl").read_text().splitlines()] \
+        == [True, True, False, True]
+    return out
+
+
+def page_data(path: Path) -> dict:
+    """The JSON a page carries, as report_html.py put it there."""
+    html = path.read_text()
+    start = html.index(">", html.index('<script id="aelab-data"')) + 1
+    return json.loads(html[start:html.index("</script>", start)].replace("<\\/", "</"))
+
+
+def colour_pixels(image: np.ndarray, colour: str, tolerance: int = 40) -> int:
+    """How many pixels of an (h, w, 3) image are within `tolerance` of the CSS colour #rrggbb in every channel."""
+    rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(image.astype(int) - rgb).max(axis=-1) <= tolerance).sum())
 
 
 def assert_decoded_like_the_model(page: Page, model):
@@ -169,6 +218,38 @@ def test_vae_page_strip_sliders_and_new_samples(browser, vae_run):
     page.assert_offline_and_clean()
 
 
+TRAIN, TEST, EVAL_MODE = "#2f6fdf", "#e8773a", "#7f8da3"  # the series' colours in report_page.js
+
+
+@pytest.mark.parametrize("run, charts", [("sparse_run", {"loss", "BCE", "MSE", "PSNR"}),
+                                         ("vae_run", {"loss", "reconstruction", "KL", "BCE", "MSE", "PSNR"})])
+def test_every_chart_and_the_map_draw_their_points(browser, request, run, charts):
+    run = request.getfixturevalue(run)
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    page = Page(browser, run / "report.html")
+    drawn = page.drawn()
+    assert {title.split()[0] for title in drawn if title != "map"} == charts, drawn
+    assert all(n > 0 for n in drawn.values()), drawn
+    assert drawn["map"] == 1000  # every test code, each on the map
+    # the loss chart: train and test every epoch, eval mode where it was measured
+    measured = sum("train_eval_loss" in r for r in history)
+    assert 0 < measured < len(history)
+    assert drawn[next(t for t in drawn if t.startswith("loss"))] == 2 * len(history) + measured
+
+    # on screen: the three series' colours inside the loss chart's plot area (the canvas less its axes' margins)
+    chart = page.screenshot("#charts .chart:first-child canvas")[8:-24, 54:-12]
+    for colour in (TRAIN, TEST, EVAL_MODE):
+        assert colour_pixels(chart, colour, 30) > 20, colour
+    # every point of the map lies inside its frame, and the frame shows the class colours
+    box = page.page.locator("#map").bounding_box()
+    points = np.array(page.js("Array.from({length: 1000}, (_, i) => aelab.pointOnScreen(i))"))
+    assert (points[:, 0] >= box["x"]).all() and (points[:, 0] <= box["x"] + box["width"]).all()
+    assert (points[:, 1] >= box["y"]).all() and (points[:, 1] <= box["y"] + box["height"]).all()
+    picture = page.screenshot("#map")
+    assert colour_pixels(picture, "#4e79a7", 20) > 50 and colour_pixels(picture, "#f28e2b", 20) > 50
+    page.assert_offline_and_clean()
+
+
 def test_comparison_page_sorts_its_table(browser, subset_npz, tmp_path):
     out = tmp_path / "cmp"
     assert main(["compare", "pca", "--latents", "2,5", "--data", str(subset_npz), "--out", str(out)]) == 0
@@ -207,3 +288,84 @@ def test_long_runs_keep_a_hundred_grids_first_and_last(trained_run, tmp_path):
         shutil.copy(grid, tmp_path / f"epoch_{epoch:03d}.png")
     grids = epoch_grids(tmp_path)
     assert len(grids["frames"]) == MAX_FRAMES and grids["epochs"][0] == 1 and grids["epochs"][-1] == 150
+
+
+# -- hostile page inputs: `aelab report RUN` on a damaged copy of a run ------------------------------------------
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height grey pixels and holds none: what a decompression bomb's reader sees first."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def edit_metrics(run: Path, change) -> list[dict]:
+    """metrics.jsonl rewritten with change(epoch, record) applied to each record (NaN written as JSON's NaN)."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        change(record["epoch"], record)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+@pytest.fixture
+def damaged(trained_run, tmp_path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    return run
+
+
+def test_a_record_without_seconds_drops_the_time_not_the_page(damaged):
+    edit_metrics(damaged, lambda epoch, r: epoch == 2 and r.pop("seconds"))
+    result = aelab("report", damaged)
+    assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
+    data = page_data(damaged / "report.html")
+    assert data["facts"]["seconds"] is None and len(data["history"]) == RUN_EPOCHS
+
+
+@pytest.mark.parametrize("bad", ["abc", float("nan"), [1]], ids=["text", "nan", "list"])
+def test_a_value_that_is_not_a_number_is_a_gap_in_its_curve(browser, damaged, bad):
+    edit_metrics(damaged, lambda epoch, r: epoch == 2 and r.update(train_loss=bad))
+    result = aelab("report", damaged)
+    assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
+    assert [r["train_loss"] is None for r in page_data(damaged / "report.html")["history"]] == [False, True, False]
+    page = Page(browser, damaged / "report.html")
+    loss = next(n for title, n in page.drawn().items() if title.startswith("loss"))
+    assert loss == 2 * RUN_EPOCHS - 1 + 1  # train less the gap, test every epoch, eval mode after epoch 1
+    page.assert_offline_and_clean()
+
+
+def test_a_chart_with_no_finite_value_says_so(browser, damaged):
+    edit_metrics(damaged, lambda epoch, r: r.update(test_psnr=float("inf")))
+    assert aelab("report", damaged).returncode == 0
+    page = Page(browser, damaged / "report.html")
+    assert page.drawn()["PSNR (dB)"] == 0
+    psnr = page.page.locator("#charts .chart", has_text="PSNR")
+    assert "no epoch recorded a finite value" in psnr.inner_text() and psnr.locator("canvas").count() == 0
+    page.assert_offline_and_clean()
+
+
+def grids_link(run: Path):
+    (run / "grids").rename(run.parent / "elsewhere")
+    (run / "grids").symlink_to(run.parent / "elsewhere")
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda run: (run / "eval.json").write_text('{"bce": 0.3,'), ["eval.json", "damaged", "aelab eval"]),
+    (lambda run: (run / "eval.json").write_text("[1, 2]"), ["eval.json", "damaged", "aelab eval"]),
+    (lambda run: (run / "grids" / "epoch_002.png").write_bytes(b"not a png"), ["epoch_002.png", "not a readable"]),
+    (lambda run: (run / "grids" / "epoch_002.png").write_bytes(png_header(15000, 15000)), ["epoch_002.png"]),
+    (grids_link, ["grids is a symbolic link"]),
+], ids=["eval-json-cut", "eval-json-list", "grid-not-png", "grid-bomb", "grids-link"])
+def test_damaged_page_inputs_are_refused_in_one_line(damaged, damage, words):
+    damage(damaged)
+    assert_user_error(aelab("report", damaged), *words)
+
+
+def test_a_diverged_run_builds_its_page_without_warnings(subset_npz, tmp_path):
+    result = aelab("train", "--data", subset_npz, "--epochs", 1, "--lr", 30, "--seed", 0, "--threads", 1,
+                   "--out", tmp_path / "run", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Warning" not in result.stderr, result.stderr  # every code equal: no 0/0 in the map's variance shares
+    assert page_data(tmp_path / "run" / "report.html")["map"]["n"] == 1000

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -18,10 +20,12 @@ import torch
 from torch import nn
 
 from aelab import files
+from aelab.errors import UserError
 
 
 MAP_POINTS = 2000   # test codes on the latent map, with their images for hovering (a 0.8 MB sprite at 28x28)
 MAX_FRAMES = 100    # epoch grids kept for the slider; a longer run keeps evenly spaced ones, first and last
+MAX_MEASURES_BYTES = 1 << 20  # eval.json is a few hundred bytes
 SPRITE_COLS = 50
 
 
@@ -102,13 +106,15 @@ def latent_map(model, test, config) -> dict:
 
     n = min(MAP_POINTS, len(test))
     codes = torch.cat([model.encode(x) for x in test.subset(n).batches(1000)]).double().numpy()  # on the CPU
-    mean = codes.mean(0)
-    if codes.shape[1] <= 2:
+    finite = codes[np.isfinite(codes).all(1)]  # a diverged model's codes may overflow: the page skips those
+    mean = finite.mean(0) if len(finite) else np.zeros(codes.shape[1])
+    centred = finite - mean
+    if codes.shape[1] <= 2 or len(finite) < 2 or not centred.any():  # no spread (dead units): the first two numbers
         axes = np.eye(2, codes.shape[1])
         mean[:] = 0
-        names, share = [f"z{i + 1}" for i in range(codes.shape[1])] + [""] * (2 - codes.shape[1]), []
+        names, share = [f"z{i + 1}" for i in range(min(2, codes.shape[1]))] + [""] * (2 - codes.shape[1]), []
     else:
-        _, s, vt = np.linalg.svd(codes - mean, full_matrices=False)
+        _, s, vt = np.linalg.svd(centred, full_matrices=False)
         axes = vt[:2] * np.sign(vt[:2, [0]] + 1e-300)  # a fixed sign: the same run draws the same map
         share = (s[:2] ** 2 / (s ** 2).sum()).tolist()
         names = [f"principal axis {i + 1} ({100 * v:.0f}% of the variance)" for i, v in enumerate(share)]
@@ -120,21 +126,53 @@ def latent_map(model, test, config) -> dict:
             "sprite": _uri(tile(test.images[:n], rows, SPRITE_COLS)), "sprite_cols": SPRITE_COLS}
 
 
-def epoch_grids(folder: Path) -> dict | None:
-    """The per-epoch grids: the real half once (lossless), each epoch's reconstruction half as WebP."""
+def epoch_grids(folder: Path, grey: bool = True) -> dict | None:
+    """The per-epoch grids: the real half once (lossless), each epoch's reconstruction half as WebP. They are read
+    by the hardened image reader: a damaged, oversized or foreign grid is refused in one line naming it."""
     from PIL import Image
 
-    frames = sorted(folder.glob("epoch_*.png"))
-    if not frames:
+    from aelab.data import read_image_files
+
+    if folder.is_symlink():
+        raise UserError(f"{folder} is a symbolic link; aelab reads and writes only its own folder there: replace "
+                        "the link with the folder itself, or remove it")
+    numbered = {int(m[1]): f for f in folder.glob("epoch_*.png") if (m := re.fullmatch(r"epoch_(\d+)\.png", f.name))}
+    for f in numbered.values():
+        if f.is_symlink() or not f.is_file():
+            raise UserError(f"{f} is not a plain file; aelab writes its grids as files: remove or replace it")
+    epochs = sorted(numbered)
+    if len(epochs) > MAX_FRAMES:
+        epochs = [epochs[round(i)] for i in np.linspace(0, len(epochs) - 1, MAX_FRAMES)]
+    if not epochs:
         return None
-    if len(frames) > MAX_FRAMES:
-        frames = [frames[round(i)] for i in np.linspace(0, len(frames) - 1, MAX_FRAMES)]
-    first = Image.open(frames[0])
-    half = first.width // 2
-    return {"real": _uri(first.crop((0, 0, half, first.height))),
-            "epochs": [int(f.stem.split("_")[1]) for f in frames],
-            "frames": [_uri(Image.open(f).crop((half, 0, 2 * half, first.height)), "WEBP", quality=90)
-                       for f in frames]}
+    grids = read_image_files([numbered[e] for e in epochs], grey).numpy().transpose(0, 2, 3, 1)  # (n, h, w, c)
+    half = grids.shape[2] // 2
+    picture = (lambda g: Image.fromarray(g[..., 0] if grey else g))
+    return {"real": _uri(picture(grids[0, :, :half])), "epochs": epochs,
+            "frames": [_uri(picture(g[:, half:2 * half]), "WEBP", quality=90) for g in grids]}
+
+
+def _finite(value) -> int | float | None:
+    """A number the page can draw, or None (a gap): NaN, infinities, text and anything else are not."""
+    if type(value) is int:
+        return value if abs(value) < 2 ** 53 else None  # beyond that JavaScript rounds
+    return value if type(value) is float and math.isfinite(value) else None
+
+
+def read_measures(path: Path) -> dict | None:
+    """RUN/eval.json, or None where there is none; a damaged one is refused in one line naming the fix."""
+    if not path.exists():
+        return None
+    fix = f"rewrite it with `aelab eval {path.parent} --save`, or delete it and the page measures the run afresh"
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_MEASURES_BYTES:
+            raise ValueError("not a small plain file")
+        measures = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:
+        raise UserError(f"{path} is damaged ({e}); {fix}") from None
+    if not isinstance(measures, dict):
+        raise UserError(f"{path} is damaged (not a JSON object of measures); {fix}")
+    return measures
 
 
 def run_page_data(run_path: Path, config, model, test, history: list[dict], measures: dict) -> dict:
@@ -143,6 +181,9 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
 
     model.eval()
     images = model.config.recon_loss == "bce"
+    # metrics.jsonl as the page can draw it: a value that is not a finite number becomes null, a gap in its curve
+    history = [{k: _finite(v) for k, v in record.items()} for record in history]
+    seconds = [r.get("seconds") for r in history]
     doc = (model.extra_pictures.__doc__ or "").strip()  # "name.png: what it shows"
     pictures = [{"name": name, "uri": _uri(picture), "caption": doc.removeprefix(f"{name}: ")}
                 for name, picture in model.extra_pictures(on_device_of(model, test)).items()]
@@ -155,10 +196,11 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
                   "shape": list(model.config.in_shape), "parameters": model.num_parameters(),
                   "generative": is_generative(model), "prior": getattr(model.config, "prior", "normal"),
                   "doc": (type(model).__doc__ or "").strip()},
-        "facts": {"epochs": len(history), "seconds": sum(r["seconds"] for r in history), "test_images": len(test)},
-        "measures": measures,
+        "facts": {"epochs": len(history), "seconds": None if None in seconds else sum(seconds),
+                  "test_images": len(test)},
+        "measures": {k: _finite(v) for k, v in measures.items()},
         "history": history,
-        "grids": epoch_grids(Path(run_path) / "grids"),
+        "grids": epoch_grids(Path(run_path) / "grids", model.config.in_shape[0] == 1),
         # the explorer shows images: a run on vectors has measures and curves, no map
         "map": latent_map(model, test, config) if images else None,
         "decoder": decoder_program(model.decoder, model.code_shape) if images else None,

@@ -48,11 +48,17 @@
     return [ctx, r.width, r.height];
   }
 
+  const finite = (v) => typeof v === "number" && Number.isFinite(v);
+
   function niceTicks(lo, hi, count) {
     const span = hi - lo || 1, step0 = span / count, mag = Math.pow(10, Math.floor(Math.log10(step0)));
-    const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= step0);
+    const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= step0), first = Math.ceil(lo / step);
     const ticks = [];
-    for (let t = Math.ceil(lo / step) * step; t <= hi + 1e-9 * span; t += step) ticks.push(+t.toPrecision(12));
+    for (let i = 0; i <= 2 * count; i++) {  // counted, not summed: a step below the values' precision still ends
+      const t = (first + i) * step;
+      if (!(t <= hi + 1e-9 * span)) break;
+      ticks.push(+t.toPrecision(12));
+    }
     return ticks;
   }
 
@@ -138,20 +144,32 @@
 
   // -- loss charts ------------------------------------------------------------------------------------------
 
+  // Each series' points are [epoch, value] for the epochs it was measured on (the eval-mode train series only every
+  // few epochs): its line joins them. A value that is not a finite number is a gap in the line; a point with no
+  // neighbour is a dot. The axes span the finite values only. data-drawn counts the points drawn.
   function lineChart(title, series, floor) {
     const canvas = el("canvas"), tip = el("div", { class: "tip" });
     const swatch = (color, style, name) => el("span", {},
       el("span", { class: "swatch", style: `border-color:${color};border-top-style:${style}` }), name);
-    const legend = el("div", { class: "legend" },
+    const box = el("div", { class: "chart" }, el("div", { class: "title", text: title }));
+    const good = (p) => finite(p[0]) && finite(p[1]);
+    const values = series.flatMap((s) => s.points.filter(good));
+    if (!values.length) {
+      box.dataset.drawn = 0;
+      box.append(el("div", { class: "empty", text: "no epoch recorded a finite value for this chart" }));
+      return box;
+    }
+    if (!finite(floor)) floor = null;
+    box.append(canvas, el("div", { class: "legend" },
       series.map((s) => swatch(s.color, s.dash ? "dashed" : "solid", s.name)),
-      floor != null ? swatch("#999", "dotted", "floor (test entropy)") : null);
-    const box = el("div", { class: "chart" }, el("div", { class: "title", text: title }), canvas, legend, tip);
-    const xs = series[0].points.map((p) => p[0]);
-    const ys = series.flatMap((s) => s.points.map((p) => p[1])).concat(floor != null ? [floor] : []);
-    let ylo = Math.min(...ys), yhi = Math.max(...ys);
+      floor != null ? swatch("#999", "dotted", "floor (test entropy)") : null), tip);
+    const xs = [...new Set(values.map((p) => p[0]))].sort((a, b) => a - b);
+    const ys = values.map((p) => p[1]).concat(floor != null ? [floor] : []);
+    let ylo = ys.reduce((a, b) => Math.min(a, b)), yhi = ys.reduce((a, b) => Math.max(a, b));
     const pad = (yhi - ylo || Math.abs(yhi) || 1) * 0.06;
     ylo -= pad; yhi += pad;
-    const xlo = Math.min(...xs), xhi = Math.max(...xs) === xlo ? xlo + 1 : Math.max(...xs);
+    const xlo = xs[0] - (xs.length === 1 ? 0.5 : 0), xhi = xs[xs.length - 1] + (xs.length === 1 ? 0.5 : 0);
+    const at = series.map((s) => new Map(s.points.filter(good)));  // epoch -> value, for hovering
     const m = { l: 54, r: 12, t: 8, b: 24 };
     let hover = null;
 
@@ -162,9 +180,11 @@
       ctx.font = "11px system-ui, sans-serif";
       ctx.fillStyle = "#5f6b7a"; ctx.strokeStyle = "#edf0f4"; ctx.lineWidth = 1;
       ctx.textAlign = "right"; ctx.textBaseline = "middle";
+      const digits = Math.min(12, Math.max(0, -Math.floor(Math.log10((yhi - ylo) / 4)) + 1));
+      const big = Math.max(Math.abs(ylo), Math.abs(yhi)) >= 1e5;  // a diverged run's 1e23: too wide for the margin
       for (const t of niceTicks(ylo, yhi, 4)) {
         ctx.beginPath(); ctx.moveTo(m.l, Y(t)); ctx.lineTo(W - m.r, Y(t)); ctx.stroke();
-        ctx.fillText(fmt(t, Math.max(0, -Math.floor(Math.log10((yhi - ylo) / 4)) + 1)), m.l - 6, Y(t));
+        ctx.fillText(big ? (t ? t.toExponential(1) : "0") : fmt(t, digits), m.l - 6, Y(t));
       }
       ctx.textAlign = "center"; ctx.textBaseline = "top";
       for (const t of niceTicks(xlo, xhi, 6).filter(Number.isInteger)) ctx.fillText(t, X(t), H - m.b + 6);
@@ -172,33 +192,43 @@
         ctx.strokeStyle = "#999"; ctx.setLineDash([2, 3]);
         ctx.beginPath(); ctx.moveTo(m.l, Y(floor)); ctx.lineTo(W - m.r, Y(floor)); ctx.stroke();
       }
+      let drawn = 0;
       for (const s of series) {
-        ctx.strokeStyle = s.color; ctx.lineWidth = 1.8; ctx.setLineDash(s.dash ? [5, 4] : []);
-        ctx.beginPath();
-        s.points.forEach(([x, y], i) => (i ? ctx.lineTo(X(x), Y(y)) : ctx.moveTo(X(x), Y(y))));
-        ctx.stroke();
-        if (s.points.length === 1) {  // one epoch: a dot, not a line
-          ctx.fillStyle = s.color;
-          ctx.fillRect(X(s.points[0][0]) - 2, Y(s.points[0][1]) - 2, 4, 4);
+        ctx.strokeStyle = ctx.fillStyle = s.color; ctx.lineWidth = 1.8; ctx.setLineDash(s.dash ? [5, 4] : []);
+        const runs = [[]];  // stretches of finite values, split at each gap
+        for (const p of s.points) {
+          if (good(p)) runs[runs.length - 1].push(p); else if (runs[runs.length - 1].length) runs.push([]);
+        }
+        for (const run of runs) {
+          if (run.length === 1) {
+            ctx.beginPath(); ctx.arc(X(run[0][0]), Y(run[0][1]), 2.5, 0, 2 * Math.PI); ctx.fill();
+          } else if (run.length > 1) {
+            ctx.beginPath();
+            run.forEach(([x, y], i) => (i ? ctx.lineTo(X(x), Y(y)) : ctx.moveTo(X(x), Y(y))));
+            ctx.stroke();
+          }
+          drawn += run.length;
         }
       }
+      box.dataset.drawn = drawn;
       ctx.setLineDash([]);
       if (hover != null) {
         const x = xs[hover];
         ctx.strokeStyle = "#9aa4b2"; ctx.lineWidth = 1;
         ctx.beginPath(); ctx.moveTo(X(x), m.t); ctx.lineTo(X(x), H - m.b); ctx.stroke();
-        for (const s of series) {
+        series.forEach((s, j) => {
+          if (!at[j].has(x)) return;
           ctx.fillStyle = s.color;
-          ctx.beginPath(); ctx.arc(X(x), Y(s.points[hover][1]), 3.5, 0, 2 * Math.PI); ctx.fill();
-        }
-        tip.replaceChildren(el("div", { text: `epoch ${x}` }), series.map((s) => el("div", {},
-          el("span", { class: "dot", style: `background:${s.color}` }), `${s.name}: ${fmt(s.points[hover][1])}`)));
+          ctx.beginPath(); ctx.arc(X(x), Y(at[j].get(x)), 3.5, 0, 2 * Math.PI); ctx.fill();
+        });
+        tip.replaceChildren(el("div", { text: `epoch ${x}` }), series.map((s, j) => el("div", {},
+          el("span", { class: "dot", style: `background:${s.color}` }),
+          `${s.name}: ${at[j].has(x) ? fmt(at[j].get(x)) : "\u2014"}`)));
         tip.style.display = "block";
         const left = X(x) + 14, right = left + tip.offsetWidth > W;
         tip.style.left = (right ? X(x) - tip.offsetWidth - 6 : left) + "px";
         tip.style.top = "34px";
       } else tip.style.display = "none";
-      return X;
     }
     canvas.addEventListener("mousemove", (e) => {
       const r = canvas.getBoundingClientRect(), W = r.width;
@@ -230,16 +260,19 @@
     psnr_denoised: ["PSNR denoised", "the model's output for the noisy input"],
   };
 
-  function charts(history) {
-    const first = history[0];
-    const terms = [...new Set(Object.keys(first).filter((k) => /^(train|test)_/.test(k) && !k.startsWith("train_eval_"))
+  function charts(history) {  // a chart per term that any epoch recorded; a series per split that measured it
+    const keys = [...new Set(history.flatMap(Object.keys))];
+    const terms = [...new Set(keys.filter((k) => /^(train|test)_/.test(k) && !k.startsWith("train_eval_"))
       .map((k) => k.split("_").slice(1).join("_")))].filter((t) => t !== "bce_floor" && t !== "sse_per_image");
     const splits = [["train", "train", "#2f6fdf", false], ["test", "test", "#e8773a", false],
                     ["train_eval", "train, eval mode", "#7f8da3", true]];
+    const floor = history.map((r) => r.test_bce_floor).find(finite);
     return terms.map((term) => lineChart(TERM_TITLES[term] || term,
-      splits.filter(([split]) => `${split}_${term}` in first).map(([split, name, color, dash]) =>
-        ({ name, color, dash, points: history.map((r) => [r.epoch, r[`${split}_${term}`]]) })),
-      term === "bce" && "test_bce_floor" in first ? first.test_bce_floor : null));
+      splits.filter(([split]) => keys.includes(`${split}_${term}`)).map(([split, name, color, dash]) => {
+        const key = `${split}_${term}`;
+        return { name, color, dash, points: history.filter((r) => key in r).map((r) => [r.epoch, r[key]]) };
+      }),
+      term === "bce" ? floor : null));
   }
 
   // -- the run page -----------------------------------------------------------------------------------------
@@ -255,20 +288,20 @@
         el("span", {}, el("b", { text: M.class }), ` (${M.name})`),
         el("span", {}, el("b", { text: M.parameters.toLocaleString("en") }), " parameters"),
         el("span", {}, "code of ", el("b", { text: String(M.latent) }), " numbers"),
-        el("span", {}, el("b", { text: String(facts.epochs) }), " epochs in ",
-          el("b", { text: `${seconds.toFixed(0)} s` }),
-          facts.epochs ? ` (${(seconds / facts.epochs).toFixed(2)} s per epoch)` : ""),
+        el("span", {}, el("b", { text: String(facts.epochs) }), " epochs",
+          finite(seconds) ? [" in ", el("b", { text: `${seconds.toFixed(0)} s` }),
+            facts.epochs ? ` (${(seconds / facts.epochs).toFixed(2)} s per epoch)` : ""] : []),
         el("span", {}, el("b", { text: facts.test_images.toLocaleString("en") }), " test images")),
       el("div", { class: "doc", text: M.doc })));
 
     const measures = D.measures;
     page.append(section("Test measures", "On the whole test set after the last epoch.",
       el("div", { class: "cards" }, Object.entries(measures)
-        .filter(([k, v]) => typeof v === "number" && k !== "bce_floor")
+        .filter(([k, v]) => finite(v) && k !== "bce_floor")
         .map(([k, v]) => el("div", { class: "card", id: `measure-${k}` },
           el("div", { class: "k", text: (MEASURES[k] || [k])[0] }),
           el("div", { class: "v", text: k.startsWith("psnr") ? `${v.toFixed(2)} dB` : fmt(v) }),
-          el("div", { class: "n", text: k === "bce" && "bce_floor" in measures
+          el("div", { class: "n", text: k === "bce" && finite(measures.bce_floor)
             ? `floor ${fmt(measures.bce_floor)}: the pixels' own entropy` : (MEASURES[k] || ["", ""])[1] }))))));
 
     if (D.history.length) {
@@ -338,9 +371,12 @@
     const project = (z) => P.axes.map((a) => a.reduce((s, ai, i) => s + ai * (z[i] - P.mean[i]), 0));
     const unproject = (x, y) => P.mean.map((m, i) => m + x * P.axes[0][i] + y * (P.axes[1] ? P.axes[1][i] : 0));
     const xy = Array.from({ length: n }, (_, i) => project(code(i)));
+    const placed = xy.filter(([x, y]) => finite(x) && finite(y));  // a diverged model's codes may not be numbers
     const ext = [0, 1].map((d) => {  // the central 99% of the points, padded: a few outliers do not shrink the rest
-      const v = xy.map((p) => p[d]).sort((a, b) => a - b);
-      const lo = v[Math.floor(0.005 * (n - 1))], hi = v[Math.ceil(0.995 * (n - 1))], pad = (hi - lo || 1) * 0.08;
+      const v = placed.map((p) => p[d]).sort((a, b) => a - b), k = v.length;
+      if (!k) return [-1, 1];
+      const lo = v[Math.floor(0.005 * (k - 1))], hi = v[Math.ceil(0.995 * (k - 1))];
+      const pad = (hi - lo || Math.abs(hi) || 1) * 0.08;
       return [lo - pad, hi + pad];
     });
     const labels = P.labels, classes = P.classes, generative = D.model.generative;
@@ -366,8 +402,10 @@
 
     const ranges = Array.from({ length: Math.min(L, MAX_SLIDERS) }, (_, d) => {  // a slider for each, up to 64
       let lo = Infinity, hi = -Infinity;
-      for (let i = 0; i < n; i++) { lo = Math.min(lo, codes[i * L + d]); hi = Math.max(hi, codes[i * L + d]); }
-      if (generative) { lo = Math.min(lo, -3); hi = Math.max(hi, 3); }
+      for (let i = 0; i < n; i++) {
+        if (finite(codes[i * L + d])) { lo = Math.min(lo, codes[i * L + d]); hi = Math.max(hi, codes[i * L + d]); }
+      }
+      if (generative || lo > hi) { lo = Math.min(lo, -3); hi = Math.max(hi, 3); }
       const pad = (hi - lo || 1) * 0.15;
       return [lo - pad, hi + pad];
     });
@@ -378,10 +416,11 @@
       return { input, value, row: el("label", { class: "slider" }, el("span", { text: `z${d + 1}` }), input, value) };
     });
 
-    function view() {
+    function view() {  // map units <-> pixels; a point beyond the padded range sits on the frame's edge
       const r = map.getBoundingClientRect(), m = 10;
-      const X = (x) => m + (x - ext[0][0]) / (ext[0][1] - ext[0][0]) * (r.width - 2 * m);
-      const Y = (y) => r.height - m - (y - ext[1][0]) / (ext[1][1] - ext[1][0]) * (r.height - 2 * m);
+      const clamp = (v, hi) => Math.min(Math.max(v, m), hi - m);
+      const X = (x) => clamp(m + (x - ext[0][0]) / (ext[0][1] - ext[0][0]) * (r.width - 2 * m), r.width);
+      const Y = (y) => clamp(r.height - m - (y - ext[1][0]) / (ext[1][1] - ext[1][0]) * (r.height - 2 * m), r.height);
       const inv = (px, py) => [ext[0][0] + (px - m) / (r.width - 2 * m) * (ext[0][1] - ext[0][0]),
                                ext[1][0] + (r.height - m - py) / (r.height - 2 * m) * (ext[1][1] - ext[1][0])];
       return { X, Y, inv };
@@ -393,16 +432,25 @@
       ctx.strokeStyle = "#eef1f5"; ctx.lineWidth = 1;
       if (ext[0][0] < 0 && ext[0][1] > 0) { ctx.beginPath(); ctx.moveTo(X(0), 0); ctx.lineTo(X(0), H); ctx.stroke(); }
       if (ext[1][0] < 0 && ext[1][1] > 0) { ctx.beginPath(); ctx.moveTo(0, Y(0)); ctx.lineTo(W, Y(0)); ctx.stroke(); }
-      if (showPrior.checked) {
+      const inside = ([x, y]) => x >= ext[0][0] && x <= ext[0][1] && y >= ext[1][0] && y <= ext[1][1];
+      if (showPrior.checked) {  // draws beyond the frame are left out, not piled on its edge
         ctx.fillStyle = "rgba(60, 60, 60, .28)";
-        for (const [x, y] of prior) ctx.fillRect(X(x) - 1, Y(y) - 1, 2, 2);
+        for (const p of prior) if (inside(p)) ctx.fillRect(X(p[0]) - 1, Y(p[1]) - 1, 2, 2);
       }
       ctx.globalAlpha = 0.78;
+      let drawn = 0;
       for (let i = 0; i < n; i++) {
+        if (!finite(xy[i][0]) || !finite(xy[i][1])) continue;
         ctx.fillStyle = labels ? COLORS[labels[i] % COLORS.length] : COLORS[0];
         ctx.beginPath(); ctx.arc(X(xy[i][0]), Y(xy[i][1]), 2.4, 0, 2 * Math.PI); ctx.fill();
+        drawn++;
       }
+      map.dataset.drawn = drawn;
       ctx.globalAlpha = 1;
+      if (!drawn) {
+        ctx.textAlign = "center"; ctx.fillStyle = "#5f6b7a"; ctx.font = "13px system-ui, sans-serif";
+        ctx.fillText("no test code is a finite number: nothing to place", W / 2, H / 2);
+      }
       ctx.font = "11px system-ui, sans-serif"; ctx.fillStyle = "#5f6b7a";
       ctx.textAlign = "right"; ctx.fillText(P.axis_names[0] + " \u2192", W - 8, H - 8);
       ctx.save(); ctx.translate(14, 8); ctx.rotate(-Math.PI / 2); ctx.textAlign = "right";

@@ -326,13 +326,13 @@ def load_model(path: str | Path, device: str = "auto"):
 def write_page(path: str | Path, out: str | Path | None = None) -> Path:
     """report.html of a finished run, older runs included (`aelab report`)."""
     from aelab.evaluate import evaluate
-    from aelab.report_html import write_run_page
+    from aelab.report_html import read_measures, write_run_page
 
     run, model = Run.open(path), load_model(path)
     config = run.config()
     test = config.data.load()[1]
-    measures = run.path / "eval.json"
-    measures = json.loads(measures.read_text()) if measures.is_file() else evaluate(model, test)
+    measures = read_measures(run.eval_path)
+    measures = evaluate(model, test) if measures is None else measures
     return write_run_page(run.path, config, model, test, run.metrics(), measures, out)
 
 
