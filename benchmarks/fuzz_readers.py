@@ -219,7 +219,8 @@ def make_seeds(work: Path, weights: Path | None) -> dict[str, list[bytes]]:
 
 
 def make_reader(kind: str, path: Path, good_png: Path):
-    from aelab.data import load_dataset, read_array_file, read_idx, read_image_files, to_uint8_images
+    from aelab.data import load_dataset
+    from aelab.readers import read_array_file, read_idx, read_image_files, to_uint8_images
     from aelab.runs import load_model
 
     if kind.startswith("idx"):

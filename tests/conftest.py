@@ -48,7 +48,7 @@ def stepper(model, lr: float = 1e-3):
     """A CPU trainer around `model`, to take optimisation steps by hand with .step(x) (its data is never read)."""
     import torch
 
-    from aelab.data import ImageSet
+    from aelab.datasets import ImageSet
     from aelab.train import TrainConfig, Trainer
 
     empty = ImageSet(torch.zeros((0, *model.config.in_shape), dtype=torch.uint8))

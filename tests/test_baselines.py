@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aelab.baselines import PCA, LogisticPCA, load_baseline
-from aelab.data import ImageSet
+from aelab.datasets import ImageSet
 from aelab.errors import UserError
 from aelab.evaluate import knn_accuracy, linear_probe_accuracy
 from aelab.frechet import feature_classifier, frechet_distance, sample_quality

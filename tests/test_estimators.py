@@ -148,7 +148,7 @@ def test_logistic_pca_transformer_reconstructs_better_than_pca_in_bce(images):
     """Logistic PCA's own objective: lower BCE than PCA's clipped reconstructions at the same code size, with
     its fitted attributes in scikit-learn's names."""
     from aelab.evaluate import reconstruction_metrics
-    from aelab.data import ImageSet
+    from aelab.datasets import ImageSet
 
     train, test = images
     lpca = LogisticPCA(n_components=5, max_iter=50).fit(train)

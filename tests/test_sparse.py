@@ -13,7 +13,8 @@ import torch
 from aelab import config as cfg
 from aelab import runs
 from aelab.cli import main
-from aelab.data import VectorSet, load_dataset
+from aelab.data import load_dataset
+from aelab.datasets import VectorSet
 from aelab.errors import UserError
 from aelab.models import build
 from aelab.models.sparse import planted_dictionary, recovered

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aelab.data import ImageSet
+from aelab.datasets import ImageSet
 from aelab.errors import UserError
 from aelab.files import write_safetensors
 

@@ -22,7 +22,8 @@ import torch
 
 from aelab import files
 from aelab.baselines import PCA, LogisticPCA, load_baseline
-from aelab.data import DataConfig, ImageSet
+from aelab.data import DataConfig
+from aelab.datasets import ImageSet
 from aelab.errors import UserError
 from aelab.evaluate import knn_accuracy, linear_probe_accuracy, reconstruction_metrics
 from aelab.report_html import write_compare_page

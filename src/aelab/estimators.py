@@ -33,7 +33,7 @@ except ImportError:
 
 from aelab import baselines, files
 from aelab.config import RunConfig, resolve
-from aelab.data import ImageSet
+from aelab.datasets import ImageSet
 from aelab.evaluate import reconstruction_metrics
 from aelab.models import build
 from aelab.train import Trainer

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from aelab.data import ImageSet
+from aelab.datasets import ImageSet
 from aelab.losses import bce_per_image, entropy_per_image, psnr_per_image, squared_error_per_image
 
 

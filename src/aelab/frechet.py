@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from aelab.data import ImageSet
+from aelab.datasets import ImageSet
 from aelab.errors import UserError
 from aelab.files import write_safetensors
 

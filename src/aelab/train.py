@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from aelab import distributed
-from aelab.data import ImageSet
+from aelab.datasets import ImageSet
 from aelab.errors import UserError
 from aelab.evaluate import data_floor, reconstruction_sums, summed_measures, with_floor
 
