@@ -139,13 +139,12 @@ def epoch_grids(folder: Path) -> dict | None:
 
 def run_page_data(run_path: Path, config, model, test, history: list[dict], measures: dict) -> dict:
     from aelab.evaluate import on_device_of
-    from aelab.models import is_generative, summary
+    from aelab.models import summary
 
     model.eval()
     images = model.config.recon_loss == "bce"
-    doc = (model.extra_pictures.__doc__ or "").strip()  # "name.png: what it shows"
-    pictures = [{"name": name, "uri": _uri(picture), "caption": doc.removeprefix(f"{name}: ")}
-                for name, picture in model.extra_pictures(on_device_of(model, test)).items()]
+    pictures = [{"name": name, "uri": _uri(picture), "title": model.pictures[name]}
+                for name, picture in model.make_pictures(on_device_of(model, test)).items()]
     return {
         "kind": "run",
         "title": f"{config.model_name}{' (conv)' if model.config.arch == 'conv' else ''} on "
@@ -153,7 +152,7 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
         "run": str(run_path),
         "model": {"name": config.model_name, "class": type(model).__name__, "latent": model.code_size,
                   "shape": list(model.config.in_shape), "parameters": model.num_parameters(),
-                  "generative": is_generative(model), "prior": getattr(model.config, "prior", "normal"),
+                  "generative": model.generative, "prior": model.prior_name,
                   "doc": (type(model).__doc__ or "").strip()},
         "facts": {"epochs": len(history), "seconds": sum(r["seconds"] for r in history), "test_images": len(test)},
         "measures": measures,
