@@ -354,6 +354,8 @@ def cmd_sample(args) -> int:
     _check_new_output(out, args.overwrite)
     model = _model_that(args.run, lambda m: m.generative, "which cannot draw new images; sample from a vae or aae run "
                                                  "(`aelab train vae`)", args.device)
+    if model.config.recon_loss == "mse" and out.suffix != ".npy":  # a run trained on vectors samples vectors
+        raise UserError(f"{args.run} was trained on vectors; give --out FILE.npy, not {out}")
     images = model.sample(args.n, torch.Generator().manual_seed(args.seed))
     _write_images(images.cpu().numpy(), out)
     print(f"wrote {args.n} samples to {out}")

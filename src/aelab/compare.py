@@ -104,7 +104,7 @@ def load_run(name: str, run_dir: str | Path, device: str = "auto") -> Fitted:
     if Path(run_dir).is_file():
         try:
             model, meta = load_baseline(run_dir)
-            return Fitted(name, model.n_components, model, float(meta.get("fit_seconds", 0)))
+            return Fitted(name, model.code_size, model, float(meta.get("fit_seconds", 0)))
         except UserError:
             pass  # not a baseline: a model.safetensors file
     model = load_model(run_dir, device)
