@@ -74,11 +74,14 @@ def test_compare_several_code_sizes_and_a_trained_run(small, tmp_path, capsys):
 
 
 def test_models_that_sample_get_a_frechet_distance(small):
-    """The hook: any method with sample(n) is scored on the classifier's features, with the floor beside it."""
+    """The contract: any method that declares itself generative is scored on the classifier's features by its
+    sample(n), with the floor beside it."""
     train, test = load_dataset(str(small))
 
     class SamplingPCA(PCA):
         """PCA as a generative model: Gaussian codes with the components' variances, decoded."""
+
+        generative = True
 
         def sample(self, n):
             z = torch.randn(n, self.n_components) * self.explained_variance_.sqrt()

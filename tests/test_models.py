@@ -15,7 +15,7 @@ from aelab import config as cfg
 from aelab.cli import main
 from aelab.data import load_dataset
 from aelab.losses import gaussian_kl, iwae_bound, log_normal, rbf_mmd2
-from aelab.models import MODELS, build, is_denoising, is_generative
+from aelab.models import MODELS, build
 from aelab.models.dae import add_noise
 from aelab.runs import Run, load_model
 from aelab.train import Trainer, TrainConfig
@@ -94,8 +94,8 @@ def test_save_load_round_trip_is_exact(name, arch, fashion, tmp_path):
 @pytest.mark.parametrize("name,arch", CASES)
 def test_generative_models_sample(name, arch):
     _, model = tiny(name, arch)
-    assert is_generative(model) == (name in ("vae", "betavae", "aae"))
-    if is_generative(model):
+    assert model.generative == (name in ("vae", "betavae", "aae"))
+    if model.generative:
         a = model.sample(5, torch.Generator().manual_seed(3))
         assert a.shape == (5, 1, 28, 28) and a.min() >= 0 and a.max() <= 1
         assert torch.equal(a, model.sample(5, torch.Generator().manual_seed(3)))
@@ -183,11 +183,11 @@ def test_noise_is_fresh_and_at_its_level(noise, level, fashion):
 
 def test_dae_evaluation_is_reproducible_and_leaves_training_rng_alone(fashion):
     _, model = tiny("dae")
-    assert is_denoising(model) and not is_denoising(tiny("ae")[1])
+    assert model.denoising and not tiny("ae")[1].denoising
     state = torch.get_rng_state()
-    first = model.extra_metrics(fashion[1])
+    first = model.measures(fashion[1])
     assert torch.equal(state, torch.get_rng_state())
-    assert first == model.extra_metrics(fashion[1])
+    assert first == model.measures(fashion[1])
 
 
 # -- the commands, on real images ------------------------------------------------------------------------------

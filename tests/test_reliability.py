@@ -21,7 +21,8 @@ import torch
 from aelab import files
 from aelab.errors import UserError
 from aelab.models import MODELS, build
-from aelab.runs import LOCK, MARKER, PICTURES, Run, _metadata, load_model
+from aelab.models import picture_names
+from aelab.runs import LOCK, MARKER, Run, _metadata, load_model
 from aelab.train import Diverged
 from conftest import aelab, assert_user_error, stepper
 from crashes import command, crash_and_resume, differences, random_instants, signal_at, start, temporaries
@@ -282,7 +283,7 @@ def test_every_models_pictures_are_names_aelab_owns(fashion):
     test = fashion[1].subset(20)
     for name, cls in MODELS.items():
         model = build(name, cls.Config(hidden=(16,), latent=2))
-        assert set(model.extra_pictures(test)) <= set(PICTURES), name
+        assert set(model.make_pictures(test)) <= set(cls.pictures) <= picture_names(), name
 
 
 def test_non_finite_weights_stop_an_epoch_even_when_its_loss_was_finite():

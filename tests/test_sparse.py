@@ -83,7 +83,7 @@ def test_vector_runs_refuse_what_does_not_fit(planted, tmp_path, capsys):
     for args, words in ((["reconstruct", run, data, "--out", tmp_path / "r.png"], ["trained on vectors", ".npy"]),
                         (["encode", run, tmp_path / "narrow.npy", "--out", tmp_path / "c.npy"], ["do not fit", "64"]),
                         (["interpolate", run, "0", "1", "--out", tmp_path / "i.npy"], ["trained on vectors"]),
-                        (["train", "vae", "--data", data, "--out", tmp_path / "v"], ["images only"]),
+                        (["train", "dae", "--data", data, "--out", tmp_path / "v"], ["images only"]),
                         (["train", "sae", "--arch", "conv", "--data", data, "--out", tmp_path / "c"], ["--arch mlp"]),
                         (["train", "sae", "--set", "sparsity=l2", "--data", data, "--out", tmp_path / "s"], ["l1"])):
         capsys.readouterr()
@@ -167,7 +167,7 @@ def test_a_step_renormalises_the_atoms_and_counts_inputs_since_each_unit_fired(s
     since, fired = model.inputs_since_active.clone(), (model.code(x[:8]) > 0).any(0)
     trainer.step(x[:8])
     assert torch.equal(model.inputs_since_active, torch.where(fired, 0, since + 8))
-    assert model.extra_metrics(VectorSet(x.numpy(), None, torch.zeros(16), torch.ones(16)))["dead_units"] \
+    assert model.measures(VectorSet(x.numpy(), None, torch.zeros(16), torch.ones(16)))["dead_units"] \
         == int((model.inputs_since_active >= 32).sum())
 
 

@@ -1,9 +1,10 @@
 """Linear baselines with the autoencoders' surface: PCA and logistic PCA, in torch.
 
 Both follow scikit-learn's conventions (`__init__` only stores parameters, `fit` returns self, learned state ends
-in `_`) and speak the models' language: `encode`, `decode`, `reconstruct` take an ImageSet, uint8 or float images
-(n, c, h, w), (n, h, w) or flat rows (n, d), numpy or torch, and return the same kind. Fitted state saves to and
-loads from a safetensors file (never a pickle).
+in `_`) and keep the models' contract (aelab.contract.Model): `encode`, `decode`, `reconstruct` take an ImageSet,
+uint8 or float images (n, c, h, w), (n, h, w) or flat rows (n, d), numpy or torch, and return a tensor for a tensor,
+a numpy array for anything else; `evaluation` gives loss terms and reconstructions as the trainer measures models.
+Fitted state saves to and loads from a safetensors file (never a pickle).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from aelab.contract import same_kind
 from aelab.datasets import ImageSet
 from aelab.errors import UserError
 from aelab.files import write_safetensors
+from aelab.losses import bce_mean, mse_mean
 
 FORMAT = "aelab-baseline/1"
 
@@ -35,20 +38,22 @@ def _as_rows(x) -> tuple[torch.Tensor, tuple[int, ...]]:
     return t.reshape(t.shape[0], -1), tuple(t.shape[1:])
 
 
-def _same_kind(like, result: torch.Tensor):
-    return result.numpy() if isinstance(like, np.ndarray) else result
-
-
 def _chunks(n: int, size: int):
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
 
 
 class _Baseline:
-    """Shared surface: shape checks, decode to image shape, reconstruct, save/load."""
+    """Shared surface: shape checks, decode to image shape, reconstruct, the contract's evaluation, save/load."""
 
     _state: tuple[str, ...] = ()   # names of fitted tensors, saved as they are
     _params: tuple[str, ...] = ()  # constructor parameters, saved as JSON metadata
+    generative = False
+    denoising = False
+    pictures: dict[str, str] = {}
+    prior_name = None
+    device = torch.device("cpu")
+    eps = 1e-6  # without logits, BCE is taken on the values clipped to [eps, 1 - eps]
 
     def _rows(self, x) -> torch.Tensor:
         self._check_fitted()
@@ -76,6 +81,35 @@ class _Baseline:
         """decode(encode(x)): images in x's shape."""
         return self.decode(self.encode(x))
 
+    @property
+    def code_size(self) -> int:
+        return self.n_components
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Reconstruction logits of images, in image shape; None for a method without them."""
+        return None
+
+    @torch.no_grad()
+    def evaluation(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """The loss (BCE for images, on clipped values where there are no logits; MSE for vectors fitted as flat
+        rows), the reconstruction of float inputs x and its logits, if any."""
+        logits = self.logits(x)
+        values = torch.sigmoid(logits) if logits is not None else self.reconstruct(x).reshape(x.shape)
+        if len(self.image_shape_) == 1:
+            return {"loss": mse_mean(values, x)}, values, logits
+        error = bce_mean(logits if logits is not None else torch.logit(values.clamp(self.eps, 1 - self.eps)), x)
+        return {"loss": error}, values, logits
+
+    def measures(self, test) -> dict:
+        return {}
+
+    def make_pictures(self, test) -> dict[str, np.ndarray]:
+        return {}
+
+    def eval(self) -> "_Baseline":
+        """Nothing to switch off: a baseline has no dropout or noise."""
+        return self
+
     def num_parameters(self) -> int:
         """Learned numbers a code needs to become an image: the mean and the components."""
         return self.mean_.numel() + self.components_.numel()
@@ -99,7 +133,7 @@ def load_baseline(path: str | Path) -> tuple["_Baseline", dict[str, str]]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path} is not a readable safetensors file ({e}); refit the baseline") from None
-    cls = BASELINES.get(meta.get("class", ""))
+    cls = {cls.__name__: cls for cls in BASELINES.values()}.get(meta.get("class", ""))
     if meta.get("format") != FORMAT or cls is None:
         raise UserError(f"{path} is not a saved aelab baseline; refit it")
     model = cls(**json.loads(meta["params"]))
@@ -144,11 +178,11 @@ class PCA(_Baseline):
 
     def encode(self, x):
         """Codes (n, k): coordinates of the centred images along the components."""
-        return _same_kind(x, (self._rows(x) - self.mean_) @ self.components_.T)
+        return same_kind(x, (self._rows(x) - self.mean_) @ self.components_.T)
 
     def decode(self, z):
         """Images from codes; not clipped, so values may fall slightly outside [0, 1]."""
-        return _same_kind(z, self._images(self._codes(z) @ self.components_ + self.mean_))
+        return same_kind(z, self._images(self._codes(z) @ self.components_ + self.mean_))
 
 
 class LogisticPCA(_Baseline):
@@ -209,7 +243,7 @@ class LogisticPCA(_Baseline):
 
     def encode(self, x):
         """Codes (n, k): centred saturated natural parameters projected on U."""
-        return _same_kind(x, self._theta_rows(x) @ self.components_.T)
+        return same_kind(x, self._theta_rows(x) @ self.components_.T)
 
     def decode_logits(self, z) -> torch.Tensor:
         """Natural parameters (logits) of the images, in image shape."""
@@ -217,7 +251,7 @@ class LogisticPCA(_Baseline):
 
     def decode(self, z):
         """Images (Bernoulli means in [0, 1]) from codes."""
-        return _same_kind(z, torch.sigmoid(self.decode_logits(z)))
+        return same_kind(z, torch.sigmoid(self.decode_logits(z)))
 
     def logits(self, x) -> torch.Tensor:
         """Reconstruction logits of images, in image shape."""
@@ -287,4 +321,4 @@ def _fit_projection(rows: torch.Tensor, k: int, m: float, max_iter: int, chunk_s
     return mean, u, curve
 
 
-BASELINES: dict[str, type[_Baseline]] = {"PCA": PCA, "LogisticPCA": LogisticPCA}
+BASELINES: dict[str, type[_Baseline]] = {"pca": PCA, "logistic_pca": LogisticPCA}  # by the CLI's names

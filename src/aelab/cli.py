@@ -317,13 +317,12 @@ def cmd_apply(args) -> int:
     import numpy as np
 
     from aelab.data import read_codes, read_inputs, read_vectors
-    from aelab.models import is_denoising
     from aelab.runs import load_model
 
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
     if args.command == "denoise":
-        model = _model_that(args.run, is_denoising, "not trained to remove noise; denoise with a dae run "
+        model = _model_that(args.run, lambda m: m.denoising, "not trained to remove noise; denoise with a dae run "
                                                     "(`aelab train dae`), or use `aelab reconstruct`", args.device)
     else:
         model = load_model(args.run, args.device)
@@ -351,12 +350,12 @@ def cmd_apply(args) -> int:
 def cmd_sample(args) -> int:
     import torch
 
-    from aelab.models import is_generative
-
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
-    model = _model_that(args.run, is_generative, "which cannot draw new images; sample from a vae or aae run "
+    model = _model_that(args.run, lambda m: m.generative, "which cannot draw new images; sample from a vae or aae run "
                                                  "(`aelab train vae`)", args.device)
+    if model.config.recon_loss == "mse" and out.suffix != ".npy":  # a run trained on vectors samples vectors
+        raise UserError(f"{args.run} was trained on vectors; give --out FILE.npy, not {out}")
     images = model.sample(args.n, torch.Generator().manual_seed(args.seed))
     _write_images(images.cpu().numpy(), out)
     print(f"wrote {args.n} samples to {out}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from aelab import files
-from aelab.baselines import PCA, LogisticPCA, load_baseline
+from aelab.baselines import BASELINES, load_baseline
 from aelab.data import DataConfig
 from aelab.datasets import ImageSet
 from aelab.errors import UserError
@@ -29,7 +29,6 @@ from aelab.evaluate import knn_accuracy, linear_probe_accuracy, reconstruction_m
 from aelab.report_html import write_compare_page
 
 DEFAULT_METHODS = ("ae", "logistic_pca", "pca")
-BASELINES = {"pca": PCA, "logistic_pca": LogisticPCA}
 LABELS = {"ae": "autoencoder", "logistic_pca": "logistic PCA", "pca": "PCA"}
 COLUMNS = ("method", "latent", "sse_per_image", "mse", "bce", "parameters", "train_seconds", "epochs",
            "knn_accuracy", "probe_accuracy", "frechet", "frechet_floor")
@@ -106,7 +105,7 @@ def load_run(name: str, run_dir: str | Path, device: str = "auto") -> Fitted:
     if Path(run_dir).is_file():
         try:
             model, meta = load_baseline(run_dir)
-            return Fitted(name, model.n_components, model, float(meta.get("fit_seconds", 0)))
+            return Fitted(name, model.code_size, model, float(meta.get("fit_seconds", 0)))
         except UserError:
             pass  # not a baseline: a model.safetensors file
     model = load_model(run_dir, device)
@@ -119,8 +118,7 @@ def load_run(name: str, run_dir: str | Path, device: str = "auto") -> Fitted:
 
 @torch.no_grad()
 def _codes(model, images: ImageSet, batch_size: int = 5000) -> torch.Tensor:
-    if isinstance(model, torch.nn.Module):
-        model.eval()
+    model.eval()
     return torch.cat([torch.as_tensor(model.encode(x)).reshape(len(x), -1) for x in images.batches(batch_size)])
 
 
@@ -129,9 +127,7 @@ def measure(fitted: Fitted, train: ImageSet, test: ImageSet, classifier=None) ->
     (when the data has labels) and, for models with sample(n), the Frechet distance of samples."""
     from aelab.frechet import sample_quality
 
-    model = fitted.model
-    if isinstance(model, torch.nn.Module):
-        model.eval()
+    model = fitted.model.eval()
     errors = reconstruction_metrics(model, test)
     row = {"method": fitted.name, "latent": fitted.latent, **{k: errors[k] for k in ("sse_per_image", "mse", "bce")},
            "parameters": model.num_parameters(), "train_seconds": round(fitted.train_seconds, 2),
@@ -141,7 +137,7 @@ def measure(fitted: Fitted, train: ImageSet, test: ImageSet, classifier=None) ->
         train_codes, test_codes = _codes(model, train), _codes(model, test)
         row["knn_accuracy"] = knn_accuracy(train_codes, train.labels, test_codes, test.labels)
         row["probe_accuracy"] = linear_probe_accuracy(train_codes, train.labels, test_codes, test.labels)
-    if classifier is not None and hasattr(model, "sample"):
+    if classifier is not None and model.generative:
         row.update(sample_quality(model, classifier, train, test))
     return row
 
@@ -279,7 +275,7 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
             else:
                 fitted = train_model(name, k, folder, data, epochs, threads, device)
             by_latent.setdefault(k, []).append(fitted)
-    if sample_quality and any(hasattr(f.model, "sample") for fs in by_latent.values() for f in fs):
+    if sample_quality and any(f.model.generative for fs in by_latent.values() for f in fs):
         from aelab.frechet import IMAGE_SHAPE, feature_classifier
 
         if train.shape == IMAGE_SHAPE:  # the cached classifier always learns from Fashion-MNIST itself

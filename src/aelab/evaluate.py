@@ -12,20 +12,8 @@ from aelab.losses import bce_per_image, entropy_per_image, psnr_per_image, squar
 
 
 def on_device_of(model, images: ImageSet) -> ImageSet:
-    """The images where a torch model computes (baselines compute on the CPU)."""
-    return images.to(model.device) if isinstance(model, torch.nn.Module) else images
-
-
-def values_and_logits(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A method's reconstructions of float images (b, c, h, w), with logits where it has them (PCA has none; nor
-    does a model of vectors)."""
-    if isinstance(model, torch.nn.Module):
-        out = model.decoder(model.code_eval(x))
-        return model.output(out), (out if model.config.recon_loss == "bce" else None)
-    if hasattr(model, "logits"):
-        logits = model.logits(x)
-        return torch.sigmoid(logits), logits
-    return model.reconstruct(x), None
+    """The images where a method computes (baselines compute on the CPU)."""
+    return images.to(model.device)
 
 
 def reconstruction_sums(values: torch.Tensor, logits: torch.Tensor | None, x: torch.Tensor
@@ -50,12 +38,12 @@ def summed_measures(sums: dict[str, float], n: int, size: int) -> dict[str, floa
 @torch.no_grad()
 def reconstruction_metrics(model, images: ImageSet, batch_size: int = 2500, eps: float = 1e-6) -> dict[str, float]:
     """Per-pixel BCE, per-pixel MSE, summed squared error per image, and PSNR in dB (mean over images, peak 1),
-    for any method that reconstructs, baselines included. Without logits (PCA), BCE is taken on the values
+    for any method of the contract (aelab.contract.Model), baselines included. Without logits (PCA), BCE is taken on the values
     clipped to [eps, 1 - eps]; squared error is always on the values as they are."""
     sums: dict[str, float] = {}
     images = on_device_of(model, images)
     for x in images.batches(batch_size):
-        values, logits = values_and_logits(model, x)
+        _, values, logits = model.evaluation(x)
         if logits is None and images.recon_loss == "bce":
             logits = torch.logit(values.float().clamp(eps, 1 - eps))
         for k, v in reconstruction_sums(values, logits, x).items():
@@ -100,7 +88,7 @@ def evaluate(model, images: ImageSet) -> dict[str, float]:
     model.eval()
     images = on_device_of(model, images)
     metrics = with_floor(reconstruction_metrics(model, images), data_floor(images))
-    metrics.update(model.extra_metrics(images))
+    metrics.update(model.measures(images))
     return metrics
 
 

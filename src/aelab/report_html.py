@@ -131,7 +131,7 @@ def epoch_grids(folder: Path, grey: bool = True) -> dict | None:
     by the hardened image reader: a damaged, oversized or foreign grid is refused in one line naming it."""
     from PIL import Image
 
-    from aelab.data import read_image_files
+    from aelab.readers import read_image_files
 
     if folder.is_symlink():
         raise UserError(f"{folder} is a symbolic link; aelab reads and writes only its own folder there: replace "
@@ -177,16 +177,15 @@ def read_measures(path: Path) -> dict | None:
 
 def run_page_data(run_path: Path, config, model, test, history: list[dict], measures: dict) -> dict:
     from aelab.evaluate import on_device_of
-    from aelab.models import is_generative, summary
+    from aelab.models import summary
 
     model.eval()
     images = model.config.recon_loss == "bce"
     # metrics.jsonl as the page can draw it: a value that is not a finite number becomes null, a gap in its curve
     history = [{k: _finite(v) for k, v in record.items()} for record in history]
     seconds = [r.get("seconds") for r in history]
-    doc = (model.extra_pictures.__doc__ or "").strip()  # "name.png: what it shows"
-    pictures = [{"name": name, "uri": _uri(picture), "caption": doc.removeprefix(f"{name}: ")}
-                for name, picture in model.extra_pictures(on_device_of(model, test)).items()]
+    pictures = [{"name": name, "uri": _uri(picture), "title": model.pictures[name]}
+                for name, picture in model.make_pictures(on_device_of(model, test)).items()]
     return {
         "kind": "run",
         "title": f"{config.model_name}{' (conv)' if model.config.arch == 'conv' else ''} on "
@@ -194,7 +193,7 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
         "run": str(run_path),
         "model": {"name": config.model_name, "class": type(model).__name__, "latent": model.code_size,
                   "shape": list(model.config.in_shape), "parameters": model.num_parameters(),
-                  "generative": is_generative(model), "prior": getattr(model.config, "prior", "normal"),
+                  "generative": model.generative, "prior": model.prior_name,
                   "doc": (type(model).__doc__ or "").strip()},
         "facts": {"epochs": len(history), "seconds": None if None in seconds else sum(seconds),
                   "test_images": len(test)},

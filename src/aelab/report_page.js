@@ -312,10 +312,8 @@
     if (D.grids) page.append(gridSection(D.grids));
     if (D.map) page.append(explorerSection(decode, shape));  // runs on vectors have no images to explore
     if (M.generative) page.append(samplesSection(decode, shape));
-    const PICTURE_TITLES = { "denoise.png": "Noisy, denoised, clean",
-                             "samples.png": "Samples from the prior, fixed seed" };
     for (const p of D.pictures) {
-      page.append(section(PICTURE_TITLES[p.name] || p.name, p.caption, el("div", { class: "picture" },
+      page.append(section(p.title, null, el("div", { class: "picture" },
         el("img", { class: "pix", src: p.uri, alt: p.name, style: "width:min(100%, 560px)" }))));
     }
     page.append(section("Model and configuration", null,

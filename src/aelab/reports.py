@@ -83,7 +83,7 @@ def _table(rows: list[tuple]) -> str:
 
 def write_report(run_path: Path, config, model, history: list[dict], metrics: dict, pictures=()) -> Path:
     """report.md: what was trained, how the losses went, the test measures and the pictures (`pictures`: names
-    of the model's own pictures in the run folder, from model.extra_pictures)."""
+    of the model's own pictures in the run folder, from model.make_pictures; their captions from model.pictures)."""
     from aelab.models import summary
 
     run_path = Path(run_path)
@@ -92,7 +92,7 @@ def write_report(run_path: Path, config, model, history: list[dict], metrics: di
     parts = [
         f"# {config.model_name} on {config.data.path or 'Fashion-MNIST'}",
         f"{len(history)} epochs, {model.num_parameters():,} parameters, {seconds:.0f} s of training "
-        f"({seconds / max(len(history), 1):.2f} s per epoch), trained on {next(model.parameters()).device}.",
+        f"({seconds / max(len(history), 1):.2f} s per epoch), trained on {model.device}.",
         "## Test measures",
         _table([("measure", "value")] + [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in metrics.items()]),
         "BCE is per pixel; `bce_floor` is the test pixels' own entropy, the least BCE any model can reach on grey "
@@ -116,8 +116,8 @@ def write_report(run_path: Path, config, model, history: list[dict], metrics: di
                   _table([("first epoch", "last epoch"),
                           (f"![first](grids/{grids[0].name})", f"![last](grids/{grids[-1].name})")])]
     if pictures:
-        parts += [f"## {type(model).__name__}'s pictures", (model.extra_pictures.__doc__ or "").strip(),
-                  *(f"![{name}]({name})" for name in pictures)]
+        parts += [f"## {type(model).__name__}'s pictures",
+                  *(f"{model.pictures[name]}:\n\n![{name}]({name})" for name in pictures)]
     parts += ["## Model", "```\n" + summary(model) + "\n```",
               "## Configuration", "```json\n" + json.dumps(config.to_dict(), indent=2) + "\n```"]
     return write_text(run_path / "report.md", "\n\n".join(parts) + "\n")

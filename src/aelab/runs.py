@@ -26,7 +26,7 @@ from safetensors.torch import safe_open
 from aelab import distributed, files
 from aelab.config import RunConfig, parse_settings, set_value
 from aelab.errors import UserError
-from aelab.models import build
+from aelab.models import build, picture_names
 from aelab.train import Callback, Diverged, TrainConfig, Trainer
 
 FORMAT = "aelab/1"
@@ -35,9 +35,8 @@ MAX_HEADER_BYTES = 1 << 24  # a run file's safetensors header: tensor names, sha
 SAFETENSORS_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError, KeyError,
                       IndexError)
 MARKER, LOCK = ".aelab-run", ".aelab-lock"  # made at creation; held by the one process that trains the run
-PICTURES = ("samples.png", "denoise.png", "atoms.png")  # the models' extra_pictures (a test checks the registry's)
 OWN_FILES = {"config.json", "model.safetensors", "checkpoint.safetensors", "metrics.jsonl", "grids.gif", "loss.png",
-             "eval.json", "report.md", "report.html", "tensorboard", MARKER, LOCK, *PICTURES}
+             "eval.json", "report.md", "report.html", "tensorboard", MARKER, LOCK, *picture_names()}
 RESUMABLE = ("train.epochs", "train.device", "train.lr", "train.precision")  # what a resumed run may change
 
 
@@ -460,7 +459,7 @@ def _train(held, config, out, overwrite, resume, epochs, threads, device, change
     if main:
         metrics = evaluate(model, test_set)
         files.write_text(run.eval_path, json.dumps(metrics, indent=2) + "\n")
-        pictures = model.extra_pictures(trainer.test_set)
+        pictures = model.make_pictures(trainer.test_set)
         for name, picture in pictures.items():
             save_png(picture, run.path / name)
         report = write_report(run.path, config, model, trainer.history, metrics, list(pictures))

@@ -60,14 +60,6 @@ class Callback:
     def on_fit_end(self, trainer: "Trainer") -> None: ...
 
 
-def reconstruction_is_loss(model) -> bool:
-    """Whether the model's eval-mode loss is the plain reconstruction loss of its clean reconstruction (the
-    chapter's AE and the dropout AE): then one decoder pass gives the test loss and the reconstruction measures."""
-    from aelab.models import Autoencoder, is_denoising
-
-    return type(model).loss is Autoencoder.loss and not is_denoising(model)
-
-
 class Trainer:
     """Trains `model` on `train_set`, reporting the mean of each loss term on train and test every epoch.
     Under torchrun, every rank trains; rank 0 alone evaluates and calls the callbacks."""
@@ -217,21 +209,18 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, images: ImageSet, reconstruction: bool = False) -> dict[str, float]:
         """Mean loss terms over a whole set, in eval mode (no dropout), in the training precision; with
-        `reconstruction`, also BCE, MSE, squared error per image and PSNR of the clean reconstructions, from the
-        same decoder pass where the model's loss is that reconstruction's BCE."""
+        `reconstruction`, also BCE, MSE, squared error per image and PSNR of the clean reconstructions (both from
+        the model's `evaluation`)."""
         self.model.eval()
-        plain = reconstruction_is_loss(self.model)
         sums: dict[str, torch.Tensor] = {}
         measured: dict[str, float] = {}
         for x in images.batches(self.config.eval_batch_size):
             with self.autocast():
-                out = self.model.decoder(self.model.code_eval(x)) if plain or reconstruction else None
-                terms = {"loss": self.model.recon_error(out, x)} if plain else self.model.loss(x)
+                terms, values, logits = self.model.evaluation(x)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.float() * len(x)
             if reconstruction:
-                logits = out if images.recon_loss == "bce" else None
-                for k, v in reconstruction_sums(self.model.output(out), logits, x).items():
+                for k, v in reconstruction_sums(values, logits, x).items():
                     measured[k] = measured.get(k, 0.0) + v.item()
         self.model.train()
         means = {k: (v / len(images)).item() for k, v in sums.items()}

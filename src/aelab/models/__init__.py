@@ -35,14 +35,9 @@ def build(name: str, config: AEConfig) -> Autoencoder:
     return model_class(name)(config)
 
 
-def is_generative(model: Autoencoder) -> bool:
-    """Whether the model draws new images with model.sample(n)."""
-    return callable(getattr(model, "sample", None))
+def picture_names() -> set[str]:
+    """The file names of every registered model's pictures."""
+    return {name for cls in MODELS.values() for name in cls.pictures}
 
 
-def is_denoising(model: Autoencoder) -> bool:
-    """Whether the model was trained on corrupted inputs with clean targets (it overrides `corrupt`)."""
-    return type(model).corrupt is not Autoencoder.corrupt
-
-
-__all__ = ["MODELS", "AEConfig", "Autoencoder", "build", "is_denoising", "is_generative", "model_class", "summary"]
+__all__ = ["MODELS", "AEConfig", "Autoencoder", "build", "model_class", "picture_names", "summary"]

@@ -13,7 +13,7 @@ from torch import nn
 from aelab.distributed import batch_draw, draw
 from aelab.errors import UserError
 from aelab.images import tile
-from aelab.losses import bce_mean, gan_loss, rbf_mmd2
+from aelab.losses import gan_loss, rbf_mmd2
 from aelab.models.base import AEConfig, Autoencoder, adam, keras_init_, mlp
 
 PRIORS = ("normal", "mixture", "uniform")
@@ -58,12 +58,17 @@ class AdversarialAutoencoder(Autoencoder):
     """Adversarial AE: a discriminator on the code pushes the codes towards a prior (normal, mixture, uniform)."""
 
     Config = AAEConfig
-    recon_losses = ("bce",)  # its loss is written for pixels in [0, 1]
+    generative = True
+    pictures = {"samples.png": "Samples from the prior, fixed seed"}
 
     def __init__(self, config: AAEConfig):
         super().__init__(config)
         self.discriminator = nn.Sequential(*mlp([config.latent, *config.disc_hidden, 1]))
         keras_init_(self.discriminator)
+
+    @property
+    def prior_name(self) -> str:
+        return self.config.prior
 
     def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return batch_draw(n, lambda m: sample_prior(self.config.prior, m, self.config.latent, generator, self.device))
@@ -71,7 +76,7 @@ class AdversarialAutoencoder(Autoencoder):
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The three terms on one batch; "loss" is the reconstruction term, comparable with the plain AE's."""
         z = self.encoder(x)
-        recon = bce_mean(self.decoder(z), x)
+        recon = self.recon_error(self.decoder(z), x)
         fake = self.discriminator(z)
         disc = 0.5 * (gan_loss(self.discriminator(self.prior(len(x))), True) + gan_loss(fake, False))
         return {"loss": recon, "recon": recon, "disc": disc, "gen": gan_loss(fake, True)}
@@ -85,7 +90,7 @@ class AdversarialAutoencoder(Autoencoder):
 
     def training_steps(self, x: torch.Tensor):
         """Three steps, one per optimiser: reconstruction, discriminator, generator."""
-        recon = bce_mean(self.decoder(self.encoder(x)), x)
+        recon = self.recon_error(self.decoder(self.encoder(x)), x)
         yield 0, recon
         # the discriminator learns prior draws = real, codes = fake; detached, so this step moves only it
         z = self.encoder(x).detach()
@@ -98,12 +103,12 @@ class AdversarialAutoencoder(Autoencoder):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n new images (n, c, h, w) in [0, 1], decoded from prior draws."""
+        """n new inputs decoded from prior draws: images (n, c, h, w) in [0, 1], or vectors in their units."""
         self.eval()
-        return torch.sigmoid(self.decoder(self.prior(n, generator)))
+        return self._outputs(self.decoder(self.prior(n, generator)))
 
     @torch.no_grad()
-    def extra_metrics(self, test) -> dict[str, float]:
+    def measures(self, test) -> dict[str, float]:
         """How well the test codes match the prior: MMD^2 (RBF kernel, bandwidth the median distance between
         prior draws) between test codes and prior draws, beside the MMD^2 between two prior sets for scale; and
         the discriminator's accuracy at telling test codes from prior draws (0.5: it cannot)."""
@@ -117,6 +122,7 @@ class AdversarialAutoencoder(Autoencoder):
                 "mmd_prior_baseline": rbf_mmd2(other, prior[:MMD_SAMPLES], bandwidth).item(),
                 "disc_accuracy": hits.item() / (2 * len(codes))}
 
-    def extra_pictures(self, test) -> dict:
-        """samples.png: 100 images decoded from prior draws."""
+    def make_pictures(self, test) -> dict:
+        if self.data_kind(self.config) != "images":
+            return {}
         return {"samples.png": tile(self.sample(100, torch.Generator().manual_seed(EVAL_SEED)), 10, 10)}

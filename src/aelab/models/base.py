@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from aelab.contract import same_kind
 from aelab.distributed import batch_draw
 from aelab.errors import UserError
-from aelab.losses import bce_mean, mse_mean
+from aelab.losses import bce_mean, bce_per_image, mse_mean, squared_error_per_image
 
 
 @dataclass
@@ -145,19 +146,30 @@ def check_config(config: AEConfig, archs: tuple[str, ...] = ("mlp", "conv"), nam
 
 
 class Autoencoder(nn.Module):
-    """Deep autoencoder of the chapter: MLP encoder to a linear code, decoder to per-pixel logits."""
+    """Deep autoencoder of the chapter: MLP encoder to a linear code, decoder to per-pixel logits.
+    It keeps aelab.contract.Model; variants override its hooks and declare what they are."""
 
     Config = AEConfig
     code_heads = 1  # how many latent-sized vectors the encoder outputs (a VAE's mean and log-variance: 2)
     archs = ("mlp", "conv")  # the architectures this model can be built on
-    recon_losses = ("bce", "mse")  # the data it trains on: images (bce) and vectors (mse); variants may narrow it
+    inputs = ("images", "vectors")  # the data it takes; a variant whose meaning needs pixels takes ("images",)
+    generative = False  # True: it has sample(n, generator)
+    denoising = False   # True: trained to restore corrupted inputs
+    pictures: dict[str, str] = {}  # what make_pictures draws: file name -> caption
+    prior_name: str | None = None  # the prior sample() draws codes from
+    loss_is_reconstruction = True  # its eval loss is its clean reconstruction's error: one pass evaluates both
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # a variant that changes the loss or the encoder's input needs its own pass to evaluate its loss
+        cls.loss_is_reconstruction = cls.loss is Autoencoder.loss and cls.corrupt is Autoencoder.corrupt
 
     def __init__(self, config: AEConfig, dropout: float = 0.0):
         super().__init__()
         check_config(config, self.archs, type(self).__name__)
-        if config.recon_loss not in self.recon_losses:
-            raise UserError(f"{type(self).__name__} trains on images only, not on vectors; train vectors with "
-                            "ae, dropout or sae")
+        if self.data_kind(config) not in self.inputs:
+            raise UserError(f"{type(self).__name__} takes {' and '.join(self.inputs)} only, not "
+                            f"{self.data_kind(config)}; train those with a model that takes them, e.g. ae or sae")
         self.config = config
         self.encoder = build_encoder(config, config.latent * self.code_heads, dropout)
         self.decoder = build_decoder(config, dropout)
@@ -179,26 +191,45 @@ class Autoencoder(nn.Module):
         return self.encoder(x)
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Named loss terms for a batch of clean images x; "loss" is what the optimiser minimises."""
+        """Named loss terms for a batch of clean inputs x; "loss" is what the optimiser minimises."""
         return {"loss": self.recon_error(self.decoder(self.code(self.corrupt(x))), x)}
+
+    def measures(self, test) -> dict:
+        """Measures of this variant beyond reconstruction, for `aelab eval` (test: a set on the model's device)."""
+        return {}
+
+    def make_pictures(self, test) -> dict[str, np.ndarray]:
+        """The pictures declared in `pictures`, drawn after training: file name -> uint8 image array."""
+        return {}
+
+    # -- the reconstruction error follows the data ------------------------------------------------------------
+
+    @staticmethod
+    def data_kind(config: AEConfig) -> str:
+        """"images" (pixels in [0, 1]) or "vectors" (standardised real values), as the data set the config."""
+        return "images" if config.recon_loss == "bce" else "vectors"
 
     def recon_error(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The mean reconstruction loss of decoder output `out` for targets x: the chapter's per-pixel
         cross-entropy with logits for images, the mean squared error for (standardised) vectors."""
         return bce_mean(out, x) if self.config.recon_loss == "bce" else mse_mean(out, x)
 
+    def recon_error_per_input(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction loss summed over each input, (b,): the Bernoulli negative log-likelihood in nats
+        for images; the squared error for vectors (a Gaussian's of variance 1/2, less a constant)."""
+        return bce_per_image(out, x) if self.config.recon_loss == "bce" else squared_error_per_image(out, x)
+
     def output(self, out: torch.Tensor) -> torch.Tensor:
         """What the decoder's output stands for: probabilities for images, standardised vectors for vectors."""
         return torch.sigmoid(out) if self.config.recon_loss == "bce" else out.float()
 
-    def extra_metrics(self, test) -> dict[str, float]:
-        """Measures of this variant beyond reconstruction, for `aelab eval` (test: an ImageSet)."""
-        return {}
-
-    def extra_pictures(self, test) -> dict[str, np.ndarray]:
-        """Pictures of this variant written into the run folder after training: file name -> image array.
-        Like extra_metrics, it gets the test set on the model's device."""
-        return {}
+    @torch.no_grad()
+    def evaluation(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Eval-mode loss terms of a clean batch, its clean reconstruction as output() gives it, and the logits
+        (None for vectors): one decoder pass where the loss is that reconstruction's error."""
+        out = self.decoder(self.code_eval(x))
+        terms = {"loss": self.recon_error(out, x)} if self.loss_is_reconstruction else self.loss(x)
+        return terms, self.output(out), (out if self.config.recon_loss == "bce" else None)
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
         return [adam(self.parameters(), lr)]
@@ -226,7 +257,7 @@ class Autoencoder(nn.Module):
     def encode(self, x):
         """Codes, flat rows (n, code_size), of images (n, h, w), (n, c, h, w) or flat rows, uint8 in 0-255 or
         float in [0, 1]; a model trained on vectors takes vectors (n, d) in their own units."""
-        return _same_kind(x, self.code_eval(self._images(x)).flatten(1))
+        return same_kind(x, self.code_eval(self._images(x)).flatten(1))
 
     @property
     def device(self) -> torch.device:
@@ -240,12 +271,12 @@ class Autoencoder(nn.Module):
                               device=self.device)
         if z_t.ndim != 2 or z_t.shape[1] != self.code_size:
             raise UserError(f"codes must have shape (n, {self.code_size}), not {tuple(z_t.shape)}")
-        return _same_kind(z, self._outputs(self.decoder(z_t.view(-1, *self.code_shape))))
+        return same_kind(z, self._outputs(self.decoder(z_t.view(-1, *self.code_shape))))
 
     @torch.no_grad()
     def reconstruct(self, x):
         """Reconstructions (probabilities in [0, 1]) of clean images."""
-        return _same_kind(x, self._outputs(self.decoder(self.code_eval(self._images(x)))))
+        return same_kind(x, self._outputs(self.decoder(self.code_eval(self._images(x)))))
 
     @torch.no_grad()
     def interpolate(self, a, b, steps: int = 10) -> torch.Tensor:
@@ -280,12 +311,8 @@ class Autoencoder(nn.Module):
         return values * self.in_std + self.in_mean if self.config.recon_loss == "mse" else values
 
     def num_parameters(self) -> int:
+        """How many learned numbers the model holds."""
         return sum(p.numel() for p in self.parameters())
-
-
-def _same_kind(like, result: torch.Tensor):
-    """A tensor on the input tensor's device, or a numpy array for numpy input."""
-    return result.to(like.device) if isinstance(like, torch.Tensor) else result.cpu().numpy()
 
 
 def summary(model: nn.Module) -> str:

@@ -53,13 +53,15 @@ class DenoisingAutoencoder(Autoencoder):
     """Denoising AE: fresh noise (gaussian, masking or salt-and-pepper) on every batch, the clean image as target."""
 
     Config = DAEConfig
-    recon_losses = ("bce",)  # its loss is written for pixels in [0, 1]
+    inputs = ("images",)  # its noise is pixel noise
+    denoising = True
+    pictures = {"denoise.png": "Ten test images noisy (top row), denoised (middle), clean (bottom)"}
 
     def corrupt(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return add_noise(x, self.config.noise, self.config.level, self.config.clip, generator)
 
     @torch.no_grad()
-    def extra_metrics(self, test) -> dict[str, float]:
+    def measures(self, test) -> dict[str, float]:
         """PSNR (dB) against the clean test image of the noisy input and of the model's output for it."""
         self.eval()
         generator = torch.Generator().manual_seed(EVAL_SEED)
@@ -71,8 +73,7 @@ class DenoisingAutoencoder(Autoencoder):
         return {"psnr_noisy": noisy_sum / len(test), "psnr_denoised": denoised_sum / len(test)}
 
     @torch.no_grad()
-    def extra_pictures(self, test) -> dict:
-        """denoise.png: ten test images noisy (top row), denoised (middle), clean (bottom)."""
+    def make_pictures(self, test) -> dict:
         self.eval()
         clean = test.floats(slice(0, 10))
         noisy = self.corrupt(clean, torch.Generator().manual_seed(EVAL_SEED))

@@ -36,6 +36,13 @@ class SAEConfig(AEConfig):
     #                                  vectors want 0.02-0.05 (planted: L0 97 at 0.02, 42 at 0.04)
     dead_window: int = 100_000       # a unit not active over this many training inputs counts as dead
 
+    def check(self) -> None:
+        super().check()
+        if self.sparsity not in SPARSITIES:
+            raise UserError(f"unknown sparsity {self.sparsity!r}; use --set sparsity= one of {', '.join(SPARSITIES)}")
+        if self.k < 1 or self.l1 < 0 or self.dead_window < 1:
+            raise UserError("k and dead_window must be at least 1, and l1 at least 0")
+
 
 def planted_dictionary(n: int, d: int = 64, atoms: int = 256, active: int = 5, noise: float = 0.01, seed: int = 0
                        ) -> tuple[np.ndarray, np.ndarray]:
@@ -62,12 +69,9 @@ class SparseAutoencoder(Autoencoder):
     """Sparse AE (TopK or L1) over a unit-norm linear dictionary; L0, FVE and dead units, as on activations."""
 
     Config = SAEConfig
+    pictures = {"atoms.png": "The first 100 atoms of the dictionary, each scaled to its own range"}
 
     def __init__(self, config: SAEConfig):
-        if config.sparsity not in SPARSITIES:
-            raise UserError(f"unknown sparsity {config.sparsity!r}; use --set sparsity= one of {', '.join(SPARSITIES)}")
-        if config.k < 1 or config.l1 < 0 or config.dead_window < 1:
-            raise UserError("k and dead_window must be at least 1, and l1 at least 0")
         super().__init__(config)
         size = math.prod(config.in_shape)
         self.decoder = nn.Sequential(nn.Linear(config.latent, size), nn.Unflatten(1, config.in_shape))
@@ -128,7 +132,7 @@ class SparseAutoencoder(Autoencoder):
         return atoms * self.in_std if self.config.recon_loss == "mse" else atoms.clone()
 
     @torch.no_grad()
-    def extra_metrics(self, test) -> dict:
+    def measures(self, test) -> dict:
         """l0 on the test set; dead units: not active over the last dead_window training inputs, and never active
         on the test set."""
         self.eval()
@@ -141,9 +145,8 @@ class SparseAutoencoder(Autoencoder):
         return {"l0": active / len(test), "dead_units": dead, "dead_fraction": dead / self.config.latent,
                 "dead_on_test": int((~fired).sum())}
 
-    def extra_pictures(self, test) -> dict:
-        """atoms.png: the first 100 atoms of the dictionary, each scaled to its own range (images only)."""
-        if len(self.config.in_shape) != 3:
+    def make_pictures(self, test) -> dict:
+        if self.data_kind(self.config) != "images":
             return {}
         atoms = self.atoms()[:100].float()
         low, high = atoms.flatten(1).aminmax(dim=1)

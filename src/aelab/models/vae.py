@@ -12,7 +12,7 @@ import torch
 from aelab.distributed import batch_draw, draw
 from aelab.errors import UserError
 from aelab.images import tile
-from aelab.losses import bce_per_image, gaussian_kl, gaussian_kl_per_dim, iwae_bound, log_normal
+from aelab.losses import gaussian_kl, gaussian_kl_per_dim, iwae_bound, log_normal
 from aelab.models.base import AEConfig, Autoencoder
 
 EVAL_SEED = 1234  # evaluation samples come from their own generator: reproducible, training RNG untouched
@@ -47,7 +47,9 @@ class VariationalAutoencoder(Autoencoder):
 
     Config = VAEConfig
     code_heads = 2  # the encoder outputs (mean, log-variance)
-    recon_losses = ("bce",)  # its loss is written for pixels in [0, 1]
+    generative = True
+    prior_name = "normal"
+    pictures = {"samples.png": "Samples from the prior, fixed seed"}
 
     def __init__(self, config: VAEConfig):
         super().__init__(config)
@@ -71,7 +73,7 @@ class VariationalAutoencoder(Autoencoder):
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Terms per image in nats, averaged over the batch: loss = recon + kl_weight * kl."""
         mu, logvar = self.posterior(x)
-        recon = bce_per_image(self.decoder(reparameterise(mu, logvar)), x).mean()
+        recon = self.recon_error_per_input(self.decoder(reparameterise(mu, logvar)), x).mean()
         kl = gaussian_kl(mu, logvar).mean()
         return {"loss": recon + self.kl_weight() * kl, "recon": recon, "kl": kl}
 
@@ -86,7 +88,7 @@ class VariationalAutoencoder(Autoencoder):
         mu, logvar = self.posterior(x)
         z = reparameterise(mu, logvar, generator, k)                       # (k, b, latent)
         logits = self.decoder(z.flatten(0, 1))                             # (k * b, c, h, w)
-        log_px = -bce_per_image(logits, x.expand(k, *x.shape).flatten(0, 1)).view(k, len(x))
+        log_px = -self.recon_error_per_input(logits, x.expand(k, *x.shape).flatten(0, 1)).view(k, len(x))
         return log_px + log_normal(z) - log_normal(z, mu, logvar)
 
     @torch.no_grad()
@@ -100,7 +102,7 @@ class VariationalAutoencoder(Autoencoder):
         kl_dims = torch.zeros(self.config.latent, dtype=torch.float64, device=self.device)
         for x in test.batches(max(1, chunk // k)):
             mu, logvar = self.posterior(x)
-            sums["recon"] += bce_per_image(self.decoder(reparameterise(mu, logvar, generator)), x).sum().item()
+            sums["recon"] += self.recon_error_per_input(self.decoder(reparameterise(mu, logvar, generator)), x).sum().item()
             sums["kl"] += gaussian_kl(mu, logvar).sum().item()
             kl_dims += gaussian_kl_per_dim(mu, logvar).sum(0)
             sums["iwae_nll"] -= iwae_bound(self.log_weights(x, k, generator)).sum().item()
@@ -110,15 +112,17 @@ class VariationalAutoencoder(Autoencoder):
                 "iwae_nll": means["iwae_nll"], "iwae_k": k, "active_dims": sum(v > ACTIVE_KL for v in kl_per_dim),
                 "kl_per_dim": [round(v, 4) for v in kl_per_dim]}
 
-    def extra_metrics(self, test) -> dict:
+    def measures(self, test) -> dict:
         return self.bounds(test, self.config.iwae_k, torch.Generator().manual_seed(EVAL_SEED))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n new images (n, c, h, w) in [0, 1]: the decoder's means for draws z ~ N(0, I)."""
+        """n new inputs, the decoder's means for draws z ~ N(0, I): images (n, c, h, w) in [0, 1], or vectors in
+        their units."""
         self.eval()
-        return torch.sigmoid(self.decoder(draw(torch.randn, (n, self.config.latent), self.device, generator)))
+        return self._outputs(self.decoder(draw(torch.randn, (n, self.config.latent), self.device, generator)))
 
-    def extra_pictures(self, test) -> dict:
-        """samples.png: 100 images decoded from N(0, I) draws."""
+    def make_pictures(self, test) -> dict:
+        if self.data_kind(self.config) != "images":
+            return {}
         return {"samples.png": tile(self.sample(100, torch.Generator().manual_seed(EVAL_SEED)), 10, 10)}

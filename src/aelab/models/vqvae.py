@@ -21,8 +21,8 @@ from torch import nn
 
 from aelab.distributed import all_sum, batch_rows, draw
 from aelab.errors import UserError
-from aelab.losses import bce_mean
-from aelab.models.base import AEConfig, Autoencoder, _same_kind, build_decoder, build_encoder, keras_init_
+from aelab.contract import same_kind
+from aelab.models.base import AEConfig, Autoencoder, build_decoder, build_encoder, keras_init_
 
 UPDATES = ("ema", "loss")
 EPS = 1e-5  # Laplace smoothing of the EMA counts, so a rarely chosen code is never divided by zero
@@ -38,6 +38,13 @@ class VQVAEConfig(AEConfig):
     decay: float = 0.99       # of the moving averages
     dead_after: int = 20      # a code unchosen for this many training steps is re-seeded
 
+    def check(self) -> None:
+        super().check()
+        if self.update not in UPDATES:
+            raise UserError(f"unknown codebook update {self.update!r}; use --set update=ema or update=loss")
+        if self.codebook < 2 or self.dead_after < 1 or not 0 < self.decay < 1 or self.commitment < 0:
+            raise UserError("codebook must be >= 2, dead_after >= 1, decay in (0, 1) and commitment >= 0")
+
 
 def perplexity(counts: torch.Tensor) -> torch.Tensor:
     """exp(entropy) of how often each code was chosen: K when all are used equally, 1 when one takes all."""
@@ -50,12 +57,9 @@ class VQVAE(Autoencoder):
 
     Config = VQVAEConfig
     archs = ("conv",)  # its code is a grid of vectors: the MLP has no grid
+    inputs = ("images",)  # the grid is the conv encoder's over an image
 
     def __init__(self, config: VQVAEConfig):
-        if config.update not in UPDATES:
-            raise UserError(f"unknown codebook update {config.update!r}; use --set update=ema or update=loss")
-        if config.codebook < 2 or config.dead_after < 1 or not 0 < config.decay < 1 or config.commitment < 0:
-            raise UserError("codebook must be >= 2, dead_after >= 1, decay in (0, 1) and commitment >= 0")
         super().__init__(config)
         # the conv layers without the dense code: a 1x1 convolution makes each grid position a D-vector
         self.encoder = nn.Sequential(*build_encoder(config, 1)[:-2], nn.Conv2d(config.channels[-1], config.latent, 1))
@@ -94,7 +98,7 @@ class VQVAE(Autoencoder):
         """The loss terms of a batch, and what the codebook update needs: the encoder outputs and code numbers."""
         z_e = self.encoder(x).float()
         z_q, index = self.quantise(z_e)
-        recon = bce_mean(self.decoder(z_e + (z_q - z_e).detach()), x)  # straight through
+        recon = self.recon_error(self.decoder(z_e + (z_q - z_e).detach()), x)  # straight through
         commit = F.mse_loss(z_e, z_q.detach())
         terms = {"loss": recon + self.config.commitment * commit, "recon": recon, "commit": commit}
         if self.config.update == "loss":
@@ -145,10 +149,10 @@ class VQVAE(Autoencoder):
     def tokens(self, x):
         """The code numbers of images, (n, h, w) in 0..K-1: the image as a grid of tokens."""
         z_e = self.encoder(self._images(x)).float()
-        return _same_kind(x, self.quantise(z_e)[1].view(len(z_e), *self.code_shape[1:]))
+        return same_kind(x, self.quantise(z_e)[1].view(len(z_e), *self.code_shape[1:]))
 
     @torch.no_grad()
-    def extra_metrics(self, test) -> dict:
+    def measures(self, test) -> dict:
         """Codebook use on the test set: the perplexity of the codes chosen (K if all were chosen equally often),
         dead_codes (never chosen), code_bits (one image's code: grid positions x log2 K) and the codes re-seeded
         during training."""
