@@ -62,7 +62,7 @@ class Page:
 def tiny_run(tmp_path_factory, subset_npz, name: str, **settings) -> Path:
     """A one-epoch run on the subset, trained in this process by the machinery `aelab train` uses."""
     from aelab.config import resolve
-    from aelab.runs import train
+    from aelab.pipeline import train
 
     out = tmp_path_factory.mktemp("runs") / name
     train(resolve(name, None, {"data.path": str(subset_npz), "train.epochs": 1, **settings}), out=out)
@@ -130,7 +130,7 @@ def test_run_page_offline_grids_and_clicks_decoded_like_the_mlp(browser, trained
 
 
 def test_conv_decoder_in_the_page_matches_torch(browser, conv_run):
-    from aelab.runs import load_model
+    from aelab.runfolder import load_model
 
     model = load_model(conv_run)
     page = Page(browser, conv_run / "report.html")
@@ -142,7 +142,7 @@ def test_conv_decoder_in_the_page_matches_torch(browser, conv_run):
 
 
 def test_vae_page_strip_sliders_and_new_samples(browser, vae_run):
-    from aelab.runs import load_model
+    from aelab.runfolder import load_model
 
     model = load_model(vae_run)
     page = Page(browser, vae_run / "report.html")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from aelab import files
+from aelab.runfolder import RunFolder
 
 
 MAP_POINTS = 2000   # test codes on the latent map, with their images for hovering (a 0.8 MB sprite at 28x28)
@@ -158,7 +159,7 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
         "facts": {"epochs": len(history), "seconds": sum(r["seconds"] for r in history), "test_images": len(test)},
         "measures": measures,
         "history": history,
-        "grids": epoch_grids(Path(run_path) / "grids"),
+        "grids": epoch_grids(RunFolder(run_path).grids_path),
         # the explorer shows images: a run on vectors has measures and curves, no map
         "map": latent_map(model, test, config) if images else None,
         "decoder": decoder_program(model.decoder, model.code_shape) if images else None,
@@ -176,7 +177,7 @@ def compare_page_data(folder: Path) -> dict:
     notes = notes_path.read_text().split("\n\n")[1:] if notes_path.is_file() else []
     figures = sorted(folder.glob("reconstructions_k*.png"), key=lambda p: int(p.stem.split("_k")[1]))
     for row in rows:  # link each trained model's row to its own page
-        page = folder / "runs" / f"{row['method']}-k{row['latent']}" / "report.html"
+        page = RunFolder(folder / "runs" / f"{row['method']}-k{row['latent']}").page_path
         row["page"] = str(page.relative_to(folder)) if page.is_file() else None
     error_plot = folder / "error_vs_latent.png"
     return {"kind": "compare", "title": f"Comparison: {', '.join(dict.fromkeys(r['method'] for r in rows))}",
@@ -202,7 +203,7 @@ def write_run_page(run_path: str | Path, config, model, test, history: list[dict
                    out: str | Path | None = None) -> Path:
     """RUN/report.html (or `out`): the run's config and model, its test set (an ImageSet), its metrics.jsonl
     records and its final test measures."""
-    path = Path(out or Path(run_path) / "report.html")
+    path = Path(out or RunFolder(run_path).page_path)
     files.write_text(path, render(run_page_data(Path(run_path), config, model, test, history, measures)))
     return path
 
