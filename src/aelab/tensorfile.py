@@ -86,7 +86,7 @@ def load(data: Path | bytes, like: dict[str, torch.Tensor | None], exact: bool =
     for name, want in like.items():
         shape = header["shapes"][name]
         if want is not None and shape != tuple(want.shape):
-            raise UserError(f"{source} holds {name} of shape {shape}, but the model its config describes needs "
+            raise UserError(f"{source} holds {name} of shape {shape}, but the model needs "
                             f"{tuple(want.shape)}; it is damaged: {fix}")
     try:
         if isinstance(data, bytes):
