@@ -202,8 +202,11 @@ def test_report_command_rebuilds_old_runs_and_refuses_anything_else(trained_run,
 def test_long_runs_keep_a_hundred_grids_first_and_last(trained_run, tmp_path):
     from aelab.report_html import MAX_FRAMES, epoch_grids
 
-    grid = next((trained_run / "grids").glob("epoch_*.png"))
+    from aelab.runfolder import RunFolder
+
+    grid, run = RunFolder(trained_run).grids()[0], RunFolder(tmp_path)
+    run.grids_path.mkdir()
     for epoch in range(1, 151):
-        shutil.copy(grid, tmp_path / f"epoch_{epoch:03d}.png")
-    grids = epoch_grids(tmp_path)
+        shutil.copy(grid, run.grid(epoch))
+    grids = epoch_grids(run.grids())
     assert len(grids["frames"]) == MAX_FRAMES and grids["epochs"][0] == 1 and grids["epochs"][-1] == 150

@@ -9,7 +9,6 @@ Under torchrun every rank calls these; rank 0 alone writes, prints and logs.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch

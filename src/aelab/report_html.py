@@ -121,11 +121,11 @@ def latent_map(model, test, config) -> dict:
             "sprite": _uri(tile(test.images[:n], rows, SPRITE_COLS)), "sprite_cols": SPRITE_COLS}
 
 
-def epoch_grids(folder: Path) -> dict | None:
-    """The per-epoch grids: the real half once (lossless), each epoch's reconstruction half as WebP."""
+def epoch_grids(frames: list[Path]) -> dict | None:
+    """The per-epoch grids (RunFolder.grids): the real half once (lossless), each epoch's reconstruction half as
+    WebP."""
     from PIL import Image
 
-    frames = sorted(folder.glob("epoch_*.png"))
     if not frames:
         return None
     if len(frames) > MAX_FRAMES:
@@ -159,7 +159,7 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
         "facts": {"epochs": len(history), "seconds": sum(r["seconds"] for r in history), "test_images": len(test)},
         "measures": measures,
         "history": history,
-        "grids": epoch_grids(RunFolder(run_path).grids_path),
+        "grids": epoch_grids(RunFolder(run_path).grids()),
         # the explorer shows images: a run on vectors has measures and curves, no map
         "map": latent_map(model, test, config) if images else None,
         "decoder": decoder_program(model.decoder, model.code_shape) if images else None,
