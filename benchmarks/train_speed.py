@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-
 from aelab import config as cfg
 from aelab.data import load_dataset
 from aelab.evaluate import evaluate
