@@ -197,11 +197,11 @@ def make_seeds(work: Path, weights: Path | None) -> dict[str, list[bytes]]:
     if weights is None:
         from aelab.config import default_config
         from aelab.models import build
-        from aelab.runs import Run
+        from aelab.runfolder import RunFolder
 
         config = default_config("ae")
         config.model.latent, config.model.hidden, config.model.in_shape = 4, (16,), (1, 8, 8)
-        Run(work).save_weights(build("ae", config.model), config, epoch=1)
+        RunFolder(work).save_weights(build("ae", config.model), config, epoch=1)
         weights = work / "model.safetensors"
     members = {}
     with zipfile.ZipFile(io.BytesIO(npz[0])) as archive:
@@ -221,7 +221,7 @@ def make_seeds(work: Path, weights: Path | None) -> dict[str, list[bytes]]:
 def make_reader(kind: str, path: Path, good_png: Path):
     from aelab.data import load_dataset
     from aelab.readers import read_array_file, read_idx, read_image_files, to_uint8_images
-    from aelab.runs import load_model
+    from aelab.runfolder import load_model
 
     if kind.startswith("idx"):
         return lambda: read_idx(path, _ndim(path))

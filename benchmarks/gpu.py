@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from aelab import config as cfg
 from aelab.evaluate import evaluate
 from aelab.models import MODELS, build
-from aelab.runs import load_model, train
+from aelab.pipeline import build_for, resume, train
+from aelab.runfolder import load_model
 from aelab.train import Trainer
 
 RESULTS: list[tuple[str, bool]] = []
@@ -47,9 +48,8 @@ def chapter(data: str, epochs: int, **train_settings) -> tuple[float, dict]:
     config = cfg.resolve("ae", None, {"data.path": data, "train.epochs": epochs, "train.device": "cuda",
                                       "train.grid_every": 0, **{f"train.{k}": v for k, v in train_settings.items()}})
     train_set, test_set = config.data.load()
-    config.model.in_shape = train_set.shape
     torch.manual_seed(0)
-    trainer = Trainer(build("ae", config.model), train_set, test_set, config.train)
+    trainer = Trainer(build_for(config, train_set), train_set, test_set, config.train)
     history = trainer.fit()
     torch.cuda.synchronize()
     return sum(r["seconds"] for r in history), evaluate(trainer.model, test_set)
@@ -105,7 +105,7 @@ def main() -> None:
         base = {"data.path": data, "train.device": "cuda", "train.grid_every": 0}
         train(cfg.resolve("vae", None, {**base, "train.epochs": 3}), out=tmp / "whole")
         train(cfg.resolve("vae", None, {**base, "train.epochs": 2}), out=tmp / "part")
-        train(resume=tmp / "part", epochs=3)
+        resume(tmp / "part", epochs=3)
         a, b = load_model(tmp / "whole", "cpu").state_dict(), load_model(tmp / "part", "cpu").state_dict()
         worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
         print(f"  max |weight difference| after resume: {worst:.3g}")

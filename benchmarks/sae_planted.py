@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from aelab import config as cfg
-from aelab import runs
+from aelab import pipeline
+from aelab.runfolder import load_model
 from aelab.models.sparse import planted_dictionary, recovered
 
 
@@ -49,10 +50,10 @@ def main() -> None:
             "k": args.k or args.active, "l1": args.l1, "epochs": args.epochs, "batch_size": args.batch_size,
             "lr": args.lr, "seed": args.seed})
         start = time.perf_counter()
-        runs.train(config, out=Path(tmp) / "run")
+        pipeline.train(config, out=Path(tmp) / "run")
         seconds = time.perf_counter() - start
         metrics = json.loads((Path(tmp) / "run" / "eval.json").read_text())
-        best = recovered(runs.load_model(Path(tmp) / "run").atoms().numpy(), atoms)
+        best = recovered(load_model(Path(tmp) / "run").atoms().numpy(), atoms)
     print(json.dumps({
         "sparsity": args.sparsity, "n": args.n, "dim": args.dim, "atoms": args.atoms, "active": args.active,
         "latent": args.latent, "epochs": args.epochs, "matched_0.9": round(float((best > 0.9).mean()), 4),

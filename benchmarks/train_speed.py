@@ -26,14 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from pathlib import Path
-
 from aelab import config as cfg
 from aelab.data import load_dataset
 from aelab.evaluate import evaluate
 from aelab.models import AEConfig, build
 from aelab.reports import GridWriter
-from aelab.runs import RunRecorder, Run
+from aelab.pipeline import RunRecorder
+from aelab.runfolder import RunFolder
 from aelab.train import TrainConfig, Trainer
 
 
@@ -59,7 +58,7 @@ def speed(train, test, epochs: int) -> dict[str, float]:
     folder = tempfile.mkdtemp()
     config = cfg.resolve("ae", None, {})
     whole = Trainer(build("ae", AEConfig()), train, test, TrainConfig(train_eval_size=0),
-                    [RunRecorder(Run.create(folder + "/run", config), config), GridWriter(Path(folder) / "grids", 1)])
+                    [RunRecorder(run := RunFolder.create(folder + "/run", config), config), GridWriter(run, 1)])
     train_eval = timed(lambda: whole.evaluate(train.subset(10_000))) / 10  # every 10th epoch
     times: dict[str, list[float]] = {"reference": [], "fp32": [], "bf16": [], "whole": []}
     for epoch in range(epochs + 1):  # the first round warms up caches and allocators, and is not counted

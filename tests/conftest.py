@@ -100,6 +100,6 @@ def trained_run(subset_npz, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_model(trained_run):
-    from aelab.runs import load_model
+    from aelab.runfolder import load_model
 
     return load_model(trained_run)

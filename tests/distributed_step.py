@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from aelab import config as cfg
 from aelab import distributed
-from aelab.models import build
+from aelab.pipeline import build_for
 from aelab.train import Trainer
 
 data, out, *names = sys.argv[1:]
@@ -19,9 +19,8 @@ for spec in names:
     config = cfg.resolve(name, None, {"data.path": data, "train.batch_size": 64, "train.device": "cpu",
                                       **dict(s.split("=") for s in settings)})
     train_set, test_set = config.data.load()
-    config.model.in_shape = train_set.shape
     torch.manual_seed(0)
-    trainer = Trainer(build(name, config.model), train_set, test_set, config.train)
+    trainer = Trainer(build_for(config, train_set), train_set, test_set, config.train)
     trainer.train_batch(next(trainer.train_set.index_batches(64, trainer.shuffle)))
     if distributed.is_main():
         model = trainer.model

@@ -142,7 +142,7 @@ def test_a_run_trained_elsewhere_loads_and_resumes_here(trained_run, subset_npz,
     device, so it loads on the CPU, and resumes here with --device cpu."""
     import shutil
 
-    from aelab.runs import load_model
+    from aelab.runfolder import load_model
     from conftest import aelab
 
     moved = tmp_path / "from-gpu"

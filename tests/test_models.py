@@ -17,7 +17,7 @@ from aelab.data import load_dataset
 from aelab.losses import gaussian_kl, iwae_bound, log_normal, rbf_mmd2
 from aelab.models import MODELS, build
 from aelab.models.dae import add_noise
-from aelab.runs import Run, load_model
+from aelab.runfolder import RunFolder, load_model
 from aelab.train import Trainer, TrainConfig
 from conftest import arch_cases, stepper
 
@@ -80,7 +80,7 @@ def test_one_step_changes_every_parameter(name, arch, fashion):
 def test_save_load_round_trip_is_exact(name, arch, fashion, tmp_path):
     config, model = tiny(name, arch)
     stepper(model).step(fashion[0].floats(slice(0, 64)))
-    run = Run.create(tmp_path / "run", config)
+    run = RunFolder.create(tmp_path / "run", config)
     run.save_weights(model, config, epoch=1)
     loaded = load_model(run.path)
     assert type(loaded) is type(model)

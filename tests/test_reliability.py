@@ -21,11 +21,14 @@ import torch
 from aelab import files
 from aelab.errors import UserError
 from aelab.models import MODELS, build
+from aelab import tensorfile
 from aelab.models import picture_names
-from aelab.runs import LOCK, MARKER, Run, _metadata, load_model
+from aelab.runfolder import RunFolder, load_model
 from aelab.train import Diverged
 from conftest import aelab, assert_user_error, stepper
 from crashes import command, crash_and_resume, differences, random_instants, signal_at, start, temporaries
+
+LOCK, MARKER = RunFolder(".").lock_path.name, RunFolder(".").marker_path.name
 
 
 def copy_run(run: Path, to: Path) -> Path:
@@ -39,11 +42,11 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def checkpoint_epoch(run: Path) -> int:
-    return json.loads(_metadata(run / "checkpoint.safetensors")["trainer"])["epoch"]
+    return json.loads(tensorfile.metadata(run / "checkpoint.safetensors")["trainer"])["epoch"]
 
 
 def records(run: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in Run(run).metrics()]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in RunFolder(run).metrics()]
 
 
 # ---------------------------------------------------------------------------------------------- crashes
@@ -90,11 +93,11 @@ def test_a_diverging_run_keeps_its_last_good_epoch_and_resumes_with_a_lower_lr(t
 
     again = aelab("train", "--resume", run, "--epochs", 4, "--lr", "5e-4", "--threads", 1)
     assert again.returncode == 0, again.stderr
-    assert [r["epoch"] for r in Run(run).metrics()] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in RunFolder(run).metrics()] == [1, 2, 3, 4]
     assert json.loads((run / "config.json").read_text())["train"]["lr"] == 5e-4
-    trainer = json.loads(_metadata(run / "checkpoint.safetensors")["trainer"])
+    trainer = json.loads(tensorfile.metadata(run / "checkpoint.safetensors")["trainer"])
     assert trainer["optimizers"][0]["param_groups"][0]["lr"] == 5e-4  # the optimiser runs at the new rate
-    assert Run(run).metrics()[-1]["test_loss"] < Run(run).metrics()[-2]["test_loss"]
+    assert RunFolder(run).metrics()[-1]["test_loss"] < RunFolder(run).metrics()[-2]["test_loss"]
 
 
 # ---------------------------------------------------------------------------------------------- one writer
@@ -114,7 +117,7 @@ def test_one_trainer_per_run_and_readers_see_whole_epochs(subset_npz, trained_ru
         seen = []
         while len(set(seen)) < 2 and time.monotonic() < deadline:
             load_model(run)
-            seen.append(int(_metadata(run / "model.safetensors")["epoch"]))
+            seen.append(int(tensorfile.metadata(run / "model.safetensors")["epoch"]))
         assert len(set(seen)) >= 2 and seen == sorted(seen), seen
     finally:
         first.kill()  # SIGKILL: the kernel drops its lock
@@ -170,7 +173,7 @@ def test_past_the_file_size_limit_one_line_then_the_run_goes_on(trained_run, tmp
     assert (run / "checkpoint.safetensors").read_bytes() == before and temporaries(run) == []
     resumed = aelab("train", "--resume", run, "--epochs", 4, "--threads", 1)
     assert resumed.returncode == 0, resumed.stderr
-    assert [r["epoch"] for r in Run(run).metrics()] == [1, 2, 3, 4] and checkpoint_epoch(run) == 4
+    assert [r["epoch"] for r in RunFolder(run).metrics()] == [1, 2, 3, 4] and checkpoint_epoch(run) == 4
 
 
 def test_a_read_only_run_folder_is_one_line_and_left_alone(trained_run, subset_npz, tmp_path):
@@ -216,11 +219,11 @@ def test_overwrite_removes_only_what_aelab_made(trained_run, subset_npz, tmp_pat
     # a run written before the marker existed is still aelab's, and so is what a run killed at birth left
     old = copy_run(trained_run, tmp_path / "old")
     (old / MARKER).unlink()
-    Run(old).check(replacing=True)
+    RunFolder(old).check(replacing=True)
     stillborn = tmp_path / "stillborn"
     stillborn.mkdir()
     (stillborn / f".{MARKER}.999999999{files.TMP_SUFFIX}").write_text("")
-    Run(stillborn).check(replacing=True)
+    RunFolder(stillborn).check(replacing=True)
 
 
 def test_no_write_follows_a_symbolic_link_out_of_a_run(trained_run, subset_npz, tmp_path):
@@ -273,17 +276,17 @@ def test_torn_or_damaged_metrics_lines(trained_run, tmp_path):
     run = copy_run(trained_run, tmp_path / "run")
     whole = (run / "metrics.jsonl").read_text()
     (run / "metrics.jsonl").write_text(whole + '{"epoch": 4, "train_lo')  # a run killed mid-append, before aelab
-    assert [r["epoch"] for r in Run(run).metrics()] == [1, 2, 3]  # wrote metrics whole: the torn line is left out
+    assert [r["epoch"] for r in RunFolder(run).metrics()] == [1, 2, 3]  # wrote metrics whole: the torn line is left out
     (run / "metrics.jsonl").write_text('{"epoch": 1}\n{"epo\n' + whole)
     with pytest.raises(UserError, match="line 2 is not an epoch's record"):
-        Run(run).metrics()
+        RunFolder(run).metrics()
 
 
 def test_every_models_pictures_are_names_aelab_owns(fashion):
     test = fashion[1].subset(20)
     for name, cls in MODELS.items():
         model = build(name, cls.Config(hidden=(16,), latent=2))
-        assert set(model.make_pictures(test)) <= set(cls.pictures) <= picture_names(), name
+        assert set(model.make_pictures(test)) <= set(cls.pictures) <= set(picture_names()), name
 
 
 def test_non_finite_weights_stop_an_epoch_even_when_its_loss_was_finite():

@@ -84,7 +84,7 @@ class Page:
 def tiny_run(tmp_path_factory, subset_npz, name: str, **settings) -> Path:
     """A one-epoch run on the subset, trained in this process by the machinery `aelab train` uses."""
     from aelab.config import resolve
-    from aelab.runs import train
+    from aelab.pipeline import train
 
     out = tmp_path_factory.mktemp("runs") / name
     train(resolve(name, None, {"data.path": str(subset_npz), "train.epochs": 1, **settings}), out=out)
@@ -179,7 +179,7 @@ def test_run_page_offline_grids_and_clicks_decoded_like_the_mlp(browser, trained
 
 
 def test_conv_decoder_in_the_page_matches_torch(browser, conv_run):
-    from aelab.runs import load_model
+    from aelab.runfolder import load_model
 
     model = load_model(conv_run)
     page = Page(browser, conv_run / "report.html")
@@ -191,7 +191,7 @@ def test_conv_decoder_in_the_page_matches_torch(browser, conv_run):
 
 
 def test_vae_page_strip_sliders_and_new_samples(browser, vae_run):
-    from aelab.runs import load_model
+    from aelab.runfolder import load_model
 
     model = load_model(vae_run)
     page = Page(browser, vae_run / "report.html")
@@ -283,10 +283,13 @@ def test_report_command_rebuilds_old_runs_and_refuses_anything_else(trained_run,
 def test_long_runs_keep_a_hundred_grids_first_and_last(trained_run, tmp_path):
     from aelab.report_html import MAX_FRAMES, epoch_grids
 
-    grid = next((trained_run / "grids").glob("epoch_*.png"))
+    from aelab.runfolder import RunFolder
+
+    grid, run = RunFolder(trained_run).grids()[0], RunFolder(tmp_path)
+    run.grids_path.mkdir()
     for epoch in range(1, 151):
-        shutil.copy(grid, tmp_path / f"epoch_{epoch:03d}.png")
-    grids = epoch_grids(tmp_path)
+        shutil.copy(grid, run.grid(epoch))
+    grids = epoch_grids(run.grids())
     assert len(grids["frames"]) == MAX_FRAMES and grids["epochs"][0] == 1 and grids["epochs"][-1] == 150
 
 

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from aelab.config import RunConfig
 from aelab.errors import UserError
-from aelab.runs import Run, _metadata, load_model
+from aelab import tensorfile
+from aelab.runfolder import RunFolder, load_model
 from conftest import N_TEST, RUN_EPOCHS
 
 SAFE_SUFFIXES = {".json", ".jsonl", ".safetensors", ".png", ".gif", ".md", ".html"}
@@ -100,12 +101,12 @@ def test_weights_load_back_equal_to_the_bit(trained_run, tmp_path):
     for k in state:
         assert torch.equal(state[k], saved[k]) and torch.equal(state[k], in_checkpoint[k]), k
     # save -> load round trip through a fresh file; the file stands alone (its config is in its metadata)
-    run = Run(tmp_path)
-    run.save_weights(model, Run.open(trained_run).config(), epoch=RUN_EPOCHS)
+    run = RunFolder(tmp_path)
+    run.save_weights(model, RunFolder.open(trained_run).config(), epoch=RUN_EPOCHS)
     again = load_model(tmp_path / "model.safetensors")
     for k, v in again.state_dict().items():
         assert v.dtype == state[k].dtype and torch.equal(v, state[k]), k
-    meta = json.loads(_metadata(tmp_path / "model.safetensors")["config"])
+    meta = json.loads(tensorfile.metadata(tmp_path / "model.safetensors")["config"])
     assert meta == json.loads((trained_run / "config.json").read_text())
 
 

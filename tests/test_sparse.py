@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from aelab import config as cfg
-from aelab import runs
+from aelab import pipeline
+from aelab.runfolder import load_model
 from aelab.cli import main
 from aelab.data import load_dataset
 from aelab.datasets import VectorSet
@@ -42,7 +43,7 @@ def planted(tmp_path_factory):
 def test_topk_sae_recovers_the_planted_atoms(planted):
     folder, atoms = planted
     run = folder / "run"
-    model = runs.load_model(run)
+    model = load_model(run)
     best = recovered(model.atoms().numpy(), atoms)  # the dictionary in the vectors' own units
     assert (best > 0.9).mean() >= 0.9, np.sort(best)[:20]
     metrics = json.loads((run / "eval.json").read_text())
@@ -70,7 +71,7 @@ def test_encode_decode_reconstruct_speak_the_vectors_units(planted, tmp_path):
     # the reconstructions are vectors in the file's own units: they explain most of its variance
     explained = 1 - ((recon - raw) ** 2).sum() / ((raw - raw.mean(0)) ** 2).sum()
     assert explained > 0.7
-    model = runs.load_model(run)
+    model = load_model(run)
     train, _ = load_dataset(data)
     assert torch.allclose(model.in_mean, train.mean) and torch.allclose(model.in_std, train.std)
     assert np.allclose(model.in_mean.numpy(), raw[train.rows.numpy()].mean(0), atol=1e-4)
@@ -176,9 +177,9 @@ def test_resume_is_exact_with_the_dead_unit_buffer(tmp_path, one_thread):
     np.save(tmp_path / "v.npy", vectors)
     settings = {"data.path": str(tmp_path / "v.npy"), "latent": 48, "k": 3, "batch_size": 64, "dead_window": 500,
                 "train_eval_size": 0}
-    runs.train(cfg.resolve("sae", None, {**settings, "epochs": 2}), out=tmp_path / "straight")
-    runs.train(cfg.resolve("sae", None, {**settings, "epochs": 1}), out=tmp_path / "resumed")
-    runs.train(resume=tmp_path / "resumed", epochs=2)
-    a, b = (runs.load_model(tmp_path / name).state_dict() for name in ("straight", "resumed"))
+    pipeline.train(cfg.resolve("sae", None, {**settings, "epochs": 2}), out=tmp_path / "straight")
+    pipeline.train(cfg.resolve("sae", None, {**settings, "epochs": 1}), out=tmp_path / "resumed")
+    pipeline.resume(tmp_path / "resumed", epochs=2)
+    a, b = (load_model(tmp_path / name).state_dict() for name in ("straight", "resumed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert a["inputs_since_active"].max() > 0

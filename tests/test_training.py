@@ -17,20 +17,22 @@ from aelab import config as cfg
 from aelab.data import load_dataset
 from aelab.errors import UserError
 from aelab.models import AEConfig, build
-from aelab.runs import Run, _metadata, train
+from aelab import tensorfile
+from aelab.pipeline import resume, train
+from aelab.runfolder import RunFolder
 from conftest import RUN_EPOCHS, SRC, aelab, assert_user_error
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def train_subset(data, out, epochs: int, seed: int = 0, **settings) -> Run:
+def train_subset(data, out, epochs: int, seed: int = 0, **settings) -> RunFolder:
     overrides = {"data.path": str(data), "train.epochs": epochs, "train.seed": seed, **settings}
     assert train(cfg.resolve("ae", None, overrides), out=out) == 0
-    return Run(out)
+    return RunFolder(out)
 
 
-def metrics_without_time(run: Run) -> list[dict]:
+def metrics_without_time(run: RunFolder) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in run.metrics()]
 
 
@@ -41,7 +43,7 @@ def assert_same_tensors(a: dict, b: dict):
 
 
 def test_a_short_real_run_lowers_test_loss(trained_run, subset_npz):
-    records = Run(trained_run).metrics()
+    records = RunFolder(trained_run).metrics()
     assert [r["epoch"] for r in records] == list(range(1, RUN_EPOCHS + 1))
     test_losses = [r["test_loss"] for r in records]
     train_losses = [r["train_loss"] for r in records]
@@ -58,7 +60,7 @@ def test_a_short_real_run_lowers_test_loss(trained_run, subset_npz):
 def test_training_prints_the_config_and_each_epochs_train_and_test_loss(trained_run):
     stdout = (trained_run.parent / "train.stdout").read_text()
     assert "487,588 parameters" in stdout and "train.batch_size = 512" in stdout and "train.lr = 0.001" in stdout
-    records = Run(trained_run).metrics()
+    records = RunFolder(trained_run).metrics()
     for r in records:
         assert (f"epoch {r['epoch']:>3}/{RUN_EPOCHS}  train_loss {r['train_loss']:.4f}  "
                 f"test_loss {r['test_loss']:.4f}") in stdout
@@ -66,8 +68,8 @@ def test_training_prints_the_config_and_each_epochs_train_and_test_loss(trained_
 
 def test_seeded_runs_reproduce_exactly_across_processes(trained_run, subset_npz, tmp_path):
     again = train_subset(subset_npz, tmp_path / "again", RUN_EPOCHS)  # in this process; the fixture ran the CLI
-    assert_same_tensors(load_file(again.weights_path), load_file(Run(trained_run).weights_path))
-    assert metrics_without_time(again) == metrics_without_time(Run(trained_run))
+    assert_same_tensors(load_file(again.weights_path), load_file(RunFolder(trained_run).weights_path))
+    assert metrics_without_time(again) == metrics_without_time(RunFolder(trained_run))
     other = train_subset(subset_npz, tmp_path / "other", 1, seed=1)
     assert not torch.equal(load_file(other.weights_path)["encoder.1.weight"],
                            load_file(again.weights_path)["encoder.1.weight"])
@@ -77,7 +79,7 @@ def test_resumed_run_equals_an_uninterrupted_one_to_the_bit(subset_npz, tmp_path
     whole = train_subset(subset_npz, tmp_path / "whole", 4)
     part = train_subset(subset_npz, tmp_path / "part", 2)
     assert len(part.metrics()) == 2
-    assert train(resume=part.path, epochs=4) == 0
+    assert resume(part.path, epochs=4) == 0
     assert_same_tensors(load_file(part.weights_path), load_file(whole.weights_path))
     # optimiser moments and RNG states too: a third resume would go on identically
     assert_same_tensors(load_file(part.checkpoint_path), load_file(whole.checkpoint_path))
@@ -114,12 +116,12 @@ def test_ctrl_c_leaves_a_resumable_run_and_one_line(subset_npz, tmp_path):
     assert "Traceback" not in stderr
     assert len(stderr.splitlines()) == 1 and "interrupted" in stderr and "--resume" in stderr, stderr
 
-    done = json.loads(_metadata(checkpoint)["trainer"])["epoch"]
+    done = json.loads(tensorfile.metadata(checkpoint)["trainer"])["epoch"]
     assert 1 <= done < 1000
     resumed = aelab("train", "--resume", out, "--epochs", done + 1, "--threads", 1)
     assert resumed.returncode == 0, resumed.stderr
     assert f"after epoch {done}" in resumed.stdout
-    assert [r["epoch"] for r in Run(out).metrics()] == list(range(1, done + 2))
+    assert [r["epoch"] for r in RunFolder(out).metrics()] == list(range(1, done + 2))
     # and it is the run that was never stopped
     straight = aelab("train", "--data", subset_npz, "--epochs", done + 1, "--grid-every", "0", "--threads", 1,
                      "--out", tmp_path / "straight")

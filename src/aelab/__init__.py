@@ -3,8 +3,8 @@
 The chapter's deep autoencoder, its variants and the PCA baselines, trained on real Fashion-MNIST.
 Importing the package is cheap; torch is loaded by the submodules that need it.
 
-    >>> from aelab import runs
-    >>> model = runs.load_model("runs/chapter")
+    >>> from aelab.runfolder import load_model
+    >>> model = load_model("runs/chapter")
     >>> codes = model.encode(images)            # numpy uint8/float or torch tensors
 """
 

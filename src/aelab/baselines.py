@@ -124,20 +124,20 @@ class _Baseline:
 
 def load_baseline(path: str | Path) -> tuple["_Baseline", dict[str, str]]:
     """A fitted PCA or LogisticPCA from `save`, and the file's metadata."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    from aelab import tensorfile
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"{path} is not a readable safetensors file ({e}); refit the baseline") from None
+    fix = "delete it and refit the baseline"
+    meta = tensorfile.metadata(Path(path), fix=fix)
     cls = {cls.__name__: cls for cls in BASELINES.values()}.get(meta.get("class", ""))
     if meta.get("format") != FORMAT or cls is None:
         raise UserError(f"{path} is not a saved aelab baseline; refit it")
-    model = cls(**json.loads(meta["params"]))
-    model.image_shape_ = tuple(json.loads(meta["image_shape"]))
+    tensors, _ = tensorfile.load(Path(path), dict.fromkeys(cls._state), fix=fix)
+    try:
+        model = cls(**json.loads(meta["params"]))
+        model.image_shape_ = tuple(json.loads(meta["image_shape"]))
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
+        raise UserError(f"{path} holds parameters that cannot work ({e.__class__.__name__}: {str(e)[:200]}); it is "
+                        f"damaged: {fix}") from None
     for name in cls._state:
         setattr(model, name, tensors[name])
     return model, meta

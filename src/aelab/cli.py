@@ -171,7 +171,7 @@ def _signals() -> None:
 
 def cmd_train(args) -> int:
     from aelab import config as cfg
-    from aelab.runs import RESUMABLE, train
+    from aelab.pipeline import RESUMABLE, resume, train
 
     overrides = dict(_parse_set(item) for item in args.set)
     overrides.update({key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None})
@@ -185,7 +185,7 @@ def cmd_train(args) -> int:
         if changed or args.model:
             raise UserError(f"a resumed run keeps its settings; drop {', '.join(changed) or 'the model name'} "
                             "(only --epochs, --lr, --precision and --device may change)")
-        return train(resume=run_dir, threads=args.threads, changes=overrides, loggers=args.log)
+        return resume(run_dir, threads=args.threads, changes=overrides, loggers=args.log)
     config = cfg.resolve(args.model, args.config, overrides)
     return train(config, out=args.out, overwrite=args.overwrite, threads=args.threads, loggers=args.log)
 
@@ -202,13 +202,14 @@ def cmd_eval(args) -> int:
 
     from aelab.data import load_dataset
     from aelab.evaluate import evaluate
-    from aelab.runs import Run, load_model
+    from aelab.runfolder import RunFolder, load_model
 
     if args.save and (args.data or not Path(args.run).is_dir()):
         raise UserError("--save writes RUN/eval.json, the measures of a run folder on its own test set; "
                         "drop --data (or --save)")
     model = load_model(args.run, args.device)
-    config = Run.open(args.run).config()
+    run = RunFolder.open(args.run)
+    config = run.config()
     _, test = load_dataset(args.data or config.data.path, config.data.grey, config.data.test_fraction, config.data.kind)
     if test.shape != tuple(model.config.in_shape):
         raise UserError(f"the test data are {'x'.join(map(str, test.shape))} but {args.run} takes "
@@ -219,9 +220,7 @@ def cmd_eval(args) -> int:
         raise UserError(f"{args.run} gives non-finite measures ({', '.join(f'{k} {metrics[k]}' for k in bad)}); "
                         "its weights overflow on these images: retrain with a lower --lr")
     if args.save:  # eval.json is the run's own test set, as report.md says
-        from aelab import files
-
-        files.write_text(Path(args.run) / "eval.json", json.dumps(metrics, indent=2) + "\n")
+        run.write_measures(metrics)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -234,7 +233,7 @@ def cmd_eval(args) -> int:
 def cmd_info(args) -> int:
     from aelab import config as cfg
     from aelab.models import build, summary
-    from aelab.runs import load_model
+    from aelab.runfolder import load_model
 
     if Path(args.target).exists():
         model = load_model(args.target)
@@ -297,8 +296,10 @@ def cmd_report(args) -> int:
     if not folder.exists():
         raise UserError(f"{folder} does not exist; pass a run folder (`aelab train --out`) or a comparison folder "
                         "(`aelab compare --out`)")
-    if (folder / "config.json").is_file():
-        from aelab.runs import write_page
+    from aelab.runfolder import RunFolder
+
+    if RunFolder(folder).config_path.is_file():
+        from aelab.pipeline import write_page
 
         page = write_page(folder, out)
     elif (folder / "compare.json").is_file():
@@ -317,7 +318,7 @@ def cmd_apply(args) -> int:
     import numpy as np
 
     from aelab.data import read_codes, read_inputs, read_vectors
-    from aelab.runs import load_model
+    from aelab.runfolder import load_model
 
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
@@ -364,7 +365,7 @@ def cmd_sample(args) -> int:
 
 def cmd_interpolate(args) -> int:
     from aelab.images import save_png, tile
-    from aelab.runs import load_model
+    from aelab.runfolder import load_model
 
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
@@ -387,7 +388,7 @@ def cmd_export(args) -> int:
     import torch
 
     from aelab.export import export_onnx, max_differences, require_onnx
-    from aelab.runs import Run, load_model
+    from aelab.runfolder import RunFolder, load_model
 
     require_onnx()
     out = Path(args.out)
@@ -397,7 +398,7 @@ def cmd_export(args) -> int:
     model = load_model(args.run, "cpu")  # exported from the CPU: the files run anywhere
     paths = export_onnx(model, out)
     try:  # the run's own test images when its data is here; else uniform noise of the same shape
-        images, what = Run.open(args.run).config().data.load()[1].floats(slice(0, 256)), "test images"
+        images, what = RunFolder.open(args.run).config().data.load()[1].floats(slice(0, 256)), "test images"
     except UserError:
         images, what = torch.rand(256, *model.config.in_shape, generator=torch.Generator().manual_seed(0)), "random images"
     diff = max_differences(model, out, images)
@@ -410,21 +411,21 @@ def cmd_export(args) -> int:
 
 def _model_that(run: str, able, cannot: str, device: str):
     """The run's model, or one line saying what it cannot do."""
-    from aelab.runs import Run, load_model
+    from aelab.runfolder import RunFolder, load_model
 
     model = load_model(run, device)
     if not able(model):
-        raise UserError(f"{run} is a {Run.open(run).config().model_name!r} run, {cannot}")
+        raise UserError(f"{run} is a {RunFolder.open(run).config().model_name!r} run, {cannot}")
     return model
 
 
 def _image_or_test_index(run: str, item: str):
     """The uint8 image (1, c, h, w) named by a file path, or by its index in the run's test set."""
     from aelab.data import read_inputs
-    from aelab.runs import Run
+    from aelab.runfolder import RunFolder
 
     if item.isdigit() and not Path(item).exists():
-        test = Run.open(run).config().data.load()[1]
+        test = RunFolder.open(run).config().data.load()[1]
         if int(item) >= len(test):
             raise UserError(f"test index {item} is out of range: the run's test set holds {len(test)} images")
         return test.images[int(item):int(item) + 1]

@@ -75,21 +75,23 @@ def train_model(name: str, latent: int, folder: Path, data: str | None, epochs: 
     """Train a registered model by the run machinery into folder/NAME-kK; a finished run is reused and an
     unfinished or shorter one resumed (to `epochs`)."""
     from aelab import config as cfg
-    from aelab.runs import Run, train
+    from aelab.pipeline import resume, train
+    from aelab.runfolder import RunFolder
 
-    run_dir = folder / f"{name}-k{latent}"
+    run = RunFolder(folder / f"{name}-k{latent}")
+    run_dir = run.path
     overrides = {"model.latent": latent, "data.path": data, "train.grid_every": 10, "train.device": device}
     if epochs is not None:
         overrides["train.epochs"] = epochs
     config = cfg.resolve(name, None, overrides)
-    if (run_dir / "checkpoint.safetensors").is_file():
-        saved = Run.open(run_dir).config()
+    if run.checkpoint_path.is_file():
+        saved = RunFolder.open(run_dir).config()
         if saved.data.path != data or saved.model.latent != latent:
             raise UserError(f"{run_dir} was trained on other data or another code size; "
                             "remove it or pick another --out")
-        done = Run(run_dir).metrics()
+        done = run.metrics()
         if not done or done[-1]["epoch"] < config.train.epochs:
-            train(resume=run_dir, epochs=config.train.epochs, threads=threads, device=device)
+            resume(run_dir, epochs=config.train.epochs, threads=threads, device=device)
         else:
             print(f"compare: reusing {run_dir} ({done[-1]['epoch']} epochs)", flush=True)
     else:
@@ -100,7 +102,7 @@ def train_model(name: str, latent: int, folder: Path, data: str | None, epochs: 
 def load_run(name: str, run_dir: str | Path, device: str = "auto") -> Fitted:
     """A trained run folder (from `aelab train` or an earlier compare), or a baseline saved by compare, as a
     method named `name`."""
-    from aelab.runs import Run, load_model
+    from aelab.runfolder import RunFolder, load_model
 
     if Path(run_dir).is_file():
         try:
@@ -109,7 +111,7 @@ def load_run(name: str, run_dir: str | Path, device: str = "auto") -> Fitted:
         except UserError:
             pass  # not a baseline: a model.safetensors file
     model = load_model(run_dir, device)
-    history = Run(run_dir).metrics() if Path(run_dir).is_dir() else []
+    history = RunFolder(run_dir).metrics() if Path(run_dir).is_dir() else []
     return Fitted(name, model.config.latent, model, sum(r["seconds"] for r in history),
                   history[-1]["epoch"] if history else None)
 

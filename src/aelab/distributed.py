@@ -21,8 +21,8 @@ _shard: tuple[int, int] | None = None
 
 
 def parse_device(name: str) -> torch.device | None:
-    """The device a setting names (None for auto), checked for form only: a run trained on a GPU keeps "cuda" in
-    its config, and must still load where there is none."""
+    """The one reading of a device setting: a torch.device, or None for auto. Checked for form only: a run trained
+    on a GPU keeps "cuda" in its config, and must still load where there is none (resolve_device checks that)."""
     if name == "auto":
         return None
     try:
@@ -34,21 +34,21 @@ def parse_device(name: str) -> torch.device | None:
     return device
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """auto: the first CUDA GPU if there is one, else the CPU; cpu, cuda, cuda:N, mps as asked, if present."""
-    device = parse_device(name)
+def resolve_device(device: torch.device | None) -> torch.device:
+    """A parsed device (parse_device) on this machine: None (auto) is the first CUDA GPU if there is one, else
+    the CPU; cpu, cuda, cuda:N, mps as asked, if present."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise UserError(f"--device {name}: this machine has no CUDA GPU that torch can use; use --device cpu "
+            raise UserError(f"--device {device}: this machine has no CUDA GPU that torch can use; use --device cpu "
                             "or auto")
         if (device.index or 0) >= count:
-            raise UserError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+            raise UserError(f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
     elif device.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise UserError(f"--device {name}: Apple's MPS is not available here; use --device cpu or auto")
+            raise UserError(f"--device {device}: Apple's MPS is not available here; use --device cpu or auto")
     return device
 
 
@@ -57,10 +57,10 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup(device_name: str) -> torch.device:
-    """The device of this process; under torchrun, joins the process group first (NCCL on GPUs, gloo on CPUs)
-    and gives each rank its own GPU (cuda:LOCAL_RANK) when the device is a GPU."""
-    device = resolve_device(device_name)
+def setup(device: torch.device | None) -> torch.device:
+    """The device of this process for a parsed device (parse_device); under torchrun, joins the process group
+    first (NCCL on GPUs, gloo on CPUs) and gives each rank its own GPU (cuda:LOCAL_RANK) when the device is a GPU."""
+    device = resolve_device(device)
     if not launched():
         return device
     if device.type == "cuda":

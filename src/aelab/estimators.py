@@ -31,15 +31,18 @@ except ImportError:
     raise ImportError("aelab.estimators needs scikit-learn 1.6 or later; install it with "
                       "`pip install 'aelab[sklearn]'`") from None
 
-from aelab import baselines, files
+from aelab import baselines, files, tensorfile
 from aelab.config import RunConfig, resolve
 from aelab.datasets import ImageSet
+from aelab.errors import UserError
 from aelab.evaluate import reconstruction_metrics
 from aelab.models import build
+from aelab.pipeline import build_for
 from aelab.train import Trainer
 
 FORMAT = "aelab-estimator/1"
 BATCH = 2500  # images per forward pass in transform, inverse_transform and score
+FIX = "save it again with est.save(path)"  # what to do about a damaged saved estimator
 
 
 # -- one image's layout: as the user holds it, and as the models take it (c, h, w) ------------------------------
@@ -164,20 +167,24 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
                 "fitted": json.dumps(fitted)}
         return save({k: v.detach().contiguous() for k, v in self._tensors().items()}, metadata=meta)
 
-    def _load_bytes(self, data: bytes) -> None:
-        from safetensors.torch import load
-
-        meta = _metadata(data)
+    def _load_bytes(self, data: bytes, source: str = "the pickled estimator") -> None:
+        meta = tensorfile.metadata(data, source, FIX)
         if meta.get("class") != type(self).__name__:
-            raise ValueError(f"these bytes hold a {meta.get('class')}, not a {type(self).__name__}")
+            raise UserError(f"{source} holds a {meta.get('class')}, not a {type(self).__name__}")
         tuples = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731  JSON turned tuples into lists
-        self.__dict__.update({k: tuples(v) for k, v in json.loads(meta["params"]).items()})
-        fitted = json.loads(meta["fitted"])
-        for key in ("n_features_in_", "input_shape_", "layout_", "image_shape_"):
-            setattr(self, key, tuples(fitted.pop(key)))
-        if "feature_names_in_" in fitted:
-            self.feature_names_in_ = np.asarray(fitted.pop("feature_names_in_"), dtype=object)
-        self._restore(load(data), fitted)
+        try:
+            self.__dict__.update({k: tuples(v) for k, v in json.loads(meta["params"]).items()})
+            fitted = json.loads(meta["fitted"])
+            for key in ("n_features_in_", "input_shape_", "layout_", "image_shape_"):
+                setattr(self, key, tuples(fitted.pop(key)))
+            if "feature_names_in_" in fitted:
+                self.feature_names_in_ = np.asarray(fitted.pop("feature_names_in_"), dtype=object)
+            self._restore(lambda like: tensorfile.load(data, like, source=source, fix=FIX)[0], fitted)
+        except UserError:
+            raise
+        except (*tensorfile.ERRORS, RecursionError) as e:  # JSON errors are ValueErrors
+            raise UserError(f"{source} holds a {type(self).__name__} that cannot be rebuilt ({e.__class__.__name__}: "
+                            f"{str(e)[:200]}); it is damaged: {FIX}") from None
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted estimator to a safetensors file (no pickle); read it back with `load`."""
@@ -189,13 +196,16 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     @classmethod
     def load(cls, path: str | Path):
         """An estimator written by `save`."""
-        data = Path(path).read_bytes()
-        meta = _metadata(data, path)
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise UserError(f"{path} cannot be read ({e}); check the path and its permissions") from None
+        meta = tensorfile.metadata(data, str(path), FIX)
         target = ESTIMATORS.get(meta.get("class"))
         if meta.get("format") != FORMAT or target is None or not issubclass(target, cls):
-            raise ValueError(f"{path} holds no saved aelab {cls.__name__}; write one with est.save(path)")
+            raise UserError(f"{path} holds no saved aelab {cls.__name__}; write one with est.save(path)")
         estimator = target.__new__(target)
-        estimator._load_bytes(data)
+        estimator._load_bytes(data, str(path))
         return estimator
 
     def __getstate__(self):
@@ -218,16 +228,8 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     def _decode(self, z: torch.Tensor) -> torch.Tensor: ...
     def _tensors(self) -> dict[str, torch.Tensor]: ...
     def _fitted_meta(self) -> dict: return {}
-    def _restore(self, tensors: dict[str, torch.Tensor], fitted: dict) -> None: ...
-
-
-def _metadata(data: bytes, source="bytes") -> dict[str, str]:
-    """The JSON metadata of safetensors bytes (an 8-byte little-endian header length, then the JSON header)."""
-    try:
-        size = int.from_bytes(data[:8], "little")
-        return json.loads(data[8:8 + size]).get("__metadata__") or {}
-    except (ValueError, AttributeError):
-        raise ValueError(f"{source} is not a safetensors file; write one with est.save(path)") from None
+    def _restore(self, read, fitted: dict) -> None:
+        """Rebuild the fitted state; read(like) gives the saved tensors, checked against `like` (tensorfile.load)."""
 
 
 # -- the autoencoders -------------------------------------------------------------------------------------------
@@ -287,10 +289,9 @@ class Autoencoder(_ImageTransformer):
 
     def _fit(self, images: torch.Tensor) -> None:
         config = self.run_config()
-        config.model.in_shape = self.image_shape_
         with torch.random.fork_rng(devices=[]):  # seeded like `aelab train`, the caller's RNG left as it was
             torch.manual_seed(config.train.seed)
-            model = build(config.model_name, config.model)
+            model = build_for(config, ImageSet(images))
             trainer = Trainer(model, ImageSet(images), ImageSet(images[:0]), config.train)
             self.history_ = trainer.fit()
         self.model_, self.config_ = model.cpu().eval(), config
@@ -311,11 +312,11 @@ class Autoencoder(_ImageTransformer):
     def _fitted_meta(self):
         return {"config": self.config_.to_dict(), "history": self.history_}
 
-    def _restore(self, tensors, fitted):
+    def _restore(self, read, fitted):
         self.config_ = RunConfig.from_dict(fitted["config"])
         self.history_ = fitted["history"]
         self.model_ = build(self.config_.model_name, self.config_.model)
-        self.model_.load_state_dict(tensors)
+        self.model_.load_state_dict(read(self.model_.state_dict()))
         self.model_.eval()
 
 
@@ -342,10 +343,10 @@ class _Baseline(_ImageTransformer):
     def _tensors(self):
         return {name: getattr(self.model_, name) for name in self._baseline._state}
 
-    def _restore(self, tensors, fitted):
+    def _restore(self, read, fitted):
         self.model_ = self._baseline(**self.get_params())
         self.model_.image_shape_ = self.image_shape_
-        for name, value in tensors.items():
+        for name, value in read(dict.fromkeys(self._baseline._state)).items():
             setattr(self.model_, name, value)
 
     mean_ = property(lambda self: self.model_.mean_.numpy(), doc="(n_features,) the centre the codes start from")
@@ -394,8 +395,8 @@ class LogisticPCA(_Baseline):
         scores = getattr(self.model_, "m_scores_", None)
         return {"loss_curve_": self.model_.loss_curve_, "m_scores_": scores and list(scores.items())}
 
-    def _restore(self, tensors, fitted):
-        super()._restore(tensors, fitted)
+    def _restore(self, read, fitted):
+        super()._restore(read, fitted)
         self.model_.loss_curve_ = fitted["loss_curve_"]
         if fitted["m_scores_"]:
             self.model_.m_scores_ = dict(fitted["m_scores_"])

@@ -96,14 +96,18 @@ def feature_classifier(train: ImageSet | None = None, test: ImageSet | None = No
                        epochs: int = 3) -> tuple[FeatureNet, float]:
     """The cached classifier and its test accuracy; trained on Fashion-MNIST (or the sets given) and saved
     on first use."""
-    from safetensors.torch import load_file, safe_open
+    from aelab import tensorfile
 
     path = Path(cache or cache_dir()) / CLASSIFIER_FILE
     net = FeatureNet()
     if path.is_file():
-        with safe_open(str(path), framework="pt") as f:
-            accuracy = float((f.metadata() or {})["test_accuracy"])
-        net.load_state_dict(load_file(str(path)))
+        fix = "delete it, and the classifier is trained again on next use"
+        tensors, meta = tensorfile.load(path, net.state_dict(), fix=fix)
+        try:
+            accuracy = float(meta["test_accuracy"])
+        except (KeyError, ValueError):
+            raise UserError(f"{path} holds no test accuracy in its metadata; it is damaged: {fix}") from None
+        net.load_state_dict(tensors)
         return net.eval(), accuracy
     if train is None or test is None:
         from aelab.data import load_dataset

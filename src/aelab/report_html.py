@@ -11,7 +11,6 @@ import base64
 import io
 import json
 import math
-import re
 from importlib import resources
 from pathlib import Path
 
@@ -20,12 +19,11 @@ import torch
 from torch import nn
 
 from aelab import files
-from aelab.errors import UserError
+from aelab.runfolder import RunFolder
 
 
 MAP_POINTS = 2000   # test codes on the latent map, with their images for hovering (a 0.8 MB sprite at 28x28)
 MAX_FRAMES = 100    # epoch grids kept for the slider; a longer run keeps evenly spaced ones, first and last
-MAX_MEASURES_BYTES = 1 << 20  # eval.json is a few hundred bytes
 SPRITE_COLS = 50
 
 
@@ -126,29 +124,21 @@ def latent_map(model, test, config) -> dict:
             "sprite": _uri(tile(test.images[:n], rows, SPRITE_COLS)), "sprite_cols": SPRITE_COLS}
 
 
-def epoch_grids(folder: Path, grey: bool = True) -> dict | None:
-    """The per-epoch grids: the real half once (lossless), each epoch's reconstruction half as WebP. They are read
-    by the hardened image reader: a damaged, oversized or foreign grid is refused in one line naming it."""
+def epoch_grids(frames: list[Path], grey: bool = True) -> dict | None:
+    """The per-epoch grids (RunFolder.grids): the real half once (lossless), each epoch's reconstruction half as
+    WebP. They are read by the hardened image reader: a damaged, oversized or foreign grid is refused in one line."""
     from PIL import Image
 
     from aelab.readers import read_image_files
 
-    if folder.is_symlink():
-        raise UserError(f"{folder} is a symbolic link; aelab reads and writes only its own folder there: replace "
-                        "the link with the folder itself, or remove it")
-    numbered = {int(m[1]): f for f in folder.glob("epoch_*.png") if (m := re.fullmatch(r"epoch_(\d+)\.png", f.name))}
-    for f in numbered.values():
-        if f.is_symlink() or not f.is_file():
-            raise UserError(f"{f} is not a plain file; aelab writes its grids as files: remove or replace it")
-    epochs = sorted(numbered)
-    if len(epochs) > MAX_FRAMES:
-        epochs = [epochs[round(i)] for i in np.linspace(0, len(epochs) - 1, MAX_FRAMES)]
-    if not epochs:
+    if len(frames) > MAX_FRAMES:
+        frames = [frames[round(i)] for i in np.linspace(0, len(frames) - 1, MAX_FRAMES)]
+    if not frames:
         return None
-    grids = read_image_files([numbered[e] for e in epochs], grey).numpy().transpose(0, 2, 3, 1)  # (n, h, w, c)
+    grids = read_image_files(frames, grey).numpy().transpose(0, 2, 3, 1)  # (n, h, w, c)
     half = grids.shape[2] // 2
     picture = (lambda g: Image.fromarray(g[..., 0] if grey else g))
-    return {"real": _uri(picture(grids[0, :, :half])), "epochs": epochs,
+    return {"real": _uri(picture(grids[0, :, :half])), "epochs": [RunFolder.grid_epoch(f) for f in frames],
             "frames": [_uri(picture(g[:, half:2 * half]), "WEBP", quality=90) for g in grids]}
 
 
@@ -157,22 +147,6 @@ def _finite(value) -> int | float | None:
     if type(value) is int:
         return value if abs(value) < 2 ** 53 else None  # beyond that JavaScript rounds
     return value if type(value) is float and math.isfinite(value) else None
-
-
-def read_measures(path: Path) -> dict | None:
-    """RUN/eval.json, or None where there is none; a damaged one is refused in one line naming the fix."""
-    if not path.exists():
-        return None
-    fix = f"rewrite it with `aelab eval {path.parent} --save`, or delete it and the page measures the run afresh"
-    try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_MEASURES_BYTES:
-            raise ValueError("not a small plain file")
-        measures = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError) as e:
-        raise UserError(f"{path} is damaged ({e}); {fix}") from None
-    if not isinstance(measures, dict):
-        raise UserError(f"{path} is damaged (not a JSON object of measures); {fix}")
-    return measures
 
 
 def run_page_data(run_path: Path, config, model, test, history: list[dict], measures: dict) -> dict:
@@ -199,7 +173,7 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
                   "test_images": len(test)},
         "measures": {k: _finite(v) for k, v in measures.items()},
         "history": history,
-        "grids": epoch_grids(Path(run_path) / "grids", model.config.in_shape[0] == 1),
+        "grids": epoch_grids(RunFolder(run_path).grids(), model.config.in_shape[0] == 1),
         # the explorer shows images: a run on vectors has measures and curves, no map
         "map": latent_map(model, test, config) if images else None,
         "decoder": decoder_program(model.decoder, model.code_shape) if images else None,
@@ -217,7 +191,7 @@ def compare_page_data(folder: Path) -> dict:
     notes = notes_path.read_text().split("\n\n")[1:] if notes_path.is_file() else []
     figures = sorted(folder.glob("reconstructions_k*.png"), key=lambda p: int(p.stem.split("_k")[1]))
     for row in rows:  # link each trained model's row to its own page
-        page = folder / "runs" / f"{row['method']}-k{row['latent']}" / "report.html"
+        page = RunFolder(folder / "runs" / f"{row['method']}-k{row['latent']}").page_path
         row["page"] = str(page.relative_to(folder)) if page.is_file() else None
     error_plot = folder / "error_vs_latent.png"
     return {"kind": "compare", "title": f"Comparison: {', '.join(dict.fromkeys(r['method'] for r in rows))}",
@@ -243,7 +217,7 @@ def write_run_page(run_path: str | Path, config, model, test, history: list[dict
                    out: str | Path | None = None) -> Path:
     """RUN/report.html (or `out`): the run's config and model, its test set (an ImageSet), its metrics.jsonl
     records and its final test measures."""
-    path = Path(out or Path(run_path) / "report.html")
+    path = Path(out or RunFolder(run_path).page_path)
     files.write_text(path, render(run_page_data(Path(run_path), config, model, test, history, measures)))
     return path
 

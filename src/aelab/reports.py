@@ -9,6 +9,7 @@ import torch
 
 from aelab.files import atomic, write_text
 from aelab.images import save_gif, save_png, side_by_side
+from aelab.runfolder import RunFolder
 from aelab.train import Callback, Trainer
 
 GRID_ROWS, GRID_COLS = 10, 10
@@ -17,22 +18,22 @@ GRID_ROWS, GRID_COLS = 10, 10
 class GridWriter(Callback):
     """Every `every` epochs, the chapter's 10x10 grid of the same 50 test images: real | reconstruction."""
 
-    def __init__(self, folder: Path, every: int):
-        self.folder, self.every = Path(folder), every
+    def __init__(self, run: RunFolder, every: int):
+        self.run, self.every = run, every
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         if self.every and (trainer.epoch % self.every == 0 or trainer.epoch == trainer.config.epochs):
             self.write(trainer.model, trainer.test_set.floats(slice(0, GRID_ROWS * GRID_COLS // 2)).cpu(),
-                       self.folder / f"epoch_{trainer.epoch:03d}.png")
+                       self.run.grid(trainer.epoch))
 
     @staticmethod
     def write(model, real: torch.Tensor, path: Path) -> Path:
         return save_png(reconstruction_grid(model, real), path)
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        frames = sorted(self.folder.glob("epoch_*.png"))
+        frames = self.run.grids()
         if len(frames) > 1:
-            save_gif(frames, self.folder.parent / "grids.gif")
+            save_gif(frames, self.run.gif_path)
 
 
 def reconstruction_grid(model, real: torch.Tensor):
@@ -81,13 +82,12 @@ def _table(rows: list[tuple]) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in body])
 
 
-def write_report(run_path: Path, config, model, history: list[dict], metrics: dict, pictures=()) -> Path:
+def write_report(run: RunFolder, config, model, history: list[dict], metrics: dict, pictures=()) -> Path:
     """report.md: what was trained, how the losses went, the test measures and the pictures (`pictures`: names
     of the model's own pictures in the run folder, from model.make_pictures; their captions from model.pictures)."""
     from aelab.models import summary
 
-    run_path = Path(run_path)
-    grids = sorted((run_path / "grids").glob("epoch_*.png"))
+    grids = [p.relative_to(run.path) for p in run.grids()]
     seconds = sum(r["seconds"] for r in history)
     parts = [
         f"# {config.model_name} on {config.data.path or 'Fashion-MNIST'}",
@@ -100,7 +100,7 @@ def write_report(run_path: Path, config, model, history: list[dict], metrics: di
         if "bce" in metrics else
         "Vectors are measured standardised (each feature less its training mean, over its training std): `mse` per "
         "value, `fve` the fraction of the test set's variance the reconstructions explain.",
-        "## Loss curves", "![losses](loss.png)",
+        "## Loss curves", f"![losses]({run.loss_plot_path.name})",
     ]
     milestones = [r for r in history if r["epoch"] in (1, 5, 10, 30, 50, 100) or r is history[-1]]
     columns = [k for k in ("train_loss", "test_loss", "test_mse", "test_sse_per_image", "test_psnr", "test_fve",
@@ -112,12 +112,12 @@ def write_report(run_path: Path, config, model, history: list[dict], metrics: di
     if grids:
         parts += ["## Test reconstructions",
                   "Each row: five real test images on the left, their reconstructions on the right. "
-                  "`grids.gif` plays every epoch.",
+                  f"`{run.gif_path.name}` plays every epoch.",
                   _table([("first epoch", "last epoch"),
-                          (f"![first](grids/{grids[0].name})", f"![last](grids/{grids[-1].name})")])]
+                          (f"![first]({grids[0].as_posix()})", f"![last]({grids[-1].as_posix()})")])]
     if pictures:
         parts += [f"## {type(model).__name__}'s pictures",
                   *(f"{model.pictures[name]}:\n\n![{name}]({name})" for name in pictures)]
     parts += ["## Model", "```\n" + summary(model) + "\n```",
               "## Configuration", "```json\n" + json.dumps(config.to_dict(), indent=2) + "\n```"]
-    return write_text(run_path / "report.md", "\n\n".join(parts) + "\n")
+    return write_text(run.report_path, "\n\n".join(parts) + "\n")

@@ -13,6 +13,7 @@ import importlib
 from pathlib import Path
 
 from aelab.errors import UserError
+from aelab.runfolder import RunFolder
 from aelab.train import Callback
 
 
@@ -48,7 +49,7 @@ class TensorBoardLogger(Logger):
         self.log_dir, self.writer = log_dir, None
 
     def start(self, run_dir: Path, config) -> None:
-        self.writer = self.SummaryWriter(str(self.log_dir or Path(run_dir) / "tensorboard"))
+        self.writer = self.SummaryWriter(str(self.log_dir or RunFolder(run_dir).tensorboard_path))
 
     def on_epoch_end(self, trainer, record: dict) -> None:
         from aelab.reports import GRID_COLS, GRID_ROWS, reconstruction_grid

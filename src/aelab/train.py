@@ -66,7 +66,7 @@ class Trainer:
 
     def __init__(self, model, train_set: ImageSet, test_set: ImageSet, config: TrainConfig, callbacks=()):
         config.check()
-        self.device = distributed.setup(config.device)
+        self.device = distributed.setup(distributed.parse_device(config.device))
         self.model = model.to(self.device)
         distributed.broadcast_parameters(self.model)
         self.train_set, self.test_set = train_set.to(self.device), test_set.to(self.device)
