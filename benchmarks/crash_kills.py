@@ -2,8 +2,8 @@
 the run that was never stopped (test measures, weights, checkpoint, metrics, grids; CPU, one thread).
 
 For each registered model built on the default MLP (or those --models names): one uninterrupted 3-epoch run on the
-first 3000/1000 Fashion-MNIST images, then chains of kills: a run killed at an instant, resumed (or started again if no epoch was saved) and killed again, ..., then resumed to the
-end and compared. Half the instants are random times within the uninterrupted run's duration, half the middle of
+first 3000/1000 Fashion-MNIST images, then chains of kills: a run killed at an instant, resumed (or started again if
+no epoch was saved) and killed again, ..., then resumed to the end and compared. Half the instants are random times within the uninterrupted run's duration, half the middle of
 writing a random file (the checkpoint, weights, metrics, a grid, the GIF, the report...), from a fixed seed.
 
     nice python benchmarks/crash_kills.py [--models ae,dae,vae,aae] [--chains 3] [--kills-per-chain 3] [--seed 0]
