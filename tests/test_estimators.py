@@ -19,16 +19,18 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from aelab.estimators import SETTINGS, Autoencoder, LogisticPCA, PCA
+from aelab.errors import UserError
+from aelab.estimators import TRAINING, Autoencoder, LogisticPCA, PCA
 from aelab.models import MODELS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = dict(latent=2, hidden=(8,), epochs=2, batch_size=16)
+TINY = dict(epochs=2, batch_size=16)
+SMALL = {"latent": 2, "hidden": (8,)}
 
 
 def tiny(model: str) -> Autoencoder:
-    return Autoencoder(model, **TINY, **({"disc_hidden": (8,)} if model == "aae" else {}))
+    return Autoencoder(model, settings={**SMALL, **({"disc_hidden": (8,)} if model == "aae" else {})}, **TINY)
 
 
 # Every check passes, so no expected_failed_checks are listed. What made them pass: floats outside [0, 1] train
@@ -42,24 +44,38 @@ def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
 
-def test_every_model_setting_is_a_parameter():
-    """The union of the registered models' settings (and the training ones a user sets) are Autoencoder's
-    parameters, so a new variant's setting cannot be forgotten."""
-    params = Autoencoder().get_params()
-    for cls in MODELS.values():
-        for field in dataclasses.fields(cls.Config):
-            if field.name != "in_shape":  # taken from the data
-                assert f"model.{field.name}" in SETTINGS.values(), field.name
-    assert set(SETTINGS) <= set(params)
-    assert {"model", "device", "image_shape"} <= set(params)
+def test_parameters_are_the_training_ones_and_a_settings_dict():
+    """No model setting is an estimator parameter of its own: every one, of any registered model, goes through
+    `settings`, so a new variant needs no edit here."""
+    assert set(Autoencoder().get_params()) == {"model", "settings", "device", "image_shape", *TRAINING}
+    est = Autoencoder("cae", settings={"latent": 3, "contraction": 0.5})
+    config = est.run_config()
+    assert config.model.latent == 3 and config.model.contraction == 0.5
+    for name, cls in MODELS.items():  # every field of every Config is a setting the estimator takes
+        fields = {f.name: getattr(cls.Config(), f.name) for f in dataclasses.fields(cls.Config)}
+        assert Autoencoder(name, settings=fields).run_config().model == cls.Config(**fields), name
 
 
-def test_variant_setting_on_a_model_without_it_is_refused():
+def test_bad_settings_are_refused_as_the_cli_refuses_them():
     x = np.random.default_rng(0).integers(0, 256, (8, 4, 4), dtype=np.uint8)
-    with pytest.raises(ValueError, match="beta"):
-        Autoencoder("ae", beta=2.0, **TINY).fit(x)
+    with pytest.raises(UserError, match="unknown setting 'model.beta' for model 'ae'"):
+        Autoencoder("ae", settings={"beta": 2.0}, **TINY).fit(x)
+    with pytest.raises(UserError, match="setting 'model.latent' takes an integer"):
+        Autoencoder("ae", settings={"latent": "many"}, **TINY).fit(x)
+    with pytest.raises(UserError, match="settings is a dict"):
+        Autoencoder("ae", settings=[("latent", 3)], **TINY).fit(x)
     with pytest.raises(ValueError, match="device"):
         Autoencoder(device="tpu", **TINY).fit(x)
+
+
+def test_grid_search_over_settings_dicts_and_set_params():
+    x = np.random.default_rng(0).integers(0, 256, (64, 4, 4), dtype=np.uint8)
+    grid = [{"latent": 1, "hidden": (4,)}, {"latent": 6, "hidden": (16,)}]
+    search = GridSearchCV(Autoencoder(epochs=3, batch_size=16), {"settings": grid}, cv=2).fit(x)
+    assert [p["settings"] for p in search.cv_results_["params"]] == grid
+    assert search.best_estimator_.model_.config.latent == search.best_params_["settings"]["latent"]
+    est = clone(search.best_estimator_).set_params(settings={"latent": 5})
+    assert est.get_params()["settings"] == {"latent": 5} and not hasattr(est, "model_")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +89,7 @@ def test_layouts_dtypes_and_kinds_agree(images):
     """uint8 images, float rows in [0, 1] and torch tensors are the same data; outputs are numpy in the layout
     of the X given to fit; score is minus the squared error per image of inverse_transform(transform(X))."""
     train, test = images
-    ae = Autoencoder(latent=8, hidden=(32,), epochs=2, batch_size=64).fit(train)
+    ae = Autoencoder(settings={"latent": 8, "hidden": (32,)}, epochs=2, batch_size=64).fit(train)
     assert ae.n_features_in_ == 784 and ae.image_shape_ == (1, 28, 28)
     codes = ae.transform(test)
     assert codes.shape == (100, 8) and codes.dtype == np.float32
@@ -86,13 +102,13 @@ def test_layouts_dtypes_and_kinds_agree(images):
     assert list(ae.get_feature_names_out()[:2]) == ["autoencoder0", "autoencoder1"]
 
     # the same images as flat rows train the same model, to the bit (seeded, one thread)
-    flat = Autoencoder(latent=8, hidden=(32,), epochs=2, batch_size=64).fit(train.reshape(300, -1))
+    flat = Autoencoder(settings={"latent": 8, "hidden": (32,)}, epochs=2, batch_size=64).fit(train.reshape(300, -1))
     np.testing.assert_array_equal(flat.transform(rows), ae.transform(rows))
     assert flat.inverse_transform(codes).shape == (100, 784)
 
     # colour images channels last, through a conv autoencoder
     rgb = np.stack([train[:64, :16, :16]] * 3, axis=-1)
-    conv = Autoencoder(arch="conv", channels=(4, 8), latent=4, epochs=1, batch_size=32).fit(rgb)
+    conv = Autoencoder(settings={"arch": "conv", "channels": (4, 8), "latent": 4}, epochs=1, batch_size=32).fit(rgb)
     assert conv.image_shape_ == (3, 16, 16) and conv.inverse_transform(conv.transform(rgb)).shape == rgb.shape
 
     with pytest.raises(NotFittedError):
@@ -106,15 +122,16 @@ def test_layouts_dtypes_and_kinds_agree(images):
 def test_training_is_seeded_and_leaves_the_callers_rng_alone(images):
     train, test = images
     torch.manual_seed(123)
-    a = Autoencoder("vae", latent=4, hidden=(16,), epochs=1, batch_size=64, seed=3).fit(train)
+    a = Autoencoder("vae", settings={"latent": 4, "hidden": (16,)}, epochs=1, batch_size=64, seed=3).fit(train)
     after_fit = torch.rand(1)
     torch.manual_seed(123)
     assert torch.rand(1) == after_fit  # fit drew from its own RNG state, not the caller's
-    b = Autoencoder("vae", latent=4, hidden=(16,), epochs=1, batch_size=64, seed=3).fit(train)
+    b = Autoencoder("vae", settings={"latent": 4, "hidden": (16,)}, epochs=1, batch_size=64, seed=3).fit(train)
     np.testing.assert_array_equal(a.transform(test), b.transform(test))
 
 
-@pytest.mark.parametrize("make", [lambda: Autoencoder("dae", latent=4, hidden=(16,), epochs=1, batch_size=64, level=0.3),
+@pytest.mark.parametrize("make", [lambda: Autoencoder("dae", settings={"latent": 4, "hidden": (16,), "level": 0.3}, epochs=1,
+                                                      batch_size=64),
                                   lambda: LogisticPCA(n_components=4, max_iter=10),
                                   lambda: PCA(n_components=4)], ids=["dae", "logistic_pca", "pca"])
 def test_save_load_and_pickle_hold_safetensors_not_torch_pickles(make, images, tmp_path):
@@ -144,6 +161,35 @@ def test_save_load_and_pickle_hold_safetensors_not_torch_pickles(make, images, t
         (PCA if not isinstance(est, PCA) else LogisticPCA).load(tmp_path / "est.safetensors")
 
 
+def test_a_saved_estimator_edited_by_hand_is_refused_in_one_line(images, tmp_path):
+    """Parameters that do not match the trained model (or that aelab refuses), and weights holding NaN."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    train, test = images
+    path = Autoencoder(settings={"latent": 4, "hidden": (16,)}, epochs=1, batch_size=64).fit(train).save(
+        tmp_path / "ae.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(path)
+    assert Autoencoder.load(path).transform(test).shape == (100, 4)
+    for change, words in [({"settings": {"latent": 999, "hidden": [16]}}, r"not trained with \(model\.latent\)"),
+                          ({"model": "zzz"}, "unknown model 'zzz'"), ({"epochs": -5}, "epochs"),
+                          ({"settings": {"latent": 4, "hidden": [16], "beta": 1.0}}, "unknown setting 'model.beta'")]:
+        edited = tmp_path / "edited.safetensors"
+        save_file(tensors, edited, metadata={**meta, "params": json.dumps({**json.loads(meta["params"]), **change})})
+        with pytest.raises(UserError, match=words) as error:
+            Autoencoder.load(edited)
+        assert "\n" not in str(error.value) and "damaged" in str(error.value)
+    tensors["encoder.1.bias"][0] = float("nan")
+    save_file(tensors, tmp_path / "nan.safetensors", metadata=meta)
+    with pytest.raises(UserError, match="encoder.1.bias") as error:
+        Autoencoder.load(tmp_path / "nan.safetensors")
+    assert "\n" not in str(error.value)
+
+
 def test_logistic_pca_transformer_reconstructs_better_than_pca_in_bce(images):
     """Logistic PCA's own objective: lower BCE than PCA's clipped reconstructions at the same code size, with
     its fitted attributes in scikit-learn's names."""
@@ -170,20 +216,20 @@ def test_pipeline_and_grid_search_on_fashion_mnist(fashion, capsys):
     xt, yt = test.images[:1000, 0].numpy(), test.labels[:1000].numpy()
     pipe = Pipeline([("ae", Autoencoder(epochs=10, batch_size=64)), ("scale", StandardScaler()),
                      ("clf", LogisticRegression(max_iter=300))])
-    search = GridSearchCV(pipe, {"ae__latent": [4, 32]}, cv=2).fit(x, y)
+    search = GridSearchCV(pipe, {"ae__settings": [{"latent": 4}, {"latent": 32}]}, cv=2).fit(x, y)
     codes_accuracy = search.score(xt, yt)
     raw_accuracy = LogisticRegression(max_iter=300).fit(x.reshape(2000, -1) / 255, y).score(xt.reshape(1000, -1) / 255, yt)
     with capsys.disabled():
-        print(f"\n  2000 Fashion-MNIST images: codes (latent {search.best_params_['ae__latent']}) + logistic regression "
+        print(f"\n  2000 Fashion-MNIST images: codes (latent {search.best_params_['ae__settings']['latent']}) + logistic regression "
               f"{codes_accuracy:.4f}, raw pixels {raw_accuracy:.4f}")
-    assert search.best_params_ == {"ae__latent": 32}
+    assert search.best_params_ == {"ae__settings": {"latent": 32}}
     assert search.cv_results_["mean_test_score"][1] > search.cv_results_["mean_test_score"][0] + 0.05
     assert 0.70 < codes_accuracy < raw_accuracy  # learned codes classify well, raw pixels still better here
 
 
 def test_conv_only_models_fit_and_code_real_images(fashion):
     x = fashion[0].images[:256, 0].numpy()  # (256, 28, 28) uint8
-    est = Autoencoder("vqvae", epochs=1, batch_size=64, latent=4, codebook=16, channels=(4, 8)).fit(x)
+    est = Autoencoder("vqvae", settings={"latent": 4, "codebook": 16, "channels": (4, 8)}, epochs=1, batch_size=64).fit(x)
     codes = est.transform(x[:8])
     assert codes.shape == (8, est.model_.code_size) and codes.dtype == np.float32
     back = est.inverse_transform(codes)

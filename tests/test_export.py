@@ -41,6 +41,25 @@ def test_onnxruntime_reproduces_codes_and_images(name, arch, fashion, tmp_path):
     assert codes.shape == (1, model.code_size) and recon.shape == (1, 1, 28, 28)
 
 
+def test_a_model_of_vectors_exports_in_the_vectors_own_units(tmp_path):
+    """The standardisation a vector model keeps in its weights travels in the ONNX files: vectors in, vectors out."""
+    import onnxruntime as ort
+
+    config = cfg.resolve("sae", None, {"model.latent": 8, "model.k": 3})
+    config.model.in_shape, config.model.recon_loss = (12,), "mse"
+    torch.manual_seed(0)
+    model = build("sae", config.model).eval()
+    model.in_mean.copy_(torch.linspace(-50, 50, 12))
+    model.in_std.copy_(torch.linspace(0.5, 20, 12))
+    encoder, decoder = export_onnx(model, tmp_path)
+    vectors = (torch.randn(40, 12) * model.in_std + model.in_mean).float()
+    diff = max_differences(model, tmp_path, vectors)
+    assert diff["codes"] < 1e-5 and diff["images"] < 1e-4, diff
+    recon = ort.InferenceSession(str(decoder)).run(None, {"codes": model.encode(vectors).numpy()})[0]
+    assert recon.shape == (40, 12) and np.abs(recon).max() > 5  # in the vectors' units, not standardised ones
+    np.testing.assert_allclose(recon, model.reconstruct(vectors).numpy(), atol=1e-4)
+
+
 def test_export_command(trained_run, tmp_path):
     out = tmp_path / "onnx"
     result = aelab("export", trained_run, "--format", "onnx", "--out", out)

@@ -86,7 +86,8 @@ def test_cached_feature_classifier(tmp_path, how):
 
 @pytest.mark.parametrize("how", DAMAGE)
 @pytest.mark.parametrize("make", [lambda: PCA(n_components=3),
-                                  lambda: Autoencoder("ae", latent=2, hidden=(8,), epochs=1, batch_size=32)],
+                                  lambda: Autoencoder("ae", settings={"latent": 2, "hidden": (8,)}, epochs=1,
+                                                      batch_size=32)],
                          ids=["pca", "ae"])
 def test_saved_and_pickled_estimator(make, images, tmp_path, how):
     X = images.reshape(len(images), -1).numpy()

@@ -2,7 +2,7 @@
 
     from aelab.estimators import Autoencoder, PCA, LogisticPCA
 
-    ae = Autoencoder(model="vae", latent=30, epochs=20).fit(X)   # X: rows (n, h*w*c) or images (n, h, w[, c])
+    ae = Autoencoder(model="vae", settings={"latent": 30}, epochs=20).fit(X)  # X: rows or images (n, h, w[, c])
     codes = ae.transform(X)                 # (n, 30) float32: the codes (a VAE's posterior mean)
     images = ae.inverse_transform(codes)    # float32 in [0, 1], laid out as the X given to fit
     ae.score(X)                             # minus the squared error per image: higher is better
@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,19 @@ def _model_shape(layout: tuple[int, ...]) -> tuple[int, int, int]:
     if len(layout) == 2:
         return 1, *layout
     return layout if _channels_first(layout) else (layout[2], layout[0], layout[1])
+
+
+def _tuples(value):
+    """A parameter read back from JSON, which turned its tuples (in a settings dict too) into lists."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return tuple(map(_tuples, value)) if isinstance(value, list) else value
+
+
+def _flat(config: dict) -> dict:
+    """A RunConfig's dict as {"section.key": value}."""
+    return {"model_name": config["model_name"],
+            **{f"{s}.{k}": v for s, section in config.items() if isinstance(section, dict) for k, v in section.items()}}
 
 
 class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -171,15 +185,14 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         meta = tensorfile.metadata(data, source, FIX)
         if meta.get("class") != type(self).__name__:
             raise UserError(f"{source} holds a {meta.get('class')}, not a {type(self).__name__}")
-        tuples = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731  JSON turned tuples into lists
         try:
-            self.__dict__.update({k: tuples(v) for k, v in json.loads(meta["params"]).items()})
+            self.__dict__.update({k: _tuples(v) for k, v in json.loads(meta["params"]).items()})
             fitted = json.loads(meta["fitted"])
             for key in ("n_features_in_", "input_shape_", "layout_", "image_shape_"):
-                setattr(self, key, tuples(fitted.pop(key)))
+                setattr(self, key, _tuples(fitted.pop(key)))
             if "feature_names_in_" in fitted:
                 self.feature_names_in_ = np.asarray(fitted.pop("feature_names_in_"), dtype=object)
-            self._restore(lambda like: tensorfile.load(data, like, source=source, fix=FIX)[0], fitted)
+            self._restore(lambda like: tensorfile.load(data, like, source=source, fix=FIX)[0], fitted, source)
         except UserError:
             raise
         except (*tensorfile.ERRORS, RecursionError) as e:  # JSON errors are ValueErrors
@@ -228,62 +241,44 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     def _decode(self, z: torch.Tensor) -> torch.Tensor: ...
     def _tensors(self) -> dict[str, torch.Tensor]: ...
     def _fitted_meta(self) -> dict: return {}
-    def _restore(self, read, fitted: dict) -> None:
+    def _restore(self, read, fitted: dict, source: str) -> None:
         """Rebuild the fitted state; read(like) gives the saved tensors, checked against `like` (tensorfile.load)."""
 
 
 # -- the autoencoders -------------------------------------------------------------------------------------------
 
-# estimator parameter -> aelab setting; None leaves the model's own default
-SETTINGS = {"latent": "model.latent", "hidden": "model.hidden", "arch": "model.arch", "channels": "model.channels",
-            "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "seed": "train.seed",
-            "precision": "train.precision",
-            # the variants' own: dae, dropout, aae, vae (a model without the setting refuses it)
-            "noise": "model.noise", "level": "model.level", "clip": "model.clip", "rate": "model.rate",
-            "prior": "model.prior", "disc_hidden": "model.disc_hidden", "adv_lr_scale": "model.adv_lr_scale",
-            "beta": "model.beta", "warmup_steps": "model.warmup_steps", "iwae_k": "model.iwae_k",
-            # cae; vqvae
-            "contraction": "model.contraction", "codebook": "model.codebook", "commitment": "model.commitment",
-            "update": "model.update", "decay": "model.decay", "dead_after": "model.dead_after",
-            # sae; recon_loss is the data's ("bce" images, "mse" vectors) and is listed so no setting is missing
-            "sparsity": "model.sparsity", "k": "model.k", "l1": "model.l1", "dead_window": "model.dead_window",
-            "recon_loss": "model.recon_loss"}
+# estimator parameter -> aelab setting: the training ones; the model's own come in `settings`
+TRAINING = {"epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "seed": "train.seed",
+            "precision": "train.precision"}
 
 
 class Autoencoder(_ImageTransformer):
-    """Any registered aelab model (`aelab models`) as a transformer, trained by
-    aelab's Trainer in memory. transform gives the deterministic code (a VAE's posterior mean), inverse_transform
-    the decoder's pixel probabilities.
+    """Any registered aelab model (`aelab models`) as a transformer, trained by aelab's Trainer in memory.
+    transform gives the deterministic code (a VAE's posterior mean), inverse_transform the decoder's pixel
+    probabilities.
 
-    Settings left at None take the model's defaults, as `aelab train` does: latent 20, hidden (256, 128, 64),
-    arch "mlp", 100 epochs, batch_size 512, lr 1e-3, seed 0, precision "fp32". The variants' own settings (dae:
-    noise, level, clip; dropout: rate; aae: prior, disc_hidden, adv_lr_scale; vae, betavae: beta, warmup_steps,
-    iwae_k; cae: contraction; vqvae: codebook, commitment, update, decay, dead_after; sae: sparsity, k, l1,
-    dead_window) are refused by a model that has no such setting. `image_shape` (h, w) or (h, w, c) says how rows are images
-    (needed by arch="conv" for rows that are not square images).
+    `settings` holds the model's own settings, the fields of its Config (aelab.models.MODELS[model].Config), e.g.
+    {"latent": 30, "hidden": (128, 64), "beta": 2.0} for a VAE; they are checked as `aelab train --set` checks
+    them, so a model refuses a setting it has not. Training settings left at None take aelab's defaults: 100
+    epochs, batch_size 512, lr 1e-3, seed 0, precision "fp32". `image_shape` (h, w) or (h, w, c) says how rows are
+    images (needed by arch="conv" for rows that are not square images).
 
     Fitted: model_ (the torch module, eval mode, CPU), config_ (aelab's RunConfig), history_ (the training loss
     terms of every epoch), n_features_in_, image_shape_ (c, h, w)."""
 
-    def __init__(self, model: str = "ae", *, latent=None, hidden=None, arch=None, channels=None, epochs=None,
-                 batch_size=None, lr=None, seed=None, device: str = "auto", precision=None, image_shape=None,
-                 noise=None, level=None, clip=None, rate=None, prior=None, disc_hidden=None, adv_lr_scale=None,
-                 beta=None, warmup_steps=None, iwae_k=None, contraction=None, codebook=None, commitment=None,
-                 update=None, decay=None, dead_after=None, sparsity=None, k=None, l1=None, dead_window=None,
-                 recon_loss=None):
-        self.model, self.latent, self.hidden, self.arch, self.channels = model, latent, hidden, arch, channels
+    def __init__(self, model: str = "ae", *, settings=None, epochs=None, batch_size=None, lr=None, seed=None,
+                 device: str = "auto", precision=None, image_shape=None):
+        self.model, self.settings = model, settings
         self.epochs, self.batch_size, self.lr, self.seed = epochs, batch_size, lr, seed
         self.device, self.precision, self.image_shape = device, precision, image_shape
-        self.noise, self.level, self.clip, self.rate = noise, level, clip, rate
-        self.prior, self.disc_hidden, self.adv_lr_scale = prior, disc_hidden, adv_lr_scale
-        self.beta, self.warmup_steps, self.iwae_k = beta, warmup_steps, iwae_k
-        self.contraction, self.codebook, self.commitment = contraction, codebook, commitment
-        self.update, self.decay, self.dead_after = update, decay, dead_after
-        self.sparsity, self.k, self.l1, self.dead_window, self.recon_loss = sparsity, k, l1, dead_window, recon_loss
 
     def run_config(self) -> RunConfig:
         """The aelab configuration these parameters make (what `aelab train` would run)."""
-        overrides = {key: getattr(self, name) for name, key in SETTINGS.items() if getattr(self, name) is not None}
+        if self.settings is not None and not isinstance(self.settings, Mapping):
+            raise UserError(f"settings is a dict of the model's settings, e.g. {{'latent': 30}}, not "
+                            f"{type(self.settings).__name__}")
+        overrides = {f"model.{key}": value for key, value in (self.settings or {}).items()}
+        overrides.update({key: getattr(self, name) for name, key in TRAINING.items() if getattr(self, name) is not None})
         overrides["train.train_eval_size"] = 0  # fit reports its training loss; no second pass over the images
         return resolve(self.model, None, {**overrides, "train.device": self.device})
 
@@ -312,9 +307,20 @@ class Autoencoder(_ImageTransformer):
     def _fitted_meta(self):
         return {"config": self.config_.to_dict(), "history": self.history_}
 
-    def _restore(self, read, fitted):
+    def _restore(self, read, fitted, source):
         self.config_ = RunConfig.from_dict(fitted["config"])
         self.history_ = fitted["history"]
+        try:
+            expected = self.run_config()
+        except UserError as e:
+            raise UserError(f"{source} holds parameters aelab refuses ({e}); it is damaged: {FIX}") from None
+        # what the data set (the input's shape, its loss) is not a parameter
+        expected.model.in_shape, expected.model.recon_loss = self.config_.model.in_shape, self.config_.model.recon_loss
+        saved, wanted = _flat(self.config_.to_dict()), _flat(expected.to_dict())
+        changed = [key for key in wanted if wanted[key] != saved.get(key)]
+        if changed:
+            raise UserError(f"{source} holds parameters its model was not trained with ({', '.join(changed)}); "
+                            f"it is damaged: {FIX}")
         self.model_ = build(self.config_.model_name, self.config_.model)
         self.model_.load_state_dict(read(self.model_.state_dict()))
         self.model_.eval()
@@ -322,7 +328,7 @@ class Autoencoder(_ImageTransformer):
 
 # -- the linear baselines ---------------------------------------------------------------------------------------
 
-class _Baseline(_ImageTransformer):
+class _BaselineTransformer(_ImageTransformer):
     """A transformer over one of baselines.py's classes, whose constructor takes this estimator's parameters."""
 
     _baseline: type[baselines._Baseline]
@@ -343,7 +349,7 @@ class _Baseline(_ImageTransformer):
     def _tensors(self):
         return {name: getattr(self.model_, name) for name in self._baseline._state}
 
-    def _restore(self, read, fitted):
+    def _restore(self, read, fitted, source):
         self.model_ = self._baseline(**self.get_params())
         self.model_.image_shape_ = self.image_shape_
         for name, value in read(dict.fromkeys(self._baseline._state)).items():
@@ -353,7 +359,7 @@ class _Baseline(_ImageTransformer):
     components_ = property(lambda self: self.model_.components_.numpy(), doc="(n_components, n_features)")
 
 
-class PCA(_Baseline):
+class PCA(_BaselineTransformer):
     """Principal component analysis of images (aelab's: float64 covariance, scikit-learn's sign convention):
     the best rank-k linear reconstruction in squared error. Codes are the centred images' coordinates along the
     components; inverse_transform is not clipped to [0, 1].
@@ -369,7 +375,7 @@ class PCA(_Baseline):
     explained_variance_ = property(lambda self: self.model_.explained_variance_.numpy())
 
 
-class LogisticPCA(_Baseline):
+class LogisticPCA(_BaselineTransformer):
     """Logistic PCA of images (Landgraf & Lee 2015): pixels in [0, 1] are Bernoulli means whose natural
     parameters are projected on k directions, fitted by minimising the Bernoulli deviance (BCE) with L-BFGS.
     A new image's code is one matrix product: z = (m (2x - 1) - mean_) components_.T, and inverse_transform
@@ -395,8 +401,8 @@ class LogisticPCA(_Baseline):
         scores = getattr(self.model_, "m_scores_", None)
         return {"loss_curve_": self.model_.loss_curve_, "m_scores_": scores and list(scores.items())}
 
-    def _restore(self, read, fitted):
-        super()._restore(read, fitted)
+    def _restore(self, read, fitted, source):
+        super()._restore(read, fitted, source)
         self.model_.loss_curve_ = fitted["loss_curve_"]
         if fitted["m_scores_"]:
             self.model_.m_scores_ = dict(fitted["m_scores_"])

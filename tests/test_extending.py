@@ -1,0 +1,154 @@
+"""A variant written outside the package, in one file with one registry entry, goes everywhere a built-in one goes:
+`aelab train --set` and a config file, `aelab eval --json`, `aelab report`, the estimator, `aelab compare` and ONNX
+export, as real processes that find it through AELAB_PLUGINS (docs/extending.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from aelab import models
+from aelab.errors import UserError
+
+from conftest import aelab
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# The worked example of docs/extending.md: the chapter's model with an L1 price on its code.
+VARIANT = '''
+"""An autoencoder whose code pays an L1 price: the chapter's loss plus `penalty` times the mean |z|."""
+
+from dataclasses import dataclass
+
+import torch
+
+from aelab.errors import UserError
+from aelab.images import stacked_rows
+from aelab.models import AEConfig, Autoencoder, register
+
+
+@dataclass
+class L1CodeConfig(AEConfig):
+    penalty: float = 0.01  # weight of the mean absolute code value against the reconstruction loss
+
+    def check(self) -> None:
+        super().check()
+        if not self.penalty >= 0:
+            raise UserError(f"penalty must be >= 0, not {self.penalty}; e.g. --set penalty=0.01")
+
+
+class L1CodeAutoencoder(Autoencoder):
+    """Autoencoder with an L1 price on its code: smaller codes, many near zero."""
+
+    Config = L1CodeConfig
+    pictures = {"codes.png": "Ten test images (top) and their reconstructions from L1-priced codes (bottom)"}
+
+    def loss(self, x):
+        z = self.code(self.corrupt(x))
+        recon, code_l1 = self.recon_error(self.decoder(z), x), z.abs().mean()
+        return {"loss": recon + self.config.penalty * code_l1, "recon": recon, "code_l1": code_l1}
+
+    @torch.no_grad()
+    def measures(self, test):
+        self.eval()
+        codes = torch.cat([self.code_eval(x) for x in test.batches(2500)])
+        return {"code_l1": codes.abs().mean().item(), "near_zero": (codes.abs() < 0.1).float().mean().item()}
+
+    @torch.no_grad()
+    def make_pictures(self, test):
+        if self.data_kind(self.config) != "images":
+            return {}
+        x = test.floats(slice(0, 10))
+        return {"codes.png": stacked_rows([x, self.reconstruct(x)])}
+
+
+register("l1code", L1CodeAutoencoder)
+'''
+CAPTION = "Ten test images (top) and their reconstructions from L1-priced codes (bottom)"
+
+
+@pytest.fixture
+def variant(tmp_path, monkeypatch):
+    """The variant's file, named in AELAB_PLUGINS for the `aelab` processes and registered in this one; the
+    registry is restored afterwards, so no other test sees it."""
+    path = tmp_path / "plugins" / "l1code.py"
+    path.parent.mkdir()
+    path.write_text(VARIANT)
+    monkeypatch.setenv("AELAB_PLUGINS", str(path))
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    monkeypatch.setattr(models, "_loaded_files", set())
+    models.load_plugins()
+    return path
+
+
+def test_a_variant_in_one_file_goes_everywhere(variant, subset_npz, fashion, tmp_path):
+    run, settings = tmp_path / "run", tmp_path / "settings.json"
+    settings.write_text(json.dumps({"model": {"latent": 4, "hidden": [64, 32]}}))
+    trained = aelab("train", "l1code", "--data", subset_npz, "--config", settings, "--set", "penalty=0.05",
+                    "--epochs", 1, "--seed", 0, "--threads", 1, "--out", run, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model_name"] == "l1code" and saved["model"]["penalty"] == 0.05 and saved["model"]["latent"] == 4
+    assert "code_l1" in (run / "metrics.jsonl").read_text()  # its loss terms reach the training log
+    assert (run / "codes.png").is_file()
+
+    evaluated = aelab("eval", run, "--json")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    measures = json.loads(evaluated.stdout)
+    assert 0 <= measures["near_zero"] <= 1 and measures["code_l1"] > 0 and measures["bce"] > 0
+
+    reported = aelab("report", run, "--out", tmp_path / "page.html")
+    assert reported.returncode == 0, reported.stderr[-2000:]
+    page = (tmp_path / "page.html").read_text()
+    assert "codes.png" in page and CAPTION in page
+
+    board = aelab("compare", "l1code", "pca", "--latent", 4, "--epochs", 1, "--run", f"mine={run}", "--data",
+                  subset_npz, "--out", tmp_path / "compare", "--json", "--threads", 1, timeout=300)
+    assert board.returncode == 0, board.stderr[-3000:]
+    rows = {row["method"]: row for row in json.loads(board.stdout)}
+    assert {"l1code", "pca", "mine"} <= set(rows) and rows["mine"]["latent"] == 4
+    assert rows["mine"]["bce"] == pytest.approx(measures["bce"], rel=1e-4)  # the run measured as `eval` measures it
+
+    onnx = tmp_path / "onnx"
+    exported = aelab("export", run, "--format", "onnx", "--out", onnx)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    from aelab.export import max_differences
+    from aelab.runfolder import load_model
+
+    model = load_model(run, "cpu")
+    assert type(model).__name__ == "L1CodeAutoencoder" and model.config.penalty == 0.05
+    diff = max_differences(model, onnx, fashion[1].floats(slice(0, 64)))
+    assert diff["codes"] < 1e-5 and diff["images"] < 1e-5, diff
+
+
+def test_the_estimator_takes_the_variant_and_its_setting(variant, fashion):
+    from aelab.estimators import Autoencoder
+
+    x = fashion[0].images[:300, 0].numpy()
+    est = Autoencoder("l1code", settings={"latent": 3, "hidden": (32,), "penalty": 0.5}, epochs=1, batch_size=64)
+    codes = est.fit(x).transform(x[:20])
+    assert codes.shape == (20, 3) and est.model_.config.penalty == 0.5
+    assert {"train_loss", "train_recon", "train_code_l1"} <= set(est.history_[-1])
+    with pytest.raises(UserError, match="penalty must be >= 0"):
+        Autoencoder("l1code", settings={"penalty": -1.0}, epochs=1).fit(x)
+
+
+def test_the_cli_refuses_a_bad_setting_and_a_missing_plugin(variant, subset_npz, tmp_path, monkeypatch):
+    bad = aelab("train", "l1code", "--data", subset_npz, "--set", "penalty=-1", "--out", tmp_path / "bad")
+    assert bad.returncode == 2 and bad.stderr.strip() == "aelab: error: penalty must be >= 0, not -1.0; e.g. " \
+                                                        "--set penalty=0.01"
+    monkeypatch.setenv("AELAB_PLUGINS", str(tmp_path / "missing.py"))
+    gone = aelab("train", "ae", "--data", subset_npz, "--out", tmp_path / "gone")
+    assert gone.returncode == 2 and len(gone.stderr.splitlines()) == 1, gone.stderr
+    assert "AELAB_PLUGINS names" in gone.stderr and "missing.py" in gone.stderr
+
+
+def test_register_refuses_a_taken_name_and_a_class_that_is_no_model(variant):
+    with pytest.raises(UserError, match="taken by Autoencoder"):
+        models.register("ae", models.MODELS["l1code"])
+    with pytest.raises(UserError, match="subclass of aelab.models.Autoencoder"):
+        models.register("mine", torch.nn.Linear)
+    models.register("l1code", models.MODELS["l1code"])  # the same class again: a plugin imported twice is harmless
+    assert models.MODELS["l1code"].__name__ == "L1CodeAutoencoder"
