@@ -51,6 +51,10 @@ class Model(Protocol):
         outputs it (probabilities for images, standardised vectors for vectors) and its logits (None for vectors,
         or a method without logits)."""
 
+    def initialise(self, sample: torch.Tensor, steps: int) -> None:
+        """Before a new run's first training step (never on resume): a sample of training inputs (as `evaluation`
+        takes them) and how many steps the run will take. A no-op for most; baselines fit in one call instead."""
+
     def measures(self, test: Any) -> dict:
         """Measures of this method beyond reconstruction, on a test set on its device."""
 

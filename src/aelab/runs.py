@@ -408,6 +408,8 @@ def _train(held, config, out, overwrite, resume, epochs, threads, device, change
         model.in_mean.copy_(train_set.mean.reshape(model.in_mean.shape))
         model.in_std.copy_(train_set.std.reshape(model.in_std.shape))
     if resume is None:
+        model.initialise(train_set.floats(slice(0, 4096)),  # data-dependent starts (an SAE's b_dec); never on resume
+                         config.train.epochs * -(-len(train_set) // config.train.batch_size))
         path = Path(out) if out else _free_run_dir(config.model_name)
         distributed.barrier()  # every rank has picked the same free folder before rank 0 takes it
         run = held.enter_context(distributed.on_main(lambda: Run.create(path, config, overwrite)) or Run(path))
