@@ -197,7 +197,8 @@ class SparseAutoencoder(Autoencoder):
     # -- the code -------------------------------------------------------------------------------------------------
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x - self.b_dec)
+        """W_enc (x - b_dec) + b_enc, b_dec as an input (for images: the picture its logits stand for)."""
+        return self.encoder(x - self.output(self.b_dec))
 
     def sparse_code(self, pre: torch.Tensor, batch: bool) -> torch.Tensor:
         """The code (b, latent) from pre-activations; `batch`: batchtopk picks over the batch (training)."""
