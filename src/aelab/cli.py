@@ -210,7 +210,8 @@ def cmd_eval(args) -> int:
     model = load_model(args.run, args.device)
     run = RunFolder.open(args.run)
     config = run.config()
-    _, test = load_dataset(args.data or config.data.path, config.data.grey, config.data.test_fraction, config.data.kind)
+    _, test = load_dataset(args.data or config.data.path, config.data.grey, config.data.test_fraction, config.data.kind,
+                           config.data.vector_scale)
     if test.shape != tuple(model.config.in_shape):
         raise UserError(f"the test data are {'x'.join(map(str, test.shape))} but {args.run} takes "
                         f"{'x'.join(map(str, model.config.in_shape))}; give --data of that size")

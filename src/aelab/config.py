@@ -50,15 +50,13 @@ class RunConfig:
     def check(self) -> None:
         """Refuse settings that cannot work before anything is loaded or written; the model's own checks run
         again at build, where the data's image size is known."""
+        self.data.check()
         self.model.check()
         self.train.check()
         if not 0 <= self.train.seed < 2 ** 63:
             raise UserError(f"seed must lie in [0, 2**63), not {self.train.seed}")
         if self.train.epochs > MAX_EPOCHS:
             raise UserError(f"epochs must be at most {MAX_EPOCHS:,}, not {self.train.epochs:,}")
-        if not 0 < self.data.test_fraction < 1:
-            raise UserError(f"test_fraction must lie between 0 and 1, not {self.data.test_fraction}; "
-                            "e.g. --set data.test_fraction=0.1")
 
     def describe(self) -> str:
         return "\n".join(f"  {s}.{k} = {v}" for s in SECTIONS for k, v in dataclasses.asdict(getattr(self, s)).items())

@@ -60,6 +60,8 @@ def train(config: RunConfig, *, out: str | Path | None = None, overwrite: bool =
     _threads(threads)
     train_set, test_set = config.data.load()
     model = _model(config, train_set)  # before the folder exists: a bad setting leaves nothing behind
+    model.initialise(train_set.floats(slice(0, 4096)),  # data-dependent starts (an SAE's b_dec); never on resume
+                     config.train.epochs * -(-len(train_set) // config.train.batch_size))
     path = Path(out) if out else _free_run_dir(config.model_name)
     distributed.barrier()  # every rank has picked the same free folder before rank 0 takes it
     with distributed.on_main(lambda: RunFolder.create(path, config, overwrite)) or RunFolder(path) as run:
