@@ -284,9 +284,9 @@ def test_bad_settings_are_refused_by_config_check(settings, words):
 def test_the_vector_scale_is_kept_with_the_weights(tmp_path, one_thread, scale):
     vectors = (np.random.default_rng(0).normal(0, 1, (600, 8)) * np.arange(1, 9) + 5).astype(np.float32)
     np.save(tmp_path / "v.npy", vectors)
-    runs.train(cfg.resolve("sae", None, {"data.path": str(tmp_path / "v.npy"), "data.vector_scale": scale,
+    pipeline.train(cfg.resolve("sae", None, {"data.path": str(tmp_path / "v.npy"), "data.vector_scale": scale,
                                          "latent": 16, "k": 2, "epochs": 1, "train_eval_size": 0}), out=tmp_path / "r")
-    model = runs.load_model(tmp_path / "r")
+    model = load_model(tmp_path / "r")
     train, _ = load_dataset(tmp_path / "v.npy", vector_scale=scale)
     rows = vectors[train.rows.numpy()].astype(np.float64)
     want = {"norm": (np.zeros(8), np.full(8, np.sqrt((rows ** 2).sum(1).mean() / 8))),
