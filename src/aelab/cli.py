@@ -129,6 +129,18 @@ def build_parser() -> Parser:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for encoder.onnx and decoder.onnx")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
 
+    p = sub.add_parser("activations", help="a layer's activations of a trained run over a data set, as .npy for "
+                       "`aelab train sae --data`")
+    p.add_argument("run")
+    p.add_argument("--layer", required=True, help="a layer's name, e.g. encoder.6 (a wrong name lists them)")
+    p.add_argument("--out", required=True, metavar="FILE.npy", help="the activations (n, width); FILE.index.npy "
+                   "and FILE.json beside it say which inputs and where from")
+    p.add_argument("--data", metavar="PATH", help="take the inputs from this data set (default: the run's own)")
+    p.add_argument("--split", choices=("train", "test"), default="train", help="which split (default train)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=1000)
+    p.add_argument("--overwrite", action="store_true", help="replace existing output")
+
     for name, help_text, inputs_help in (
             ("reconstruct", "reconstruct images (or vectors) through a trained run",
              "image files, folders, .npy/.npz (a run trained on vectors: .npy vectors)"),
@@ -409,6 +421,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_activations(args) -> int:
+    from aelab.activations import sidecar_paths, write_activations
+
+    described = write_activations(args.run, args.layer, args.out, args.data, args.split, args.dtype,
+                                  args.batch_size, args.overwrite)
+    index, about = sidecar_paths(args.out)
+    print(f"wrote {described['rows']} activations of width {described['width']} ({described['dtype']}) at "
+          f"{described['layer']} to {args.out}, with {index} and {about}")
+    return 0
+
+
 def _model_that(run: str, able, cannot: str, device: str):
     """The run's model, or one line saying what it cannot do."""
     from aelab.runfolder import RunFolder, load_model
@@ -457,4 +480,5 @@ def _write_images(images, out: Path) -> None:
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cmd_models, "compare": cmd_compare,
             "report": cmd_report,
             "reconstruct": cmd_apply, "encode": cmd_apply, "decode": cmd_apply,
-            "sample": cmd_sample, "interpolate": cmd_interpolate, "denoise": cmd_apply, "export": cmd_export}
+            "sample": cmd_sample, "interpolate": cmd_interpolate, "denoise": cmd_apply, "export": cmd_export,
+            "activations": cmd_activations}
