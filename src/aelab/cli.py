@@ -129,6 +129,22 @@ def build_parser() -> Parser:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for encoder.onnx and decoder.onnx")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
 
+    p = sub.add_parser("sweep", help="several SAEs on the same data in one pass: every combination of --grid, "
+                       "each its own run folder, and a leaderboard of FVU against L0")
+    p.add_argument("model", choices=("sae",), help="the model to sweep (sae)")
+    p.add_argument("--data", required=True, metavar="FILE.npy", help="vectors (n, d), e.g. from `aelab activations`")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a setting and its values, e.g. k=16,32,64; repeat for more (every combination is trained)")
+    p.add_argument("--out", required=True, metavar="DIR", help="one run folder per combination, and the leaderboard")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting shared by every run")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--threads", type=THREADS, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing run folders")
+
     p = sub.add_parser("activations", help="a layer's activations of a trained run over a data set, as .npy for "
                        "`aelab train sae --data`")
     p.add_argument("run")
@@ -421,6 +437,19 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from aelab.sweep import markdown, parse_grid, sweep
+
+    overrides = dict(_parse_set(item) for item in args.set)
+    overrides["data.path"] = args.data
+    overrides.update({key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items()
+                      if flag in ("epochs", "batch_size", "lr", "seed", "device") and getattr(args, flag) is not None})
+    sweep(args.model, parse_grid(args.grid), args.out, overrides, args.overwrite, args.threads)
+    print(markdown(args.out))
+    print(f"leaderboard and fvu_vs_l0.png in {args.out}")
+    return 0
+
+
 def cmd_activations(args) -> int:
     from aelab.activations import sidecar_paths, write_activations
 
@@ -481,4 +510,4 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cm
             "report": cmd_report,
             "reconstruct": cmd_apply, "encode": cmd_apply, "decode": cmd_apply,
             "sample": cmd_sample, "interpolate": cmd_interpolate, "denoise": cmd_apply, "export": cmd_export,
-            "activations": cmd_activations}
+            "activations": cmd_activations, "sweep": cmd_sweep}
