@@ -123,10 +123,12 @@ def build_parser() -> Parser:
     p.add_argument("--out", metavar="FILE.html", help="where to write the page (default: FOLDER/report.html)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
-    p = sub.add_parser("export", help="a trained run as encoder.onnx and decoder.onnx, to use without torch")
+    p = sub.add_parser("export", help="a trained run as encoder.onnx and decoder.onnx, to use without torch; an sae "
+                       "run also as SAELens reads it")
     p.add_argument("run")
-    p.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only one so far)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for encoder.onnx and decoder.onnx")
+    p.add_argument("--format", choices=("onnx", "saelens"), default="onnx",
+                   help="onnx (default), or saelens: cfg.json and sae_weights.safetensors for SAE.load_from_disk")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the exported files")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
 
     p = sub.add_parser("sweep", help="several SAEs on the same data in one pass: every combination of --grid, "
@@ -412,12 +414,19 @@ def cmd_interpolate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """encoder.onnx and decoder.onnx, checked against the torch model with onnxruntime on test images."""
+    """encoder.onnx and decoder.onnx, checked against the torch model with onnxruntime on test images; or an sae
+    run in SAELens's format."""
     import torch
 
     from aelab.export import export_onnx, max_differences, require_onnx
     from aelab.runfolder import RunFolder, load_model
 
+    if args.format == "saelens":
+        from aelab.saelens import export_saelens
+
+        out = export_saelens(args.run, args.out, args.overwrite)
+        print(f"wrote {out / 'cfg.json'} and {out / 'sae_weights.safetensors'} (SAELens's SAE.load_from_disk reads them)")
+        return 0
     require_onnx()
     out = Path(args.out)
     taken = [p.name for p in (out / "encoder.onnx", out / "decoder.onnx") if p.exists()]
