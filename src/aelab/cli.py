@@ -123,11 +123,41 @@ def build_parser() -> Parser:
     p.add_argument("--out", metavar="FILE.html", help="where to write the page (default: FOLDER/report.html)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
-    p = sub.add_parser("export", help="a trained run as encoder.onnx and decoder.onnx, to use without torch")
+    p = sub.add_parser("export", help="a trained run as encoder.onnx and decoder.onnx, to use without torch; an sae "
+                       "run also as SAELens reads it")
     p.add_argument("run")
-    p.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only one so far)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for encoder.onnx and decoder.onnx")
+    p.add_argument("--format", choices=("onnx", "saelens"), default="onnx",
+                   help="onnx (default), or saelens: cfg.json and sae_weights.safetensors for SAE.load_from_disk")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the exported files")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
+
+    p = sub.add_parser("sweep", help="several SAEs on the same data in one pass: every combination of --grid, "
+                       "each its own run folder, and a leaderboard of FVU against L0")
+    p.add_argument("model", choices=("sae",), help="the model to sweep (sae)")
+    p.add_argument("--data", required=True, metavar="FILE.npy", help="vectors (n, d), e.g. from `aelab activations`")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a setting and its values, e.g. k=16,32,64; repeat for more (every combination is trained)")
+    p.add_argument("--out", required=True, metavar="DIR", help="one run folder per combination, and the leaderboard")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting shared by every run")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--threads", type=THREADS, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing run folders")
+
+    p = sub.add_parser("activations", help="a layer's activations of a trained run over a data set, as .npy for "
+                       "`aelab train sae --data`")
+    p.add_argument("run")
+    p.add_argument("--layer", required=True, help="a layer's name, e.g. encoder.6 (a wrong name lists them)")
+    p.add_argument("--out", required=True, metavar="FILE.npy", help="the activations (n, width); FILE.index.npy "
+                   "and FILE.json beside it say which inputs and where from")
+    p.add_argument("--data", metavar="PATH", help="take the inputs from this data set (default: the run's own)")
+    p.add_argument("--split", choices=("train", "test"), default="train", help="which split (default train)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=1000)
+    p.add_argument("--overwrite", action="store_true", help="replace existing output")
 
     for name, help_text, inputs_help in (
             ("reconstruct", "reconstruct images (or vectors) through a trained run",
@@ -385,12 +415,19 @@ def cmd_interpolate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """encoder.onnx and decoder.onnx, checked against the torch model with onnxruntime on test images."""
+    """encoder.onnx and decoder.onnx, checked against the torch model with onnxruntime on test images; or an sae
+    run in SAELens's format."""
     import torch
 
     from aelab.export import export_onnx, max_differences, require_onnx
     from aelab.runfolder import RunFolder, load_model
 
+    if args.format == "saelens":
+        from aelab.saelens import export_saelens
+
+        out = export_saelens(args.run, args.out, args.overwrite)
+        print(f"wrote {out / 'cfg.json'} and {out / 'sae_weights.safetensors'} (SAELens's SAE.load_from_disk reads them)")
+        return 0
     require_onnx()
     out = Path(args.out)
     taken = [p.name for p in (out / "encoder.onnx", out / "decoder.onnx") if p.exists()]
@@ -407,6 +444,30 @@ def cmd_export(args) -> int:
           f"codes (batch, {model.config.latent}) -> images")
     print(f"onnxruntime against torch on {len(images)} {what}: codes differ by at most {diff['codes']:.1e}, "
           f"images by {diff['images']:.1e}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from aelab.sweep import markdown, parse_grid, sweep
+
+    overrides = dict(_parse_set(item) for item in args.set)
+    overrides["data.path"] = args.data
+    overrides.update({key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items()
+                      if flag in ("epochs", "batch_size", "lr", "seed", "device") and getattr(args, flag) is not None})
+    sweep(args.model, parse_grid(args.grid), args.out, overrides, args.overwrite, args.threads)
+    print(markdown(args.out))
+    print(f"leaderboard and fvu_vs_l0.png in {args.out}")
+    return 0
+
+
+def cmd_activations(args) -> int:
+    from aelab.activations import sidecar_paths, write_activations
+
+    described = write_activations(args.run, args.layer, args.out, args.data, args.split, args.dtype,
+                                  args.batch_size, args.overwrite)
+    index, about = sidecar_paths(args.out)
+    print(f"wrote {described['rows']} activations of width {described['width']} ({described['dtype']}) at "
+          f"{described['layer']} to {args.out}, with {index} and {about}")
     return 0
 
 
@@ -458,4 +519,5 @@ def _write_images(images, out: Path) -> None:
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cmd_models, "compare": cmd_compare,
             "report": cmd_report,
             "reconstruct": cmd_apply, "encode": cmd_apply, "decode": cmd_apply,
-            "sample": cmd_sample, "interpolate": cmd_interpolate, "denoise": cmd_apply, "export": cmd_export}
+            "sample": cmd_sample, "interpolate": cmd_interpolate, "denoise": cmd_apply, "export": cmd_export,
+            "activations": cmd_activations, "sweep": cmd_sweep}
