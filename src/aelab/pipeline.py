@@ -59,9 +59,7 @@ def train(config: RunConfig, *, out: str | Path | None = None, overwrite: bool =
     loggers = _loggers(loggers)
     _threads(threads)
     train_set, test_set = config.data.load()
-    model = _model(config, train_set)  # before the folder exists: a bad setting leaves nothing behind
-    model.initialise(train_set.floats(slice(0, 4096)),  # data-dependent starts (an SAE's b_dec); never on resume
-                     config.train.epochs * -(-len(train_set) // config.train.batch_size))
+    model = new_model(config, train_set)  # before the folder exists: a bad setting leaves nothing behind
     path = Path(out) if out else _free_run_dir(config.model_name)
     distributed.barrier()  # every rank has picked the same free folder before rank 0 takes it
     with distributed.on_main(lambda: RunFolder.create(path, config, overwrite)) or RunFolder(path) as run:
@@ -157,6 +155,14 @@ def _model(config: RunConfig, train_set):
     distributed.setup(distributed.parse_device(config.train.device))
     torch.manual_seed(config.train.seed)
     return build_for(config, train_set)
+
+
+def new_model(config: RunConfig, train_set):
+    """A new run's model: seeded, built for the data, and given its data-dependent start (an SAE's b_dec) from the
+    first training inputs and the steps the run will take. A resumed run's model takes its checkpoint instead."""
+    model = _model(config, train_set)
+    model.initialise(train_set.floats(slice(0, 4096)), config.train.epochs * -(-len(train_set) // config.train.batch_size))
+    return model
 
 
 def _trainer(run: RunFolder, config: RunConfig, model, train_set, test_set, loggers) -> Trainer:

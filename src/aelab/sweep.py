@@ -69,7 +69,7 @@ def sweep(model_name: str, grid: dict[str, list[str]], out: str | Path, override
           overwrite: bool = False, threads: int | None = None, reader=None) -> list[dict]:
     """Train every combination of `grid` into OUT/NAME in one pass over the data, then measure and rank them.
     `reader`, if given, wraps the training set's batch reader (floats(index) -> tensor). Returns the table's rows."""
-    from aelab.pipeline import RunRecorder, build_for, finish
+    from aelab.pipeline import RunRecorder, finish, new_model
     from aelab.reports import plot_losses
     from aelab.runfolder import RunFolder
     from aelab.train import Trainer
@@ -83,9 +83,8 @@ def sweep(model_name: str, grid: dict[str, list[str]], out: str | Path, override
     train_set, test_set = first.data.load()
     read = reader(train_set.floats) if reader else train_set.floats
     trainers, runs = [], []
-    for name, config in made.items():  # as pipeline.train: seeded, then built; no folder before every model is
-        torch.manual_seed(config.train.seed)
-        trainers.append((config, build_for(config, train_set)))
+    for name, config in made.items():  # as pipeline.train makes it; no folder before every model is built
+        trainers.append((config, new_model(config, train_set)))
     for name, (config, model) in zip(made, trainers):
         runs.append(RunFolder.create(out / name, config, overwrite))
     trainers = [Trainer(model, train_set, test_set, config.train, [RunRecorder(run, config)])
