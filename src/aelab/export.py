@@ -10,6 +10,7 @@ second per file (the torch.export-based one took 3 s here), and covers these pla
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aelab import files
 from aelab.errors import UserError
 
 OPSET = 17
@@ -57,18 +59,19 @@ def export_onnx(model, out: str | Path) -> tuple[Path, Path]:
     """Write out/encoder.onnx and out/decoder.onnx for a model (eval mode), with a dynamic batch axis."""
     onnx, _ = require_onnx()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     paths = out / "encoder.onnx", out / "decoder.onnx"
     parts = ((_Encoder(model), torch.zeros(2, *model.config.in_shape), "images", "codes"),
              (_Decoder(model), torch.zeros(2, model.code_size), "codes", "images"))
     for path, (module, example, name_in, name_out) in zip(paths, parts):
+        buffer = io.BytesIO()  # exported and checked in memory, then written whole by aelab's one writer
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's, see the docstring
-            torch.onnx.export(module, (example,), str(path), input_names=[name_in], output_names=[name_out],
+            torch.onnx.export(module, (example,), buffer, input_names=[name_in], output_names=[name_out],
                               dynamic_axes={name_in: {0: "batch"}, name_out: {0: "batch"}}, opset_version=OPSET,
                               dynamo=False)
-        onnx.checker.check_model(str(path))
+        onnx.checker.check_model(onnx.load_from_string(buffer.getvalue()))
+        files.write_bytes(path, buffer.getvalue())
     return paths
 
 
