@@ -185,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"aelab: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("aelab: interrupted", file=sys.stderr)  # one line, like every other error
-        return 130
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before training began: a stop like any other, one line, exit 2
+        print("aelab: interrupted", file=sys.stderr)
+        return 2
 
 
 def _signals() -> None:
@@ -203,8 +203,9 @@ def cmd_train(args) -> int:
     from aelab import config as cfg
     from aelab.pipeline import RESUMABLE, resume, train
 
-    overrides = dict(_parse_set(item) for item in args.set)
-    overrides.update({key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None})
+    sets = dict(_parse_set(item) for item in args.set)
+    flags = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    overrides = {**sets, **flags}
     if args.rgb:
         overrides["data.grey"] = False
     if args.resume:
@@ -215,6 +216,9 @@ def cmd_train(args) -> int:
         if changed or args.model:
             raise UserError(f"a resumed run keeps its settings; drop {', '.join(changed) or 'the model name'} "
                             "(only --epochs, --lr, --precision and --device may change)")
+    if sets.keys() & flags.keys():  # a flag wins, yet a --set value it replaces must still be one that works
+        cfg.resolve(args.model, args.config, sets)
+    if args.resume:
         return resume(run_dir, threads=args.threads, changes=overrides, loggers=args.log)
     config = cfg.resolve(args.model, args.config, overrides)
     return train(config, out=args.out, overwrite=args.overwrite, threads=args.threads, loggers=args.log)
@@ -294,7 +298,7 @@ def cmd_compare(args) -> int:
     if args.latent is not None and args.latents:
         raise UserError("give --latent K or --latents K,K,..., not both")
     try:
-        latents = [int(k) for k in args.latents.split(",") if k.strip()] if args.latents else None
+        latents = [int(k) for k in args.latents.split(",")] if args.latents is not None else None
     except ValueError:
         raise UserError(f"--latents takes code sizes separated by commas, e.g. 2,10,30, not {args.latents!r}") from None
     runs = {}
@@ -302,12 +306,14 @@ def cmd_compare(args) -> int:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise UserError(f"--run takes NAME=RUN_DIR, not {item!r}")
+        if name in runs:
+            raise UserError(f"--run {name}= is given twice; give each run its own NAME")
         runs[name] = path
     # methods named plus runs given; runs alone compare just those runs
     methods = [*args.methods, *(name for name in runs if name not in args.methods)] or None
     progress = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with progress:
-        rows = compare(methods, latents or ([args.latent] if args.latent else None), args.out, args.data,
+        rows = compare(methods, latents or ([args.latent] if args.latent is not None else None), args.out, args.data,
                        args.epochs, runs, args.overwrite, args.threads, device=args.device)
     if args.json:
         print(json.dumps(rows))
@@ -367,11 +373,10 @@ def cmd_apply(args) -> int:
         inputs = read_vectors(args.inputs) if vectors else read_inputs(args.inputs, grey=not args.rgb).images
         result = model.encode(inputs) if args.command == "encode" else model.reconstruct(inputs)
     result = np.asarray(result)  # decode of numpy codes gives numpy, the others tensors
-    out.parent.mkdir(parents=True, exist_ok=True)  # as save_png does; np.save would fail on a missing folder
     if args.command == "encode":
         if out.suffix != ".npy":
             raise UserError(f"encode writes a .npy file; give --out FILE.npy, not {out}")
-        np.save(out, result)
+        _write_npy(result, out)
     else:
         _write_images(result, out)
     what = {"encode": "codes", "denoise": "denoised images"}.get(args.command, "images")
@@ -419,6 +424,7 @@ def cmd_export(args) -> int:
     run in SAELens's format."""
     import torch
 
+    from aelab import files
     from aelab.export import export_onnx, max_differences, require_onnx
     from aelab.runfolder import RunFolder, load_model
 
@@ -430,13 +436,15 @@ def cmd_export(args) -> int:
         return 0
     require_onnx()
     out = Path(args.out)
-    taken = [p.name for p in (out / "encoder.onnx", out / "decoder.onnx") if p.exists()]
+    files.refuse_link(out)
+    taken = [p.name for p in (out / "encoder.onnx", out / "decoder.onnx") if p.exists() or p.is_symlink()]
     if taken and not args.overwrite:
         raise UserError(f"{out} already holds {' and '.join(taken)}; choose another --out or pass --overwrite")
     model = load_model(args.run, "cpu")  # exported from the CPU: the files run anywhere
+    config = RunFolder.open(args.run).config()  # a damaged config.json is refused, as eval refuses it
     paths = export_onnx(model, out)
     try:  # the run's own test images when its data is here; else uniform noise of the same shape
-        images, what = RunFolder.open(args.run).config().data.load()[1].floats(slice(0, 256)), "test images"
+        images, what = config.data.load()[1].floats(slice(0, 256)), "test images"
     except UserError:
         images, what = torch.rand(256, *model.config.in_shape, generator=torch.Generator().manual_seed(0)), "random images"
     diff = max_differences(model, out, images)
@@ -495,6 +503,9 @@ def _image_or_test_index(run: str, item: str):
 
 
 def _check_new_output(out: Path, overwrite: bool) -> None:
+    from aelab import files
+
+    files.refuse_link(out)
     if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
     if out.suffix not in ("", ".png", ".npy"):
@@ -503,17 +514,24 @@ def _check_new_output(out: Path, overwrite: bool) -> None:
 
 def _write_images(images, out: Path) -> None:
     """Images to FILE.npy, a grid FILE.png (10 a row), or a folder of 00000.png, 00001.png, ..."""
-    import numpy as np
-
     from aelab.images import save_images, save_png, tile
 
     if out.suffix == ".npy":
-        np.save(out, images)
+        _write_npy(images, out)
     elif out.suffix == ".png":
         cols = min(10, len(images))
         save_png(tile(images, -(-len(images) // cols), cols), out)
     else:
         save_images(images, out, [f"{i:05d}.png" for i in range(len(images))])
+
+
+def _write_npy(array, out: Path) -> None:
+    import numpy as np
+
+    from aelab import files
+
+    with files.atomic(out) as f:
+        np.save(f, array)
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cmd_models, "compare": cmd_compare,
