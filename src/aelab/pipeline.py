@@ -46,7 +46,7 @@ class RunRecorder(Callback):
     resume changed go into config.json once an epoch has finished with them: a resume that diverges or is stopped
     leaves the run's settings as they were."""
 
-    def __init__(self, run: RunFolder, config: RunConfig, config_saved: bool):
+    def __init__(self, run: RunFolder, config: RunConfig, config_saved: bool = True):
         self.run, self.config, self.config_saved = run, config, config_saved
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
