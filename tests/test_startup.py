@@ -1,5 +1,5 @@
-"""A training run imports only what it uses: never torch._dynamo (torch.optim would pull it in, 2 s of start-up),
-and none of the experiment trackers' packages when no tracker is asked for."""
+"""A training run imports only what it uses: never torch._dynamo (torch.optim would pull it in, 2 s of start-up)
+nor matplotlib (the loss plot is drawn with Pillow), and none of the trackers' packages when no tracker is asked."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_train_imports_no_dynamo_and_no_tracker(subset_npz, tmp_path):
     modules = set(done.stdout.split("MODULES", 1)[1].split())
     assert "aelab.train" in modules and "torch.optim" in modules  # the run really trained
     assert (out / "model.safetensors").is_file() and (out / "loss.png").is_file()
-    heavy = {"torch._dynamo", "torch._inductor", "sympy", "tensorboard", "mlflow"} & modules
+    heavy = {"torch._dynamo", "torch._inductor", "sympy", "matplotlib", "tensorboard", "mlflow"} & modules
     assert not heavy, heavy
 
 

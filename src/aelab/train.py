@@ -114,6 +114,7 @@ class Trainer:
         self.history: list[dict] = []
         self.finite = torch.ones((), dtype=torch.bool, device=self.device)  # no NaN/inf loss seen this epoch
         self.floor: float | None = None  # the test set's BCE floor (or variance), computed once
+        self.reconstructed: torch.Tensor | None = None  # the test set's first reconstructions, latest evaluation
         self.graph, self.graph_warmup = None, 0  # the captured step, if config.cuda_graph
 
     def autocast(self):
@@ -242,15 +243,16 @@ class Trainer:
 
     # -- evaluation -----------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluate(self, images: ImageSet, reconstruction: bool = False) -> dict[str, float]:
         """Mean loss terms over a whole set, in eval mode (no dropout), in the training precision; with
-        `reconstruction`, also BCE, MSE, squared error per image and PSNR of the clean reconstructions (both from
-        the model's `evaluation`)."""
+        `reconstruction`, also BCE, MSE, squared error per image and PSNR of the clean reconstructions, all from
+        the one pass of the model's `evaluation`, whose first batch of reconstructions is kept in
+        `self.reconstructed` for the grids."""
         self.model.eval()
         sums: dict[str, torch.Tensor] = {}
         measured: dict[str, float] = {}
-        for x in images.batches(self.config.eval_batch_size):
+        for i, x in enumerate(images.batches(self.config.eval_batch_size)):
             with self.autocast():
                 terms, values, logits = self.model.evaluation(x)
             for k, v in terms.items():
@@ -258,6 +260,8 @@ class Trainer:
             if reconstruction:
                 for k, v in reconstruction_sums(values, logits, x).items():
                     measured[k] = measured.get(k, 0.0) + v.item()
+                if i == 0:
+                    self.reconstructed = values
         self.model.train()
         means = {k: (v / len(images)).item() for k, v in sums.items()}
         if reconstruction:
