@@ -96,9 +96,13 @@ def _panel(draw, font, x0: int, title: str, curves: list) -> None:
     draw.text(((left + right) / 2, PANEL_H - 6), "epoch", fill="black", font=font, anchor="md")
     for colour, style, _, points in curves:
         _curve(draw, [(px(x), py(y)) for x, y in points], colour, style)
-    draw.rectangle([right - 156, top + 4, right - 4, top + 10 + 15 * len(curves)], fill="white", outline=(200, 200, 200))
+    # the legend in the top right corner, or the bottom right where a curve ends under it (PSNR rises)
+    height = 6 + 15 * len(curves)
+    high = any(py(points[-1][1]) < top + 8 + height for *_, points in curves)
+    box = bottom - 4 - height if high else top + 4
+    draw.rectangle([right - 156, box, right - 4, box + height], fill="white", outline=(200, 200, 200))
     for n, (colour, style, label, _) in enumerate(curves):
-        y = top + 14 + 15 * n
+        y = box + 10 + 15 * n
         _curve(draw, [(right - 150, y), (right - 126, y)], colour, style)
         draw.text((right - 120, y), label, fill="black", font=font, anchor="lm")
 
