@@ -58,7 +58,8 @@ class TrainConfig:
 # never to be compiled. A run that compiles and captures nothing fills torch's own cache slot for each disabled
 # function (`__dynamo_disable`, read by torch._disable_dynamo) with the function itself, and steps through the
 # undecorated step under no_grad, as that wrapper does: the same arithmetic, and torch._dynamo is never imported.
-# (The slots stay filled for the process: a later torch.compile of an optimiser would trace these methods.)
+# The undecorated step also skips the profiler label and step hooks, which aelab never registers; the slots stay
+# filled for the process, so a later torch.compile of an optimiser would trace these methods.
 _DYNAMO_DISABLED = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
 
 
