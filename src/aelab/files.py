@@ -98,9 +98,9 @@ def atomic(path: str | Path):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         sweep(path.parent, path.name)
-        # O_EXCL | O_NOFOLLOW: a link planted at the temporary name is never followed
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-        try:
+        try:  # opened inside: a signal handled as os.open returns must not leave the file behind
+            # O_EXCL | O_NOFOLLOW: a link planted at the temporary name is never followed
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
             with open(fd, "wb") as f:
                 yield f
                 f.flush()
