@@ -171,8 +171,10 @@ def _signals() -> None:
 
 def cmd_train(args) -> int:
     from aelab import config as cfg
+    from aelab import distributed
     from aelab.runs import RESUMABLE, train
 
+    distributed.check_environment()  # torchrun's variables, before any data is read
     overrides = dict(_parse_set(item) for item in args.set)
     overrides.update({key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None})
     if args.rgb:
