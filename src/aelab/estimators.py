@@ -165,6 +165,7 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         return save({k: v.detach().contiguous() for k, v in self._tensors().items()}, metadata=meta)
 
     def _load_bytes(self, data: bytes) -> None:
+        from safetensors import SafetensorError
         from safetensors.torch import load
 
         meta = _metadata(data)
@@ -177,7 +178,11 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             setattr(self, key, tuples(fitted.pop(key)))
         if "feature_names_in_" in fitted:
             self.feature_names_in_ = np.asarray(fitted.pop("feature_names_in_"), dtype=object)
-        self._restore(load(data), fitted)
+        try:
+            tensors = load(data)
+        except SafetensorError as e:
+            raise ValueError(f"these bytes are not a whole safetensors file ({e}); save the estimator again") from None
+        self._restore(tensors, fitted)
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted estimator to a safetensors file (no pickle); read it back with `load`."""
