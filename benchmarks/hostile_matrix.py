@@ -165,7 +165,7 @@ def cases() -> list[Case]:
     fresh = (f"new{i}" for i in itertools.count())  # a folder of its own for every case that may write one
     train = lambda name, *args, **kw: Case("train", name, ["train", *tiny, "--out", next(fresh), *args], **kw)  # noqa: E731,E501
     resume = lambda name, *args, **kw: Case("resume", name, ["train", "--threads", "1", "--resume", *args], **kw)  # noqa: E731,E501
-    compare = [Case("compare", name, ["compare", *args, "--data", "small.npz", "--threads", "1"], timeout=120)
+    compare = [Case("compare", name, ["compare", *args, "--data", "small.npz", "--threads", "1"], timeout=60)
                for name, args in (
                    ("unknown method", ["xyz", "--out", "cmp1"]),
                    ("--latents 0", ["pca", "--latents", "0", "--out", "cmp2"]),
@@ -246,7 +246,7 @@ def cases() -> list[Case]:
                 {"WORLD_SIZE": "2", "RANK": "5", **loopback}, {"WORLD_SIZE": "2", "RANK": "0", "MASTER_PORT": "1"},
                 {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "99999"},
                 {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "x", **loopback}):
-        cs.append(Case("torchrun env", " ".join(f"{k}={v}" for k, v in env.items() if k not in loopback),
+        cs.append(Case("torchrun env", " ".join(f"{k}={v}" for k, v in env.items() if (k, v) not in loopback.items()),
                        ["train", *tiny, "--out", next(fresh)], env=env, timeout=120))
     for rank in ("0", "1"):  # a rendezvous that cannot complete: the other rank never comes
         cs.append(Case("torchrun env", f"rank {rank} of 2 alone (AELAB_DIST_TIMEOUT=5)",
