@@ -6,10 +6,10 @@ timeouts, and how each ends. Prints one row per surface:
     silent/wrong   accepted what must be refused, said more than one line, or let a warning through as noise
     hang           still running at its timeout
 
-then each case that is not clean, with the first line it said (every case's goes to stderr). The Python API (estimators' load) is clean when it raises
-ValueError, OSError or UserError in one line. Every aelab process runs with one thread on a
-600/200-image subset of Fashion-MNIST; trackers are only pointed at the loopback address (127.0.0.1:9 is a closed
-port). Rerun after any change:
+then each case that is not clean, with the first line it said (every case's goes to stderr). The Python API
+(estimators' load) is clean when it raises ValueError, OSError or UserError in one line. Every aelab process runs
+with one thread on a 600/200-image subset of Fashion-MNIST; trackers are only pointed at the loopback address
+(127.0.0.1:9 is a closed port). Rerun after any change:
 
     OMP_NUM_THREADS=1 python benchmarks/hostile_matrix.py [--jobs 2] [--only SURFACE] [--keep DIR]
 """
@@ -163,8 +163,13 @@ def exists(*names):
 def cases() -> list[Case]:
     tiny = ["--data", "small.npz", "--epochs", "1", "--threads", "1"]
     fresh = (f"new{i}" for i in itertools.count())  # a folder of its own for every case that may write one
-    train = lambda name, *args, **kw: Case("train", name, ["train", *tiny, "--out", next(fresh), *args], **kw)  # noqa: E731,E501
-    resume = lambda name, *args, **kw: Case("resume", name, ["train", "--threads", "1", "--resume", *args], **kw)  # noqa: E731,E501
+
+    def train(name, *args, **kw):
+        return Case("train", name, ["train", *tiny, "--out", next(fresh), *args], **kw)
+
+    def resume(name, *args, **kw):
+        return Case("resume", name, ["train", "--threads", "1", "--resume", *args], **kw)
+
     compare = [Case("compare", name, ["compare", *args, "--data", "small.npz", "--threads", "1"], timeout=60)
                for name, args in (
                    ("unknown method", ["xyz", "--out", "cmp1"]),
@@ -255,7 +260,8 @@ def cases() -> list[Case]:
                             "MASTER_PORT": str(free_port()), "AELAB_DIST_TIMEOUT": "5"}))
     load = ("import sys\nfrom aelab.errors import UserError\nfrom aelab.estimators import {cls}\n"
             "try:\n    {cls}.load({path!r}).transform(__import__('numpy').zeros((2, 28, 28), 'uint8'))\n"
-            "except (ValueError, OSError, UserError) as e:\n    print(f'aelab: {{e}}', file=sys.stderr)\n    sys.exit(2)\n")
+            "except (ValueError, OSError, UserError) as e:\n"
+            "    print(f'aelab: {{e}}', file=sys.stderr)\n    sys.exit(2)\n")
     for name, cls, path in (("an empty file", "PCA", "estimator.safetensors"), ("a text file", "PCA", "list.json"),
                             ("a run's weights", "Autoencoder", "run/model.safetensors"),
                             ("cut in half", "PCA", "pca_cut.safetensors"),
