@@ -201,8 +201,10 @@ def _signals() -> None:
 
 def cmd_train(args) -> int:
     from aelab import config as cfg
+    from aelab import distributed
     from aelab.pipeline import RESUMABLE, resume, train
 
+    distributed.check_environment()  # torchrun's variables, before any data is read
     sets = dict(_parse_set(item) for item in args.set)
     flags = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
     overrides = {**sets, **flags}
