@@ -11,16 +11,13 @@ logistic PCA, at one or several code sizes.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from aelab import files
+from aelab import files, reports
 from aelab.baselines import BASELINES, load_baseline
 from aelab.data import DataConfig
 from aelab.datasets import ImageSet
@@ -228,19 +225,7 @@ def _cell(value, column: str) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    columns = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(_cell(r.get(c), c) for c in columns) + " |" for r in rows])
-
-
-def write_tables(rows: list[dict], out: Path, notes: list[str]) -> None:
-    files.write_text(out / "compare.json", json.dumps(rows, indent=2) + "\n")
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    files.write_text(out / "compare.csv", table.getvalue())
-    files.write_text(out / "compare.md", "\n\n".join([markdown_table(rows), *notes]) + "\n")
+    return reports.markdown_table(rows, COLUMNS, _cell)
 
 
 # ---------------------------------------------------------------------------------------------- the command
@@ -316,6 +301,6 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
                     "on its values clipped to [1e-6, 1 - 1e-6]). `knn_accuracy`: 5-nearest-neighbour label "
                     "accuracy of the test codes among the training codes; `probe_accuracy`: a logistic "
                     "regression on the training codes.")
-    write_tables(rows, out, notes)
+    reports.write_table(out, "compare", rows, COLUMNS, _cell, notes)
     write_compare_page(out)
     return rows

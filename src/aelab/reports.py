@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -188,3 +190,21 @@ def write_report(run: RunFolder, config, model, history: list[dict], metrics: di
     parts += ["## Model", "```\n" + summary(model) + "\n```",
               "## Configuration", "```json\n" + json.dumps(config.to_dict(), indent=2) + "\n```"]
     return write_text(run.report_path, "\n\n".join(parts) + "\n")
+
+
+def write_table(out: Path, stem: str, rows: list[dict], columns: tuple[str, ...], cell, notes=()) -> None:
+    """A leaderboard three ways: OUT/STEM.json, STEM.csv and STEM.md (markdown_table, then the notes)."""
+    write_text(out / f"{stem}.json", json.dumps(rows, indent=2) + "\n")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / f"{stem}.csv", table.getvalue())
+    write_text(out / f"{stem}.md", "\n\n".join([markdown_table(rows, columns, cell), *notes]) + "\n")
+
+
+def markdown_table(rows: list[dict], columns: tuple[str, ...], cell) -> str:
+    """The rows as a Markdown table of the columns that hold a value, `cell(value, column)` writing each."""
+    shown = [c for c in columns if any(r.get(c) is not None for r in rows)]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    return "\n".join(lines + ["| " + " | ".join(cell(r.get(c), c) for c in shown) + " |" for r in rows])

@@ -34,28 +34,34 @@ GRID = re.compile(r"epoch_\d{3,}\.png")  # a grid's name in grids/
 MAX_MEASURES_BYTES = 1 << 20  # eval.json holds a few hundred bytes of measures
 
 
+class _Entry:
+    """A file or folder of the run folder, as a class attribute: on a RunFolder, its path there."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, run, owner=None):
+        return self if run is None else run.path / self.name
+
+
+def _paths(*names: str) -> tuple[_Entry, ...]:
+    return tuple(map(_Entry, names))
+
+
 class RunFolder:
     """A run folder. Every file in it is written whole (aelab.files); `lock` makes this process its one trainer.
-    Each property is a path in it, and those are all that aelab writes there (with the models' pictures)."""
+    Each *_path attribute is a path in it, and those are all that aelab writes there (with the models' pictures)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._lock = None       # the held lock file, while this process trains the run
         self.saved_epoch = 0    # the epoch the checkpoint on disk holds, as this process last wrote or read it
 
-    config_path = property(lambda self: self.path / "config.json")
-    weights_path = property(lambda self: self.path / "model.safetensors")
-    checkpoint_path = property(lambda self: self.path / "checkpoint.safetensors")
-    metrics_path = property(lambda self: self.path / "metrics.jsonl")
-    grids_path = property(lambda self: self.path / "grids")
-    gif_path = property(lambda self: self.path / "grids.gif")
-    eval_path = property(lambda self: self.path / "eval.json")
-    loss_plot_path = property(lambda self: self.path / "loss.png")
-    report_path = property(lambda self: self.path / "report.md")
-    page_path = property(lambda self: self.path / "report.html")
-    tensorboard_path = property(lambda self: self.path / "tensorboard")
-    marker_path = property(lambda self: self.path / ".aelab-run")
-    lock_path = property(lambda self: self.path / ".aelab-lock")
+    # every path aelab writes in a run folder, besides the models' pictures and grids/epoch_NNN.png
+    config_path, weights_path, checkpoint_path = _paths("config.json", "model.safetensors", "checkpoint.safetensors")
+    metrics_path, eval_path, grids_path, gif_path = _paths("metrics.jsonl", "eval.json", "grids", "grids.gif")
+    loss_plot_path, report_path, page_path = _paths("loss.png", "report.md", "report.html")
+    tensorboard_path, marker_path, lock_path = _paths("tensorboard", ".aelab-run", ".aelab-lock")
 
     def picture(self, name: str) -> Path:
         """Where a model's picture (a name from model.make_pictures) goes."""
@@ -89,8 +95,7 @@ class RunFolder:
 
     def own_names(self) -> set[str]:
         """The names of what aelab writes in the folder: --overwrite deletes these and nothing else."""
-        paths = {getattr(self, name) for name, value in vars(RunFolder).items() if isinstance(value, property)}
-        return {p.name for p in paths} | set(picture_names())
+        return {entry.name for entry in vars(RunFolder).values() if isinstance(entry, _Entry)} | picture_names()
 
     def _own(self, name: str, in_grids: bool, own_names: set[str]) -> bool:
         if name.startswith(".") and name.endswith(files.TMP_SUFFIX):

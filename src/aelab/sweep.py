@@ -13,17 +13,14 @@ its run folder holds what that single run would hold (measured: equal to the bit
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import itertools
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from aelab import files
+from aelab import files, reports
 from aelab.errors import UserError
 
 SHARED = ("data.", "train.batch_size", "train.seed", "train.epochs", "train.device", "train.precision",
@@ -151,17 +148,9 @@ def write_leaderboard(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = sorted(rows, key=lambda r: (r["fvu"] is None, r["fvu"]))
-    files.write_text(out / "sweep.json", json.dumps(rows, indent=2) + "\n")
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    files.write_text(out / "sweep.csv", table.getvalue())
-    cell = lambda v: "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
-    files.write_text(out / "sweep.md", "\n".join(lines) + "\n\nfvu: 1 - the fraction of variance explained on the "
-                     "test split (standardised units); l0: mean active units per test vector.\n")
+    cell = lambda v, _: "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    reports.write_table(out, "sweep", rows, COLUMNS, cell, ["fvu: 1 - the fraction of variance explained on the "
+                        "test split (standardised units); l0: mean active units per test vector."])
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for r in rows:
         if r["fvu"] is not None and r["l0"] is not None:
