@@ -17,7 +17,10 @@ plain DataLoader loop of the same model timed the same way, alternating, median 
 By default quick (the first 12 000 training and 2 000 test images, 2 in-process epochs, no bf16 quality check);
 `--full` times all 60 000 images (5 epochs, the quality check) and the chapter's 100-epoch `aelab train` run.
 
-    python benchmarks/train_speed.py [--full] [--epochs N] [--quality-epochs N] [--profile]
+`--compile` (last: it imports torch._dynamo) times torch.compile (inductor) of the training step against the eager
+step, the compile counted, and extrapolates both to the chapter's 100 epochs of 60 000 images.
+
+    python benchmarks/train_speed.py [--full] [--epochs N] [--quality-epochs N] [--profile] [--compile]
 """
 
 from __future__ import annotations
@@ -214,6 +217,29 @@ def profile(train, test, precision: str) -> None:
         print(f"  {e.key:<40}{e.self_cpu_time_total / 1e3:8.0f} ms  {100 * e.self_cpu_time_total / total:5.1f}%")
 
 
+def compile_horizon(train, test, epochs: int, horizon: int = 100) -> dict[str, float]:
+    """torch.compile of the step (the model's loss, forward and backward, by inductor) against the eager step:
+    the first compiled epoch less an eager one is the compile; then epochs alternate. Returns seconds per
+    60 000-image epoch and the compile, and both over `horizon` epochs."""
+    def trainer():
+        torch.manual_seed(0)
+        return Trainer(build("ae", AEConfig()), train, test, TrainConfig())
+    eager, compiled = trainer(), trainer()  # both before torch._dynamo is imported: the eager one is today's path
+    compiled.model.loss = torch.compile(compiled.model.loss)
+    first = timed(compiled.train_epoch)
+    times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for epoch in range(epochs):
+        for name, t in (("eager", eager), ("compiled", compiled)):
+            times[name].append(timed(t.train_epoch))
+        print(f"  round {epoch + 1}: eager {times['eager'][-1]:.3f} s  compiled {times['compiled'][-1]:.3f} s",
+              flush=True)
+    scale = 60_000 / len(train)
+    m = {k: statistics.median(v) * scale for k, v in times.items()}
+    m["compile"] = first - statistics.median(times["eager"])
+    m["eager_horizon"], m["compiled_horizon"] = m["eager"] * horizon, m["compile"] + m["compiled"] * horizon
+    return m
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true",
@@ -222,6 +248,7 @@ def main() -> None:
     parser.add_argument("--quality-epochs", type=int, help="epochs for the bf16-vs-fp32 MSE check (quick 0: skip, "
                                                            "full 10)")
     parser.add_argument("--profile", action="store_true", help="also print where an epoch's time goes")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of the step over 100 epochs")
     args = parser.parse_args()
     epochs = args.epochs or (5 if args.full else 2)
     quality_epochs = args.quality_epochs if args.quality_epochs is not None else (10 if args.full else 0)
@@ -256,6 +283,13 @@ def main() -> None:
           f"{u['ref_epoch']:.3f} s, ratio {u['cli_epoch'] / u['ref_epoch']:.2f}x")
     if args.full:
         print(f"  the chapter, `aelab train` 100 epochs: {chapter_seconds(folder, threads):.0f} s")
+    if args.compile:
+        print(f"\ntorch.compile of the step against eager, {len(train)} images, alternating:")
+        k = compile_horizon(train, test, epochs)
+        print(f"  per 60 000-image epoch (median of {epochs}): eager {k['eager']:.3f} s, compiled {k['compiled']:.3f} s "
+              f"({k['compiled'] / k['eager']:.2f}x); compile {k['compile']:.1f} s")
+        print(f"  over 100 epochs: eager {k['eager_horizon']:.0f} s, compiled {k['compiled_horizon']:.0f} s "
+              f"(compile included)")
 
 if __name__ == "__main__":
     main()
