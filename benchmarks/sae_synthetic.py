@@ -3,7 +3,7 @@
 own pipeline and by SAELens's own trainer (in its own virtual environment, as a subprocess) with each sparsity, on the
 same number of samples; then both are scored on fresh activations whose true features are known.
 
-    OMP_NUM_THREADS=1 python benchmarks/sae_synthetic.py [--features 2048 --dim 256 -n 200000 --epochs 1]
+    OMP_NUM_THREADS=1 python benchmarks/sae_synthetic.py [--features 2048 --dim 256 -n 100000 --epochs 1]
 
 Scores: recovery (mean over true features of the best cosine with any decoder atom), MCC (the mean cosine of a
 one-to-one Hungarian matching of atoms to features, as sae_lens.synthetic.evals defines it), F1 (each unit that
@@ -148,7 +148,7 @@ def train_saelens(sparsity: str, data: Path, eval_path: Path, work: Path, args, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, default=200_000, help="activations in the training file (default 200 000)")
+    parser.add_argument("-n", type=int, default=100_000, help="activations in the training file (default 100 000)")
     parser.add_argument("--features", type=int, default=2048)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--active", type=float, default=16, help="features firing per activation, on average")
@@ -158,8 +158,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=16, help="topk, batchtopk: units kept per input")
     parser.add_argument("--saelens-l1", type=float, default=5.0, help="SAELens l1_coefficient (Anthropic's 5)")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--lr", type=float, default=1e-3, help="both trainers")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=2e-3, help="both trainers")
     parser.add_argument("--eval", type=int, default=20_000, help="fresh activations the scores use")
     parser.add_argument("--sparsity", action="append", choices=SPARSITIES, help="only these (default: all)")
     parser.add_argument("--venv", type=Path, default=Path("/tmp/aelab-saelens-venv"))
