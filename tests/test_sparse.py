@@ -163,6 +163,15 @@ def _sae(seed: int = 0, d: int = 16, **settings):
 
 
 @pytest.mark.parametrize("sparsity", ["topk", "batchtopk", "jumprelu", "l1"])
+def test_l1_atoms_start_short_and_the_encoder_as_their_transpose(sparsity):
+    model = _sae(sparsity=sparsity, atom_norm=0.25)
+    atoms = model.decoder[0].weight
+    start = 0.25 if sparsity == "l1" else 1.0  # 64 unit atoms in 16-d would give back about twice the input
+    assert torch.allclose(atoms.norm(dim=0), torch.full((64,), start), atol=1e-6)
+    assert torch.equal(model.encoder[-1].weight, atoms.T)
+
+
+@pytest.mark.parametrize("sparsity", ["topk", "batchtopk", "jumprelu", "l1"])
 def test_a_step_keeps_the_atoms_and_counts_inputs_since_each_unit_fired(sparsity):
     model = _sae(sparsity=sparsity, dead_window=32)
     x = torch.randn(32, 16)
@@ -274,7 +283,8 @@ def test_initialise_puts_b_dec_at_the_geometric_median():
 @pytest.mark.parametrize("settings, words", [
     ({"sparsity": "relu"}, "batchtopk"), ({"k": 0}, "k and dead_window"), ({"k_aux": -1}, "k_aux"),
     ({"aux_coefficient": -1.0}, "aux_coefficient"), ({"l1_warmup": 2.0}, "l1_warmup"), ({"bandwidth": 0.0}, "bandwidth"),
-    ({"threshold": -1.0}, "threshold"), ({"centre": "middle"}, "median"), ({"l0_coefficient": -1.0}, "l0_coefficient")])
+    ({"threshold": -1.0}, "threshold"), ({"centre": "middle"}, "median"), ({"l0_coefficient": -1.0}, "l0_coefficient"),
+    ({"atom_norm": 0.0}, "atom_norm")])
 def test_bad_settings_are_refused_by_config_check(settings, words):
     with pytest.raises(UserError, match=words):
         cfg.resolve("sae", None, settings)

@@ -51,11 +51,14 @@ class SAEConfig(AEConfig):
     aux_coefficient: float = 1 / 32  # topk, batchtopk: weight of the AuxK loss (0: none)
     l1: float = 5.0                  # l1: weight of the penalty (batch mean of sum_i z_i ||W_dec[:, i]||) against the
     #                                  summed squared error: Anthropic's lambda (5), divided by d beside the mean MSE
+    atom_norm: float = 0.1           # l1: every atom's norm at the start (the encoder starts as their transpose)
     l1_warmup: float = 0.05          # l1: the weight grows linearly from 0 over this fraction of the run's steps
-    l0_coefficient: float = 1.0      # jumprelu: weight of the L0 penalty (batch mean of units active) against the
+    l0_coefficient: float = 2.0      # jumprelu: weight of the L0 penalty (batch mean of units active) against the
     #                                  summed squared error (divided by d beside the mean MSE, as l1)
-    bandwidth: float = 0.05          # jumprelu: width of the rectangle kernel of the threshold's gradient
-    threshold: float = 0.05          # jumprelu: every unit's threshold at the start
+    bandwidth: float = 0.5           # jumprelu: width of the rectangle kernel of the threshold's gradient; at SAE
+    #                                  scale (mean squared norm d) codes are O(1), and a narrow kernel seldom moves
+    #                                  the thresholds in a short run
+    threshold: float = 1.0           # jumprelu: every unit's threshold at the start
     centre: str = "median"           # b_dec at the start: geometric "median" or "mean" of a training sample, or "zero"
     dead_window: int = 100_000       # a unit not active over this many training inputs counts as dead
 
@@ -71,8 +74,8 @@ class SAEConfig(AEConfig):
             raise UserError("l1, l0_coefficient and aux_coefficient must not be negative")
         if not 0 <= self.l1_warmup <= 1:
             raise UserError(f"l1_warmup is a fraction of the run's steps, in [0, 1], not {self.l1_warmup}")
-        if self.bandwidth <= 0 or self.threshold <= 0:
-            raise UserError("bandwidth and threshold must be positive, e.g. --set bandwidth=0.05")
+        if min(self.bandwidth, self.threshold, self.atom_norm) <= 0:
+            raise UserError("bandwidth, threshold and atom_norm must be positive, e.g. --set bandwidth=0.5")
 
 
 def planted_dictionary(n: int, d: int = 64, atoms: int = 256, active: int = 5, noise: float = 0.01, seed: int = 0
@@ -155,6 +158,8 @@ class SparseAutoencoder(Autoencoder):
             atoms.normal_()
             self.normalise_atoms()
             self.decoder[0].bias.zero_()
+            if config.sparsity == "l1":  # short atoms, so the first codes do not overshoot (Anthropic, April 2024)
+                atoms.mul_(config.atom_norm)
             if not config.hidden and config.arch == "mlp":
                 self.encoder[-1].weight.copy_(atoms.T)
         if config.sparsity == "jumprelu":
