@@ -146,8 +146,8 @@ def check_config(config: AEConfig, archs: tuple[str, ...] = ("mlp", "conv"), nam
 
 
 class Autoencoder(nn.Module):
-    """Deep autoencoder of the chapter: MLP encoder to a linear code, decoder to per-pixel logits.
-    It keeps aelab.contract.Model; variants override its hooks and declare what they are."""
+    """Deep autoencoder of the chapter: MLP encoder to a linear code, decoder to per-pixel logits."""
+    # It keeps aelab.contract.Model; variants override its hooks and declare what they are (docs/extending.md).
 
     Config = AEConfig
     code_heads = 1  # how many latent-sized vectors the encoder outputs (a VAE's mean and log-variance: 2)
