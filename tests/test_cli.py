@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FASHION_DIR, SRC, aelab, assert_user_error
+from conftest import FASHION_DIR
+from support.process import SRC, aelab, assert_user_error
 
 
 def snapshot(folder) -> dict:

@@ -12,7 +12,7 @@ import torch
 
 from aelab.data import load_dataset, read_inputs
 from aelab.errors import UserError
-from conftest import aelab, assert_user_error
+from support.process import aelab, assert_user_error
 from test_readers import write_images, idx_folder
 
 TEST_LABELS = "t10k-labels-idx1-ubyte.gz"

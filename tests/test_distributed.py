@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 from aelab.models import MODELS
-from conftest import SRC
+from support.process import SRC
 
-HERE = Path(__file__).parent
-ENV = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{HERE}", "OMP_NUM_THREADS": "1"}
+STEP = Path(__file__).parent / "support" / "distributed_step.py"
+ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 # A few hundred steps: 4 epochs of 3000 images in global batches of 48. At lr 1e-4: at the chapter's 1e-3, float
 # rounding (the ranks sum a batch's gradient in another order) is amplified chaotically after ~150 steps of these
@@ -42,8 +42,8 @@ def test_two_ranks_average_to_the_single_process_gradients(subset_npz, tmp_path)
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
     # and a VQ-VAE whose unchosen codes are re-seeded after this one step: the same draws of the global batch
     names = [*MODELS, "vqvae,dead_after=1"]
-    run([sys.executable, HERE / "distributed_step.py", subset_npz, tmp_path / "one", *names])
-    torchrun(HERE / "distributed_step.py", subset_npz, tmp_path / "two", *names)
+    run([sys.executable, STEP, subset_npz, tmp_path / "one", *names])
+    torchrun(STEP, subset_npz, tmp_path / "two", *names)
     for name in names:
         one, two = (load_file(tmp_path / side / f"{name}.safetensors") for side in ("one", "two"))
         assert one.keys() == two.keys()
@@ -115,7 +115,7 @@ def test_two_machines_on_one_host_train_as_two_ranks(subset_npz, tmp_path):
 
 def test_auto_and_cpu_devices_train_on_this_machine_and_say_so(trained_run, tmp_path):
     """The fixture run used the default device, auto: on a machine without a GPU that is the CPU."""
-    from conftest import aelab
+    from support.process import aelab
 
     config = json.loads((trained_run / "config.json").read_text())
     assert config["train"]["device"] == "auto"
@@ -128,7 +128,7 @@ def test_auto_and_cpu_devices_train_on_this_machine_and_say_so(trained_run, tmp_
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a CUDA GPU")
 @pytest.mark.parametrize("command", [("train", "--epochs", "1"), ("eval", "RUN"), ("encode", "RUN", "X", "--out", "c.npy")])
 def test_asking_for_a_missing_gpu_is_one_line(command, trained_run, subset_npz, tmp_path):
-    from conftest import aelab, assert_user_error
+    from support.process import aelab, assert_user_error
 
     args = [str(trained_run) if a == "RUN" else str(subset_npz) if a == "X" else a for a in command]
     result = aelab(*args, "--device", "cuda", *(["--data", subset_npz, "--out", tmp_path / "r"]
@@ -143,7 +143,7 @@ def test_a_run_trained_elsewhere_loads_and_resumes_here(trained_run, subset_npz,
     import shutil
 
     from aelab.runfolder import load_model
-    from conftest import aelab
+    from support.process import aelab
 
     moved = tmp_path / "from-gpu"
     shutil.copytree(trained_run, moved)

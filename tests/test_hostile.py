@@ -23,7 +23,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from aelab.cli import main
-from conftest import FASHION_DIR, SRC, aelab, assert_user_error
+from conftest import FASHION_DIR
+from support.process import SRC, aelab, assert_user_error
 from test_cli import snapshot
 
 MEMORY_LIMIT = 2 << 30  # address space of a bomb's process: torch alone maps about 0.6 GiB

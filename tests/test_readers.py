@@ -15,7 +15,8 @@ from PIL import Image
 from aelab.data import load_dataset, load_idx_split, read_inputs
 from aelab.errors import UserError
 from aelab.readers import read_idx, to_uint8_images
-from conftest import FASHION_DIR, aelab, assert_user_error
+from conftest import FASHION_DIR
+from support.process import aelab, assert_user_error
 
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
 

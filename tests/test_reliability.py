@@ -25,8 +25,9 @@ from aelab import tensorfile
 from aelab.models import picture_names
 from aelab.runfolder import RunFolder, load_model
 from aelab.train import Diverged
-from conftest import aelab, assert_user_error, stepper
-from crashes import command, crash_and_resume, differences, random_instants, signal_at, start, temporaries
+from support.crashes import command, crash_and_resume, differences, random_instants, signal_at, start, temporaries
+from support.models import stepper
+from support.process import aelab, assert_user_error
 
 LOCK, MARKER = RunFolder(".").lock_path.name, RunFolder(".").marker_path.name
 

@@ -20,7 +20,8 @@ from aelab.models import AEConfig, build
 from aelab import tensorfile
 from aelab.pipeline import resume, train
 from aelab.runfolder import RunFolder
-from conftest import RUN_EPOCHS, SRC, aelab, assert_user_error
+from conftest import RUN_EPOCHS
+from support.process import SRC, aelab, assert_user_error
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from aelab.models import MODELS, AEConfig, build, summary
-from conftest import aelab, arch_cases, stepper
+from support.models import arch_cases, stepper
+from support.process import aelab
 
 CHAPTER_LAYERS = [784, 256, 128, 64, 20, 64, 128, 256, 784]
 

@@ -18,7 +18,8 @@ from aelab.errors import UserError
 from aelab.evaluate import evaluate
 from aelab.models import MODELS, build, picture_names
 from aelab.models.sparse import planted_dictionary
-from conftest import aelab, stepper
+from support.models import stepper
+from support.process import aelab
 
 # one setting per model that cannot work: config.resolve refuses it as `aelab train NAME --set KEY=VALUE` does
 BAD = {"ae": {"latent": 0}, "dropout": {"rate": 1.0}, "dae": {"level": -1.0}, "aae": {"prior": "cauchy"},

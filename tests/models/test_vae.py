@@ -19,7 +19,7 @@ from aelab.models import MODELS, build
 from aelab.models.dae import add_noise
 from aelab.runfolder import RunFolder, load_model
 from aelab.train import Trainer, TrainConfig
-from conftest import arch_cases, stepper
+from support.models import arch_cases, stepper
 
 TINY = {"model.latent": 4, "model.hidden": "32,16", "model.channels": "4,8"}
 CASES = arch_cases(MODELS)
