@@ -140,8 +140,10 @@ def test_config_file_then_flags_then_set(subset_npz, tmp_path):
 
 
 def test_models_lists_the_registry():
+    from aelab.models import MODELS
+
     result = aelab("models")
-    assert result.returncode == 0 and result.stdout.split()[0] == "ae"
+    assert result.returncode == 0 and [line.split()[0] for line in result.stdout.splitlines()] == list(MODELS)
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -37,3 +37,24 @@ def stepper(model, lr: float = 1e-3):
 
     empty = ImageSet(torch.zeros((0, *model.config.in_shape), dtype=torch.uint8))
     return Trainer(model, empty, empty, TrainConfig(lr=lr, device="cpu"))
+
+
+def train_in_process(folder, data, name: str, *flags: str):
+    """`aelab train NAME --data DATA ...` through cli.main in this process (no grids, one thread): the run folder."""
+    from aelab.cli import main
+
+    out = folder / name
+    assert main(["train", name, "--data", str(data), "--out", str(out), "--grid-every", "0", "--threads", "1",
+                 *flags]) == 0
+    return out
+
+
+def eval_json(run, capsys) -> dict:
+    """`aelab eval RUN --json` through cli.main, its output parsed."""
+    import json
+
+    from aelab.cli import main
+
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
