@@ -62,13 +62,30 @@ def measures(run_dir: Path) -> dict:
     return json.loads((run_dir / "eval.json").read_text())
 
 
-@pytest.mark.parametrize("name", ["ae", "aae", "vae"])
-def test_torchrun_training_follows_the_single_process_run(name, subset_npz, tmp_path):
-    single = tmp_path / "single"
-    run([sys.executable, "-m", "aelab", "train", name, "--data", subset_npz, *CLI_TRAIN, "--out", single])
-    ranks = tmp_path / "ranks"
-    result = torchrun("-m", "aelab", "train", name, "--data", subset_npz, *CLI_TRAIN, "--out", ranks)
-    assert result.stdout.count("epoch   1/4") == 1 and "on 2 ranks" in result.stdout  # rank 0 alone prints
+@pytest.fixture(scope="module")
+def launched(subset_npz, tmp_path_factory):
+    """name -> (single, ranks): the run one process trains with CLI_TRAIN, and the same run under torchrun on two
+    ranks; each pair launched once for the module, when a test first asks for it."""
+    pairs = {}
+
+    def pair(name: str) -> tuple[Path, Path]:
+        if name not in pairs:
+            root = tmp_path_factory.mktemp(name)
+            run([sys.executable, "-m", "aelab", "train", name, "--data", subset_npz, *CLI_TRAIN, "--out", root / "single"])
+            result = torchrun("-m", "aelab", "train", name, "--data", subset_npz, *CLI_TRAIN, "--out", root / "ranks")
+            (root / "ranks.stdout").write_text(result.stdout)
+            pairs[name] = root / "single", root / "ranks"
+        return pairs[name]
+
+    return pair
+
+
+# the AAE's discriminator and the VAE's sampling draws; the plain AE is the VAE without them
+@pytest.mark.parametrize("name", ["aae", "vae"])
+def test_torchrun_training_follows_the_single_process_run(name, launched):
+    single, ranks = launched(name)
+    stdout = (ranks.parent / "ranks.stdout").read_text()
+    assert stdout.count("epoch   1/4") == 1 and "on 2 ranks" in stdout  # rank 0 alone prints
     assert [json.loads(line)["epoch"] for line in (ranks / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     assert sorted(p.name for p in (ranks / "grids").iterdir()) == ["epoch_002.png", "epoch_004.png"]
     a, b = measures(single), measures(ranks)
@@ -77,15 +94,15 @@ def test_torchrun_training_follows_the_single_process_run(name, subset_npz, tmp_
         assert b[key] == pytest.approx(a[key], rel=1e-3), key
 
 
-def test_resume_under_torchrun_equals_the_uninterrupted_run(subset_npz, tmp_path):
-    common = ("--data", subset_npz, "--batch-size", "48", "--threads", "1", "--device", "cpu", "--set",
-              "train.grid_every=0")
-    torchrun("-m", "aelab", "train", "vae", *common, "--epochs", "2", "--out", tmp_path / "whole")
-    torchrun("-m", "aelab", "train", "vae", *common, "--epochs", "1", "--out", tmp_path / "part")
-    torchrun("-m", "aelab", "train", "--resume", tmp_path / "part", "--epochs", "2", "--threads", "1")
-    whole, part = (load_file(tmp_path / d / "model.safetensors") for d in ("whole", "part"))
-    assert all(torch.equal(whole[k], part[k]) for k in whole)
-    assert len((tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) == 2
+def test_resume_under_torchrun_equals_the_uninterrupted_run(launched, subset_npz, tmp_path):
+    _, whole = launched("vae")
+    part = tmp_path / "part"
+    torchrun("-m", "aelab", "train", "vae", "--data", subset_npz, *CLI_TRAIN, "--out", part, "--epochs", "2")
+    assert len((part / "metrics.jsonl").read_text().splitlines()) == 2
+    torchrun("-m", "aelab", "train", "--resume", part, "--epochs", "4", "--threads", "1")
+    a, b = load_file(whole / "model.safetensors"), load_file(part / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len((part / "metrics.jsonl").read_text().splitlines()) == 4
 
 
 def free_port() -> int:
@@ -94,21 +111,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_machines_on_one_host_train_as_two_ranks(subset_npz, tmp_path):
+def test_two_machines_on_one_host_train_as_two_ranks(launched, subset_npz, tmp_path):
     """Two torchrun launches, one rank each, meeting at a rendezvous on localhost: what --nnodes 2 does across
     machines. They must train what one two-rank launch trains."""
-    common = ["-m", "aelab", "train", "ae", "--data", subset_npz, "--epochs", "1", "--batch-size", "48",
-              "--threads", "1", "--device", "cpu", "--set", "train.grid_every=0"]
-    torchrun(*common, "--out", tmp_path / "one-launch")
+    _, one_launch = launched("vae")
     rendezvous = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
                   "--rdzv-id=aelab-test"]
-    nodes = [subprocess.Popen([*TORCHRUN, *rendezvous, *map(str, common), "--out", str(tmp_path / "two-nodes")],
-                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    argv = [*TORCHRUN, *rendezvous, "-m", "aelab", "train", "vae", "--data", str(subset_npz), *CLI_TRAIN,
+            "--out", str(tmp_path / "two-nodes")]
+    nodes = [subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
     for node in nodes:
         out, err = node.communicate(timeout=300)
         assert node.returncode == 0, err[-3000:]
-    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("one-launch", "two-nodes"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (load_file(d / "model.safetensors") for d in (one_launch, tmp_path / "two-nodes"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # -- devices ------------------------------------------------------------------------------------------------------
