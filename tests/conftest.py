@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 # the helpers are also importable from conftest, as some test modules still do
+from support.datafiles import FASHION_DIR, train_vectors, vectors
 from support.models import stepper  # noqa: F401
 from support.process import SRC, aelab, assert_user_error  # noqa: F401
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 N_TRAIN, N_TEST = 3000, 1000  # the subset every training test uses: seconds per run, yet real learning
 RUN_EPOCHS = 3
 
@@ -83,3 +83,17 @@ def trained_model(trained_run):
     from aelab.runfolder import load_model
 
     return load_model(trained_run)
+
+
+@pytest.fixture(scope="session")
+def flat_vector_run(tmp_path_factory):
+    """(folder, result): a run trained by the real CLI on float64 vectors (folder/flat.npy, run in folder/run) whose
+    first features do not vary: exactly constant, constant but for rounding-level noise around 1e6, and a spread of
+    1e-50 (a std float32 cannot divide by)."""
+    folder = tmp_path_factory.mktemp("flat")
+    data = vectors()
+    data[:, :3] = 3.0
+    data[:, 3] = 1e6 + np.random.default_rng(1).normal(0, 1e-12, len(data))
+    data[:, 4] = np.random.default_rng(2).normal(0, 1e-50, len(data))
+    np.save(folder / "flat.npy", data)
+    return folder, train_vectors(folder / "flat.npy", folder / "run")

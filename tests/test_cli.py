@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FASHION_DIR
+from support.datafiles import FASHION_DIR
 from support.folders import snapshot
 from support.process import SRC, aelab, assert_user_error
 
