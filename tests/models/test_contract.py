@@ -162,7 +162,7 @@ def test_every_model_that_takes_vectors_learns_them(name, vectors, one_thread):
 def test_the_contractive_autoencoder_learns_vectors_through_the_cli(tmp_path):
     x, _ = planted_dictionary(3000)
     np.save(tmp_path / "vectors.npy", x * 20 - 3)  # any units: the run standardises them
-    result = aelab("train", "cae", "--data", tmp_path / "vectors.npy", "--epochs", 2, "--batch-size", 64,
+    result = aelab("train", "cae", "--data", tmp_path / "vectors.npy", "--epochs", 1, "--batch-size", 64,
                    "--threads", 1, "--out", tmp_path / "run", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "eval.json").read_text())
