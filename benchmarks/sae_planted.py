@@ -2,8 +2,8 @@
 each vector a non-negative mix of a few of them plus noise), trained through aelab's own pipeline (an .npy file of
 vectors, memory-mapped), then each planted atom matched with its closest learned atom by cosine similarity.
 
-    python benchmarks/sae_planted.py                       # TopK, 100 000 vectors: the README's row
-    python benchmarks/sae_planted.py --sparsity l1 --l1 0.05
+    python benchmarks/sae_planted.py                       # TopK, 100 000 vectors: the docs' row
+    python benchmarks/sae_planted.py --sparsity batchtopk   # likewise jumprelu, l1 (each with its defaults)
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 
 from aelab import config as cfg
 from aelab import pipeline
+from aelab.models.sparse import SPARSITIES, planted_dictionary, recovered
 from aelab.runfolder import load_model
-from aelab.models.sparse import planted_dictionary, recovered
 
 
 def main() -> None:
@@ -31,9 +31,9 @@ def main() -> None:
     parser.add_argument("--active", type=int, default=5, help="atoms mixed into each vector")
     parser.add_argument("--noise", type=float, default=0.01)
     parser.add_argument("--latent", type=int, default=512, help="the SAE's units")
-    parser.add_argument("--sparsity", default="topk", choices=("topk", "l1"))
+    parser.add_argument("--sparsity", default="topk", choices=SPARSITIES)
     parser.add_argument("--k", type=int, help="topk: units kept (default: --active)")
-    parser.add_argument("--l1", type=float, default=0.05)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=5e-3)
@@ -47,8 +47,8 @@ def main() -> None:
         np.save(Path(tmp) / "planted.npy", vectors)
         config = cfg.resolve("sae", None, {
             "data.path": str(Path(tmp) / "planted.npy"), "latent": args.latent, "sparsity": args.sparsity,
-            "k": args.k or args.active, "l1": args.l1, "epochs": args.epochs, "batch_size": args.batch_size,
-            "lr": args.lr, "seed": args.seed})
+            "k": args.k or args.active, "epochs": args.epochs, "batch_size": args.batch_size,
+            "lr": args.lr, "seed": args.seed, **dict(item.split("=", 1) for item in args.set)})
         start = time.perf_counter()
         pipeline.train(config, out=Path(tmp) / "run")
         seconds = time.perf_counter() - start
@@ -58,7 +58,8 @@ def main() -> None:
         "sparsity": args.sparsity, "n": args.n, "dim": args.dim, "atoms": args.atoms, "active": args.active,
         "latent": args.latent, "epochs": args.epochs, "matched_0.9": round(float((best > 0.9).mean()), 4),
         "median_cosine": round(float(np.median(best)), 4), "l0": round(metrics["l0"], 3),
-        "fve": round(metrics["fve"], 4), "dead_units": metrics["dead_units"], "dead_on_test": metrics["dead_on_test"],
+        "fvu": round(metrics["fvu"], 4), "shrinkage": round(metrics["shrinkage"], 3), "dead_units": metrics["dead_units"],
+        "dead_on_test": metrics["dead_on_test"], "settings": args.set,
         "seconds": round(seconds, 1)}))
 
 

@@ -116,7 +116,7 @@ def test_features_without_variance_train_and_the_fve_is_defined(flat_vector_run)
         result.stderr[-2000:]
     measures = json.loads((folder / "run" / "eval.json").read_text())
     assert math.isfinite(measures["fve"]) and measures["fve"] <= 1 and math.isfinite(measures["mse"])
-    train, _ = load_dataset(folder / "flat.npy")
+    train, _ = load_dataset(folder / "flat.npy", vector_scale="standardise")
     assert train.std[:5].tolist() == [1.0] * 5 and (train.std[5:] > 4).all()  # clamped as StandardScaler does
     x = train.floats()
     assert x[:, :5].eq(0).all() and x.isfinite().all() and x[:, 5:].std(0).sub(1).abs().max() < 0.01

@@ -49,12 +49,18 @@ def test_topk_sae_recovers_the_planted_atoms(planted):
     metrics = json.loads((run / "eval.json").read_text())
     assert abs(metrics["l0"] - PLANTED_ACTIVE) <= 0.5
     assert metrics["fve"] > 0.7 and metrics["dead_fraction"] < 0.1
-    assert set(metrics) == {"mse", "fve", "l0", "dead_units", "dead_fraction", "dead_on_test"}
+    assert set(metrics) == {"mse", "fve", "fvu", "l0", "dead_units", "dead_fraction", "dead_window", "dead_on_test",
+                            "shrinkage", "cosine"}
+    assert abs(metrics["fvu"] - (1 - metrics["fve"])) < 1e-4 and 0.5 < metrics["shrinkage"] <= 1.05
+    assert 0.8 < metrics["cosine"] <= 1 and metrics["dead_window"] == 100_000
     # the atoms stay at unit norm (in the standardised space the model trains in)
     assert torch.allclose(model.decoder[0].weight.norm(dim=0), torch.ones(512), atol=1e-5)
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-    assert {"train_l0", "test_l0", "test_mse", "test_fve"} <= record.keys()
+    assert {"train_l0", "test_l0", "test_mse", "test_fve", "test_fvu", "test_shrinkage", "test_cosine",
+            "test_dead_fraction", "train_aux"} <= record.keys()
     assert not (run / "grids").exists() and "fve" in (run / "report.md").read_text()
+    # the feature-density histogram: a declared picture, drawn for vectors too, and shown in report.html
+    assert (run / "density.png").is_file() and "log10 of how often each unit fires" in (run / "report.html").read_text()
 
 
 def test_encode_decode_reconstruct_speak_the_vectors_units(planted, tmp_path):
@@ -74,7 +80,10 @@ def test_encode_decode_reconstruct_speak_the_vectors_units(planted, tmp_path):
     model = load_model(run)
     train, _ = load_dataset(data)
     assert torch.allclose(model.in_mean, train.mean) and torch.allclose(model.in_std, train.std)
-    assert np.allclose(model.in_mean.numpy(), raw[train.rows.numpy()].mean(0), atol=1e-4)
+    # the field's scale: no shift, one divisor so that the training vectors' mean squared norm is d
+    rows = raw[train.rows.numpy()].astype(np.float64)
+    assert not model.in_mean.any() and torch.all(model.in_std == model.in_std[0])
+    assert np.isclose(((rows / model.in_std[0].item()) ** 2).sum(1).mean(), 64, rtol=1e-4)
 
 
 def test_vector_runs_refuse_what_does_not_fit(planted, tmp_path, capsys):
@@ -112,7 +121,7 @@ def test_vectors_are_read_lazily_from_a_memory_map(tmp_path):
     out.flush()
     del out
     before = _rss_anon_mib()
-    train, test = load_dataset(path)
+    train, test = load_dataset(path, vector_scale="standardise")
     batches = [train.floats(index) for index in train.index_batches(4096, torch.Generator().manual_seed(0))]
     grown = _rss_anon_mib() - before - sum(b.numel() * 4 for b in batches) / 2**20
     assert isinstance(train, VectorSet) and isinstance(train.data, np.memmap) and str(train.data.filename) == str(path)
@@ -146,23 +155,24 @@ def test_ae_trains_on_vectors_and_kinds_are_checked(tmp_path, capsys):
 
 # -- the model's own mechanics ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("sparsity", ["topk", "l1"])
-def test_a_step_renormalises_the_atoms_and_counts_inputs_since_each_unit_fired(sparsity):
-    config = cfg.resolve("sae", None, {"latent": 64, "k": 3, "sparsity": sparsity, "dead_window": 32})
-    config.model.in_shape, config.model.recon_loss = (16,), "mse"
-    torch.manual_seed(0)
-    model = build("sae", config.model)
+def _sae(seed: int = 0, d: int = 16, **settings):
+    config = cfg.resolve("sae", None, {"latent": 64, "k": 3, **settings})
+    config.model.in_shape, config.model.recon_loss = (d,), "mse"
+    torch.manual_seed(seed)
+    return build("sae", config.model)
+
+
+@pytest.mark.parametrize("sparsity", ["topk", "batchtopk", "jumprelu", "l1"])
+def test_a_step_keeps_the_atoms_and_counts_inputs_since_each_unit_fired(sparsity):
+    model = _sae(sparsity=sparsity, dead_window=32)
     x = torch.randn(32, 16)
     z = model.code(x)
     terms = model.loss(x)
-    if sparsity == "l1":
-        assert torch.allclose(terms["loss"], terms["recon"] + config.model.l1 * z.abs().sum(1).mean())
-    else:
-        assert ((z > 0).sum(1) <= 3).all() and terms.keys() == {"loss", "l0"}
-    assert terms["l0"] == (z > 0).sum(1).float().mean()
+    assert terms["l0"] == (z > 0).sum(1).float().mean() and {"fvu", "shrinkage", "cosine"} <= terms.keys()
     trainer = stepper(model, lr=1e-2)
     trainer.step(x)
-    assert torch.allclose(model.decoder[0].weight.norm(dim=0), torch.ones(64), atol=1e-6)
+    norms = model.decoder[0].weight.norm(dim=0)
+    assert torch.allclose(norms, torch.ones(64), atol=1e-6) != (sparsity == "l1")  # l1's atoms are free
     fired = (z > 0).any(0)
     assert torch.equal(model.inputs_since_active, torch.where(fired, 0, 32))
     since, fired = model.inputs_since_active.clone(), (model.code(x[:8]) > 0).any(0)
@@ -170,6 +180,123 @@ def test_a_step_renormalises_the_atoms_and_counts_inputs_since_each_unit_fired(s
     assert torch.equal(model.inputs_since_active, torch.where(fired, 0, since + 8))
     assert model.measures(VectorSet(x.numpy(), None, torch.zeros(16), torch.ones(16)))["dead_units"] \
         == int((model.inputs_since_active >= 32).sum())
+
+
+def test_the_decoder_gradient_is_orthogonal_to_each_unit_atom():
+    model = _sae()
+    model.loss(torch.randn(32, 16))["loss"].backward()
+    atoms, grad = model.decoder[0].weight, model.decoder[0].weight.grad
+    assert grad.abs().sum() > 0 and (grad * atoms).sum(0).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("sparsity", ["topk", "batchtopk"])
+def test_auxk_revives_a_unit_that_plain_topk_leaves_dead(sparsity):
+    def fired_after_training(aux: float) -> int:
+        model = _sae(latent=16, k=2, dead_window=1, aux_coefficient=aux, sparsity=sparsity)
+        with torch.no_grad():  # unit 0's pre-activations far below the others': it never makes the top k
+            model.encoder[-1].weight[0] *= 0.01
+        x = torch.randn(256, 16, generator=torch.Generator().manual_seed(1))
+        trainer = stepper(model, lr=1e-2)
+        for _ in range(60):
+            trainer.step(x)
+        return int((model.code(x)[:, 0] > 0).sum())
+
+    assert fired_after_training(0.0) == 0
+    assert fired_after_training(1 / 32) > 5
+
+
+def test_batchtopk_inference_is_per_input_with_its_saved_threshold(tmp_path):
+    model = _sae(sparsity="batchtopk", k=4)
+    assert model.threshold < 0  # not estimated yet
+    trainer = stepper(model, lr=1e-2)
+    x = torch.randn(128, 16)
+    for _ in range(20):
+        trainer.step(x)
+    model.train()
+    assert not torch.equal(model.code(x[:1]), model.code(x)[:1])  # training: the batch decides
+    model.eval()
+    alone, together = model.code(x[:1]), model.code(x)[:1]
+    assert model.threshold > 0 and alone.any() and torch.equal(alone, together)
+    from safetensors.torch import load_file, save_file
+    save_file(model.state_dict(), tmp_path / "m.safetensors")
+    again = _sae(sparsity="batchtopk", k=4)
+    again.load_state_dict(load_file(tmp_path / "m.safetensors"))
+    assert again.threshold == model.threshold and torch.equal(again.eval().code(x[:1]), alone)
+
+
+def test_jumprelu_thresholds_move_and_the_l0_penalty_cuts_l0():
+    def trained(l0_coefficient: float):
+        model = _sae(sparsity="jumprelu", threshold=0.1, bandwidth=0.5, l0_coefficient=l0_coefficient)
+        start = model.log_threshold.detach().clone()
+        x = torch.randn(256, 16, generator=torch.Generator().manual_seed(1))
+        trainer = stepper(model, lr=1e-2)
+        for _ in range(40):
+            terms = trainer.step(x)
+        return model, start, terms
+
+    model, start, terms = trained(8.0)
+    assert (model.log_threshold.detach() - start).abs().max() > 0.05  # learned, by the straight-through estimate
+    assert terms["l0"] < trained(0.0)[2]["l0"]
+
+
+def test_the_l1_penalty_is_weighted_by_decoder_norms_and_warmed_up():
+    model = _sae(sparsity="l1", l1=2.0, l1_warmup=0.5)
+    x = torch.randn(32, 16)
+    with torch.no_grad():  # atom 0 three times longer, its unit a third: the same reconstruction and penalty
+        before = model.loss(x)
+        model.decoder[0].weight[:, 0] *= 3
+        model.encoder[-1].weight[0] /= 3
+        model.encoder[-1].bias[0] /= 3
+    after = model.loss(x)
+    z = model.code(x)
+    assert torch.allclose(after["l1"], (z * model.decoder[0].weight.norm(dim=0)).sum(1).mean())
+    assert torch.allclose(after["l1"], before["l1"], rtol=1e-5) and torch.allclose(after["recon"], before["recon"])
+    model.initialise(x, steps=10)  # warm-up over 5 steps: the first step's weight is 1/5
+    first = model.loss(x)
+    assert torch.allclose(first["loss"], first["recon"] + 2.0 / 16 * first["l1"] / 5)
+    model.steps_done.fill_(7)
+    late = model.loss(x)
+    assert torch.allclose(late["loss"], late["recon"] + 2.0 / 16 * late["l1"])
+
+
+def test_initialise_puts_b_dec_at_the_geometric_median():
+    x = torch.randn(2000, 16)
+    x[:100] += 1000  # outliers drag the mean, not the median
+    model = _sae()
+    model.initialise(x, steps=1)
+    assert model.b_dec.norm() < 0.5 and x.mean(0).norm() > 40
+    assert torch.allclose(model.encoder[-1].weight, model.decoder[0].weight.T)  # the encoder starts as W_dec^T
+    mean = _sae(centre="mean")
+    mean.initialise(x, steps=1)
+    assert torch.allclose(mean.b_dec, x.mean(0))
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"sparsity": "relu"}, "batchtopk"), ({"k": 0}, "k and dead_window"), ({"k_aux": -1}, "k_aux"),
+    ({"aux_coefficient": -1.0}, "aux_coefficient"), ({"l1_warmup": 2.0}, "l1_warmup"), ({"bandwidth": 0.0}, "bandwidth"),
+    ({"threshold": -1.0}, "threshold"), ({"centre": "middle"}, "median"), ({"l0_coefficient": -1.0}, "l0_coefficient")])
+def test_bad_settings_are_refused_by_config_check(settings, words):
+    with pytest.raises(UserError, match=words):
+        cfg.resolve("sae", None, settings)
+
+
+@pytest.mark.parametrize("scale", ["norm", "standardise", "none"])
+def test_the_vector_scale_is_kept_with_the_weights(tmp_path, one_thread, scale):
+    vectors = (np.random.default_rng(0).normal(0, 1, (600, 8)) * np.arange(1, 9) + 5).astype(np.float32)
+    np.save(tmp_path / "v.npy", vectors)
+    pipeline.train(cfg.resolve("sae", None, {"data.path": str(tmp_path / "v.npy"), "data.vector_scale": scale,
+                                         "latent": 16, "k": 2, "epochs": 1, "train_eval_size": 0}), out=tmp_path / "r")
+    model = load_model(tmp_path / "r")
+    train, _ = load_dataset(tmp_path / "v.npy", vector_scale=scale)
+    rows = vectors[train.rows.numpy()].astype(np.float64)
+    want = {"norm": (np.zeros(8), np.full(8, np.sqrt((rows ** 2).sum(1).mean() / 8))),
+            "standardise": (rows.mean(0), rows.std(0)), "none": (np.zeros(8), np.ones(8))}[scale]
+    assert np.allclose(model.in_mean.numpy(), want[0], rtol=1e-5) and np.allclose(model.in_std.numpy(), want[1], rtol=1e-5)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["data"]["vector_scale"] == scale
+    recon = model.reconstruct(vectors[:5])  # in the file's own units, whatever the scale
+    assert np.abs(recon - vectors[:5]).mean() < np.abs(vectors[:5] - vectors.mean(0)).mean() * 1.5
+    with pytest.raises(UserError, match="vector_scale"):
+        load_dataset(tmp_path / "v.npy", vector_scale="unit")
 
 
 def test_resume_is_exact_with_the_dead_unit_buffer(tmp_path, one_thread):

@@ -123,11 +123,41 @@ def build_parser() -> Parser:
     p.add_argument("--out", metavar="FILE.html", help="where to write the page (default: FOLDER/report.html)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
-    p = sub.add_parser("export", help="a trained run as encoder.onnx and decoder.onnx, to use without torch")
+    p = sub.add_parser("export", help="a trained run as encoder.onnx and decoder.onnx, to use without torch; an sae "
+                       "run also as SAELens reads it")
     p.add_argument("run")
-    p.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only one so far)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for encoder.onnx and decoder.onnx")
+    p.add_argument("--format", choices=("onnx", "saelens"), default="onnx",
+                   help="onnx (default), or saelens: cfg.json and sae_weights.safetensors for SAE.load_from_disk")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the exported files")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
+
+    p = sub.add_parser("sweep", help="several SAEs on the same data in one pass: every combination of --grid, "
+                       "each its own run folder, and a leaderboard of FVU against L0")
+    p.add_argument("model", choices=("sae",), help="the model to sweep (sae)")
+    p.add_argument("--data", required=True, metavar="FILE.npy", help="vectors (n, d), e.g. from `aelab activations`")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a setting and its values, e.g. k=16,32,64; repeat for more (every combination is trained)")
+    p.add_argument("--out", required=True, metavar="DIR", help="one run folder per combination, and the leaderboard")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting shared by every run")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--threads", type=THREADS, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing run folders")
+
+    p = sub.add_parser("activations", help="a layer's activations of a trained run over a data set, as .npy for "
+                       "`aelab train sae --data`")
+    p.add_argument("run")
+    p.add_argument("--layer", required=True, help="a layer's name, e.g. encoder.6 (a wrong name lists them)")
+    p.add_argument("--out", required=True, metavar="FILE.npy", help="the activations (n, width); FILE.index.npy "
+                   "and FILE.json beside it say which inputs and where from")
+    p.add_argument("--data", metavar="PATH", help="take the inputs from this data set (default: the run's own)")
+    p.add_argument("--split", choices=("train", "test"), default="train", help="which split (default train)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=1000)
+    p.add_argument("--overwrite", action="store_true", help="replace existing output")
 
     for name, help_text, inputs_help in (
             ("reconstruct", "reconstruct images (or vectors) through a trained run",
@@ -155,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"aelab: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("aelab: interrupted", file=sys.stderr)  # one line, like every other error
-        return 130
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before training began: a stop like any other, one line, exit 2
+        print("aelab: interrupted", file=sys.stderr)
+        return 2
 
 
 def _signals() -> None:
@@ -171,10 +201,13 @@ def _signals() -> None:
 
 def cmd_train(args) -> int:
     from aelab import config as cfg
+    from aelab import distributed
     from aelab.pipeline import RESUMABLE, resume, train
 
-    overrides = dict(_parse_set(item) for item in args.set)
-    overrides.update({key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None})
+    distributed.check_environment()  # torchrun's variables, before any data is read
+    sets = dict(_parse_set(item) for item in args.set)
+    flags = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    overrides = {**sets, **flags}
     if args.rgb:
         overrides["data.grey"] = False
     if args.resume:
@@ -185,6 +218,9 @@ def cmd_train(args) -> int:
         if changed or args.model:
             raise UserError(f"a resumed run keeps its settings; drop {', '.join(changed) or 'the model name'} "
                             "(only --epochs, --lr, --precision and --device may change)")
+    if sets.keys() & flags.keys():  # a flag wins, yet a --set value it replaces must still be one that works
+        cfg.resolve(args.model, args.config, sets)
+    if args.resume:
         return resume(run_dir, threads=args.threads, changes=overrides, loggers=args.log)
     config = cfg.resolve(args.model, args.config, overrides)
     return train(config, out=args.out, overwrite=args.overwrite, threads=args.threads, loggers=args.log)
@@ -210,7 +246,8 @@ def cmd_eval(args) -> int:
     model = load_model(args.run, args.device)
     run = RunFolder.open(args.run)
     config = run.config()
-    _, test = load_dataset(args.data or config.data.path, config.data.grey, config.data.test_fraction, config.data.kind)
+    _, test = load_dataset(args.data or config.data.path, config.data.grey, config.data.test_fraction, config.data.kind,
+                           config.data.vector_scale)
     if test.shape != tuple(model.config.in_shape):
         raise UserError(f"the test data are {'x'.join(map(str, test.shape))} but {args.run} takes "
                         f"{'x'.join(map(str, model.config.in_shape))}; give --data of that size")
@@ -263,7 +300,7 @@ def cmd_compare(args) -> int:
     if args.latent is not None and args.latents:
         raise UserError("give --latent K or --latents K,K,..., not both")
     try:
-        latents = [int(k) for k in args.latents.split(",") if k.strip()] if args.latents else None
+        latents = [int(k) for k in args.latents.split(",")] if args.latents is not None else None
     except ValueError:
         raise UserError(f"--latents takes code sizes separated by commas, e.g. 2,10,30, not {args.latents!r}") from None
     runs = {}
@@ -271,12 +308,14 @@ def cmd_compare(args) -> int:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise UserError(f"--run takes NAME=RUN_DIR, not {item!r}")
+        if name in runs:
+            raise UserError(f"--run {name}= is given twice; give each run its own NAME")
         runs[name] = path
     # methods named plus runs given; runs alone compare just those runs
     methods = [*args.methods, *(name for name in runs if name not in args.methods)] or None
     progress = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with progress:
-        rows = compare(methods, latents or ([args.latent] if args.latent else None), args.out, args.data,
+        rows = compare(methods, latents or ([args.latent] if args.latent is not None else None), args.out, args.data,
                        args.epochs, runs, args.overwrite, args.threads, device=args.device)
     if args.json:
         print(json.dumps(rows))
@@ -336,11 +375,10 @@ def cmd_apply(args) -> int:
         inputs = read_vectors(args.inputs) if vectors else read_inputs(args.inputs, grey=not args.rgb).images
         result = model.encode(inputs) if args.command == "encode" else model.reconstruct(inputs)
     result = np.asarray(result)  # decode of numpy codes gives numpy, the others tensors
-    out.parent.mkdir(parents=True, exist_ok=True)  # as save_png does; np.save would fail on a missing folder
     if args.command == "encode":
         if out.suffix != ".npy":
             raise UserError(f"encode writes a .npy file; give --out FILE.npy, not {out}")
-        np.save(out, result)
+        _write_npy(result, out)
     else:
         _write_images(result, out)
     what = {"encode": "codes", "denoise": "denoised images"}.get(args.command, "images")
@@ -384,21 +422,31 @@ def cmd_interpolate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """encoder.onnx and decoder.onnx, checked against the torch model with onnxruntime on test images."""
+    """encoder.onnx and decoder.onnx, checked against the torch model with onnxruntime on test images; or an sae
+    run in SAELens's format."""
     import torch
 
+    from aelab import files
     from aelab.export import export_onnx, max_differences, require_onnx
     from aelab.runfolder import RunFolder, load_model
 
+    if args.format == "saelens":
+        from aelab.saelens import export_saelens
+
+        out = export_saelens(args.run, args.out, args.overwrite)
+        print(f"wrote {out / 'cfg.json'} and {out / 'sae_weights.safetensors'} (SAELens's SAE.load_from_disk reads them)")
+        return 0
     require_onnx()
     out = Path(args.out)
-    taken = [p.name for p in (out / "encoder.onnx", out / "decoder.onnx") if p.exists()]
+    files.refuse_link(out)
+    taken = [p.name for p in (out / "encoder.onnx", out / "decoder.onnx") if p.exists() or p.is_symlink()]
     if taken and not args.overwrite:
         raise UserError(f"{out} already holds {' and '.join(taken)}; choose another --out or pass --overwrite")
     model = load_model(args.run, "cpu")  # exported from the CPU: the files run anywhere
+    config = RunFolder.open(args.run).config()  # a damaged config.json is refused, as eval refuses it
     paths = export_onnx(model, out)
     try:  # the run's own test images when its data is here; else uniform noise of the same shape
-        images, what = RunFolder.open(args.run).config().data.load()[1].floats(slice(0, 256)), "test images"
+        images, what = config.data.load()[1].floats(slice(0, 256)), "test images"
     except UserError:
         images, what = torch.rand(256, *model.config.in_shape, generator=torch.Generator().manual_seed(0)), "random images"
     diff = max_differences(model, out, images)
@@ -406,6 +454,30 @@ def cmd_export(args) -> int:
           f"codes (batch, {model.config.latent}) -> images")
     print(f"onnxruntime against torch on {len(images)} {what}: codes differ by at most {diff['codes']:.1e}, "
           f"images by {diff['images']:.1e}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from aelab.sweep import markdown, parse_grid, sweep
+
+    overrides = dict(_parse_set(item) for item in args.set)
+    overrides["data.path"] = args.data
+    overrides.update({key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items()
+                      if flag in ("epochs", "batch_size", "lr", "seed", "device") and getattr(args, flag) is not None})
+    sweep(args.model, parse_grid(args.grid), args.out, overrides, args.overwrite, args.threads)
+    print(markdown(args.out))
+    print(f"leaderboard and fvu_vs_l0.png in {args.out}")
+    return 0
+
+
+def cmd_activations(args) -> int:
+    from aelab.activations import sidecar_paths, write_activations
+
+    described = write_activations(args.run, args.layer, args.out, args.data, args.split, args.dtype,
+                                  args.batch_size, args.overwrite)
+    index, about = sidecar_paths(args.out)
+    print(f"wrote {described['rows']} activations of width {described['width']} ({described['dtype']}) at "
+          f"{described['layer']} to {args.out}, with {index} and {about}")
     return 0
 
 
@@ -433,6 +505,9 @@ def _image_or_test_index(run: str, item: str):
 
 
 def _check_new_output(out: Path, overwrite: bool) -> None:
+    from aelab import files
+
+    files.refuse_link(out)
     if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
     if out.suffix not in ("", ".png", ".npy"):
@@ -441,12 +516,10 @@ def _check_new_output(out: Path, overwrite: bool) -> None:
 
 def _write_images(images, out: Path) -> None:
     """Images to FILE.npy, a grid FILE.png (10 a row), or a folder of 00000.png, 00001.png, ..."""
-    import numpy as np
-
     from aelab.images import save_images, save_png, tile
 
     if out.suffix == ".npy":
-        np.save(out, images)
+        _write_npy(images, out)
     elif out.suffix == ".png":
         cols = min(10, len(images))
         save_png(tile(images, -(-len(images) // cols), cols), out)
@@ -454,7 +527,17 @@ def _write_images(images, out: Path) -> None:
         save_images(images, out, [f"{i:05d}.png" for i in range(len(images))])
 
 
+def _write_npy(array, out: Path) -> None:
+    import numpy as np
+
+    from aelab import files
+
+    with files.atomic(out) as f:
+        np.save(f, array)
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cmd_models, "compare": cmd_compare,
             "report": cmd_report,
             "reconstruct": cmd_apply, "encode": cmd_apply, "decode": cmd_apply,
-            "sample": cmd_sample, "interpolate": cmd_interpolate, "denoise": cmd_apply, "export": cmd_export}
+            "sample": cmd_sample, "interpolate": cmd_interpolate, "denoise": cmd_apply, "export": cmd_export,
+            "activations": cmd_activations, "sweep": cmd_sweep}

@@ -11,16 +11,13 @@ logistic PCA, at one or several code sizes.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from aelab import files
+from aelab import files, reports
 from aelab.baselines import BASELINES, load_baseline
 from aelab.data import DataConfig
 from aelab.datasets import ImageSet
@@ -99,18 +96,26 @@ def train_model(name: str, latent: int, folder: Path, data: str | None, epochs: 
     return load_run(name, run_dir, device)
 
 
-def load_run(name: str, run_dir: str | Path, device: str = "auto") -> Fitted:
+def load_run(name: str, run_dir: str | Path, device: str = "auto", shape: tuple | None = None) -> Fitted:
     """A trained run folder (from `aelab train` or an earlier compare), or a baseline saved by compare, as a
-    method named `name`."""
+    method named `name`; one that takes inputs of another `shape` than the data's is refused."""
     from aelab.runfolder import RunFolder, load_model
+
+    def takes(model_shape) -> None:
+        if shape is not None and tuple(model_shape) != tuple(shape):
+            raise UserError(f"--run {name}={run_dir} takes inputs {'x'.join(map(str, model_shape))}, but the data "
+                            f"are {'x'.join(map(str, shape))}; give --data it was trained on")
 
     if Path(run_dir).is_file():
         try:
             model, meta = load_baseline(run_dir)
-            return Fitted(name, model.code_size, model, float(meta.get("fit_seconds", 0)))
         except UserError:
             pass  # not a baseline: a model.safetensors file
+        else:
+            takes(model.image_shape_)
+            return Fitted(name, model.code_size, model, float(meta.get("fit_seconds", 0)))
     model = load_model(run_dir, device)
+    takes(model.config.in_shape)
     history = RunFolder(run_dir).metrics() if Path(run_dir).is_dir() else []
     return Fitted(name, model.config.latent, model, sum(r["seconds"] for r in history),
                   history[-1]["epoch"] if history else None)
@@ -176,7 +181,8 @@ def write_figure(fitted: list[Fitted], real: torch.Tensor, path: Path) -> Path:
         side.set_visible(False)
     ax.set_title(f"{fitted[0].latent}-number codes" if fitted else "", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=150, bbox_inches="tight")
+    with files.atomic(path) as f:
+        fig.savefig(f, format="png", dpi=150, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -198,7 +204,8 @@ def plot_error_vs_latent(rows: list[dict], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with files.atomic(path) as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     return path
 
@@ -218,19 +225,7 @@ def _cell(value, column: str) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    columns = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(_cell(r.get(c), c) for c in columns) + " |" for r in rows])
-
-
-def write_tables(rows: list[dict], out: Path, notes: list[str]) -> None:
-    files.write_text(out / "compare.json", json.dumps(rows, indent=2) + "\n")
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    files.write_text(out / "compare.csv", table.getvalue())
-    files.write_text(out / "compare.md", "\n\n".join([markdown_table(rows), *notes]) + "\n")
+    return reports.markdown_table(rows, COLUMNS, _cell)
 
 
 # ---------------------------------------------------------------------------------------------- the command
@@ -253,6 +248,7 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
     if any(k < 1 for k in latents):
         raise UserError(f"code sizes must be positive, not {latents}")
     out = Path(out)
+    files.refuse_link(out)
     taken = [name for name in TABLES if (out / name).exists()] + [p.name for p in out.glob("reconstructions_k*.png")]
     if taken and not overwrite:
         raise UserError(f"{out} already holds {', '.join(taken)}; pick another --out or pass --overwrite "
@@ -261,14 +257,21 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
         torch.set_num_threads(threads)
     data = str(Path(data).resolve()) if data else None
     train, test = DataConfig(data).load()
+    if train.recon_loss != "bce":  # the figure, the classifier probes and PCA's BCE are of images
+        raise UserError(f"compare measures images, and {data} holds vectors; give --data of images, and measure a "
+                        "run of vectors with `aelab eval`")
     folder = out / "runs"
-    folder.mkdir(parents=True, exist_ok=True)
+    files.refuse_link(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise files.write_error(e, folder) from None
 
     classifier, notes = None, []
     by_latent: dict[int, list[Fitted]] = {}
     for name in methods:
         if name in runs:
-            fitted = load_run(name, runs[name], device)
+            fitted = load_run(name, runs[name], device, test.shape)
             by_latent.setdefault(fitted.latent, []).append(fitted)
             continue
         for k in latents:
@@ -298,6 +301,6 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
                     "on its values clipped to [1e-6, 1 - 1e-6]). `knn_accuracy`: 5-nearest-neighbour label "
                     "accuracy of the test codes among the training codes; `probe_accuracy`: a logistic "
                     "regression on the training codes.")
-    write_tables(rows, out, notes)
+    reports.write_table(out, "compare", rows, COLUMNS, _cell, notes)
     write_compare_page(out)
     return rows

@@ -22,6 +22,7 @@ from aelab.train import TrainConfig
 
 SECTIONS = ("data", "model", "train")
 MAX_EPOCHS = 1_000_000
+DERIVED = ("in_shape", "recon_loss")  # model settings the data decides
 MAX_FILE_BYTES = 1 << 20  # a config file (or a run's config.json) holds a few settings, not megabytes
 
 
@@ -40,6 +41,10 @@ class RunConfig:
         if not isinstance(d, dict) or not all(isinstance(d.get(s, {}), dict) for s in SECTIONS):
             raise UserError("a run configuration is a JSON object with data, model and train objects, not "
                             f"{type(d).__name__ if not isinstance(d, dict) else 'this'}")
+        unknown = sorted(set(d) - {"model_name", *SECTIONS})
+        if "model_name" not in d or unknown:  # a config.json of something else is not a run of defaults
+            raise UserError(f"a run configuration names its model_name and holds only {', '.join(SECTIONS)}; "
+                            f"this one {'holds ' + repr(unknown[0]) if unknown else 'names no model_name'}")
         config = default_config(d.get("model_name", "ae"))
         for section in SECTIONS:
             for key, value in d.get(section, {}).items():
@@ -50,15 +55,13 @@ class RunConfig:
     def check(self) -> None:
         """Refuse settings that cannot work before anything is loaded or written; the model's own checks run
         again at build, where the data's image size is known."""
+        self.data.check()
         self.model.check()
         self.train.check()
         if not 0 <= self.train.seed < 2 ** 63:
             raise UserError(f"seed must lie in [0, 2**63), not {self.train.seed}")
         if self.train.epochs > MAX_EPOCHS:
             raise UserError(f"epochs must be at most {MAX_EPOCHS:,}, not {self.train.epochs:,}")
-        if not 0 < self.data.test_fraction < 1:
-            raise UserError(f"test_fraction must lie between 0 and 1, not {self.data.test_fraction}; "
-                            "e.g. --set data.test_fraction=0.1")
 
     def describe(self) -> str:
         return "\n".join(f"  {s}.{k} = {v}" for s in SECTIONS for k, v in dataclasses.asdict(getattr(self, s)).items())
@@ -168,11 +171,19 @@ def resolve(model_name: str | None, file: str | Path | None = None, overrides: d
         if key == "model_name":
             continue
         if key in SECTIONS and isinstance(value, dict):
-            for sub, v in value.items():
+            for sub, v in value.items():  # a run's config.json is a settings file too: its shape is the data's
                 set_value(config, f"{key}.{sub}", v)
         else:
             set_value(config, key, value)
     for key, value in (overrides or {}).items():
-        set_value(config, key, value)
+        _set_chosen(config, key, value)
     config.check()
     return config
+
+
+def _set_chosen(config: RunConfig, key: str, value) -> None:
+    """A setting chosen on the command line; the input shape and its loss come from the data, never from a choice."""
+    owner, name = _locate(config, key)
+    if owner is config.model and name in DERIVED:
+        raise UserError(f"model.{name} is taken from the data; drop the setting {key!r}")
+    set_value(config, key, value)

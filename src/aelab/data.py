@@ -1,5 +1,5 @@
 """Loading data sets: Fashion-MNIST's idx folder (the default), folders of images and .npy/.npz arrays as ImageSets,
-.npy vectors (n, d) as VectorSets standardised with their training split's statistics, the fixed hold-out splits
+.npy vectors (n, d) as VectorSets scaled with their training split's statistics, the fixed hold-out splits
 of sets without a test split of their own, and the inputs, codes and vectors that commands read.
 """
 
@@ -29,6 +29,7 @@ IDX_FILES = {
 MAX_CLASSES = 10_000          # labels index per-class tables (kNN votes, probes): a label of 2**62 is damage
 INSTALL_HINT = "install it with `apt-get install dataset-fashion-mnist` or pass --data DIR holding its four idx .gz files"
 KINDS = ("auto", "images", "vectors")
+VECTOR_SCALES = ("norm", "standardise", "none")
 VECTOR_TEST_MAX = 10_000  # held-out vectors, loaded into memory: enough for stable measures, whatever the file's size
 FLOAT32_SQRT_MAX = float(np.finfo(np.float32).max) ** 0.5  # 1.8e19: the largest vector value whose square float32 holds
 
@@ -40,9 +41,22 @@ class DataConfig:
     test_fraction: float = 0.1   # held out when the data has no test split of its own (vectors: at most 10 000)
     kind: str = "auto"           # "auto": a .npy of 2-d floats (n, d) is vectors, anything else images;
     #                              "images" or "vectors" to say so (e.g. flat float images, or integer vectors)
+    vector_scale: str = "norm"   # vectors: "norm" divides by one scalar so that the mean squared norm is d, as
+    #                              sparse-autoencoder work scales activations; "standardise" each feature to mean 0
+    #                              and std 1; "none". Statistics of the training split, kept with the weights
+
+    def check(self) -> None:
+        if self.kind not in KINDS:
+            raise UserError(f"unknown data kind {self.kind!r}; use --set data.kind= one of {', '.join(KINDS)}")
+        if self.vector_scale not in VECTOR_SCALES:
+            raise UserError(f"unknown vector_scale {self.vector_scale!r}; use --set data.vector_scale= one of "
+                            f"{', '.join(VECTOR_SCALES)}")
+        if not 0 < self.test_fraction < 1:
+            raise UserError(f"test_fraction must lie between 0 and 1, not {self.test_fraction}; "
+                            "e.g. --set data.test_fraction=0.1")
 
     def load(self) -> tuple["ImageSet | VectorSet", "ImageSet | VectorSet"]:
-        return load_dataset(self.path, self.grey, self.test_fraction, self.kind)
+        return load_dataset(self.path, self.grey, self.test_fraction, self.kind, self.vector_scale)
 
 
 # ---------------------------------------------------------------------------------------------- idx folders
@@ -164,10 +178,13 @@ def _tens(big: float) -> str:
     return f"1e{max(1, math.floor(math.log10(big)) - 3)}"
 
 
-def _feature_stats(data: np.ndarray, keep: np.ndarray, source: str, chunk_bytes: int = 1 << 24):
-    """Per-feature mean and std of the rows where `keep` is true, in one pass over the file in chunks of about
-    `chunk_bytes` (every row checked by _checked_rows), combining chunks as Chan, Golub & LeVeque (1979) do: exact
-    at any offset or scale. A constant feature gets std 1 (it is only shifted); all of them constant is refused."""
+def _feature_stats(data: np.ndarray, keep: np.ndarray, source: str, scale: str = "standardise",
+                   chunk_bytes: int = 1 << 24):
+    """The shift and divisor (each (d,) float32) that scale the rows where `keep` is true, in one pass over the file
+    in chunks of about `chunk_bytes` (every row checked by _checked_rows), combining chunks as Chan, Golub & LeVeque
+    (1979) do: exact at any offset or scale. "standardise": each feature's mean and std (a constant feature gets
+    std 1: it is only shifted); "norm": no shift, and one divisor s with mean ||x / s||^2 = d; "none": 0 and 1.
+    All features constant is refused whatever the scale: there is nothing to learn."""
     count, mean, m2 = 0, np.zeros(data.shape[1]), np.zeros(data.shape[1])
     for start, x in _checked_rows(data, source, chunk_bytes):
         x = x[keep[start:start + len(x)]]
@@ -185,20 +202,24 @@ def _feature_stats(data: np.ndarray, keep: np.ndarray, source: str, chunk_bytes:
     if constant.all():
         raise UserError(f"{source}: all {len(var)} features have zero variance over the {count} training vectors, "
                         "so there is nothing to learn; check that this is the file you meant")
-    std = np.where(constant, 1.0, np.sqrt(var))
+    if scale == "norm":  # mean squared norm sum(var + mean^2) = d s^2
+        mean, std = np.zeros_like(mean), np.full_like(var, np.sqrt((var + mean ** 2).mean()))
+    elif scale == "none":
+        mean, std = np.zeros_like(mean), np.ones_like(var)
+    else:
+        std = np.where(constant, 1.0, np.sqrt(var))
     return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
 
 
-def load_vectors(path: Path, test_fraction: float) -> tuple[VectorSet, VectorSet]:
-    """(train, test) from a .npy of vectors (n, d). The training set reads its batches from the file's memory map;
+def load_vectors(path: Path, test_fraction: float, scale: str = "norm") -> tuple[VectorSet, VectorSet]:
+    """(train, test) from a .npy of vectors (n, d), scaled as `scale` says (see _feature_stats) with the training
+    split's statistics. The training set reads its batches from the file's memory map;
     the held-out rows (test_fraction of them, at most VECTOR_TEST_MAX, the same every time) are loaded. Refused
     here, before any run folder exists: values that are not finite or too large, and data whose training or test
     split does not vary (nothing to learn, or no variance to measure the FVE against)."""
     data = open_npy(path)
     _check_vectors(data, str(path))
     n = len(data)
-    if not 0 < test_fraction < 1:
-        raise UserError(f"test_fraction must lie between 0 and 1, not {test_fraction}; e.g. --set data.test_fraction=0.1")
     if n < 2 or data.shape[1] < 1:
         raise UserError(f"{path} holds {n} vectors of {data.shape[1]} values; training needs at least 2 (one is "
                         "held out for testing) of at least 1")
@@ -206,7 +227,7 @@ def load_vectors(path: Path, test_fraction: float) -> tuple[VectorSet, VectorSet
     test_rows = np.sort(np.random.default_rng(0).choice(n, n_test, replace=False))  # fixed: the split never changes
     keep = np.ones(n, dtype=bool)
     keep[test_rows] = False
-    mean, std = _feature_stats(data, keep, str(path))
+    mean, std = _feature_stats(data, keep, str(path), scale)
     test = VectorSet(np.array(data[test_rows]), None, mean, std)
     x = test.floats()
     if (x == x[0]).all():  # the FVE divides by the test vectors' variance
@@ -249,8 +270,6 @@ def _labels(arrays: dict[str, np.ndarray], key: str, count: int, path: Path) -> 
 
 def _holdout_split(images: torch.Tensor, labels: torch.Tensor | None, test_fraction: float):
     n = images.shape[0]
-    if not 0 < test_fraction < 1:
-        raise UserError(f"test_fraction must lie between 0 and 1, not {test_fraction}; e.g. --set data.test_fraction=0.1")
     if n < 2:
         raise UserError(f"only {n} image found; training needs at least 2 (one is held out for testing)")
     n_test = min(n - 1, max(1, int(round(n * test_fraction))))  # at least one image on each side
@@ -260,24 +279,24 @@ def _holdout_split(images: torch.Tensor, labels: torch.Tensor | None, test_fract
     return ImageSet(images[train], pick(train)), ImageSet(images[test], pick(test))
 
 
-def load_dataset(data: str | Path | None = None, grey: bool = True, test_fraction: float = 0.1, kind: str = "auto"
-                 ) -> tuple[ImageSet, ImageSet] | tuple[VectorSet, VectorSet]:
+def load_dataset(data: str | Path | None = None, grey: bool = True, test_fraction: float = 0.1, kind: str = "auto",
+                 vector_scale: str = "norm") -> tuple[ImageSet, ImageSet] | tuple[VectorSet, VectorSet]:
     """(train, test) from an MNIST-style idx folder (default: Debian's Fashion-MNIST), a folder of images,
     or a .npy/.npz file. Sets without their own test split hold out `test_fraction` (the same every time).
-    A .npy of 2-d floats (n, d) is vectors (`kind` may say images or vectors instead of "auto")."""
-    if kind not in KINDS:
-        raise UserError(f"unknown data kind {kind!r}; use --set data.kind= one of {', '.join(KINDS)}")
+    A .npy of 2-d floats (n, d) is vectors (`kind` may say images or vectors instead of "auto"), scaled as
+    `vector_scale` says."""
+    DataConfig(None, grey, test_fraction, kind, vector_scale).check()
     path = Path(data) if data else Path(FASHION_MNIST_DIR)
     if kind == "vectors" and path.suffix.lower() != ".npy":
         raise UserError(f"vectors come from a .npy file of shape (n, d), not {path}; save them with numpy.save")
-    train, test = _load_split(path, data, grey, test_fraction, kind)
+    train, test = _load_split(path, data, grey, test_fraction, kind, vector_scale)
     if train.shape != test.shape:  # found here, before any run folder exists, not in the first evaluation
         raise UserError(f"{path}: train images are {'x'.join(map(str, train.shape))} but test images "
                         f"{'x'.join(map(str, test.shape))} (channels x height x width); give both one size")
     return train, test
 
 
-def _load_split(path: Path, data, grey: bool, test_fraction: float, kind: str):
+def _load_split(path: Path, data, grey: bool, test_fraction: float, kind: str, vector_scale: str):
     if not path.exists():
         if data is None or os.path.abspath(path) == FASHION_MNIST_DIR:
             raise UserError(f"Fashion-MNIST not found at {path}; {INSTALL_HINT}")
@@ -293,7 +312,7 @@ def _load_split(path: Path, data, grey: bool, test_fraction: float, kind: str):
     if path.suffix.lower() == ".npy" and kind != "images":
         header = open_npy(path)
         if kind == "vectors" or (header.ndim == 2 and np.issubdtype(header.dtype, np.floating)):
-            return load_vectors(path, test_fraction)
+            return load_vectors(path, test_fraction, vector_scale)
     if path.suffix.lower() in (".npy", ".npz"):
         arrays = read_array_file(path)
         def labelled(images_key: str, labels_key: str) -> ImageSet:

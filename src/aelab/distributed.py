@@ -8,7 +8,11 @@ and keeps its rows, so the ranks' random streams stay equal and together draw wh
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import sys
+from datetime import timedelta
 from typing import Callable
 
 import torch
@@ -52,9 +56,100 @@ def resolve_device(device: torch.device | None) -> torch.device:
     return device
 
 
+DIST_TIMEOUT = 90.0  # seconds a rendezvous may take before it is given up (AELAB_DIST_TIMEOUT)
+
+
+def _whole(name: str, low: int, high: int | None = None) -> int | None:
+    """The environment variable `name` as a whole number in [low, high), None if unset."""
+    text = os.environ.get(name)
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value >= high):
+        span = f"{low} to {high - 1}" if high is not None else f"at least {low}"
+        raise UserError(f"{name}={text!r} in the environment is not a whole number {span}; torchrun sets it: "
+                        f"launch with `torchrun --nproc-per-node N -m aelab train ...`, or unset {name}")
+    return value
+
+
+def check_environment() -> int:
+    """The world size torchrun's variables describe, once they are checked: WORLD_SIZE, RANK, LOCAL_RANK,
+    MASTER_ADDR and MASTER_PORT must be whole, in range and complete, or the run would fail deep inside torch or
+    wait forever for ranks that do not exist."""
+    world = _whole("WORLD_SIZE", 1)
+    size = world or 1
+    this, local = _whole("RANK", 0), _whole("LOCAL_RANK", 0)
+    if world is None and (this or local):
+        raise UserError(f"{'RANK' if this else 'LOCAL_RANK'} is set without WORLD_SIZE, so the other ranks are "
+                        "unknown; launch with torchrun (it sets both), or unset it")
+    for name, value in (("RANK", this), ("LOCAL_RANK", local)):
+        if value is not None and value >= size:
+            raise UserError(f"{name}={value} but WORLD_SIZE={size}: ranks run from 0 to {size - 1}; launch with "
+                            "torchrun, which sets both")
+    if size > 1:
+        missing = [name for name, value in (("RANK", this), ("MASTER_ADDR", os.environ.get("MASTER_ADDR", "").strip()),
+                                            ("MASTER_PORT", os.environ.get("MASTER_PORT"))) if value in (None, "")]
+        if missing:
+            raise UserError(f"WORLD_SIZE={size} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                            "not set; launch with `torchrun --nproc-per-node N -m aelab train ...` (it sets them all)")
+        _whole("MASTER_PORT", 1, 65536)
+        if local is not None and local > this:
+            raise UserError(f"LOCAL_RANK={local} is above RANK={this}; torchrun sets both: launch through it")
+        dist_timeout()
+    return size
+
+
+def dist_timeout() -> float:
+    """Seconds to wait for every rank at the start (AELAB_DIST_TIMEOUT, default DIST_TIMEOUT)."""
+    text = os.environ.get("AELAB_DIST_TIMEOUT", str(DIST_TIMEOUT))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (0 < seconds <= 86400):
+        raise UserError(f"AELAB_DIST_TIMEOUT={text!r} is not a number of seconds in (0, 86400]; e.g. 300")
+    return seconds
+
+
 def launched() -> bool:
-    """Whether torchrun started this process as one of several ranks."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Whether torchrun started this process as one of several ranks (its variables checked first)."""
+    return check_environment() > 1
+
+
+def _join(backend: str) -> None:
+    """Joins the process group within dist_timeout(), then gives its collectives torch's usual patience (rank 0
+    alone evaluates and writes while the others wait at a barrier)."""
+    seconds = dist_timeout()
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    try:
+        with _quiet_stderr():
+            dist.init_process_group(backend, timeout=timedelta(seconds=seconds))
+    except Exception as e:  # noqa: BLE001  torch's store and rendezvous errors have no common class
+        reason = " ".join(str(e).split())[:160]
+        raise UserError(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} could not meet the others at "
+                        f"{where} within {seconds:g} s ({e.__class__.__name__}: {reason}); start every rank with the "
+                        "same MASTER_ADDR and MASTER_PORT, or wait longer with AELAB_DIST_TIMEOUT=SECONDS") from None
+    from torch.distributed import constants
+    patience = (backend == "nccl" and constants.default_pg_nccl_timeout) or constants.default_pg_timeout
+    dist.distributed_c10d._set_pg_timeout(patience)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 silenced: torch's C++ side logs every retry of a rendezvous there, with stack frames; a
+    rendezvous that fails says why in one line, one that succeeds is not news."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def setup(device: torch.device | None) -> torch.device:
@@ -67,7 +162,7 @@ def setup(device: torch.device | None) -> torch.device:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _join("nccl" if device.type == "cuda" else "gloo")
     return device
 
 

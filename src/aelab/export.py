@@ -13,6 +13,7 @@ these plain layer stacks.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aelab import files
 from aelab.errors import UserError
 
 OPSET = 17
@@ -52,21 +54,22 @@ def export_onnx(model, out: str | Path) -> tuple[Path, Path]:
     """Write out/encoder.onnx and out/decoder.onnx for a model (eval mode), with a dynamic batch axis."""
     onnx, _ = require_onnx()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     paths = out / "encoder.onnx", out / "decoder.onnx"
     parts = ((_Part(model, "encode"), torch.zeros(2, *model.config.in_shape), "images", "codes"),
              (_Part(model, "decode"), torch.zeros(2, model.code_size), "codes", "images"))
     for path, (module, example, name_in, name_out) in zip(paths, parts):
+        buffer = io.BytesIO()  # exported and checked in memory, then written whole by aelab's one writer
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's, see the docstring
             # encode and decode check their input's shape, which the trace fixes but for the batch axis; as_tensor
             # of a float32 tensor is that tensor: max_differences measures the files against torch all the same
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(module, (example,), str(path), input_names=[name_in], output_names=[name_out],
+            torch.onnx.export(module, (example,), buffer, input_names=[name_in], output_names=[name_out],
                               dynamic_axes={name_in: {0: "batch"}, name_out: {0: "batch"}}, opset_version=OPSET,
                               dynamo=False)
-        onnx.checker.check_model(str(path))
+        onnx.checker.check_model(onnx.load_from_string(buffer.getvalue()))
+        files.write_bytes(path, buffer.getvalue())
     return paths
 
 

@@ -2,9 +2,11 @@
 
 Every file aelab writes (run folders, the classifier and baseline caches, outputs) goes first to a hidden temporary
 file beside it (`.NAME.PID.aelab-tmp`), is flushed to the disk, then renamed over NAME: a reader, or a crash at any
-instant, sees the old file or the new one, never half of one, and a full disk leaves the old one as it was. A rename
-replaces a symbolic link rather than writing through it. A temporary file left by a killed process is removed the
-next time NAME is written (or its run folder trained). Write errors become one line naming the path and the fix.
+instant, sees the old file or the new one, never half of one, and a full disk leaves the old one as it was. No write
+follows or replaces a symbolic link: a link where aelab would write a file (or an output folder named by the user)
+is refused in one line, so nothing outside what aelab made is ever changed. A temporary file (or folder) left by a
+killed process is removed the next time NAME is written (or its run folder trained). Write errors become one line
+naming the path and the fix.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import errno
 import fcntl
 import glob
 import os
+import shutil
 from pathlib import Path
 
 from aelab.errors import UserError
@@ -23,6 +26,13 @@ TMP_SUFFIX = ".aelab-tmp"
 
 class WriteError(UserError):
     """A file could not be written: no space, no permission, a read-only disk. What was there before is intact."""
+
+
+def refuse_link(path: str | Path) -> None:
+    """One line if `path` is a symbolic link: aelab never writes through one, nor replaces it."""
+    if Path(path).is_symlink():
+        raise WriteError(f"{path} is a symbolic link; aelab never writes through links nor replaces them: "
+                         "remove the link, or write elsewhere")
 
 
 def write_error(e: OSError, path: Path) -> WriteError:
@@ -52,10 +62,14 @@ def _writer_gone(tmp: Path) -> bool:
 
 
 def sweep(folder: Path, name: str = "*") -> None:
-    """Remove the temporary files of `name` (default: of every file) in folder that no live process is writing."""
+    """Remove the temporary files (and folders) of `name` (default: of every file) in folder that no live process
+    is writing."""
     for tmp in Path(folder).glob(f".{name if name == '*' else glob.escape(name)}.*{TMP_SUFFIX}"):
         if _writer_gone(tmp):
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -70,17 +84,23 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def temporary(path: Path) -> Path:
+    """The hidden name beside `path` that this process writes before renaming: .NAME.PID.aelab-tmp"""
+    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
 @contextlib.contextmanager
 def atomic(path: str | Path):
     """`with atomic(path) as f: f.write(b"...")`: path becomes what was written, whole, or stays as it was."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    refuse_link(path)
+    tmp = temporary(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         sweep(path.parent, path.name)
-        # O_EXCL | O_NOFOLLOW: a link planted at the temporary name is never followed
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-        try:
+        try:  # opened inside: a signal handled as os.open returns must not leave the file behind
+            # O_EXCL | O_NOFOLLOW: a link planted at the temporary name is never followed
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
             with open(fd, "wb") as f:
                 yield f
                 f.flush()

@@ -42,12 +42,17 @@ def build_for(config: RunConfig, data):
 
 class RunRecorder(Callback):
     """After every epoch: the metrics, the weights and, last, the checkpoint to resume from. A process killed
-    before the checkpoint is replaced trains that epoch again on resume, and rewrites the same files."""
+    before the checkpoint is replaced trains that epoch again on resume, and rewrites the same files. Settings a
+    resume changed go into config.json once an epoch has finished with them: a resume that diverges or is stopped
+    leaves the run's settings as they were."""
 
-    def __init__(self, run: RunFolder, config: RunConfig):
-        self.run, self.config = run, config
+    def __init__(self, run: RunFolder, config: RunConfig, config_saved: bool = True):
+        self.run, self.config, self.config_saved = run, config, config_saved
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        if not self.config_saved:
+            self.run.write_config(self.config)
+            self.config_saved = True
         self.run.write_metrics(trainer.history)
         self.run.save_weights(trainer.model, self.config, trainer.epoch)
         self.run.save_checkpoint(trainer)
@@ -59,11 +64,11 @@ def train(config: RunConfig, *, out: str | Path | None = None, overwrite: bool =
     loggers = _loggers(loggers)
     _threads(threads)
     train_set, test_set = config.data.load()
-    model = _model(config, train_set)  # before the folder exists: a bad setting leaves nothing behind
+    model = new_model(config, train_set)  # before the folder exists: a bad setting leaves nothing behind
     path = Path(out) if out else _free_run_dir(config.model_name)
     distributed.barrier()  # every rank has picked the same free folder before rank 0 takes it
     with distributed.on_main(lambda: RunFolder.create(path, config, overwrite)) or RunFolder(path) as run:
-        trainer = _trainer(run, config, model, train_set, test_set, loggers)
+        trainer = _trainer(run, config, model, train_set, test_set, loggers, config_saved=True)
         ranks = f" on {distributed.world_size()} ranks" if distributed.world_size() > 1 else ""
         what = "images" if train_set.recon_loss == "bce" else "vectors of"
         _say(f"training {config.model_name} ({model.num_parameters():,} parameters) on {len(train_set)} {what} "
@@ -93,15 +98,18 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None
             if value is not None:  # a run may move: GPU-trained runs resume on a CPU and the other way round
                 set_value(config, key, value)
         train_set, test_set = config.data.load()
-        trainer = _trainer(run, config, _model(config, train_set), train_set, test_set, loggers)
+        # made as a new run's (the checkpoint, if any, then replaces its state): a run stopped before its first
+        # checkpoint starts again exactly as it began
+        trainer = _trainer(run, config, new_model(config, train_set), train_set, test_set, loggers,
+                           config_saved=config.to_dict() == run.config().to_dict())
         run.load_checkpoint(trainer)
         if config.train.epochs < trainer.epoch:
             raise UserError(f"{run.path} already holds {trainer.epoch} epochs; --epochs must be at least that")
-        if distributed.is_main():  # only now that everything is checked: the new settings, the folder as it was left
-            run.write_config(config)
+        if distributed.is_main():  # only now that everything is checked: the folder as its checkpoint left it
             run.write_metrics(trainer.history)
-            if run.weights_epoch() != trainer.epoch:  # a later epoch's, from a process killed before its checkpoint
-                run.save_weights(trainer.model, config, trainer.epoch)
+            run.forget_after(trainer.epoch)
+            if trainer.epoch and run.weights_epoch() != trainer.epoch:  # a later epoch's, from a process killed
+                run.save_weights(trainer.model, config, trainer.epoch)  # before its checkpoint
         _say(f"resuming {run.path} after epoch {trainer.epoch} of {config.train.epochs}")
         return _fit(run, config, trainer, test_set, loggers)
 
@@ -148,16 +156,19 @@ def _say(text: str) -> None:
         print(text)
 
 
-def _model(config: RunConfig, train_set):
-    """The run's model, seeded, once its settings are checked and this process has its device (under torchrun:
-    once it has joined the process group)."""
+def new_model(config: RunConfig, train_set):
+    """A new run's model: seeded, built for the data, and given its data-dependent start (an SAE's b_dec) from the
+    first training inputs and the steps the run will take. Made once its settings are checked and this process
+    has its device (under torchrun: once it has joined the process group)."""
     config.train.check()
     distributed.setup(distributed.parse_device(config.train.device))
     torch.manual_seed(config.train.seed)
-    return build_for(config, train_set)
+    model = build_for(config, train_set)
+    model.initialise(train_set.floats(slice(0, 4096)), config.train.epochs * -(-len(train_set) // config.train.batch_size))
+    return model
 
 
-def _trainer(run: RunFolder, config: RunConfig, model, train_set, test_set, loggers) -> Trainer:
+def _trainer(run: RunFolder, config: RunConfig, model, train_set, test_set, loggers, config_saved: bool) -> Trainer:
     """A trainer that prints, draws grids of images, tells the loggers and, last, records the epoch in the run:
     whatever an interrupted epoch wrote, its resume writes again."""
     for logger in loggers:
@@ -165,7 +176,7 @@ def _trainer(run: RunFolder, config: RunConfig, model, train_set, test_set, logg
     callbacks = [ConsolePrinter()]
     if train_set.recon_loss == "bce":  # vectors have no pictures: their measures tell
         callbacks.append(GridWriter(run, config.train.grid_every))
-    callbacks += [*loggers, RunRecorder(run, config)]
+    callbacks += [*loggers, RunRecorder(run, config, config_saved)]
     return Trainer(model, train_set, test_set, config.train, callbacks)
 
 
@@ -211,4 +222,4 @@ def _go_on(run: RunFolder, settings: str = "") -> str:
     if run.saved_epoch:
         return (f"{run.path} holds epoch {run.saved_epoch}; continue with `aelab train --resume {run.path}"
                 f"{settings}`")
-    return f"no epoch of {run.path} was saved; start it again with --overwrite{settings}"
+    return f"no epoch of {run.path} finished; start it again with `aelab train --resume {run.path}{settings}`"

@@ -149,6 +149,28 @@ def _finite(value) -> int | float | None:
     return value if type(value) is float and math.isfinite(value) else None
 
 
+TOP_UNITS, TOP_IMAGES = 16, 10  # units of a code shown with their top-activating images, and images per unit
+
+
+def top_images(model, data_path: str | None) -> dict | None:
+    """For a model trained on activations that `aelab activations` wrote (ACTS.json beside them): its first
+    TOP_UNITS units, one row each, with the TOP_IMAGES source images that activate the unit most. None otherwise."""
+    from aelab.activations import description, source_images, top_activating
+    from aelab.images import tile
+
+    described = description(data_path) if data_path else None
+    inputs = source_images(described) if described else None
+    if inputs is None:
+        return None
+    rows, values = top_activating(model, data_path, TOP_UNITS, TOP_IMAGES)
+    shown = inputs.images[torch.from_numpy(rows.ravel())]
+    shown[torch.from_numpy(values.ravel() <= 0)] = 255  # an image that does not activate the unit is left blank
+    return {"name": "top_activating.png", "uri": _uri(tile(shown, len(rows), TOP_IMAGES, pad=2)),
+            "title": f"Units 0-{len(rows) - 1} (one per row) and the {described['split']} images of "
+                     f"{described.get('data') or 'Fashion-MNIST'} that activate each most at layer "
+                     f"{described['layer']} of {described['run']}, strongest first"}
+
+
 def run_page_data(run_path: Path, config, model, test, history: list[dict], measures: dict) -> dict:
     from aelab.evaluate import on_device_of
     from aelab.models import summary
@@ -160,6 +182,8 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
     seconds = [r.get("seconds") for r in history]
     pictures = [{"name": name, "uri": _uri(picture), "title": model.pictures[name]}
                 for name, picture in model.make_pictures(on_device_of(model, test)).items()]
+    if not images and (top := top_images(model, config.data.path)) is not None:
+        pictures.append(top)
     return {
         "kind": "run",
         "title": f"{config.model_name}{' (conv)' if model.config.arch == 'conv' else ''} on "

@@ -16,6 +16,7 @@ Every file is written whole or not at all (aelab.files), so a crash at any insta
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -33,28 +34,34 @@ GRID = re.compile(r"epoch_\d{3,}\.png")  # a grid's name in grids/
 MAX_MEASURES_BYTES = 1 << 20  # eval.json holds a few hundred bytes of measures
 
 
+class _Entry:
+    """A file or folder of the run folder, as a class attribute: on a RunFolder, its path there."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, run, owner=None):
+        return self if run is None else run.path / self.name
+
+
+def _paths(*names: str) -> tuple[_Entry, ...]:
+    return tuple(map(_Entry, names))
+
+
 class RunFolder:
     """A run folder. Every file in it is written whole (aelab.files); `lock` makes this process its one trainer.
-    Each property is a path in it, and those are all that aelab writes there (with the models' pictures)."""
+    Each *_path attribute is a path in it, and those are all that aelab writes there (with the models' pictures)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._lock = None       # the held lock file, while this process trains the run
         self.saved_epoch = 0    # the epoch the checkpoint on disk holds, as this process last wrote or read it
 
-    config_path = property(lambda self: self.path / "config.json")
-    weights_path = property(lambda self: self.path / "model.safetensors")
-    checkpoint_path = property(lambda self: self.path / "checkpoint.safetensors")
-    metrics_path = property(lambda self: self.path / "metrics.jsonl")
-    grids_path = property(lambda self: self.path / "grids")
-    gif_path = property(lambda self: self.path / "grids.gif")
-    eval_path = property(lambda self: self.path / "eval.json")
-    loss_plot_path = property(lambda self: self.path / "loss.png")
-    report_path = property(lambda self: self.path / "report.md")
-    page_path = property(lambda self: self.path / "report.html")
-    tensorboard_path = property(lambda self: self.path / "tensorboard")
-    marker_path = property(lambda self: self.path / ".aelab-run")
-    lock_path = property(lambda self: self.path / ".aelab-lock")
+    # every path aelab writes in a run folder, besides the models' pictures and grids/epoch_NNN.png
+    config_path, weights_path, checkpoint_path = _paths("config.json", "model.safetensors", "checkpoint.safetensors")
+    metrics_path, eval_path, grids_path, gif_path = _paths("metrics.jsonl", "eval.json", "grids", "grids.gif")
+    loss_plot_path, report_path, page_path = _paths("loss.png", "report.md", "report.html")
+    tensorboard_path, marker_path, lock_path = _paths("tensorboard", ".aelab-run", ".aelab-lock")
 
     def picture(self, name: str) -> Path:
         """Where a model's picture (a name from model.make_pictures) goes."""
@@ -75,6 +82,12 @@ class RunFolder:
                 raise UserError(f"{f} is not a plain file; aelab writes its grids as files: remove or replace it")
         return frames
 
+    def forget_after(self, epoch: int) -> None:
+        """Remove the grids of epochs after `epoch`: a stopped process drew them, and the resumed run draws its own."""
+        for frame in self.grids():
+            if self.grid_epoch(frame) > epoch:
+                frame.unlink()
+
     @staticmethod
     def grid_epoch(path: Path) -> int:
         """The epoch a grid's file name says."""
@@ -82,8 +95,7 @@ class RunFolder:
 
     def own_names(self) -> set[str]:
         """The names of what aelab writes in the folder: --overwrite deletes these and nothing else."""
-        paths = {getattr(self, name) for name, value in vars(RunFolder).items() if isinstance(value, property)}
-        return {p.name for p in paths} | set(picture_names())
+        return {entry.name for entry in vars(RunFolder).values() if isinstance(entry, _Entry)} | picture_names()
 
     def _own(self, name: str, in_grids: bool, own_names: set[str]) -> bool:
         if name.startswith(".") and name.endswith(files.TMP_SUFFIX):
@@ -93,8 +105,11 @@ class RunFolder:
     @classmethod
     def create(cls, path: str | Path, config: RunConfig, overwrite: bool = False) -> "RunFolder":
         """A new run folder, locked for this process; an existing one is replaced only with `overwrite`, and only
-        if it holds nothing but what aelab writes."""
+        if it holds nothing but what aelab writes. Stopped at any instant, what it leaves is absent or a run that
+        `--resume` finishes: a new folder appears whole with its config, and a replaced one loses its checkpoint
+        before it gets its new config."""
         run = cls(path)
+        files.refuse_link(run.path)
         if run.path.exists() and not run.path.is_dir():
             raise UserError(f"{run.path} is a file, not a run folder; pick another --out")
         if run.path.is_dir() and any(run.path.iterdir()):
@@ -103,20 +118,31 @@ class RunFolder:
                                 f"{run.path}`, pick another --out, or pass --overwrite to replace it")
             run.check(replacing=True)
             run.lock()
+            run.checkpoint_path.unlink(missing_ok=True)
+            run._write_start(config)
             for entry in run.path.iterdir():
                 if entry.is_dir():
                     shutil.rmtree(entry)
-                elif entry != run.lock_path:
+                elif entry not in (run.lock_path, run.marker_path, run.config_path):
                     entry.unlink()
-        else:
-            try:
-                run.path.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise files.write_error(e, run.path) from None
-        files.write_text(run.marker_path, "A run folder made by aelab; `aelab train --overwrite` may replace it.\n")
+            return run
+        tmp = files.temporary(run.path)  # made whole beside its place, then renamed into it
+        try:
+            run.path.parent.mkdir(parents=True, exist_ok=True)
+            files.sweep(run.path.parent, run.path.name)
+            tmp.mkdir()
+            cls(tmp)._write_start(config)
+            os.rename(tmp, run.path)  # over nothing, or over an empty folder
+        except OSError as e:
+            raise files.write_error(e, run.path) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # still there only if something failed
         run.lock()
-        run.write_config(config)
         return run
+
+    def _write_start(self, config: RunConfig) -> None:
+        self.write_config(config)
+        files.write_text(self.marker_path, "A run folder made by aelab; `aelab train --overwrite` may replace it.\n")
 
     @classmethod
     def open(cls, path: str | Path) -> "RunFolder":
@@ -142,6 +168,7 @@ class RunFolder:
     def check(self, replacing: bool = False) -> None:
         """Refuse links among aelab's files (a write must never land outside the folder) and, when `replacing`, a
         folder aelab did not make or that holds anything aelab did not write: --overwrite deletes only aelab's."""
+        files.refuse_link(self.path)
         entries = [(p, False) for p in self.path.iterdir()]
         if self.grids_path.is_dir() and not self.grids_path.is_symlink():
             entries += [(p, True) for p in self.grids_path.iterdir()]
@@ -204,11 +231,11 @@ class RunFolder:
 
     def load_checkpoint(self, trainer: Trainer) -> None:
         """The trainer as it was after the checkpoint's epoch, with the learning rates of the run's config (a
-        resumed run may change them), and the history of the epochs up to it."""
+        resumed run may change them), and the history of the epochs up to it; without a checkpoint, as it is."""
         path = self.checkpoint_path
-        if not path.is_file():
-            raise UserError(f"{self.path} has no checkpoint to resume from (it stopped before its first epoch "
-                            "ended); start it again with --overwrite")
+        if not path.exists():  # stopped before its first epoch ended: it starts again, as a new run would
+            self.saved_epoch, trainer.history = 0, []
+            return
         model = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
         # weights and two Adam moments of each, RNG states: a checkpoint over 4x the weights (+ 1 MiB) is damaged
         tensors, meta = tensorfile.load(path, model, exact=False,

@@ -6,10 +6,12 @@ device, measures the test set each epoch and tells its callbacks, which write gr
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -51,6 +53,40 @@ class TrainConfig:
         distributed.parse_device(self.device)  # its form; whether this machine has it, when training starts
 
 
+# torch.optim imports torch._dynamo (2.2 s on a 2-core CPU: more than an epoch of the chapter) on the first
+# add_param_group/zero_grad/state_dict/load_state_dict, and in every step's wrapper, only to mark these calls as
+# never to be compiled. A run that compiles and captures nothing fills torch's own cache slot for each disabled
+# function (`__dynamo_disable`, read by torch._disable_dynamo) with the function itself, and steps through the
+# undecorated step under no_grad, as that wrapper does: the same arithmetic, and torch._dynamo is never imported.
+# The undecorated step also skips the profiler label and step hooks, which aelab never registers; the slots stay
+# filled for the process, so a later torch.compile of an optimiser would trace these methods.
+_DYNAMO_DISABLED = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
+
+
+def eager_optimizers(make: Callable[[], list], eager: bool = True) -> tuple[list, list[Callable[[], None]]]:
+    """The optimisers `make()` returns and, for each, the call that takes its step: without torch._dynamo when
+    `eager` and this torch allows it (torch._dynamo not loaded yet, the methods' undecorated functions at hand),
+    else the ordinary `optimizer.step`."""
+    methods = [getattr(torch.optim.Optimizer, name, None) for name in _DYNAMO_DISABLED]
+    eager = eager and "torch._dynamo" not in sys.modules and all(hasattr(m, "__wrapped__") for m in methods)
+    if eager:
+        for method in methods:
+            setattr(method.__wrapped__, "__dynamo_disable", method.__wrapped__)
+    optimizers = make()
+    return optimizers, [_undecorated_step(o) if eager else o.step for o in optimizers]
+
+
+def _undecorated_step(optimizer) -> Callable[[], None]:
+    step = inspect.unwrap(type(optimizer).step)
+    if step is type(optimizer).step or optimizer.defaults.get("differentiable"):
+        return optimizer.step
+
+    def eager_step() -> None:
+        with torch.no_grad():
+            step(optimizer)
+    return eager_step
+
+
 class Diverged(UserError):
     """The loss became NaN or infinite: training stops before anything of that epoch is saved."""
 
@@ -72,12 +108,14 @@ class Trainer:
         self.train_set, self.test_set = train_set.to(self.device), test_set.to(self.device)
         self.config = config
         self.callbacks = list(callbacks) if distributed.is_main() else []
-        self.optimizers = model.configure_optimizers(config.lr)
+        self.optimizers, self.optimizer_steps = eager_optimizers(lambda: model.configure_optimizers(config.lr),
+                                                                 eager=not config.cuda_graph)
         self.shuffle = torch.Generator().manual_seed(config.seed)  # on the CPU: the same order on any device
         self.epoch = 0            # epochs finished
         self.history: list[dict] = []
         self.finite = torch.ones((), dtype=torch.bool, device=self.device)  # no NaN/inf loss seen this epoch
         self.floor: float | None = None  # the test set's BCE floor (or variance), computed once
+        self.reconstructed: torch.Tensor | None = None  # the test set's first reconstructions, latest evaluation
         self.graph, self.graph_warmup = None, 0  # the captured step, if config.cuda_graph
 
     def autocast(self):
@@ -130,7 +168,7 @@ class Trainer:
                 params = [p for group in optimizer.param_groups for p in group["params"]]
                 watched = distributed.average_gradients(params, share, watched)
             self.finite &= torch.isfinite(watched)
-            optimizer.step()
+            self.optimizer_steps[index]()
             try:
                 index, loss = steps.send(None)
             except StopIteration as done:
@@ -206,15 +244,16 @@ class Trainer:
 
     # -- evaluation -----------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluate(self, images: ImageSet, reconstruction: bool = False) -> dict[str, float]:
         """Mean loss terms over a whole set, in eval mode (no dropout), in the training precision; with
-        `reconstruction`, also BCE, MSE, squared error per image and PSNR of the clean reconstructions (both from
-        the model's `evaluation`)."""
+        `reconstruction`, also BCE, MSE, squared error per image and PSNR of the clean reconstructions, all from
+        the one pass of the model's `evaluation`, whose first batch of reconstructions is kept in
+        `self.reconstructed` for the grids."""
         self.model.eval()
         sums: dict[str, torch.Tensor] = {}
         measured: dict[str, float] = {}
-        for x in images.batches(self.config.eval_batch_size):
+        for i, x in enumerate(images.batches(self.config.eval_batch_size)):
             with self.autocast():
                 terms, values, logits = self.model.evaluation(x)
             for k, v in terms.items():
@@ -222,6 +261,8 @@ class Trainer:
             if reconstruction:
                 for k, v in reconstruction_sums(values, logits, x).items():
                     measured[k] = measured.get(k, 0.0) + v.item()
+                if i == 0:
+                    self.reconstructed = values
         self.model.train()
         means = {k: (v / len(images)).item() for k, v in sums.items()}
         if reconstruction:

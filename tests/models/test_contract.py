@@ -63,7 +63,7 @@ def test_every_model_and_baseline_keeps_the_contract():
         assert cls.generative == hasattr(cls, "sample"), cls
     assert [n for n, c in MODELS.items() if c.generative] == ["aae", "vae", "betavae"]
     assert [n for n, c in MODELS.items() if c.denoising] == ["dae"]
-    assert picture_names() == {"samples.png", "denoise.png", "atoms.png"}
+    assert picture_names() == {"samples.png", "denoise.png", "atoms.png", "density.png"}
     assert isinstance(build("ae", MODELS["ae"].Config(hidden=(8,), latent=2)), Model)
 
 

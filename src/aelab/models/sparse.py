@@ -1,11 +1,22 @@
 """Sparse autoencoders as interpretability work trains them on a network's activations: a linear dictionary
-decoder x^ = W_dec z + b_dec whose columns (the atoms) are kept at unit norm, and a sparse non-negative code
-z = act(W_enc (x - b_dec) + b_enc), the decoder bias subtracted first (Bricken et al. 2023; on images the decoder
-speaks logits, so there b_dec is just a learned shift). The sparsity is either an L1 penalty on z with act = ReLU,
-or TopK: keep the k largest pre-activations of each input and ReLU them (Makhzani & Frey 2013, "k-sparse";
-Gao et al. 2024). Reported, as that field does: the mean number of active units per input (L0, a loss term every
-epoch), the fraction of variance explained (for vectors, with every model) and the dead units: those not active over
-the last `dead_window` training inputs, counted in a buffer so that checkpoints and resume keep the count."""
+decoder x^ = W_dec z + b_dec and a sparse non-negative code z = act(W_enc (x - b_dec) + b_enc), the decoder bias
+subtracted first (Bricken et al. 2023; on images the decoder speaks logits, so there b_dec is just a learned shift).
+
+Four sparsities, each as its paper trains it:
+- topk: the k largest pre-activations of each input, ReLU'd (Makhzani & Frey 2013; Gao et al. 2024), with the AuxK
+  loss: the k_aux largest pre-activations of the dead units reconstruct the error the live ones leave;
+- batchtopk: the k * batch largest over the whole batch (Bussmann et al. 2024), AuxK too; inference uses a running
+  estimate of the smallest kept activation as a per-input threshold, so one input's code never depends on its batch;
+- jumprelu: z = pre * H(pre - theta), a learned threshold per unit trained by a straight-through estimator with a
+  rectangle kernel of width `bandwidth`, and an L0 penalty (Rajamanoharan et al. 2024);
+- l1: ReLU and the penalty sum_i z_i ||W_dec[:, i]|| over free-norm atoms, its weight warmed up linearly (Anthropic,
+  "Circuits Updates", April 2024).
+The other three keep the atoms at unit norm: their gradient is taken orthogonal to each atom before every step and
+the atoms renormalised after it (OpenAI's sparse_autoencoder). `initialise` puts b_dec at the geometric median (or
+mean) of a sample of the training data; the encoder starts as the decoder's transpose (Gao et al. 2024).
+Reported, as that field does: L0, FVU, shrinkage (||x^|| / ||x||), cosine(x^, x), the dead units (not active over
+the last `dead_window` training inputs, counted in a buffer so checkpoints and resume keep the count) and the
+density of each unit's firing."""
 
 from __future__ import annotations
 
@@ -14,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from aelab import distributed
@@ -21,7 +33,10 @@ from aelab.errors import UserError
 from aelab.images import tile
 from aelab.models.base import AEConfig, Autoencoder
 
-SPARSITIES = ("topk", "l1")
+SPARSITIES = ("topk", "batchtopk", "jumprelu", "l1")
+UNIT_NORM = ("topk", "batchtopk", "jumprelu")  # the forms whose atoms stay at unit norm
+CENTRES = ("median", "mean", "zero")
+THRESHOLD_DECAY = 0.99  # batchtopk: weight of the running threshold against each batch's smallest kept activation
 
 
 @dataclass
@@ -29,19 +44,35 @@ class SAEConfig(AEConfig):
     latent: int = 256                # dictionary size: units in the code
     hidden: tuple[int, ...] = ()     # encoder widths before the code (none: the usual one-layer SAE); the
     #                                  decoder is always one linear map, the dictionary
-    sparsity: str = "topk"           # "topk": the k largest units of each input; "l1": ReLU, plus l1 * sum |z|
-    k: int = 32                      # topk: units kept per input (all of them if the code is smaller)
-    l1: float = 1e-3                 # l1: weight of the penalty (the batch mean of sum |z|) beside the mean BCE/MSE;
-    #                                  measured: 1e-3 suits Fashion-MNIST (L0 23; 1e-2 kills every unit), standardised
-    #                                  vectors want 0.02-0.05 (planted: L0 97 at 0.02, 42 at 0.04)
+    sparsity: str = "topk"           # one of SPARSITIES
+    k: int = 32                      # topk, batchtopk: units kept per input (on average over the batch for batchtopk)
+    k_aux: int = 0                   # topk, batchtopk: dead units AuxK uses per input (0: half the input's size, as
+    #                                  Gao et al.); never more than are dead
+    aux_coefficient: float = 1 / 32  # topk, batchtopk: weight of the AuxK loss (0: none)
+    l1: float = 5.0                  # l1: weight of the penalty (batch mean of sum_i z_i ||W_dec[:, i]||) against the
+    #                                  summed squared error: Anthropic's lambda (5), divided by d beside the mean MSE
+    l1_warmup: float = 0.05          # l1: the weight grows linearly from 0 over this fraction of the run's steps
+    l0_coefficient: float = 1.0      # jumprelu: weight of the L0 penalty (batch mean of units active) against the
+    #                                  summed squared error (divided by d beside the mean MSE, as l1)
+    bandwidth: float = 0.05          # jumprelu: width of the rectangle kernel of the threshold's gradient
+    threshold: float = 0.05          # jumprelu: every unit's threshold at the start
+    centre: str = "median"           # b_dec at the start: geometric "median" or "mean" of a training sample, or "zero"
     dead_window: int = 100_000       # a unit not active over this many training inputs counts as dead
 
     def check(self) -> None:
         super().check()
         if self.sparsity not in SPARSITIES:
             raise UserError(f"unknown sparsity {self.sparsity!r}; use --set sparsity= one of {', '.join(SPARSITIES)}")
-        if self.k < 1 or self.l1 < 0 or self.dead_window < 1:
-            raise UserError("k and dead_window must be at least 1, and l1 at least 0")
+        if self.centre not in CENTRES:
+            raise UserError(f"unknown centre {self.centre!r}; use --set centre= one of {', '.join(CENTRES)}")
+        if self.k < 1 or self.k_aux < 0 or self.dead_window < 1:
+            raise UserError("k and dead_window must be at least 1, and k_aux at least 0 (0: half the input's size)")
+        if min(self.l1, self.l0_coefficient, self.aux_coefficient) < 0:
+            raise UserError("l1, l0_coefficient and aux_coefficient must not be negative")
+        if not 0 <= self.l1_warmup <= 1:
+            raise UserError(f"l1_warmup is a fraction of the run's steps, in [0, 1], not {self.l1_warmup}")
+        if self.bandwidth <= 0 or self.threshold <= 0:
+            raise UserError("bandwidth and threshold must be positive, e.g. --set bandwidth=0.05")
 
 
 def planted_dictionary(n: int, d: int = 64, atoms: int = 256, active: int = 5, noise: float = 0.01, seed: int = 0
@@ -65,11 +96,55 @@ def recovered(found: np.ndarray, planted: np.ndarray) -> np.ndarray:
     return (planted @ found.T).max(1)
 
 
+def geometric_median(x: torch.Tensor, iterations: int = 20) -> torch.Tensor:
+    """The point of least summed distance to the rows of x (n, d), by Weiszfeld's iterations from the mean."""
+    x = x.double()
+    m = x.mean(0)
+    for _ in range(iterations):
+        w = 1 / (x - m).norm(dim=1).clamp_min(1e-8)
+        m = (w[:, None] * x).sum(0) / w.sum()
+    return m.float()
+
+
+class _JumpReLU(torch.autograd.Function):
+    """z = pre * H(pre - t). Gradient to pre where active; to the threshold t the straight-through estimate
+    -(t / eps) K((pre - t) / eps), K the unit rectangle (Rajamanoharan et al. 2024, eq. 11)."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, eps):
+        ctx.save_for_backward(pre, threshold)
+        ctx.eps = eps
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        near = ((pre - threshold).abs() < ctx.eps / 2).to(grad.dtype)
+        return grad * (pre > threshold), (-(threshold / ctx.eps) * near * grad).sum(0), None
+
+
+class _Step(torch.autograd.Function):
+    """H(pre - t), the count L0 is made of; its gradient to t is -(1 / eps) K((pre - t) / eps), none to pre."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, eps):
+        ctx.save_for_backward(pre, threshold)
+        ctx.eps = eps
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        near = ((pre - threshold).abs() < ctx.eps / 2).to(grad.dtype)
+        return None, (-near * grad / ctx.eps).sum(0), None
+
+
 class SparseAutoencoder(Autoencoder):
-    """Sparse AE (TopK or L1) over a unit-norm linear dictionary; L0, FVE and dead units, as on activations."""
+    """Sparse AE (TopK, BatchTopK, JumpReLU or L1) over a linear dictionary; L0, FVU, shrinkage and dead units."""
 
     Config = SAEConfig
-    pictures = {"atoms.png": "The first 100 atoms of the dictionary, each scaled to its own range"}
+    pictures = {"atoms.png": "The first 100 atoms of the dictionary, each scaled to its own range",
+                "density.png": "Feature density: log10 of how often each unit fires on the test set"}
 
     def __init__(self, config: SAEConfig):
         super().__init__(config)
@@ -82,8 +157,31 @@ class SparseAutoencoder(Autoencoder):
             self.decoder[0].bias.zero_()
             if not config.hidden and config.arch == "mlp":
                 self.encoder[-1].weight.copy_(atoms.T)
-        # training inputs seen since each unit was last active (a buffer: saved with the weights and checkpoints)
+        if config.sparsity == "jumprelu":
+            self.log_threshold = nn.Parameter(torch.full((config.latent,), math.log(config.threshold)))
+        if config.sparsity in UNIT_NORM:
+            atoms.register_hook(self._along_atoms_removed)
+        # buffers: saved with the weights and checkpoints, so resume and inference keep them
         self.register_buffer("inputs_since_active", torch.zeros(config.latent, dtype=torch.int64))
+        self.register_buffer("threshold", torch.full((), -1.0))   # batchtopk at inference; < 0: not yet estimated
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("l1_warmup_steps", torch.zeros((), dtype=torch.int64))
+
+    @property
+    def b_dec(self) -> torch.Tensor:
+        return self.decoder[0].bias.view(self.config.in_shape)
+
+    @torch.no_grad()
+    def initialise(self, sample: torch.Tensor, steps: int) -> None:
+        """b_dec at the centre of a training sample (as the model sees it), and the L1 warm-up's length."""
+        rows = sample.flatten(1).float()
+        centre = {"median": geometric_median, "mean": lambda r: r.mean(0), "zero": lambda r: r[0] * 0}[
+            self.config.centre](rows)
+        if self.data_kind(self.config) == "images":  # the decoder speaks logits
+            centre = torch.logit(centre.clamp(0.01, 0.99))
+        self.decoder[0].bias.copy_(centre)
+        if self.config.sparsity == "l1":  # the plan of a new run; a resumed one keeps its own
+            self.l1_warmup_steps.fill_(round(self.config.l1_warmup * steps))
 
     @torch.no_grad()
     def normalise_atoms(self) -> None:
@@ -91,64 +189,178 @@ class SparseAutoencoder(Autoencoder):
         atoms = self.decoder[0].weight
         atoms.div_(atoms.norm(dim=0, keepdim=True).clamp_min(1e-12))
 
-    def code_eval(self, x: torch.Tensor) -> torch.Tensor:
-        """The sparse non-negative code (b, latent) of inputs x."""
-        pre = self.encoder(x - self.decoder[0].bias.view(self.config.in_shape))
-        if self.config.sparsity == "l1":
-            return torch.relu(pre)
-        top = pre.topk(min(self.config.k, self.config.latent), dim=1)
-        return torch.zeros_like(pre).scatter_(1, top.indices, torch.relu(top.values))
+    def _along_atoms_removed(self, grad: torch.Tensor) -> torch.Tensor:
+        """The decoder's gradient less its part along each (unit) atom, which renormalising would undo."""
+        atoms = self.decoder[0].weight.detach()
+        return grad - atoms * (grad * atoms).sum(0, keepdim=True)
 
-    code = code_eval  # no noise: training and evaluation code alike
+    # -- the code -------------------------------------------------------------------------------------------------
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """W_enc (x - b_dec) + b_enc, b_dec as an input (for images: the picture its logits stand for)."""
+        return self.encoder(x - self.output(self.b_dec))
+
+    def sparse_code(self, pre: torch.Tensor, batch: bool) -> torch.Tensor:
+        """The code (b, latent) from pre-activations; `batch`: batchtopk picks over the batch (training)."""
+        sparsity, k = self.config.sparsity, min(self.config.k, self.config.latent)
+        if sparsity == "topk" or (sparsity == "batchtopk" and batch):
+            flat = pre if sparsity == "topk" else pre.reshape(1, -1)
+            top = flat.topk(k * (1 if sparsity == "topk" else len(pre)), dim=1)
+            return torch.zeros_like(flat).scatter_(1, top.indices, torch.relu(top.values)).view_as(pre)
+        if sparsity == "batchtopk":
+            return pre * (pre > self.threshold.clamp_min(0))
+        if sparsity == "jumprelu":
+            return _JumpReLU.apply(pre, self.log_threshold.exp(), self.config.bandwidth)
+        return torch.relu(pre)
+
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sparse_code(self.pre_activations(x), batch=self.training)
+
+    def code_eval(self, x: torch.Tensor) -> torch.Tensor:
+        """The sparse non-negative code (b, latent) of inputs x, each input alone."""
+        return self.sparse_code(self.pre_activations(x), batch=False)
+
+    # -- the objective --------------------------------------------------------------------------------------------
+
+    def dead(self) -> torch.Tensor:
+        """(latent,) bool: units not active over the last dead_window training inputs."""
+        return self.inputs_since_active >= self.config.dead_window
+
+    def aux_loss(self, pre: torch.Tensor, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """AuxK (Gao et al. 2024, appendix A.2): the k_aux largest pre-activations of dead units reconstruct what
+        the live code leaves, measured relative to that error; 0 while no unit is dead."""
+        dead = self.dead()
+        k_aux = min(self.config.k_aux or max(1, math.prod(self.config.in_shape) // 2), self.config.latent)
+        top = pre.masked_fill(~dead, -torch.inf).topk(k_aux, dim=1)  # live units come out -inf: never more than dead
+        z_aux = torch.zeros_like(pre).scatter_(1, top.indices, torch.relu(top.values).nan_to_num(0, 0, 0))
+        live = out.detach()
+        with_aux = live + F.linear(z_aux, self.decoder[0].weight).view_as(live)
+        ratio = self.recon_error(with_aux, x) / self.recon_error(live, x).clamp_min(1e-12)
+        return ratio * dead.any()
 
     def terms_and_code(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        z = self.code(x)
-        recon = self.recon_error(self.decoder(z), x)
-        l0 = (z > 0).sum(1).float().mean()
-        if self.config.sparsity == "topk":
-            return {"loss": recon, "l0": l0}, z
-        l1 = z.float().abs().sum(1).mean()
-        return {"loss": recon + self.config.l1 * l1, "recon": recon, "l1": l1, "l0": l0}, z
+        pre = self.pre_activations(x)
+        z = self.sparse_code(pre, batch=self.training)
+        out = self.decoder(z)
+        recon = self.recon_error(out, x)
+        terms = {"loss": recon, "recon": recon}
+        sparsity, size = self.config.sparsity, math.prod(self.config.in_shape)
+        if sparsity in ("topk", "batchtopk") and self.config.aux_coefficient:
+            terms["aux"] = self.aux_loss(pre, out, x)
+            terms["loss"] = terms["loss"] + self.config.aux_coefficient * terms["aux"]
+        elif sparsity == "jumprelu":
+            terms["l0_penalty"] = _Step.apply(pre, self.log_threshold.exp(), self.config.bandwidth).sum(1).mean()
+            terms["loss"] = terms["loss"] + self.config.l0_coefficient / size * terms["l0_penalty"]
+        elif sparsity == "l1":
+            terms["l1"] = (z.float().abs() * self.decoder[0].weight.norm(dim=0)).sum(1).mean()
+            warm = ((self.steps_done + 1).float() / self.l1_warmup_steps.clamp_min(1)).clamp(max=1)
+            terms["loss"] = terms["loss"] + self.config.l1 / size * warm * terms["l1"]
+        terms.update(self.report_card(z, out, x))
+        return terms, z
+
+    @torch.no_grad()
+    def report_card(self, z: torch.Tensor, out: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The field's per-batch measures: L0, FVU (against this batch's variance), shrinkage ||x^|| / ||x||,
+        cosine(x^, x), and the fraction of units dead."""
+        values, target = self.output(out).flatten(1).float(), x.flatten(1).float()
+        norm_out, norm_x = values.norm(dim=1), target.norm(dim=1)
+        return {"l0": (z > 0).sum(1).float().mean(),
+                "fvu": (values - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12),
+                "shrinkage": (norm_out / norm_x.clamp_min(1e-12)).mean(),
+                "cosine": F.cosine_similarity(values, target, dim=1).mean(),
+                "dead_fraction": self.dead().float().mean()}
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Reconstruction (+ l1 * sum |z|), and l0: the mean number of active units per input."""
+        """The reconstruction plus the sparsity's own term ("aux", "l0_penalty" or "l1"), and the report card."""
         return self.terms_and_code(x)[0]
 
     def training_steps(self, x: torch.Tensor):
         terms, z = self.terms_and_code(x)
         yield 0, terms["loss"]
         # the trainer has stepped: renormalise here, so every saved state (and a resumed run) has unit atoms
-        self.normalise_atoms()
+        if self.config.sparsity in UNIT_NORM:
+            self.normalise_atoms()
         with torch.no_grad():  # units active anywhere in the global batch, and its size: one sum over the ranks
             counts = distributed.all_sum(torch.cat([(z > 0).any(0).long(), z.new_full((1,), len(z), dtype=torch.long)]))
             self.inputs_since_active.add_(counts[-1]).masked_fill_(counts[:-1] > 0, 0)
+            self.steps_done.add_(1)
+            if self.config.sparsity == "batchtopk":  # the smallest kept activation, averaged over ranks and batches
+                low = distributed.all_sum(z.detach().float().masked_fill(z <= 0, torch.inf).amin().reshape(1))[0]
+                low = low / distributed.world_size()
+                blended = torch.where(self.threshold < 0, low, THRESHOLD_DECAY * self.threshold
+                                      + (1 - THRESHOLD_DECAY) * low)
+                self.threshold.copy_(torch.where(low.isfinite(), blended, self.threshold))
         return terms
+
+    # -- what it reports ------------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def atoms(self) -> torch.Tensor:
-        """The dictionary, one atom per code unit (latent, *in_shape): for vectors in their own units (each
-        feature times its training std), for images in logits."""
+        """The dictionary, one atom per code unit (latent, *in_shape): for vectors in their own units (times the
+        training scale), for images in logits."""
         atoms = self.decoder[0].weight.T.reshape(-1, *self.config.in_shape)
         return atoms * self.in_std if self.config.recon_loss == "mse" else atoms.clone()
 
     @torch.no_grad()
-    def measures(self, test) -> dict:
-        """l0 on the test set; dead units: not active over the last dead_window training inputs, and never active
-        on the test set."""
+    def firing(self, test) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """On a test set: how often each unit fires (latent,), the summed squared error of the reconstructions, and
+        per input its (||x^|| / ||x||, cosine) summed, (2,)."""
         self.eval()
-        active, fired = 0.0, torch.zeros(self.config.latent, dtype=torch.bool, device=self.device)
+        fires = torch.zeros(self.config.latent, device=self.device)
+        sse, sums = 0.0, torch.zeros(2, device=self.device)
         for x in test.batches(2500):
-            on = self.code_eval(x) > 0
-            active += on.sum().item()
-            fired |= on.any(0)
-        dead = int((self.inputs_since_active >= self.config.dead_window).sum())
-        return {"l0": active / len(test), "dead_units": dead, "dead_fraction": dead / self.config.latent,
-                "dead_on_test": int((~fired).sum())}
+            z = self.code_eval(x)
+            out = self.decoder(z)
+            fires += (z > 0).sum(0)
+            card = self.report_card(z, out, x)
+            sums += torch.stack([card["shrinkage"], card["cosine"]]) * len(x)
+            sse += (self.output(out) - x).pow(2).sum().item()
+        return fires / len(test), sse, sums / len(test)
+
+    @torch.no_grad()
+    def measures(self, test) -> dict:
+        """The report card on the test set: FVU, L0, dead units (not active over the last dead_window training
+        inputs; and never active on the test set), shrinkage and cosine."""
+        density, sse, (shrinkage, cosine) = self.firing(test)
+        x_sum, x_sq = 0.0, 0.0
+        for x in test.batches(2500):
+            x_sum, x_sq = x_sum + x.double().sum(0), x_sq + x.double().pow(2).sum().item()
+        variance = x_sq - (x_sum.pow(2).sum() / len(test)).item()
+        dead = int(self.dead().sum())
+        return {"fvu": sse / max(variance, 1e-12), "l0": float(density.sum()), "dead_units": dead,
+                "dead_fraction": dead / self.config.latent, "dead_window": self.config.dead_window,
+                "dead_on_test": int((density == 0).sum()), "shrinkage": float(shrinkage), "cosine": float(cosine)}
 
     def make_pictures(self, test) -> dict:
-        if self.data_kind(self.config) != "images":
-            return {}
-        atoms = self.atoms()[:100].float()
-        low, high = atoms.flatten(1).aminmax(dim=1)
-        return {"atoms.png": tile((atoms - low.view(-1, 1, 1, 1)) / (high - low).clamp_min(1e-12).view(-1, 1, 1, 1),
-                                  10, 10, pad=1)}
+        pictures = {"density.png": density_plot(self.firing(test)[0].cpu().numpy())}
+        if self.data_kind(self.config) == "images":
+            atoms = self.atoms()[:100].float()
+            low, high = atoms.flatten(1).aminmax(dim=1)
+            pictures["atoms.png"] = tile((atoms - low.view(-1, 1, 1, 1))
+                                         / (high - low).clamp_min(1e-12).view(-1, 1, 1, 1), 10, 10, pad=1)
+        return pictures
+
+
+def density_plot(density: np.ndarray) -> np.ndarray:
+    """A histogram of log10 firing frequency per unit (units that never fired in their own bar at the left),
+    as an RGB uint8 image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fired = density[density > 0]
+    low = math.floor(min(np.log10(fired).min(), -6)) if len(fired) else -6
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.hist(np.log10(fired), bins=np.linspace(low, 0, 41), color="#4c72b0")
+    never = int((density == 0).sum())
+    if never:
+        ax.bar(low - 0.4, never, width=0.3, color="#c44e52", label=f"never fired: {never}")
+        ax.legend(loc="upper left")
+    ax.set_xlabel("log10 firing frequency on the test set")
+    ax.set_ylabel("units")
+    fig.tight_layout()
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image

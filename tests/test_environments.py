@@ -1,0 +1,136 @@
+"""Bad environments through the real command line: torchrun's variables wrong or incomplete, a rendezvous that
+cannot complete, an experiment tracker that cannot be reached or fails mid-run. Each is one line and exit 2 before
+anything is written, within a bounded time, or (a tracker failing once the run started) one warning and a finished
+run. Trackers are only ever pointed at the loopback address (127.0.0.1:9 is a closed port)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+
+import pytest
+
+from aelab import config as cfg
+from aelab.pipeline import train
+from aelab.trackers import Logger
+from conftest import aelab, assert_user_error
+
+TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "AELAB_DIST_TIMEOUT")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """No torchrun or MLflow settings inherited from the shell that runs the tests."""
+    for name in (*TORCHRUN_VARS, "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_cli(subset_npz, out, *extra, timeout: float = 120):
+    return aelab("train", "--data", subset_npz, "--epochs", 1, "--threads", 1, "--out", out, *extra, timeout=timeout)
+
+
+LOOPBACK = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29400"}
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"WORLD_SIZE": "abc"}, ["WORLD_SIZE='abc'", "whole number"]),
+    ({"WORLD_SIZE": "-3"}, ["WORLD_SIZE='-3'"]),
+    ({"WORLD_SIZE": "0"}, ["WORLD_SIZE='0'"]),
+    ({"WORLD_SIZE": "2"}, ["RANK and MASTER_ADDR and MASTER_PORT", "torchrun"]),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_PORT": "29400"}, ["MASTER_ADDR is not set"]),
+    ({"WORLD_SIZE": "2", "RANK": "5", **LOOPBACK}, ["RANK=5", "0 to 1"]),
+    ({"WORLD_SIZE": "2", "RANK": "-1", **LOOPBACK}, ["RANK='-1'"]),
+    ({"RANK": "1"}, ["RANK is set without WORLD_SIZE"]),
+    ({"LOCAL_RANK": "3"}, ["LOCAL_RANK is set without WORLD_SIZE"]),
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "x", **LOOPBACK}, ["LOCAL_RANK='x'"]),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "1", **LOOPBACK}, ["LOCAL_RANK=1 is above RANK=0"]),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "99999"}, ["MASTER_PORT='99999'"]),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "http"}, ["MASTER_PORT='http'"]),
+    ({"WORLD_SIZE": "2", "RANK": "0", **LOOPBACK, "AELAB_DIST_TIMEOUT": "0"}, ["AELAB_DIST_TIMEOUT='0'"]),
+    ({"WORLD_SIZE": "2", "RANK": "0", **LOOPBACK, "AELAB_DIST_TIMEOUT": "nan"}, ["AELAB_DIST_TIMEOUT='nan'"]),
+])
+def test_wrong_or_incomplete_torchrun_variables_are_one_line_at_once(env, words, clean_env, subset_npz, tmp_path):
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    started = time.monotonic()
+    result = train_cli(subset_npz, tmp_path / "run", timeout=60)
+    assert_user_error(result, *words)
+    assert time.monotonic() - started < 30  # refused before any data is read or any rank waited for
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_single_process_environment_still_trains(clean_env, subset_npz, tmp_path):
+    """What torchrun --nproc-per-node 1 sets: one rank, no process group, an ordinary run."""
+    for name, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", **LOOPBACK}.items():
+        clean_env.setenv(name, value)
+    result = train_cli(subset_npz, tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "run" / "eval.json").is_file()
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_rendezvous_that_cannot_complete_ends_in_one_line_within_the_timeout(rank, clean_env, subset_npz,
+                                                                                tmp_path):
+    """Rank 0 waits for a rank 1 that never comes; rank 1 knocks at a port where no rank 0 listens."""
+    port = str(free_port())
+    for name, value in {"WORLD_SIZE": "2", "RANK": rank, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+                        "AELAB_DIST_TIMEOUT": "3"}.items():
+        clean_env.setenv(name, value)
+    started = time.monotonic()
+    result = train_cli(subset_npz, tmp_path / "run", "--device", "cpu", timeout=90)
+    took = time.monotonic() - started
+    assert_user_error(result, f"rank {rank} of 2", f"127.0.0.1:{port}", "within 3 s", "AELAB_DIST_TIMEOUT")
+    assert took < 45, took  # the 3 s asked for plus start-up and data, far below the 90 s default
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("uri, words", [
+    ("http://127.0.0.1:9", ["http://127.0.0.1:9", "ConnectionRefusedError"]),
+    ("file:///proc/x", ["file:///proc/x"]),
+    ("bogus://x", ["bogus://x"]),
+])
+def test_an_unusable_mlflow_store_is_one_line_within_seconds(uri, words, clean_env, subset_npz, tmp_path):
+    clean_env.setenv("MLFLOW_TRACKING_URI", uri)
+    clean_env.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # so file:///proc/x fails for the path, not the scheme
+    started = time.monotonic()
+    result = train_cli(subset_npz, tmp_path / "run", "--log", "mlflow", timeout=120)
+    took = time.monotonic() - started
+    assert_user_error(result, "--log mlflow", *words, "MLFLOW_TRACKING_URI")
+    assert took < 40, took  # MLflow alone retries for 251 s; importing it takes a few of these seconds
+    assert not (tmp_path / "run").exists()
+
+
+class Saboteur(Logger):
+    """Deletes the MLflow store under the MLflow tracker after the first epoch, and fails itself."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def on_epoch_end(self, trainer, record: dict) -> None:
+        if record["epoch"] == 1:
+            shutil.rmtree(self.store)
+            raise OSError("the tracker's disk went away")
+
+
+def test_a_tracker_failing_mid_run_is_switched_off_and_the_run_finishes(clean_env, subset_npz, tmp_path, capfd):
+    store = tmp_path / "mlruns"
+    clean_env.setenv("MLFLOW_TRACKING_URI", f"file://{store}")
+    clean_env.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    config = cfg.resolve("ae", None, {"data.path": str(subset_npz), "train.epochs": 3, "train.grid_every": 0})
+    run = tmp_path / "run"
+    assert train(config, out=run, threads=1, loggers=[Saboteur(store), "mlflow"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3  # every epoch trained
+    assert json.loads((run / "eval.json").read_text())["bce"] > 0
+    warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("aelab: warning")]
+    assert len(warnings) == 2, warnings  # one each, not one per epoch
+    assert "Saboteur stopped logging (OSError: the tracker's disk went away)" in warnings[0]
+    assert "--log mlflow stopped logging" in warnings[1] and "the run goes on" in warnings[1]

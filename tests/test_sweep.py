@@ -1,0 +1,81 @@
+"""`aelab sweep sae`: every SAE of a grid trained on batches read once each, each run equal to a single run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import aelab, assert_user_error
+
+N, BATCH, EPOCHS = 2000, 256, 2
+
+
+@pytest.fixture(scope="module")
+def vectors(tmp_path_factory):
+    from aelab.models.sparse import planted_dictionary
+
+    path = tmp_path_factory.mktemp("vectors") / "planted.npy"
+    np.save(path, planted_dictionary(N, d=32, atoms=64, active=4)[0])
+    return path
+
+
+def test_one_read_per_batch_and_runs_equal_single_runs(vectors, tmp_path, one_thread):
+    from aelab import config as cfg
+    from aelab.pipeline import train
+    from aelab.runfolder import RunFolder, load_model
+    from aelab.sweep import sweep
+
+    calls = []
+
+    def counting(floats):
+        def read(index):
+            calls.append(len(index))
+            return floats(index)
+        return read
+
+    shared = {"data.path": str(vectors), "train.epochs": EPOCHS, "train.batch_size": BATCH}
+    rows = sweep("sae", {"k": ["4", "8"], "latent": ["32", "64"]}, tmp_path / "sweep", shared, reader=counting)
+    train_rows = N - round(N * 0.1)
+    assert len(calls) == EPOCHS * -(-train_rows // BATCH)  # 4 SAEs, one read per batch
+    assert sum(calls) == EPOCHS * train_rows
+    assert {r["run"] for r in rows} == {"k4-latent32", "k4-latent64", "k8-latent32", "k8-latent64"}
+    # TopK keeps k units, less any whose pre-activation is not positive (ReLU): L0 is k at most
+    assert all(0 < r["l0"] <= int(r["run"][1]) + 1e-9 and 0 < r["fvu"] < 1 for r in rows)
+
+    single = tmp_path / "single"
+    train(cfg.resolve("sae", None, {**shared, "model.k": 8, "model.latent": 32}), out=single)
+    swept = tmp_path / "sweep" / "k8-latent32"
+    a, b = load_model(swept).state_dict(), load_model(single).state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-7)
+    keep = ("test_loss", "test_l0", "test_fve", "train_loss")
+    assert [r[k] for r in RunFolder(swept).metrics() for k in keep] == pytest.approx(
+        [r[k] for r in RunFolder(single).metrics() for k in keep], rel=1e-6)
+
+
+def test_cli_writes_leaderboard_and_run_folders(vectors, tmp_path):
+    out = tmp_path / "sw"
+    result = aelab("sweep", "sae", "--data", vectors, "--grid", "k=2,6", "--grid", "latent=32", "--epochs", 1,
+                   "--threads", 1, "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| k6-latent32 |" in result.stdout
+    board = json.loads((out / "sweep.json").read_text())
+    assert [r["run"] for r in board] == sorted((r["run"] for r in board), key=lambda n: -int(n[1]))  # more k: less FVU
+    assert (out / "sweep.csv").read_text().startswith("run,l0,fvu")
+    assert (out / "fvu_vs_l0.png").stat().st_size > 1000
+    for run in ("k2-latent32", "k6-latent32"):
+        assert (out / run / "model.safetensors").is_file() and (out / run / "report.html").is_file()
+
+
+@pytest.mark.parametrize("grid, words", [
+    (["batch_size=64,128"], ["batch_size", "cannot vary"]),
+    (["k"], ["--grid takes KEY=VALUE"]),
+    (["nonsense=1,2"], ["unknown setting"]),
+])
+def test_bad_grids_are_one_line(vectors, tmp_path, grid, words):
+    args = [a for g in grid for a in ("--grid", g)]
+    assert_user_error(aelab("sweep", "sae", "--data", vectors, *args, "--out", tmp_path / "x"), *words)
+    assert not (tmp_path / "x").exists()
