@@ -1,58 +1,21 @@
-"""Shared fixtures: the real Fashion-MNIST, a small subset of it as a Keras-layout .npz, one tiny trained run
-(trained once per session through the real CLI) and a helper that runs `python -m aelab` as a real process."""
+"""Shared fixtures, one meaning each: the real Fashion-MNIST, small slices of it (as ImageSets and as Keras-layout
+.npz files), one tiny run trained once per session through the real CLI, one torch thread. Helpers that are not
+fixtures live in tests/support/."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+# the helpers are also importable from conftest, as some test modules still do
+from support.datafiles import FASHION_DIR, train_vectors, vectors
+from support.models import stepper  # noqa: F401
+from support.process import SRC, aelab, assert_user_error  # noqa: F401
+
 N_TRAIN, N_TEST = 3000, 1000  # the subset every training test uses: seconds per run, yet real learning
 RUN_EPOCHS = 3
-
-
-def aelab(*args, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    """`python -m aelab ARGS` as a real process on this checkout's source; text output captured."""
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    return subprocess.run([sys.executable, "-m", "aelab", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout, **kwargs)
-
-
-def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> str:
-    """Exit code 2, exactly one line on stderr, no traceback; that line names the problem (`words`)."""
-    lines = result.stderr.splitlines()
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr + result.stdout
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("aelab"), lines[0]
-    for word in words:
-        assert word.lower() in lines[0].lower(), (word, lines[0])
-    return lines[0]
-
-
-def arch_cases(models) -> list:
-    """(name, arch) for every registered model on both architectures, as pytest params; a model not built on an
-    architecture (a VQ-VAE quantises a grid of code vectors, which the MLP has not) is skipped there, saying so."""
-    return [pytest.param(name, arch, marks=() if arch in cls.archs else pytest.mark.skip(
-        reason=f"{name} is built on --arch {' or '.join(cls.archs)} only, and refuses {arch} (tested apart)"))
-        for name, cls in models.items() for arch in ("mlp", "conv")]
-
-
-def stepper(model, lr: float = 1e-3):
-    """A CPU trainer around `model`, to take optimisation steps by hand with .step(x) (its data is never read)."""
-    import torch
-
-    from aelab.datasets import ImageSet
-    from aelab.train import TrainConfig, Trainer
-
-    empty = ImageSet(torch.zeros((0, *model.config.in_shape), dtype=torch.uint8))
-    return Trainer(model, empty, empty, TrainConfig(lr=lr, device="cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +37,23 @@ def fashion():
 
     assert FASHION_DIR.is_dir(), f"{FASHION_DIR} missing: `apt-get install dataset-fashion-mnist` (make setup)"
     return load_dataset(FASHION_DIR)
+
+
+@pytest.fixture(scope="session")
+def fashion_slice(fashion):
+    """(train, test) ImageSets: the first 1024 train and 256 test images, for models trained in-process."""
+    train, test = fashion
+    return train.subset(1024), test.subset(256)
+
+
+@pytest.fixture(scope="session")
+def slice_npz(fashion_slice, tmp_path_factory) -> Path:
+    """fashion_slice as a Keras-layout .npz, for --data."""
+    train, test = fashion_slice
+    path = tmp_path_factory.mktemp("data") / "fashion_slice.npz"
+    np.savez(path, x_train=train.images[:, 0].numpy(), x_test=test.images[:, 0].numpy(),
+             y_train=train.labels.numpy(), y_test=test.labels.numpy())
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -103,3 +83,17 @@ def trained_model(trained_run):
     from aelab.runfolder import load_model
 
     return load_model(trained_run)
+
+
+@pytest.fixture(scope="session")
+def flat_vector_run(tmp_path_factory):
+    """(folder, result): a run trained by the real CLI on float64 vectors (folder/flat.npy, run in folder/run) whose
+    first features do not vary: exactly constant, constant but for rounding-level noise around 1e6, and a spread of
+    1e-50 (a std float32 cannot divide by)."""
+    folder = tmp_path_factory.mktemp("flat")
+    data = vectors()
+    data[:, :3] = 3.0
+    data[:, 3] = 1e6 + np.random.default_rng(1).normal(0, 1e-12, len(data))
+    data[:, 4] = np.random.default_rng(2).normal(0, 1e-50, len(data))
+    np.save(folder / "flat.npy", data)
+    return folder, train_vectors(folder / "flat.npy", folder / "run")

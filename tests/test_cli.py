@@ -1,5 +1,5 @@
-"""The `aelab` command end to end, as real processes: eval, reconstruct/encode/decode, config files, and every
-bad input a user can give (exit 2, exactly one line on stderr, no traceback)."""
+"""The `aelab` command end to end, as real processes: eval, reconstruct/encode/decode, config files, the registry,
+help without torch. Bad input is in tests/test_cli_errors.py, --overwrite in tests/test_overwrite.py."""
 
 from __future__ import annotations
 
@@ -14,13 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FASHION_DIR, SRC, aelab, assert_user_error
-
-
-def snapshot(folder) -> dict:
-    """Every file under `folder` with its bytes and modification time: to prove nothing was touched."""
-    return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+from support.datafiles import FASHION_DIR
+from support.folders import snapshot
+from support.process import SRC, aelab, assert_user_error
 
 
 def pixels(path) -> np.ndarray:
@@ -122,145 +118,11 @@ def test_encode_an_array_then_decode_the_codes(trained_run, trained_model, fashi
     assert np.abs(decoded.astype(int) - np.rint(trained_model.reconstruct(real)[:, 0] * 255)).max() <= 1
 
 
-# ---------------------------------------------------------------------------------------------- settings
-
-def test_config_file_then_flags_then_set(subset_npz, tmp_path):
-    (tmp_path / "settings.toml").write_text(f'[data]\npath = "{subset_npz}"\n[model]\nlatent = 4\n'
-                                            '[train]\nepochs = 3\nlr = 0.002\n')
-    out = tmp_path / "run"
-    result = aelab("train", "--config", tmp_path / "settings.toml", "--epochs", 1, "--set", "hidden=32,16",
-                   "--grid-every", 0, "--threads", 1, "--out", out)
-    assert result.returncode == 0, result.stderr
-    config = json.loads((out / "config.json").read_text())
-    assert config["model"]["latent"] == 4 and config["model"]["hidden"] == [32, 16]
-    assert config["train"]["epochs"] == 1 and config["train"]["lr"] == 0.002
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
-    assert not (out / "grids").exists()
-
-
 def test_models_lists_the_registry():
+    from aelab.models import MODELS
+
     result = aelab("models")
-    assert result.returncode == 0 and result.stdout.split()[0] == "ae"
-
-
-# ---------------------------------------------------------------------------------------------- bad input
-
-@pytest.fixture(scope="module")
-def bad(tmp_path_factory, fashion):
-    """A folder of bad inputs, each built from real data."""
-    root = tmp_path_factory.mktemp("bad")
-    gz = (FASHION_DIR / "train-images-idx3-ubyte.gz").read_bytes()
-    for name, content in (("corrupt", gz[:1000] + bytes(b ^ 0xFF for b in gz[1000:1100]) + gz[1100:]),
-                          ("truncated", gz[: len(gz) // 3])):
-        (root / name).mkdir()
-        for path in FASHION_DIR.iterdir():
-            if path.name == "train-images-idx3-ubyte.gz":
-                (root / name / path.name).write_bytes(content)
-            else:
-                os.symlink(path, root / name / path.name)
-    (root / "mixed").mkdir()
-    Image.fromarray(fashion[1].images[0, 0].numpy()).save(root / "mixed" / "a.png")
-    Image.new("L", (32, 28)).save(root / "mixed" / "b.png")
-    (root / "empty").mkdir()
-    nan = fashion[1].images[:10, 0].numpy() / np.float32(255)
-    nan[3, 4, 5] = np.nan
-    np.save(root / "nan.npy", nan)
-    np.save(root / "plain.npy", fashion[1].images[:10, 0].numpy())
-    np.save(root / "codes5.npy", np.zeros((2, 5), np.float32))
-    np.savez(root / "codes.npz", z=np.zeros((2, 20), np.float32))
-    (root / "unknown.json").write_text('{"train": {"epochz": 3}}')
-    return root
-
-
-BAD_CASES = {
-    # name: (argv with {bad}, {run} and {data} filled in, words the one line must hold)
-    "missing dataset folder": (["train", "--data", "{bad}/nowhere"], ["does not exist"]),
-    "corrupt idx file": (["train", "--data", "{bad}/corrupt"], ["train-images-idx3-ubyte.gz", "corrupt"]),
-    "truncated idx file": (["train", "--data", "{bad}/truncated"], ["train-images-idx3-ubyte.gz", "truncated"]),
-    "mixed image sizes": (["train", "--data", "{bad}/mixed"], ["differ in size"]),
-    "empty folder": (["train", "--data", "{bad}/empty"], ["neither idx files nor images"]),
-    "NaN in an array": (["train", "--data", "{bad}/nan.npy"], ["NaN"]),
-    "unknown option": (["train", "--epoch", "3", "--colour", "red"], ["unrecognized arguments", "--colour"]),
-    "unknown command": (["fit"], ["invalid choice"]),
-    "no command": ([], ["required"]),
-    "unknown --set key": (["train", "--set", "model.latnet=3"], ["model.latnet", "known settings"]),
-    "--set without =": (["train", "--set", "latent"], ["KEY=VALUE"]),
-    "wrong value type (--set)": (["train", "--set", "train.epochs=many"], ["train.epochs", "int"]),
-    "wrong value type (flag)": (["train", "--epochs", "many"], ["invalid int value"]),
-    "negative learning rate": (["train", "--data", "{data}", "--lr", "-1"], ["learning rate"]),
-    "zero latent size": (["train", "--data", "{data}", "--latent", "0"], ["positive"]),
-    "conv layers that do not fit": (["train", "--data", "{data}", "--arch", "conv", "--set", "channels=4,8,16"],
-                                    ["divide by 8"]),
-    "test fraction of 1": (["train", "--data", "{bad}/plain.npy", "--set", "data.test_fraction=1"],
-                           ["between 0 and 1"]),
-    "unknown key in a config file": (["train", "--config", "{bad}/unknown.json"], ["epochz"]),
-    "missing config file": (["train", "--config", "{bad}/none.toml"], ["does not exist"]),
-    "unknown model": (["train", "vae9"], ["unknown model", "vae9"]),
-    "missing run (eval)": (["eval", "{bad}/no-run"], ["does not exist"]),
-    "missing run (reconstruct)": (["reconstruct", "{bad}/no-run", "{bad}/nan.npy", "--out", "{bad}/o.png"],
-                                  ["does not exist"]),
-    "not a run folder": (["eval", "{bad}/empty"], ["not an aelab run"]),
-    "missing input file": (["reconstruct", "{run}", "{bad}/none.png", "--out", "{bad}/r1"], ["does not exist"]),
-    "mixed sizes to reconstruct": (["reconstruct", "{run}", "{bad}/mixed", "--out", "{bad}/r2"], ["differ in size"]),
-    "wrong image size for the model": (["reconstruct", "{run}", "{bad}/mixed/b.png", "--out", "{bad}/r3"],
-                                       ["do not fit this model"]),
-    "NaN to encode": (["encode", "{run}", "{bad}/nan.npy", "--out", "{bad}/c.npy"], ["NaN"]),
-    "encode to a non-.npy file": (["encode", "{run}", "{bad}/mixed/a.png", "--out", "{bad}/c.png"], [".npy"]),
-    "codes of the wrong width": (["decode", "{run}", "{bad}/codes5.npy", "--out", "{bad}/d"], ["(n, 20)"]),
-    "codes that are not an array": (["decode", "{run}", "{bad}/unknown.json", "--out", "{bad}/d2"], ["codes"]),
-    "codes in an npz archive": (["decode", "{run}", "{bad}/codes.npz", "--out", "{bad}/d3"], ["2-d numeric array"]),
-    "images where codes belong": (["decode", "{run}", "{bad}/plain.npy", "--out", "{bad}/d4"], ["2-d numeric array"]),
-    "--out is a file": (["train", "--data", "{data}", "--out", "{bad}/plain.npy"], ["is a file"]),
-}
-
-
-@pytest.mark.parametrize("case", BAD_CASES)
-def test_bad_input_exits_2_with_one_line(case, bad, trained_run, subset_npz, tmp_path):
-    argv, words = BAD_CASES[case]
-    fill = {"{bad}": str(bad), "{run}": str(trained_run), "{data}": str(subset_npz)}
-    for key, value in fill.items():
-        argv = [a.replace(key, value) for a in argv]
-    out = tmp_path / "out"  # train cases get a fresh --out: a failure must not leave a run folder behind
-    if argv[:1] == ["train"] and "--out" not in argv:
-        argv += ["--out", str(out)]
-    assert_user_error(aelab(*argv, cwd=tmp_path), *words)
-    assert not out.exists()
-    assert not (tmp_path / "runs").exists()
-
-
-def test_existing_run_is_never_overwritten_without_asking(trained_run, subset_npz):
-    before = snapshot(trained_run)
-    result = aelab("train", "--data", subset_npz, "--epochs", 1, "--out", trained_run)
-    assert_user_error(result, "already exists", "--overwrite")
-    assert snapshot(trained_run) == before
-
-
-def test_overwrite_refuses_a_folder_that_is_not_a_run(subset_npz, tmp_path):
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "thesis.tex").write_text("precious")
-    before = snapshot(tmp_path / "mine")
-    result = aelab("train", "--data", subset_npz, "--epochs", 1, "--out", tmp_path / "mine", "--overwrite")
-    assert_user_error(result, "not an aelab run folder")
-    assert snapshot(tmp_path / "mine") == before
-
-
-@pytest.mark.parametrize("command, taken", [("reconstruct", "taken.png"), ("encode", "taken.npy"),
-                                            ("decode", "taken")])
-def test_existing_output_is_never_overwritten_without_asking(command, taken, trained_run, png_inputs, tmp_path):
-    np.save(tmp_path / "codes.npy", np.zeros((2, 20), np.float32))
-    inputs = [tmp_path / "codes.npy"] if command == "decode" else png_inputs[1][:2]
-    out = tmp_path / taken
-    if out.suffix:
-        out.write_bytes(b"keep me")
-    else:
-        out.mkdir()
-        (out / "00000.png").write_bytes(b"keep me too")
-    before = snapshot(tmp_path)
-    assert_user_error(aelab(command, trained_run, *inputs, "--out", out), "already exists", "--overwrite")
-    assert snapshot(tmp_path) == before
-    result = aelab(command, trained_run, *inputs, "--out", out, "--overwrite")
-    assert result.returncode == 0, result.stderr
-    assert snapshot(tmp_path) != before
+    assert result.returncode == 0 and [line.split()[0] for line in result.stdout.splitlines()] == list(MODELS)
 
 
 # ---------------------------------------------------------------------------------------------- help, fast

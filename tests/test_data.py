@@ -1,5 +1,5 @@
-"""Loading data sets: the real Fashion-MNIST, image folders and arrays split into train and test, and vectors,
-whose hostile forms (no variance, values too large, NaN rows, none at all) are refused in one line through the CLI."""
+"""Loading data sets: the real Fashion-MNIST, image folders and arrays split into train and test, and vectors (their
+hostile forms are refused in tests/test_cli_errors.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import torch
 
 from aelab.data import load_dataset, read_inputs
 from aelab.errors import UserError
-from conftest import aelab, assert_user_error
-from test_readers import write_images, idx_folder
+from support.datafiles import idx_folder, write_images
 
 TEST_LABELS = "t10k-labels-idx1-ubyte.gz"
 
@@ -111,30 +110,8 @@ def test_a_file_of_another_kind_is_rejected(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- hostile vectors
 
-def train_vectors(path, out):
-    """`aelab train` of a tiny MLP on the vectors in `path`, as a real process."""
-    return aelab("train", "--data", path, "--epochs", 1, "--latent", 3, "--hidden", 8, "--threads", 1, "--out", out)
-
-
-def vectors(n: int = 600, d: int = 16) -> np.ndarray:
-    return np.random.default_rng(0).normal(0, 5, (n, d))
-
-
-@pytest.fixture(scope="module")
-def flat_features(tmp_path_factory):
-    """A run trained on float64 vectors whose first features do not vary: exactly constant, constant but for
-    rounding-level noise around 1e6, and a spread of 1e-50 (a std float32 cannot divide by)."""
-    folder = tmp_path_factory.mktemp("flat")
-    data = vectors()
-    data[:, :3] = 3.0
-    data[:, 3] = 1e6 + np.random.default_rng(1).normal(0, 1e-12, len(data))
-    data[:, 4] = np.random.default_rng(2).normal(0, 1e-50, len(data))
-    np.save(folder / "flat.npy", data)
-    return folder, train_vectors(folder / "flat.npy", folder / "run")
-
-
-def test_features_without_variance_train_and_the_fve_is_defined(flat_features):
-    folder, result = flat_features
+def test_features_without_variance_train_and_the_fve_is_defined(flat_vector_run):
+    folder, result = flat_vector_run
     assert result.returncode == 0 and "Traceback" not in result.stderr and "Warning" not in result.stderr, \
         result.stderr[-2000:]
     measures = json.loads((folder / "run" / "eval.json").read_text())
@@ -143,40 +120,3 @@ def test_features_without_variance_train_and_the_fve_is_defined(flat_features):
     assert train.std[:5].tolist() == [1.0] * 5 and (train.std[5:] > 4).all()  # clamped as StandardScaler does
     x = train.floats()
     assert x[:, :5].eq(0).all() and x.isfinite().all() and x[:, 5:].std(0).sub(1).abs().max() < 0.01
-
-
-def test_vectors_without_any_variance_are_refused_before_a_run_folder(tmp_path):
-    np.save(tmp_path / "constant.npy", np.full((600, 16), 2.5, np.float32))
-    assert_user_error(train_vectors(tmp_path / "constant.npy", tmp_path / "run"), "constant.npy", "zero variance")
-    assert not (tmp_path / "run").exists()
-    np.save(tmp_path / "five.npy", vectors(5))  # one vector held out: no variance to measure the FVE against
-    with pytest.raises(UserError, match="test split .1 of 5 vectors. does not vary"):
-        load_dataset(tmp_path / "five.npy")
-    assert len(load_dataset(tmp_path / "five.npy", test_fraction=0.4)[1]) == 2
-
-
-def test_vectors_whose_squares_overflow_float32_are_refused_when_read(flat_features, tmp_path):
-    np.save(tmp_path / "huge.npy", vectors() * 1e300)
-    assert_user_error(train_vectors(tmp_path / "huge.npy", tmp_path / "run"), "huge.npy", "overflow", "rescale")
-    assert not (tmp_path / "run").exists()
-    assert_user_error(aelab("encode", flat_features[0] / "run", tmp_path / "huge.npy", "--out", tmp_path / "c.npy"),
-                      "huge.npy", "rescale")
-    np.save(tmp_path / "large.npy", vectors() * 1e16)  # large, yet squares float32 holds: trains as ever
-    assert load_dataset(tmp_path / "large.npy")[0].floats().isfinite().all()
-
-
-def test_nan_rows_in_activations_are_refused_naming_the_file(flat_features, tmp_path):
-    data = vectors()
-    data[[7, 300]] = np.nan
-    np.save(tmp_path / "acts.npy", data.astype(np.float32))
-    assert_user_error(train_vectors(tmp_path / "acts.npy", tmp_path / "run"), "acts.npy", "NaN")
-    assert not (tmp_path / "run").exists()
-    assert_user_error(aelab("encode", flat_features[0] / "run", tmp_path / "acts.npy", "--out", tmp_path / "c.npy"),
-                      "acts.npy", "NaN")
-
-
-def test_encoding_no_vectors_is_refused(flat_features, tmp_path):
-    np.save(tmp_path / "none.npy", np.zeros((0, 16), np.float32))
-    result = aelab("encode", flat_features[0] / "run", tmp_path / "none.npy", "--out", tmp_path / "c.npy")
-    assert_user_error(result, "none.npy", "empty", "at least one")
-    assert not (tmp_path / "c.npy").exists()

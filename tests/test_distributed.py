@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 from aelab.models import MODELS
-from conftest import SRC
+from support.process import SRC
 
-HERE = Path(__file__).parent
-ENV = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{HERE}", "OMP_NUM_THREADS": "1"}
+STEP = Path(__file__).parent / "support" / "distributed_step.py"
+ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 # A few hundred steps: 4 epochs of 3000 images in global batches of 48. At lr 1e-4: at the chapter's 1e-3, float
 # rounding (the ranks sum a batch's gradient in another order) is amplified chaotically after ~150 steps of these
@@ -42,8 +42,8 @@ def test_two_ranks_average_to_the_single_process_gradients(subset_npz, tmp_path)
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
     # and a VQ-VAE whose unchosen codes are re-seeded after this one step: the same draws of the global batch
     names = [*MODELS, "vqvae,dead_after=1"]
-    run([sys.executable, HERE / "distributed_step.py", subset_npz, tmp_path / "one", *names])
-    torchrun(HERE / "distributed_step.py", subset_npz, tmp_path / "two", *names)
+    run([sys.executable, STEP, subset_npz, tmp_path / "one", *names])
+    torchrun(STEP, subset_npz, tmp_path / "two", *names)
     for name in names:
         one, two = (load_file(tmp_path / side / f"{name}.safetensors") for side in ("one", "two"))
         assert one.keys() == two.keys()
@@ -62,13 +62,30 @@ def measures(run_dir: Path) -> dict:
     return json.loads((run_dir / "eval.json").read_text())
 
 
-@pytest.mark.parametrize("name", ["ae", "aae", "vae"])
-def test_torchrun_training_follows_the_single_process_run(name, subset_npz, tmp_path):
-    single = tmp_path / "single"
-    run([sys.executable, "-m", "aelab", "train", name, "--data", subset_npz, *CLI_TRAIN, "--out", single])
-    ranks = tmp_path / "ranks"
-    result = torchrun("-m", "aelab", "train", name, "--data", subset_npz, *CLI_TRAIN, "--out", ranks)
-    assert result.stdout.count("epoch   1/4") == 1 and "on 2 ranks" in result.stdout  # rank 0 alone prints
+@pytest.fixture(scope="module")
+def launched(subset_npz, tmp_path_factory):
+    """name -> (single, ranks): the run one process trains with CLI_TRAIN, and the same run under torchrun on two
+    ranks; each pair launched once for the module, when a test first asks for it."""
+    pairs = {}
+
+    def pair(name: str) -> tuple[Path, Path]:
+        if name not in pairs:
+            root = tmp_path_factory.mktemp(name)
+            run([sys.executable, "-m", "aelab", "train", name, "--data", subset_npz, *CLI_TRAIN, "--out", root / "single"])
+            result = torchrun("-m", "aelab", "train", name, "--data", subset_npz, *CLI_TRAIN, "--out", root / "ranks")
+            (root / "ranks.stdout").write_text(result.stdout)
+            pairs[name] = root / "single", root / "ranks"
+        return pairs[name]
+
+    return pair
+
+
+# the AAE's discriminator and the VAE's sampling draws; the plain AE is the VAE without them
+@pytest.mark.parametrize("name", ["aae", "vae"])
+def test_torchrun_training_follows_the_single_process_run(name, launched):
+    single, ranks = launched(name)
+    stdout = (ranks.parent / "ranks.stdout").read_text()
+    assert stdout.count("epoch   1/4") == 1 and "on 2 ranks" in stdout  # rank 0 alone prints
     assert [json.loads(line)["epoch"] for line in (ranks / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     assert sorted(p.name for p in (ranks / "grids").iterdir()) == ["epoch_002.png", "epoch_004.png"]
     a, b = measures(single), measures(ranks)
@@ -77,15 +94,15 @@ def test_torchrun_training_follows_the_single_process_run(name, subset_npz, tmp_
         assert b[key] == pytest.approx(a[key], rel=1e-3), key
 
 
-def test_resume_under_torchrun_equals_the_uninterrupted_run(subset_npz, tmp_path):
-    common = ("--data", subset_npz, "--batch-size", "48", "--threads", "1", "--device", "cpu", "--set",
-              "train.grid_every=0")
-    torchrun("-m", "aelab", "train", "vae", *common, "--epochs", "2", "--out", tmp_path / "whole")
-    torchrun("-m", "aelab", "train", "vae", *common, "--epochs", "1", "--out", tmp_path / "part")
-    torchrun("-m", "aelab", "train", "--resume", tmp_path / "part", "--epochs", "2", "--threads", "1")
-    whole, part = (load_file(tmp_path / d / "model.safetensors") for d in ("whole", "part"))
-    assert all(torch.equal(whole[k], part[k]) for k in whole)
-    assert len((tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) == 2
+def test_resume_under_torchrun_equals_the_uninterrupted_run(launched, subset_npz, tmp_path):
+    _, whole = launched("vae")
+    part = tmp_path / "part"
+    torchrun("-m", "aelab", "train", "vae", "--data", subset_npz, *CLI_TRAIN, "--out", part, "--epochs", "2")
+    assert len((part / "metrics.jsonl").read_text().splitlines()) == 2
+    torchrun("-m", "aelab", "train", "--resume", part, "--epochs", "4", "--threads", "1")
+    a, b = load_file(whole / "model.safetensors"), load_file(part / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len((part / "metrics.jsonl").read_text().splitlines()) == 4
 
 
 def free_port() -> int:
@@ -94,28 +111,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_machines_on_one_host_train_as_two_ranks(subset_npz, tmp_path):
+def test_two_machines_on_one_host_train_as_two_ranks(launched, subset_npz, tmp_path):
     """Two torchrun launches, one rank each, meeting at a rendezvous on localhost: what --nnodes 2 does across
     machines. They must train what one two-rank launch trains."""
-    common = ["-m", "aelab", "train", "ae", "--data", subset_npz, "--epochs", "1", "--batch-size", "48",
-              "--threads", "1", "--device", "cpu", "--set", "train.grid_every=0"]
-    torchrun(*common, "--out", tmp_path / "one-launch")
+    _, one_launch = launched("vae")
     rendezvous = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
                   "--rdzv-id=aelab-test"]
-    nodes = [subprocess.Popen([*TORCHRUN, *rendezvous, *map(str, common), "--out", str(tmp_path / "two-nodes")],
-                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    argv = [*TORCHRUN, *rendezvous, "-m", "aelab", "train", "vae", "--data", str(subset_npz), *CLI_TRAIN,
+            "--out", str(tmp_path / "two-nodes")]
+    nodes = [subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
     for node in nodes:
         out, err = node.communicate(timeout=300)
         assert node.returncode == 0, err[-3000:]
-    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("one-launch", "two-nodes"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (load_file(d / "model.safetensors") for d in (one_launch, tmp_path / "two-nodes"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # -- devices ------------------------------------------------------------------------------------------------------
 
 def test_auto_and_cpu_devices_train_on_this_machine_and_say_so(trained_run, tmp_path):
     """The fixture run used the default device, auto: on a machine without a GPU that is the CPU."""
-    from conftest import aelab
+    from support.process import aelab
 
     config = json.loads((trained_run / "config.json").read_text())
     assert config["train"]["device"] == "auto"
@@ -128,7 +145,7 @@ def test_auto_and_cpu_devices_train_on_this_machine_and_say_so(trained_run, tmp_
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a CUDA GPU")
 @pytest.mark.parametrize("command", [("train", "--epochs", "1"), ("eval", "RUN"), ("encode", "RUN", "X", "--out", "c.npy")])
 def test_asking_for_a_missing_gpu_is_one_line(command, trained_run, subset_npz, tmp_path):
-    from conftest import aelab, assert_user_error
+    from support.process import aelab, assert_user_error
 
     args = [str(trained_run) if a == "RUN" else str(subset_npz) if a == "X" else a for a in command]
     result = aelab(*args, "--device", "cuda", *(["--data", subset_npz, "--out", tmp_path / "r"]
@@ -143,7 +160,7 @@ def test_a_run_trained_elsewhere_loads_and_resumes_here(trained_run, subset_npz,
     import shutil
 
     from aelab.runfolder import load_model
-    from conftest import aelab
+    from support.process import aelab
 
     moved = tmp_path / "from-gpu"
     shutil.copytree(trained_run, moved)

@@ -14,7 +14,8 @@ from aelab.errors import UserError
 from aelab.export import export_onnx, max_differences
 from aelab.models import MODELS, build
 
-from conftest import aelab, arch_cases
+from support.models import arch_cases
+from support.process import aelab
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

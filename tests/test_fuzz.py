@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import SRC
+from support.process import SRC
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fuzz_readers.py"
 COUNTS = {"idx_gz": 2000, "idx_raw": 2000, "npy": 2000, "npz": 1500, "png": 1500, "safetensors": 400}

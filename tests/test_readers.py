@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import os
 
 import numpy as np
 import pytest
@@ -15,7 +14,8 @@ from PIL import Image
 from aelab.data import load_dataset, load_idx_split, read_inputs
 from aelab.errors import UserError
 from aelab.readers import read_idx, to_uint8_images
-from conftest import FASHION_DIR, aelab, assert_user_error
+from support.datafiles import FASHION_DIR, idx_folder, write_images
+from support.process import aelab, assert_user_error
 
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
 
@@ -33,17 +33,6 @@ def raw_idx(name: str) -> bytes:
 
 def gz(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=1)  # fast: these files are thrown away
-
-
-def idx_folder(tmp_path, replace: dict[str, bytes] | None = None):
-    """A copy of Fashion-MNIST's folder (real files linked, not copied) with the files named in `replace`
-    written with the given bytes instead."""
-    for path in FASHION_DIR.iterdir():
-        if path.name in (replace or {}):
-            (tmp_path / path.name).write_bytes(replace[path.name])
-        else:
-            os.symlink(path, tmp_path / path.name)
-    return tmp_path
 
 
 # ---------------------------------------------------------------------------------------------- idx files
@@ -131,12 +120,6 @@ def test_read_idx_checks_the_dimension_count(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- image files
-
-def write_images(folder, images: np.ndarray, fmt: str = "png"):
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, img in enumerate(images):
-        Image.fromarray(img).save(folder / f"{i:03d}.{fmt}")
-
 
 def test_jpeg_folder_loads_close_to_the_originals(tmp_path, fashion):
     real = fashion[1].images[:10, 0].numpy()

@@ -25,10 +25,11 @@ from aelab import tensorfile
 from aelab.models import picture_names
 from aelab.runfolder import RunFolder, load_model
 from aelab.train import Diverged
-from conftest import aelab, assert_user_error, stepper
-from crashes import command, crash_and_resume, differences, random_instants, signal_at, start, temporaries
+from support.crashes import command, crash_and_resume, differences, random_instants, signal_at, start, temporaries
+from support.models import stepper
+from support.process import aelab, assert_user_error
 
-LOCK, MARKER = RunFolder(".").lock_path.name, RunFolder(".").marker_path.name
+LOCK = RunFolder(".").lock_path.name
 
 
 def copy_run(run: Path, to: Path) -> Path:
@@ -196,35 +197,6 @@ def test_a_read_only_run_folder_is_one_line_and_left_alone(trained_run, subset_n
 
 
 # ---------------------------------------------------------------------------------------------- not ours
-
-def test_overwrite_removes_only_what_aelab_made(trained_run, subset_npz, tmp_path):
-    project = tmp_path / "project"  # a user's folder that happens to hold a config.json
-    project.mkdir()
-    (project / "config.json").write_text('{"name": "my project"}')
-    (project / "notes.txt").write_text("precious")
-    lookalike = tmp_path / "lookalike"  # only names aelab uses, yet not aelab's
-    lookalike.mkdir()
-    (lookalike / "config.json").write_text('["not", "aelab"]')
-    (lookalike / "report.md").write_text("my report")
-    for folder, words in ((project, ("notes.txt", "will not delete")), (lookalike, ("not an aelab run folder",))):
-        before = snapshot(folder)
-        assert_user_error(aelab("train", "--data", subset_npz, "--epochs", 1, "--out", folder, "--overwrite"), *words)
-        assert snapshot(folder) == before
-
-    marked = copy_run(trained_run, tmp_path / "marked")
-    (marked / "grids" / "mine.png").write_bytes(b"x")  # aelab's folder, with something of the user's inside
-    assert_user_error(aelab("train", "--data", subset_npz, "--epochs", 1, "--out", marked, "--overwrite"),
-                      "grids/mine.png")
-    assert (marked / "grids" / "mine.png").read_bytes() == b"x"
-    # a run written before the marker existed is still aelab's, and so is what a run killed at birth left
-    old = copy_run(trained_run, tmp_path / "old")
-    (old / MARKER).unlink()
-    RunFolder(old).check(replacing=True)
-    stillborn = tmp_path / "stillborn"
-    stillborn.mkdir()
-    (stillborn / f".{MARKER}.999999999{files.TMP_SUFFIX}").write_text("")
-    RunFolder(stillborn).check(replacing=True)
-
 
 def test_no_write_follows_a_symbolic_link_out_of_a_run(trained_run, subset_npz, tmp_path):
     victim = tmp_path / "victim.safetensors"

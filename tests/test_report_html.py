@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from aelab.cli import main
-from conftest import RUN_EPOCHS, aelab, assert_user_error
+from conftest import RUN_EPOCHS
+from support.process import aelab, assert_user_error
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (make setup); a browser downloaded at run time would not do
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

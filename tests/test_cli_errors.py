@@ -1,7 +1,8 @@
-"""Hostile and damaged input through the command line: data files that lie in their headers or decompress to
-gigabytes, damaged run files, settings that cannot work. Each is one line, exit 2, no traceback, nothing written,
-memory bounded. Most cases run `cli.main` in this process (a process per case would cost seconds each); the
-bombs run as real `aelab` processes under a memory limit, so a reader that trusted a header would fail there."""
+"""Bad and hostile input through the command line, in one place: everyday mistakes (a missing file, an unknown option,
+a wrong value), data files that lie in their headers or decompress to gigabytes, damaged run files, settings that
+cannot work. Each is one line, exit 2, no traceback, nothing written, memory bounded. Most cases run `cli.main` in
+this process (a process per case would cost seconds each); a few run as real processes as well, and the bombs run
+as real `aelab` processes under a memory limit, so a reader that trusted a header would fail there."""
 
 from __future__ import annotations
 
@@ -23,8 +24,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from aelab.cli import main
-from conftest import FASHION_DIR, SRC, aelab, assert_user_error
-from test_cli import snapshot
+from aelab.data import load_dataset
+from aelab.errors import UserError
+from support.datafiles import FASHION_DIR, train_vectors, vectors
+from support.folders import snapshot
+from support.process import SRC, aelab, assert_user_error
 
 MEMORY_LIMIT = 2 << 30  # address space of a bomb's process: torch alone maps about 0.6 GiB
 
@@ -168,6 +172,99 @@ def hostile(tmp_path_factory, fashion):
     return root
 
 
+# ---------------------------------------------------------------------------------------------- everyday mistakes
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, fashion):
+    """A folder of bad inputs, each built from real data."""
+    root = tmp_path_factory.mktemp("bad")
+    gz = (FASHION_DIR / "train-images-idx3-ubyte.gz").read_bytes()
+    for name, content in (("corrupt", gz[:1000] + bytes(b ^ 0xFF for b in gz[1000:1100]) + gz[1100:]),
+                          ("truncated", gz[: len(gz) // 3])):
+        (root / name).mkdir()
+        for path in FASHION_DIR.iterdir():
+            if path.name == "train-images-idx3-ubyte.gz":
+                (root / name / path.name).write_bytes(content)
+            else:
+                os.symlink(path, root / name / path.name)
+    (root / "mixed").mkdir()
+    Image.fromarray(fashion[1].images[0, 0].numpy()).save(root / "mixed" / "a.png")
+    Image.new("L", (32, 28)).save(root / "mixed" / "b.png")
+    (root / "empty").mkdir()
+    nan = fashion[1].images[:10, 0].numpy() / np.float32(255)
+    nan[3, 4, 5] = np.nan
+    np.save(root / "nan.npy", nan)
+    np.save(root / "plain.npy", fashion[1].images[:10, 0].numpy())
+    np.save(root / "codes5.npy", np.zeros((2, 5), np.float32))
+    np.savez(root / "codes.npz", z=np.zeros((2, 20), np.float32))
+    (root / "unknown.json").write_text('{"train": {"epochz": 3}}')
+    return root
+
+
+BAD_CASES = {
+    # name: (argv with {bad}, {run} and {data} filled in, words the one line must hold)
+    "missing dataset folder": (["train", "--data", "{bad}/nowhere"], ["does not exist"]),
+    "corrupt idx file": (["train", "--data", "{bad}/corrupt"], ["train-images-idx3-ubyte.gz", "corrupt"]),
+    "truncated idx file": (["train", "--data", "{bad}/truncated"], ["train-images-idx3-ubyte.gz", "truncated"]),
+    "mixed image sizes": (["train", "--data", "{bad}/mixed"], ["differ in size"]),
+    "empty folder": (["train", "--data", "{bad}/empty"], ["neither idx files nor images"]),
+    "NaN in an array": (["train", "--data", "{bad}/nan.npy"], ["NaN"]),
+    "unknown option": (["train", "--epoch", "3", "--colour", "red"], ["unrecognized arguments", "--colour"]),
+    "unknown command": (["fit"], ["invalid choice"]),
+    "no command": ([], ["required"]),
+    "unknown --set key": (["train", "--set", "model.latnet=3"], ["model.latnet", "known settings"]),
+    "--set without =": (["train", "--set", "latent"], ["KEY=VALUE"]),
+    "wrong value type (--set)": (["train", "--set", "train.epochs=many"], ["train.epochs", "int"]),
+    "wrong value type (flag)": (["train", "--epochs", "many"], ["invalid int value"]),
+    "negative learning rate": (["train", "--data", "{data}", "--lr", "-1"], ["learning rate"]),
+    "zero latent size": (["train", "--data", "{data}", "--latent", "0"], ["positive"]),
+    "conv layers that do not fit": (["train", "--data", "{data}", "--arch", "conv", "--set", "channels=4,8,16"],
+                                    ["divide by 8"]),
+    "test fraction of 1": (["train", "--data", "{bad}/plain.npy", "--set", "data.test_fraction=1"],
+                           ["between 0 and 1"]),
+    "unknown key in a config file": (["train", "--config", "{bad}/unknown.json"], ["epochz"]),
+    "missing config file": (["train", "--config", "{bad}/none.toml"], ["does not exist"]),
+    "unknown model": (["train", "vae9"], ["unknown model", "vae9"]),
+    "missing run (eval)": (["eval", "{bad}/no-run"], ["does not exist"]),
+    "missing run (reconstruct)": (["reconstruct", "{bad}/no-run", "{bad}/nan.npy", "--out", "{bad}/o.png"],
+                                  ["does not exist"]),
+    "not a run folder": (["eval", "{bad}/empty"], ["not an aelab run"]),
+    "missing input file": (["reconstruct", "{run}", "{bad}/none.png", "--out", "{bad}/r1"], ["does not exist"]),
+    "mixed sizes to reconstruct": (["reconstruct", "{run}", "{bad}/mixed", "--out", "{bad}/r2"], ["differ in size"]),
+    "wrong image size for the model": (["reconstruct", "{run}", "{bad}/mixed/b.png", "--out", "{bad}/r3"],
+                                       ["do not fit this model"]),
+    "NaN to encode": (["encode", "{run}", "{bad}/nan.npy", "--out", "{bad}/c.npy"], ["NaN"]),
+    "encode to a non-.npy file": (["encode", "{run}", "{bad}/mixed/a.png", "--out", "{bad}/c.png"], [".npy"]),
+    "codes of the wrong width": (["decode", "{run}", "{bad}/codes5.npy", "--out", "{bad}/d"], ["(n, 20)"]),
+    "codes that are not an array": (["decode", "{run}", "{bad}/unknown.json", "--out", "{bad}/d2"], ["codes"]),
+    "codes in an npz archive": (["decode", "{run}", "{bad}/codes.npz", "--out", "{bad}/d3"], ["2-d numeric array"]),
+    "images where codes belong": (["decode", "{run}", "{bad}/plain.npy", "--out", "{bad}/d4"], ["2-d numeric array"]),
+    "--out is a file": (["train", "--data", "{data}", "--out", "{bad}/plain.npy"], ["is a file"]),
+}
+
+
+# these run as real processes too: the entry point itself makes an error one line and exit code 2
+AS_PROCESSES = ("corrupt idx file", "unknown option", "NaN to encode")
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_exits_2_with_one_line(case, bad, trained_run, subset_npz, tmp_path, capsys, monkeypatch,
+                                         one_thread):
+    argv, words = BAD_CASES[case]
+    fill = {"{bad}": str(bad), "{run}": str(trained_run), "{data}": str(subset_npz)}
+    for key, value in fill.items():
+        argv = [a.replace(key, value) for a in argv]
+    out = tmp_path / "out"  # train cases get a fresh --out: a failure must not leave a run folder behind
+    if argv[:1] == ["train"] and "--out" not in argv:
+        argv += ["--out", str(out)]
+    monkeypatch.chdir(tmp_path)
+    assert_user_error(in_process(argv, capsys), *words)
+    if case in AS_PROCESSES:
+        assert_user_error(aelab(*argv, cwd=tmp_path), *words)
+    assert not out.exists()
+    assert not (tmp_path / "runs").exists()
+
+
 # ---------------------------------------------------------------------------------------------- data and settings
 
 DATA_CASES = {
@@ -233,6 +330,45 @@ def test_bombs_cost_no_memory(case, words, hostile, tmp_path):
                    preexec_fn=limited)
     assert_user_error(result, *words)
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------- vectors
+
+def test_vectors_without_any_variance_are_refused_before_a_run_folder(tmp_path):
+    np.save(tmp_path / "constant.npy", np.full((600, 16), 2.5, np.float32))
+    assert_user_error(train_vectors(tmp_path / "constant.npy", tmp_path / "run"), "constant.npy", "zero variance")
+    assert not (tmp_path / "run").exists()
+    np.save(tmp_path / "five.npy", vectors(5))  # one vector held out: no variance to measure the FVE against
+    with pytest.raises(UserError, match="test split .1 of 5 vectors. does not vary"):
+        load_dataset(tmp_path / "five.npy")
+    assert len(load_dataset(tmp_path / "five.npy", test_fraction=0.4)[1]) == 2
+
+
+def test_vectors_whose_squares_overflow_float32_are_refused_when_read(flat_vector_run, tmp_path):
+    np.save(tmp_path / "huge.npy", vectors() * 1e300)
+    assert_user_error(train_vectors(tmp_path / "huge.npy", tmp_path / "run"), "huge.npy", "overflow", "rescale")
+    assert not (tmp_path / "run").exists()
+    assert_user_error(aelab("encode", flat_vector_run[0] / "run", tmp_path / "huge.npy", "--out", tmp_path / "c.npy"),
+                      "huge.npy", "rescale")
+    np.save(tmp_path / "large.npy", vectors() * 1e16)  # large, yet squares float32 holds: trains as ever
+    assert load_dataset(tmp_path / "large.npy")[0].floats().isfinite().all()
+
+
+def test_nan_rows_in_activations_are_refused_naming_the_file(flat_vector_run, tmp_path):
+    data = vectors()
+    data[[7, 300]] = np.nan
+    np.save(tmp_path / "acts.npy", data.astype(np.float32))
+    assert_user_error(train_vectors(tmp_path / "acts.npy", tmp_path / "run"), "acts.npy", "NaN")
+    assert not (tmp_path / "run").exists()
+    assert_user_error(aelab("encode", flat_vector_run[0] / "run", tmp_path / "acts.npy", "--out", tmp_path / "c.npy"),
+                      "acts.npy", "NaN")
+
+
+def test_encoding_no_vectors_is_refused(flat_vector_run, tmp_path):
+    np.save(tmp_path / "none.npy", np.zeros((0, 16), np.float32))
+    result = aelab("encode", flat_vector_run[0] / "run", tmp_path / "none.npy", "--out", tmp_path / "c.npy")
+    assert_user_error(result, "none.npy", "empty", "at least one")
+    assert not (tmp_path / "c.npy").exists()
 
 
 # ---------------------------------------------------------------------------------------------- damaged run files

@@ -1,5 +1,5 @@
 """Killing real `aelab train` processes with SIGKILL at chosen instants, resuming them, and comparing the finished run
-with one never stopped. Used by tests/test_reliability.py (a few kills) and benchmarks/crash_kills.py (many).
+with one never stopped (the reliability tests kill a few; benchmarks/crash_kills.py keeps its own copy to kill many).
 
 An instant is ("after", seconds) from the process's start, or ("writing", NAME): the process is frozen (SIGSTOP) as
 soon as a temporary file of NAME shows in the run folder, and killed if that file is still there, that is in the
@@ -20,7 +20,8 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from support.process import SRC
+
 TMP = ".aelab-tmp"
 WRITTEN = ("checkpoint.safetensors", "model.safetensors", "metrics.jsonl", "config.json", "epoch_*.png",
            "grids.gif", "loss.png", "eval.json", "report.md")  # by every model; aae and dae add a picture

@@ -15,12 +15,12 @@ from safetensors.torch import load_file
 
 from aelab import config as cfg
 from aelab.data import load_dataset
-from aelab.errors import UserError
 from aelab.models import AEConfig, build
 from aelab import tensorfile
 from aelab.pipeline import resume, train
 from aelab.runfolder import RunFolder
-from conftest import RUN_EPOCHS, SRC, aelab, assert_user_error
+from conftest import RUN_EPOCHS
+from support.process import SRC, aelab, assert_user_error
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -127,14 +127,3 @@ def test_ctrl_c_leaves_a_resumable_run_and_one_line(subset_npz, tmp_path):
                      "--out", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr
     assert_same_tensors(load_file(out / "model.safetensors"), load_file(tmp_path / "straight" / "model.safetensors"))
-
-
-def test_overwrite_replaces_a_run_only_when_asked(subset_npz, tmp_path):
-    run = train_subset(subset_npz, tmp_path / "run", 1)
-    first = run.weights_path.read_bytes()
-    with pytest.raises(UserError, match="already exists"):
-        train_subset(subset_npz, tmp_path / "run", 1, seed=5)
-    assert run.weights_path.read_bytes() == first
-    assert train(cfg.resolve("ae", None, {"data.path": str(subset_npz), "train.epochs": 1, "train.seed": 5}),
-                 out=run.path, overwrite=True) == 0
-    assert run.weights_path.read_bytes() != first

@@ -1,10 +1,13 @@
-"""The one contract (aelab.contract.Model) over every registered model and both baselines: its members, its one-pass
-evaluation, the loss that follows the data (every model that takes vectors learns them), pictures declared by the
-variants, and every setting refused by Config.check before anything is built."""
+"""The one contract (aelab.contract.Model) over every registered model (on both architectures) and both baselines: its
+members, forward shapes and finite named loss terms, one training step that changes every parameter, a save/load
+round trip equal to the bit, sampling, its one-pass evaluation, the loss that follows the data (every model that takes
+vectors learns them), pictures declared by the variants, and every setting refused by Config.check before anything
+is built. Each variant's own mathematics is tested in tests/models/test_<variant>.py."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -18,7 +21,11 @@ from aelab.errors import UserError
 from aelab.evaluate import evaluate
 from aelab.models import MODELS, build, picture_names
 from aelab.models.sparse import planted_dictionary
-from conftest import aelab, stepper
+from aelab.runfolder import RunFolder, load_model
+from support.models import arch_cases, stepper, tiny
+from support.process import aelab
+
+CASES = arch_cases(MODELS)
 
 # one setting per model that cannot work: config.resolve refuses it as `aelab train NAME --set KEY=VALUE` does
 BAD = {"ae": {"latent": 0}, "dropout": {"rate": 1.0}, "dae": {"level": -1.0}, "aae": {"prior": "cauchy"},
@@ -58,6 +65,52 @@ def test_every_model_and_baseline_keeps_the_contract():
     assert [n for n, c in MODELS.items() if c.denoising] == ["dae"]
     assert picture_names() == {"samples.png", "denoise.png", "atoms.png", "density.png"}
     assert isinstance(build("ae", MODELS["ae"].Config(hidden=(8,), latent=2)), Model)
+
+
+@pytest.mark.parametrize("name,arch", CASES)
+def test_forward_shapes_named_terms_and_one_step_that_changes_every_parameter(name, arch, fashion_slice):
+    _, model = tiny(name, arch)
+    x = fashion_slice[1].floats(slice(0, 16))
+    width, *grid = model.code_shape  # (4,), or a VQ-VAE's (4, 7, 7): vectors of `latent` on a grid
+    assert width == 4 and model.encoder(x).shape == (16, 4 * model.code_heads, *grid)
+    assert model.encode(x).shape == (16, model.code_size) and model.code_size == 4 * math.prod(grid)
+    recon = model.reconstruct(x)
+    assert recon.shape == x.shape and recon.min() >= 0 and recon.max() <= 1
+    assert model.decode(np.zeros((3, model.code_size), np.float32)).shape == (3, 1, 28, 28)
+    terms = model.loss(x)
+    assert "loss" in terms and all(t.ndim == 0 and torch.isfinite(t) for t in terms.values())
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    step_terms = stepper(model).step(fashion_slice[0].floats(slice(0, 64)))
+    assert step_terms.keys() == terms.keys()
+    assert all(torch.isfinite(t) and not t.requires_grad for t in step_terms.values())
+    assert [k for k, v in model.named_parameters() if torch.equal(v, before[k])] == []  # every tensor learned
+    model.eval()
+    assert torch.equal(model.reconstruct(x), model.decode(model.encode(x)))
+
+
+@pytest.mark.parametrize("name,arch", CASES)
+def test_save_load_round_trip_is_exact(name, arch, fashion_slice, tmp_path):
+    config, model = tiny(name, arch)
+    stepper(model).step(fashion_slice[0].floats(slice(0, 64)))
+    run = RunFolder.create(tmp_path / "run", config)
+    run.save_weights(model, config, epoch=1)
+    loaded = load_model(run.path)
+    assert type(loaded) is type(model)
+    saved, back = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == back.keys()
+    assert all(torch.equal(saved[k], back[k]) and saved[k].dtype == back[k].dtype for k in saved)
+    x = fashion_slice[1].floats(slice(0, 8))
+    assert torch.equal(model.eval().reconstruct(x), loaded.reconstruct(x))
+
+
+@pytest.mark.parametrize("name,arch", CASES)
+def test_generative_models_sample_the_same_images_from_the_same_seed(name, arch):
+    _, model = tiny(name, arch)
+    assert model.generative == (name in ("vae", "betavae", "aae"))
+    if model.generative:
+        a = model.sample(5, torch.Generator().manual_seed(3))
+        assert a.shape == (5, 1, 28, 28) and a.min() >= 0 and a.max() <= 1
+        assert torch.equal(a, model.sample(5, torch.Generator().manual_seed(3)))
 
 
 def test_same_kind_has_one_meaning():
@@ -109,7 +162,7 @@ def test_every_model_that_takes_vectors_learns_them(name, vectors, one_thread):
 def test_the_contractive_autoencoder_learns_vectors_through_the_cli(tmp_path):
     x, _ = planted_dictionary(3000)
     np.save(tmp_path / "vectors.npy", x * 20 - 3)  # any units: the run standardises them
-    result = aelab("train", "cae", "--data", tmp_path / "vectors.npy", "--epochs", 2, "--batch-size", 64,
+    result = aelab("train", "cae", "--data", tmp_path / "vectors.npy", "--epochs", 1, "--batch-size", 64,
                    "--threads", 1, "--out", tmp_path / "run", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "eval.json").read_text())

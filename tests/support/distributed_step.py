@@ -1,4 +1,4 @@
-"""Run by test_distributed.py, alone or under torchrun: for each MODEL (a name, or NAME,KEY=VALUE,... with model
+"""Run by tests/test_distributed.py, alone or under torchrun: for each MODEL (a name, or NAME,KEY=VALUE,... with model
 settings), one training step on the first global batch of DATA (each rank its share); rank 0 saves the gradients
 left by the step and the weights (and buffers) after it to OUT/MODEL.safetensors."""
 

@@ -1,5 +1,5 @@
-"""The chapter's model: its exact size, its Keras initialisation, its summary; and a contract every registered
-model keeps (named finite loss terms, a step that changes the weights, the public encode/decode shapes)."""
+"""The chapter's model: its exact size, its Keras initialisation, its summary (tests/models/test_contract.py holds the
+contract every registered model keeps)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from aelab.models import MODELS, AEConfig, build, summary
-from conftest import aelab, arch_cases, stepper
+from aelab.cli import main
+from aelab.models import AEConfig, build, summary
+from support.process import aelab
 
 CHAPTER_LAYERS = [784, 256, 128, 64, 20, 64, 128, 256, 784]
 
@@ -56,30 +57,11 @@ def test_summary_lists_every_layer_and_the_total():
     assert "200,960" in text  # 784*256 + 256, the first layer as Keras reports it
 
 
-def test_aelab_info_prints_the_summary(trained_run):
-    result = aelab("info")
+def test_aelab_info_prints_the_summary(trained_run, capsys):
+    result = aelab("info")  # a real process once; the other two through cli.main
     assert result.returncode == 0, result.stderr
     assert "Total params: 487,588" in result.stdout
-    small = aelab("info", "--latent", "2")
-    assert f"Total params: {dense_params([784, 256, 128, 64, 2, 64, 128, 256, 784]):,}" in small.stdout
-    of_run = aelab("info", trained_run)  # a trained run's model, rebuilt from its saved config
-    assert of_run.returncode == 0 and of_run.stdout == result.stdout
-
-
-@pytest.mark.parametrize("name,arch", arch_cases(MODELS))
-def test_every_model_keeps_the_contract(name, arch, fashion):
-    torch.manual_seed(0)
-    model = MODELS[name](MODELS[name].Config(latent=4, hidden=(32,), channels=(4, 8), arch=arch))
-    x = fashion[1].floats(slice(0, 16))
-    terms = model.loss(x)
-    assert "loss" in terms and all(v.ndim == 0 and torch.isfinite(v) for v in terms.values())
-    before = [p.detach().clone() for p in model.parameters()]
-    step = stepper(model).step(x)
-    assert step.keys() == terms.keys() and not any(v.requires_grad for v in step.values())
-    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))  # every tensor learned
-    model.eval()
-    z = model.encode(x)
-    assert z.shape == (16, model.code_size) and model.code_size == 4 * math.prod(model.code_shape[1:])
-    out = model.decode(z)
-    assert out.shape == (16, 1, 28, 28) and 0 <= out.min() and out.max() <= 1
-    assert torch.equal(model.reconstruct(x), out)
+    assert main(["info", "--latent", "2"]) == 0
+    assert f"Total params: {dense_params([784, 256, 128, 64, 2, 64, 128, 256, 784]):,}" in capsys.readouterr().out
+    assert main(["info", str(trained_run)]) == 0  # a trained run's model, rebuilt from its saved config
+    assert capsys.readouterr().out == result.stdout

@@ -1,0 +1,60 @@
+"""Tiny models for fast tests: every registered model on both architectures as pytest params, a small build of one,
+and a trainer to take steps by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+TINY = {"model.latent": 4, "model.hidden": "32,16", "model.channels": "4,8"}
+
+
+def arch_cases(models) -> list:
+    """(name, arch) for every registered model on both architectures, as pytest params; a model not built on an
+    architecture (a VQ-VAE quantises a grid of code vectors, which the MLP has not) is skipped there, saying so."""
+    return [pytest.param(name, arch, marks=() if arch in cls.archs else pytest.mark.skip(
+        reason=f"{name} is built on --arch {' or '.join(cls.archs)} only, and refuses {arch} (tested apart)"))
+        for name, cls in models.items() for arch in ("mlp", "conv")]
+
+
+def tiny(name: str, arch: str = "mlp", **extra):
+    """(config, model): a seeded small `name` (latent 4, hidden 32-16, channels 4-8) and its resolved config."""
+    import torch
+
+    from aelab import config as cfg
+    from aelab.models import build
+
+    config = cfg.resolve(name, None, {**TINY, "model.arch": arch, **extra})
+    torch.manual_seed(0)
+    return config, build(name, config.model)
+
+
+def stepper(model, lr: float = 1e-3):
+    """A CPU trainer around `model`, to take optimisation steps by hand with .step(x) (its data is never read)."""
+    import torch
+
+    from aelab.datasets import ImageSet
+    from aelab.train import TrainConfig, Trainer
+
+    empty = ImageSet(torch.zeros((0, *model.config.in_shape), dtype=torch.uint8))
+    return Trainer(model, empty, empty, TrainConfig(lr=lr, device="cpu"))
+
+
+def train_in_process(folder, data, name: str, *flags: str):
+    """`aelab train NAME --data DATA ...` through cli.main in this process (no grids, one thread): the run folder."""
+    from aelab.cli import main
+
+    out = folder / name
+    assert main(["train", name, "--data", str(data), "--out", str(out), "--grid-every", "0", "--threads", "1",
+                 *flags]) == 0
+    return out
+
+
+def eval_json(run, capsys) -> dict:
+    """`aelab eval RUN --json` through cli.main, its output parsed."""
+    import json
+
+    from aelab.cli import main
+
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)

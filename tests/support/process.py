@@ -1,0 +1,29 @@
+"""`python -m aelab` as a real process on this checkout's source, and the check of a user error's one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def aelab(*args, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m aelab ARGS` as a real process on this checkout's source; text output captured."""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    return subprocess.run([sys.executable, "-m", "aelab", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout, **kwargs)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> str:
+    """Exit code 2, exactly one line on stderr, no traceback; that line names the problem (`words`)."""
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("aelab"), lines[0]
+    for word in words:
+        assert word.lower() in lines[0].lower(), (word, lines[0])
+    return lines[0]
