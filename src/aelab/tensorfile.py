@@ -61,7 +61,7 @@ def _header(data: Path | bytes, source: str, fix: str, max_bytes: int | None) ->
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
             raise ValueError("metadata that is not text")
         shapes = {k: tuple(int(n) for n in v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    except (ValueError, RecursionError, TypeError, AttributeError, KeyError) as e:
+    except (ValueError, RecursionError, TypeError, AttributeError, KeyError, OverflowError) as e:  # int(Infinity)
         raise _unreadable(source, e, fix) from None
     return {"metadata": meta, "shapes": shapes}
 
