@@ -5,7 +5,8 @@ For each registered model built on the default MLP (or those --models names): on
 3000/1000 Fashion-MNIST images, then chains of kills: a run killed, resumed with `--resume` and killed again, ...,
 then resumed to the end and compared. Each chain's kills are, in order (from a fixed seed):
 
-    before the first epoch ends    a random time before the uninterrupted run wrote its first checkpoint
+    before the first epoch ends    a random time between the uninterrupted run's folder appearing and its first
+                                   checkpoint: the run is resumed without a saved epoch
     in an epoch's writing          the middle of writing the checkpoint, weights, metrics, config or a grid
     at a random instant            a random time within the uninterrupted run's duration
     in the end-of-run writing      the middle of writing eval.json, the model's pictures, report.md, report.html,
@@ -37,23 +38,27 @@ EPOCH_FILES = ("checkpoint.safetensors", "model.safetensors", "metrics.jsonl", "
 END_FILES = ("eval.json", "report.md", "report.html", "loss.png", "grids.gif")  # and the model's pictures
 
 
-def uninterrupted(argv: list[str], out: Path) -> tuple[float, float]:
-    """Run argv to the end; returns when its first checkpoint appeared and when it finished (s from its start)."""
-    began, first = time.monotonic(), None
+def uninterrupted(argv: list[str], out: Path) -> tuple[float, float, float]:
+    """Run argv to the end; returns when its folder appeared, when its first checkpoint did and when it finished
+    (seconds from its start)."""
+    began, made, first = time.monotonic(), None, None
     proc = start(argv)
     while proc.poll() is None:
+        if made is None and (out / "config.json").is_file():
+            made = time.monotonic() - began
         if first is None and (out / "checkpoint.safetensors").is_file():
             first = time.monotonic() - began
-        time.sleep(0.005)
+        time.sleep(0.002)
     assert proc.returncode == 0, proc.stderr.read()[-2000:]
-    return first, time.monotonic() - began
+    return made, first, time.monotonic() - began
 
 
-def chain_instants(rng: random.Random, n: int, chain: int, first: float, seconds: float, end_files) -> list:
+def chain_instants(rng: random.Random, n: int, chain: int, made: float, first: float, seconds: float,
+                   end_files) -> list:
     """(kind, instant) for one chain's n kills, in the order of the module's docstring."""
     middle = [("in an epoch's writing", ("writing", rng.choice(EPOCH_FILES))),
               ("at a random instant", ("after", round(rng.uniform(0.5, seconds), 2)))]
-    kinds = [("before the first epoch ends", ("after", round(rng.uniform(0.5, first), 2)))]
+    kinds = [("before the first epoch ends", ("after", round(rng.uniform(made, first), 3)))]
     kinds += [middle[(chain + i) % 2] for i in range(max(n - 2, 0))]
     kinds += [("in the end-of-run writing", ("writing", rng.choice(end_files)))] if n > 1 else []
     return kinds
@@ -76,7 +81,7 @@ def main() -> None:
         parser.error(f"--models takes registered models built on the MLP: {', '.join(mlp)}")
 
     rng = random.Random(args.seed)
-    killed, drawn, identical = Counter(), Counter(), 0
+    killed, drawn, identical, unsaved = Counter(), Counter(), 0, 0
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         train, test = load_dataset()
@@ -85,23 +90,25 @@ def main() -> None:
                  x_test=test.images[:1000, 0].numpy(), y_test=test.labels[:1000].numpy())
         for model in models:
             reference = tmp / f"{model}-straight"
-            first, seconds = uninterrupted(command(data, reference, args.epochs, model), reference)
+            made, first, seconds = uninterrupted(command(data, reference, args.epochs, model), reference)
             for chain in range(args.chains):
                 out = tmp / f"{model}-killed-{chain}"
-                kinds = chain_instants(rng, args.kills_per_chain, chain, first, seconds,
+                kinds = chain_instants(rng, args.kills_per_chain, chain, made, first, seconds,
                                        END_FILES + tuple(MODELS[model].pictures))
                 hits = crash_and_resume(data, out, args.epochs, [instant for _, instant in kinds], model)
                 found = differences(out, reference)
                 for (kind, _), hit in zip(kinds, hits):
                     drawn[kind] += 1
                     killed[kind] += hit.startswith("killed")
+                    unsaved += hit.endswith("(no epoch saved)")  # its folder resumed with no checkpoint in it
                 identical += sum(hit.startswith("killed") for hit in hits) if not found else 0
-                print(f"{model} chain {chain + 1} (first checkpoint at {first:.1f} s of {seconds:.1f}): "
+                print(f"{model} chain {chain + 1} (folder at {made:.2f} s, first checkpoint at {first:.2f} s, "
+                      f"end at {seconds:.2f} s): "
                       f"{'; '.join(f'{kind}: {hit}' for (kind, _), hit in zip(kinds, hits))} -> "
                       f"{'identical' if not found else 'DIFFERENT: ' + ', '.join(found)}", flush=True)
     print(f"{sum(killed.values())} kills ({', '.join(f'{killed[k]} {k}' for k in drawn)}; "
           f"{sum(drawn.values()) - sum(killed.values())} of {sum(drawn.values())} instants drawn fell after the "
-          f"process had finished), {identical} resumed identically")
+          f"process had finished; {unsaved} left a run folder with no epoch saved), {identical} resumed identically")
 
 
 if __name__ == "__main__":

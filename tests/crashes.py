@@ -86,7 +86,9 @@ def crash_and_resume(data, out: Path, epochs: int, instants: list[tuple], model:
     for instant in instants:
         resume = (out / "config.json").is_file()  # a run folder appears whole, with its config
         hit, _, _ = signal_at(command(data, out, epochs, model, resume), out, instant)
-        hits.append(hit + (" (left a temporary file)" if temporaries(out) else ""))
+        hits.append(hit + (" (left a temporary file)" if temporaries(out) else "")
+                    + (" (no epoch saved)" if (out / "config.json").is_file() and not (out / "checkpoint.safetensors")
+                       .is_file() else ""))
     resume = (out / "config.json").is_file()
     proc = start(command(data, out, epochs, model, resume))
     _, stderr = proc.communicate(timeout=600)
