@@ -1,10 +1,18 @@
 """SIGKILL real `aelab train` processes at many instants and check that every killed run, resumed, finishes equal to
 the run that was never stopped (test measures, weights, checkpoint, metrics, grids; CPU, one thread).
 
-For each registered model built on the default MLP (or those --models names): one uninterrupted 3-epoch run on the
-first 3000/1000 Fashion-MNIST images, then chains of kills: a run killed at an instant, resumed (or started again if
-no epoch was saved) and killed again, ..., then resumed to the end and compared. Half the instants are random times within the uninterrupted run's duration, half the middle of
-writing a random file (the checkpoint, weights, metrics, a grid, the GIF, the report...), from a fixed seed.
+For each registered model built on the default MLP (or those --models names): one uninterrupted run on the first
+3000/1000 Fashion-MNIST images, then chains of kills: a run killed, resumed with `--resume` and killed again, ...,
+then resumed to the end and compared. Each chain's kills are, in order (from a fixed seed):
+
+    before the first epoch ends    a random time between the uninterrupted run's folder appearing and its first
+                                   checkpoint: the run is resumed without a saved epoch
+    in an epoch's writing          the middle of writing the checkpoint, weights, metrics, config or a grid
+    at a random instant            a random time within the uninterrupted run's duration
+    in the end-of-run writing      the middle of writing eval.json, the model's pictures, report.md, report.html,
+                                   loss.png or grids.gif, once every epoch is saved
+
+the middle two alternating when a chain has fewer than four kills.
 
     nice python benchmarks/crash_kills.py [--models ae,dae,vae,aae] [--chains 3] [--kills-per-chain 3] [--seed 0]
 
@@ -22,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -88,15 +97,17 @@ def signal_at(argv: list[str], out: Path, instant: tuple, sig=signal.SIGKILL, ti
 
 
 def crash_and_resume(data, out: Path, epochs: int, instants: list[tuple], model: str = "ae") -> list[str]:
-    """Kill a run at each instant in turn (each time resuming it, or starting it again with --overwrite if it had
-    saved no epoch yet, as its error message says), then let it finish. Returns what each kill hit, and whether it
-    left a temporary file behind."""
+    """Kill a run at each instant in turn (each time resuming it with --resume, even before its first epoch ended,
+    or starting it again if it was killed before its folder appeared), then let it finish. Returns what each kill
+    hit, and whether it left a temporary file behind."""
     hits = []
     for instant in instants:
-        resume = (out / "checkpoint.safetensors").is_file()
+        resume = (out / "config.json").is_file()  # a run folder appears whole, with its config
         hit, _, _ = signal_at(command(data, out, epochs, model, resume), out, instant)
-        hits.append(hit + (" (left a temporary file)" if temporaries(out) else ""))
-    resume = (out / "checkpoint.safetensors").is_file()
+        hits.append(hit + (" (left a temporary file)" if temporaries(out) else "")
+                    + (" (no epoch saved)" if (out / "config.json").is_file() and not (out / "checkpoint.safetensors")
+                       .is_file() else ""))
+    resume = (out / "config.json").is_file()
     proc = start(command(data, out, epochs, model, resume))
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
@@ -140,6 +151,34 @@ def differences(run: Path, reference: Path) -> list[str]:
     return found
 
 
+EPOCH_FILES = ("checkpoint.safetensors", "model.safetensors", "metrics.jsonl", "config.json", "epoch_*.png")
+END_FILES = ("eval.json", "report.md", "report.html", "loss.png", "grids.gif")  # and the model's pictures
+
+
+def uninterrupted(argv: list[str], out: Path) -> tuple[float, float, float]:
+    """Run argv to the end; returns when its folder appeared, when its first checkpoint did and when it finished
+    (seconds from its start)."""
+    began, made, first = time.monotonic(), None, None
+    proc = start(argv)
+    while proc.poll() is None:
+        if made is None and (out / "config.json").is_file():
+            made = time.monotonic() - began
+        if first is None and (out / "checkpoint.safetensors").is_file():
+            first = time.monotonic() - began
+        time.sleep(0.002)
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
+    return made, first, time.monotonic() - began
+
+
+def chain_instants(rng: random.Random, n: int, chain: int, made: float, first: float, seconds: float,
+                   end_files) -> list:
+    """(kind, instant) for one chain's n kills, in the order of the module's docstring."""
+    middle = [("in an epoch's writing", ("writing", rng.choice(EPOCH_FILES))),
+              ("at a random instant", ("after", round(rng.uniform(0.5, seconds), 2)))]
+    kinds = [("before the first epoch ends", ("after", round(rng.uniform(made, first), 3)))]
+    kinds += [middle[(chain + i) % 2] for i in range(max(n - 2, 0))]
+    kinds += [("in the end-of-run writing", ("writing", rng.choice(end_files)))] if n > 1 else []
+    return kinds
 
 
 def main() -> None:
@@ -159,7 +198,7 @@ def main() -> None:
         parser.error(f"--models takes registered models built on the MLP: {', '.join(mlp)}")
 
     rng = random.Random(args.seed)
-    kills = identical = inside = 0
+    killed, drawn, identical, unsaved = Counter(), Counter(), 0, 0
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         train, test = load_dataset()
@@ -168,25 +207,25 @@ def main() -> None:
                  x_test=test.images[:1000, 0].numpy(), y_test=test.labels[:1000].numpy())
         for model in models:
             reference = tmp / f"{model}-straight"
-            began = time.monotonic()
-            proc = start(command(data, reference, args.epochs, model))
-            _, stderr = proc.communicate()
-            assert proc.returncode == 0, stderr[-2000:]
-            seconds = time.monotonic() - began
+            made, first, seconds = uninterrupted(command(data, reference, args.epochs, model), reference)
             for chain in range(args.chains):
                 out = tmp / f"{model}-killed-{chain}"
-                names = WRITTEN + tuple(MODELS[model].pictures)  # every model's files, and its own pictures
-                hits = crash_and_resume(data, out, args.epochs,
-                                        random_instants(rng, args.kills_per_chain, seconds, names), model)
+                kinds = chain_instants(rng, args.kills_per_chain, chain, made, first, seconds,
+                                       END_FILES + tuple(MODELS[model].pictures))
+                hits = crash_and_resume(data, out, args.epochs, [instant for _, instant in kinds], model)
                 found = differences(out, reference)
-                killed = sum(hit.startswith("killed") for hit in hits)
-                kills += killed
-                inside += sum(hit.startswith("killed writing") for hit in hits)
-                identical += killed if not found else 0
-                print(f"{model} chain {chain + 1}: {'; '.join(hits)} -> "
+                for (kind, _), hit in zip(kinds, hits):
+                    drawn[kind] += 1
+                    killed[kind] += hit.startswith("killed")
+                    unsaved += hit.endswith("(no epoch saved)")  # its folder resumed with no checkpoint in it
+                identical += sum(hit.startswith("killed") for hit in hits) if not found else 0
+                print(f"{model} chain {chain + 1} (folder at {made:.2f} s, first checkpoint at {first:.2f} s, "
+                      f"end at {seconds:.2f} s): "
+                      f"{'; '.join(f'{kind}: {hit}' for (kind, _), hit in zip(kinds, hits))} -> "
                       f"{'identical' if not found else 'DIFFERENT: ' + ', '.join(found)}", flush=True)
-    print(f"{kills} kills ({inside} in the middle of writing a file, {kills - inside} at random instants), "
-          f"{identical} resumed identically")
+    print(f"{sum(killed.values())} kills ({', '.join(f'{killed[k]} {k}' for k in drawn)}; "
+          f"{sum(drawn.values()) - sum(killed.values())} of {sum(drawn.values())} instants drawn fell after the "
+          f"process had finished; {unsaved} left a run folder with no epoch saved), {identical} resumed identically")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ with one thread on a 600/200-image subset of Fashion-MNIST; trackers are only po
 (127.0.0.1:9 is a closed port). Rerun after any change:
 
     OMP_NUM_THREADS=1 python benchmarks/hostile_matrix.py [--jobs 2] [--only SURFACE] [--keep DIR]
+
+With --keep, DIR/logs holds every case's whole stderr (`grep -l Warning DIR/logs/*` finds any warning let out).
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ def run_case(case: Case, work: Path) -> tuple[str, str, float]:
     except subprocess.TimeoutExpired as e:
         rc, out, err = None, _text(e.stdout), _text(e.stderr)
     took = time.monotonic() - started
+    name = "".join(ch if ch.isalnum() else "_" for ch in f"{case.surface} {case.name}")[:120]
+    (work / "logs" / f"{name}.err").write_text(err)  # every case's whole stderr, to grep when --keep keeps them
     outcome = classify(case, rc, out, err, work)
     said = (err.strip().splitlines() or out.strip().splitlines() or ["(nothing)"])
     first = next((line for line in said if "Error" in line and not line.startswith(" ")), said[-1] if
@@ -129,8 +133,10 @@ def prepare(work: Path) -> None:
            "OMP_NUM_THREADS": "1"}
     jobs = [[*base, "--out", "run"], [*base, "vae", "--latent", "20", "--out", "vae"],
             [*base, "sae", "--data", "vectors.npy", "--out", "vec"]]
-    for job in jobs:
-        subprocess.run(job, cwd=work, env=env, check=True, capture_output=True, timeout=300)
+    (work / "logs").mkdir()
+    for i, job in enumerate(jobs):
+        done = subprocess.run(job, cwd=work, env=env, check=True, capture_output=True, text=True, timeout=300)
+        (work / "logs" / f"material_{i}.err").write_text(done.stderr)
     for name in ("ckpt_cut", "weights_cut", "config_list", "metrics_bad", "fresh", "report_nan"):
         shutil.copytree(work / "run", work / name)
     for name, target in (("ckpt_cut", "checkpoint.safetensors"), ("weights_cut", "model.safetensors")):
@@ -180,6 +186,10 @@ def cases() -> list[Case]:
                    ("--run of another code size", ["ae", "--run", "ae=run", "--latent", "30", "--out", "cmp6"]),
                    ("--run of a VAE named ae", ["ae", "--run", "ae=vae", "--latent", "20", "--out", "cmp7"]),
                    ("--out an existing file", ["pca", "--out", "taken.txt"]))]
+    compare.append(Case("compare", "a run and PCA at its code size", ["compare", "pca", "--run", "ae=run", "--latent",
+                                                                      "20", "--data", "small.npz", "--threads", "1",
+                                                                      "--out", "cmp"],
+                        expect="ok", check=exists("cmp/compare.md", "cmp/report.html")))
     cs = [
         Case("train", "--lr 30 (default data)", ["train", "--epochs", "1", "--threads", "1", "--lr", "30", "--out",
                                                  "lr30"], expect="either", timeout=240),
@@ -196,7 +206,7 @@ def cases() -> list[Case]:
         train("--precision fp16", "--precision", "fp16"), train("unknown model", "xyz"),
         resume("missing folder", "nope"), resume("not a run", "notes"), resume("changing --latent", "run",
                                                                                "--latent", "5"),
-        resume("killed before its first epoch", "fresh"),
+        resume("killed before its first epoch", "fresh", expect="ok", check=exists("fresh/eval.json")),
         resume("checkpoint cut short", "ckpt_cut", "--epochs", "2"), resume("metrics.jsonl damaged", "metrics_bad",
                                                                             "--epochs", "2"),
         resume("config.json a list", "config_list", "--epochs", "2"),

@@ -177,6 +177,29 @@ def test_every_refusal_is_one_line(trained_run, vector_run, subset_npz, tmp_path
     assert not any((tmp_path / f"r{i}").exists() for i in (1, 2, 3))
 
 
+def test_outputs_that_are_files_and_runs_that_are_not_the_method_are_refused_before_any_work(trained_run, subset_npz,
+                                                                                               tmp_path):
+    a_file = tmp_path / "taken.txt"
+    a_file.write_text("the user's own file")
+    assert_user_error(aelab("export", trained_run, "--out", a_file), "is a file", "--out")
+    assert_user_error(aelab("compare", "pca", "--latent", 2, "--data", subset_npz, "--out", a_file), "is a file")
+    assert a_file.read_text() == "the user's own file"
+
+    latent = json.loads((trained_run / "config.json").read_text())["model"]["latent"]
+    line = assert_user_error(aelab("compare", "ae", "--run", f"ae={trained_run}", "--latent", latent + 1, "--data",
+                                   subset_npz, "--out", tmp_path / "c1"), f"codes of {latent} numbers",
+                             f"--latent {latent}")
+    assert str(latent + 1) in line
+    vae = tmp_path / "vae"
+    trained = aelab("train", "vae", "--data", subset_npz, "--epochs", 1, "--threads", 1, "--out", vae, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    began = time.monotonic()  # refused before pca is fitted or the Frechet classifier trained
+    assert_user_error(aelab("compare", "ae", "pca", "--run", f"ae={vae}", "--data", subset_npz, "--threads", 1,
+                            "--out", tmp_path / "c2"), "holds a vae model", f"--run vae={vae}")
+    assert time.monotonic() - began < 60
+    assert not (tmp_path / "c1").exists() and not (tmp_path / "c2").exists()
+
+
 def test_past_the_file_size_limit_export_is_one_line(trained_run, tmp_path):
     """`ulimit -f 4`: aelab ignores SIGXFSZ, so the write fails (EFBIG) and says so; no byte code is written."""
     def limit():

@@ -430,15 +430,17 @@ def cmd_export(args) -> int:
     from aelab.export import export_onnx, max_differences, require_onnx
     from aelab.runfolder import RunFolder, load_model
 
+    out = Path(args.out)
+    files.refuse_link(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, and --out takes a folder; pick another --out")
     if args.format == "saelens":
         from aelab.saelens import export_saelens
 
-        out = export_saelens(args.run, args.out, args.overwrite)
+        out = export_saelens(args.run, out, args.overwrite)
         print(f"wrote {out / 'cfg.json'} and {out / 'sae_weights.safetensors'} (SAELens's SAE.load_from_disk reads them)")
         return 0
     require_onnx()
-    out = Path(args.out)
-    files.refuse_link(out)
     taken = [p.name for p in (out / "encoder.onnx", out / "decoder.onnx") if p.exists() or p.is_symlink()]
     if taken and not args.overwrite:
         raise UserError(f"{out} already holds {' and '.join(taken)}; choose another --out or pass --overwrite")

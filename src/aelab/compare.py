@@ -98,13 +98,20 @@ def train_model(name: str, latent: int, folder: Path, data: str | None, epochs: 
 
 def load_run(name: str, run_dir: str | Path, device: str = "auto", shape: tuple | None = None) -> Fitted:
     """A trained run folder (from `aelab train` or an earlier compare), or a baseline saved by compare, as a
-    method named `name`; one that takes inputs of another `shape` than the data's is refused."""
+    method named `name`; one that takes inputs of another `shape` than the data's, or named after a method it is
+    not (an `ae` row that holds a VAE), is refused."""
+    from aelab.models import MODELS
     from aelab.runfolder import RunFolder, load_model
 
-    def takes(model_shape) -> None:
+    def check(model, model_shape) -> None:
         if shape is not None and tuple(model_shape) != tuple(shape):
             raise UserError(f"--run {name}={run_dir} takes inputs {'x'.join(map(str, model_shape))}, but the data "
                             f"are {'x'.join(map(str, shape))}; give --data it was trained on")
+        named = {**MODELS, **BASELINES}
+        if name in named and type(model) is not named[name]:
+            real = next((n for n, cls in named.items() if cls is type(model)), type(model).__name__)
+            raise UserError(f"--run {name}={run_dir} holds a {real} model, not {name}; name it --run {real}={run_dir} "
+                            "(or any name that is not a method's)")
 
     if Path(run_dir).is_file():
         try:
@@ -112,10 +119,10 @@ def load_run(name: str, run_dir: str | Path, device: str = "auto", shape: tuple 
         except UserError:
             pass  # not a baseline: a model.safetensors file
         else:
-            takes(model.image_shape_)
+            check(model, model.image_shape_)
             return Fitted(name, model.code_size, model, float(meta.get("fit_seconds", 0)))
     model = load_model(run_dir, device)
-    takes(model.config.in_shape)
+    check(model, model.config.in_shape)
     history = RunFolder(run_dir).metrics() if Path(run_dir).is_dir() else []
     return Fitted(name, model.config.latent, model, sum(r["seconds"] for r in history),
                   history[-1]["epoch"] if history else None)
@@ -236,9 +243,11 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
             device: str = "auto") -> list[dict]:
     """Train, fit or load every method at every code size, measure them on the test set and write the figures
     and tables into `out`. `runs` maps a method name to a trained run folder to use instead of training (its
-    code size is the run's). Models train and compute on `device`. Returns the table's rows."""
+    code size is the run's, which must be one of `latents` when they are given). Models train and compute on
+    `device`. Returns the table's rows."""
     methods = list(methods or DEFAULT_METHODS)
-    latents = list(latents or [30])
+    asked = list(latents) if latents else None
+    latents = asked or [30]
     runs = dict(runs or {})
     known = method_names()
     unknown = [m for m in methods if m not in known and m not in runs]
@@ -249,6 +258,8 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
         raise UserError(f"code sizes must be positive, not {latents}")
     out = Path(out)
     files.refuse_link(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, and --out takes a folder; pick another --out")
     taken = [name for name in TABLES if (out / name).exists()] + [p.name for p in out.glob("reconstructions_k*.png")]
     if taken and not overwrite:
         raise UserError(f"{out} already holds {', '.join(taken)}; pick another --out or pass --overwrite "
@@ -260,6 +271,11 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
     if train.recon_loss != "bce":  # the figure, the classifier probes and PCA's BCE are of images
         raise UserError(f"compare measures images, and {data} holds vectors; give --data of images, and measure a "
                         "run of vectors with `aelab eval`")
+    given = {name: load_run(name, runs[name], device, test.shape) for name in methods if name in runs}
+    for name, fitted in given.items():  # checked before anything trains
+        if asked and fitted.latent not in asked:
+            raise UserError(f"--run {name}={runs[name]} has codes of {fitted.latent} numbers, not "
+                            f"{' or '.join(map(str, asked))}; give --latent {fitted.latent}, or a run of that size")
     folder = out / "runs"
     files.refuse_link(folder)
     try:
@@ -270,9 +286,8 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
     classifier, notes = None, []
     by_latent: dict[int, list[Fitted]] = {}
     for name in methods:
-        if name in runs:
-            fitted = load_run(name, runs[name], device, test.shape)
-            by_latent.setdefault(fitted.latent, []).append(fitted)
+        if name in given:
+            by_latent.setdefault(given[name].latent, []).append(given[name])
             continue
         for k in latents:
             if name in BASELINES:

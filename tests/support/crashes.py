@@ -80,15 +80,17 @@ def signal_at(argv: list[str], out: Path, instant: tuple, sig=signal.SIGKILL, ti
 
 
 def crash_and_resume(data, out: Path, epochs: int, instants: list[tuple], model: str = "ae") -> list[str]:
-    """Kill a run at each instant in turn (each time resuming it, or starting it again with --overwrite if it had
-    saved no epoch yet, as its error message says), then let it finish. Returns what each kill hit, and whether it
-    left a temporary file behind."""
+    """Kill a run at each instant in turn (each time resuming it with --resume, even before its first epoch ended,
+    or starting it again if it was killed before its folder appeared), then let it finish. Returns what each kill
+    hit, and whether it left a temporary file behind."""
     hits = []
     for instant in instants:
-        resume = (out / "checkpoint.safetensors").is_file()
+        resume = (out / "config.json").is_file()  # a run folder appears whole, with its config
         hit, _, _ = signal_at(command(data, out, epochs, model, resume), out, instant)
-        hits.append(hit + (" (left a temporary file)" if temporaries(out) else ""))
-    resume = (out / "checkpoint.safetensors").is_file()
+        hits.append(hit + (" (left a temporary file)" if temporaries(out) else "")
+                    + (" (no epoch saved)" if (out / "config.json").is_file() and not (out / "checkpoint.safetensors")
+                       .is_file() else ""))
+    resume = (out / "config.json").is_file()
     proc = start(command(data, out, epochs, model, resume))
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
