@@ -41,8 +41,9 @@ $(VENV)/.test-extras: $(BIN)/aelab
 	$(BIN)/pip install -q -e '.[test,sklearn,tensorboard,mlflow,onnx]'
 	touch $@
 
+# two workers of one torch thread each: most tests start real processes, and two cores serve two of them best
 test: setup $(CHROMIUM) $(VENV)/.test-extras
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2
 
 bench: setup
 	$(BIN)/python benchmarks/train_speed.py --profile
