@@ -11,6 +11,8 @@ in memory; low-rank ReLU'd structure plus noise), then, alternating for `--round
   the last), its start-up (command to first step: imports, the statistics pass over the file, the held-out split)
   and its memory from /proc/PID/status, sampled every 0.1 s: VmHWM (the peak of everything resident, the mapped
   file's pages included: page cache the kernel can drop) and the peak RssAnon (the process's own memory);
+- aelab, in memory: its Trainer's steps, in this process, on the first `--memory-rows` rows held in memory (so the
+  map's cost within aelab is the ratio of the two aelab rows);
 - plain: a bare TopK SAE loop (same width, k, batch, Adam lr 1e-3, mean squared error, no AuxK or atom norms) over
   a float32 tensor in memory of the first `--memory-rows` rows, shuffled batches;
 - plain, map: the same loop reading each shuffled batch from the file's memory map (float16 -> float32), so the
@@ -42,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
 PROGRESS = re.compile(rb"\| *(\d+)/(\d+) \[")  # tqdm's "| 12/1708 ["
 
 
@@ -113,6 +116,33 @@ def run_aelab(data: Path, out: Path, args) -> dict[str, float]:
             "anon_load_mb": peak_anon_load / 1024}
 
 
+def run_aelab_memory(rows: np.ndarray, args, seed: int) -> float:
+    """Rows per second of aelab's own Trainer steps (as `aelab train` takes them) on `rows` held in memory, over
+    `args.seconds` (the first step not timed)."""
+    from aelab.config import default_config
+    from aelab.datasets import VectorSet
+    from aelab.pipeline import new_model
+    from aelab.train import Trainer
+
+    config = default_config("sae")
+    config.model.latent, config.model.k = args.latent, args.k
+    config.train.batch_size, config.train.seed = args.batch, seed
+    scale = torch.tensor(float(np.sqrt(np.mean(np.square(rows[:10_000], dtype=np.float64)))))  # "norm", on a sample
+    data = VectorSet(rows, None, torch.zeros(rows.shape[1]), scale.expand(rows.shape[1]).float())
+    trainer = Trainer(new_model(config, data), data, data.subset(1000), config.train)
+    steps, start = 0, None
+    for step, index in enumerate(data.index_batches(args.batch, trainer.shuffle), 1):
+        trainer.train_batch(index)
+        trainer.check_finite(1, step)
+        if start is None:
+            start = time.perf_counter()
+        else:
+            steps += 1
+            if time.perf_counter() - start >= args.seconds:
+                break
+    return steps * args.batch / (time.perf_counter() - start)
+
+
 def run_plain(fetch, count: int, args, seed: int) -> float:
     """Rows per second of a bare TopK SAE over `args.seconds` (the first step not timed), batches by fetch(rows)."""
     torch.manual_seed(seed)
@@ -163,28 +193,32 @@ def main() -> None:
               f"{time.perf_counter() - start:.0f} s", flush=True)
         mapped = np.load(data, mmap_mode="r")
         memory = torch.from_numpy(np.asarray(mapped[:args.memory_rows], dtype=np.float32))
-        results: dict[str, list] = {"aelab": [], "plain": [], "plain_map": []}
+        results: dict[str, list] = {"aelab": [], "aelab_memory": [], "plain": [], "plain_map": []}
         for r in range(args.rounds):
             results["aelab"].append(run_aelab(data, folder / "run", args))
+            results["aelab_memory"].append(run_aelab_memory(np.array(mapped[:args.memory_rows]), args, r))
             results["plain"].append(run_plain(memory.__getitem__, len(memory), args, r))
             results["plain_map"].append(run_plain(
                 lambda i: torch.from_numpy(np.asarray(mapped[np.sort(i.numpy())], dtype=np.float32)),
                 len(mapped), args, r))
             a = results["aelab"][-1]
             print(f"round {r + 1}: aelab {a['rate']:.0f}/s (start-up {a['startup']:.1f} s, VmHWM {a['hwm_mb']:.0f} "
-                  f"MB of which file {a['file_mb']:.0f}, peak RssAnon {a['anon_mb']:.0f} MB), plain "
+                  f"MB of which file {a['file_mb']:.0f}, peak RssAnon {a['anon_mb']:.0f} MB), in memory "
+                  f"{results['aelab_memory'][-1]:.0f}/s; plain "
                   f"{results['plain'][-1]:.0f}/s, plain from the map {results['plain_map'][-1]:.0f}/s", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
     aelab = statistics.median(a["rate"] for a in results["aelab"])
+    aelab_memory = statistics.median(results["aelab_memory"])
     plain, plain_map = statistics.median(results["plain"]), statistics.median(results["plain_map"])
     worst = {k: max(a[k] for a in results["aelab"]) for k in ("hwm_mb", "file_mb", "anon_mb", "anon_load_mb")}
     print(f"\nfile {data.name}: {rows:,} x {args.width} float16, {rows * args.width * 2 / 1e9:.2f} GB; SAE TopK "
           f"latent {args.latent}, k {args.k}, batch {args.batch}, 1 thread; median of {args.rounds} rounds of "
           f"{args.seconds:.0f} s each\n")
     print("| loop | activations/s | vs plain in memory |\n|---|---|---|")
-    for name, rate in (("aelab train sae, from the map", aelab), ("plain PyTorch, in memory", plain),
+    for name, rate in (("aelab train sae, from the map", aelab), ("aelab's Trainer steps, in memory", aelab_memory),
+                       ("plain PyTorch, in memory", plain),
                        ("plain PyTorch, from the map", plain_map)):
         print(f"| {name} | {rate:,.0f} | {rate / plain:.2f} |")
     print(f"\naelab train: start-up (command to first step) {statistics.median(a['startup'] for a in results['aelab']):.1f}"
