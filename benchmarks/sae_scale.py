@@ -222,7 +222,8 @@ def main() -> None:
                        ("plain PyTorch, from the map", plain_map)):
         print(f"| {name} | {rate:,.0f} | {rate / plain:.2f} |")
     startup = statistics.median(a["startup"] for a in results["aelab"])
-    print(f"\naelab train: start-up (command to first step) {startup:.1f} s; peak VmHWM {worst['hwm_mb']:,.0f} MB (mapped file pages {worst['file_mb']:,.0f} MB at the end); peak "
+    print(f"\naelab train: start-up (command to first step) {startup:.1f} s; peak VmHWM {worst['hwm_mb']:,.0f} MB "
+          f"(mapped file pages {worst['file_mb']:,.0f} MB at the end); peak "
           f"RssAnon {worst['anon_mb']:,.0f} MB ({worst['anon_load_mb']:,.0f} MB before the first step)")
 
 
