@@ -1,0 +1,231 @@
+"""A TopK SAE trained from a memory-mapped .npy larger than the memory its process may use, against a plain PyTorch
+loop over the same rows held in memory.
+
+    OMP_NUM_THREADS=1 python benchmarks/sae_scale.py [--gb 3] [--width 768 --latent 2048 --k 32 --batch 1024]
+                                                     [--seconds 30 --rounds 2 --memory-rows 200000]
+
+Writes a float16 .npy of `--gb` GB of activations (n, width) to a fresh folder in /tmp, chunk by chunk (never whole
+in memory; low-rank ReLU'd structure plus noise), then, alternating for `--rounds` rounds:
+- aelab: `aelab train sae` as a real process on the file (one epoch, stopped after `--seconds` of training): its
+  activations per second from its own progress bar (run under a pseudo-terminal, from the first reported step to
+  the last), its start-up (command to first step: imports, the statistics pass over the file, the held-out split)
+  and its memory from /proc/PID/status, sampled every 0.1 s: VmHWM (the peak of everything resident, the mapped
+  file's pages included: page cache the kernel can drop) and the peak RssAnon (the process's own memory);
+- aelab, in memory: its Trainer's steps, in this process, on the first `--memory-rows` rows held in memory (so the
+  map's cost within aelab is the ratio of the two aelab rows);
+- plain: a bare TopK SAE loop (same width, k, batch, Adam lr 1e-3, mean squared error, no AuxK or atom norms) over
+  a float32 tensor in memory of the first `--memory-rows` rows, shuffled batches;
+- plain, map: the same loop reading each shuffled batch from the file's memory map (float16 -> float32), so the
+  map's own cost is the ratio of the two plain loops, whatever aelab's model adds.
+The file is deleted at the end (`--keep` keeps it). Figures of a file that fits the page cache (this one does on
+a machine with more memory than `--gb`): a file beyond it reads from the disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import pty
+import re
+import select
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+PROGRESS = re.compile(rb"\| *(\d+)/(\d+) \[")  # tqdm's "| 12/1708 ["
+
+
+def write_activations(path: Path, rows: int, width: int, chunk: int = 65_536, seed: int = 0) -> None:
+    """A float16 .npy (rows, width) written chunk by chunk: ReLU'd Gaussian factors (64) through a fixed mixing,
+    plus noise; a few MB at a time in memory."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.standard_normal((64, width), dtype=np.float32) / 8
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f2", "fortran_order": False, "shape": (rows, width)})
+        for start in range(0, rows, chunk):
+            n = min(chunk, rows - start)
+            x = np.maximum(rng.standard_normal((n, 64), dtype=np.float32), 0) @ mixing
+            x += 0.1 * rng.standard_normal((n, width), dtype=np.float32)
+            f.write(x.astype(np.float16).tobytes())
+
+
+def status(pid: int) -> dict[str, int]:
+    """The memory fields (kB) of /proc/PID/status; empty once the process is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = (line.split(":") for line in lines if line.startswith(("VmHWM", "VmRSS", "RssAnon", "RssFile")))
+    return {k: int(v.split()[0]) for k, v in fields}
+
+
+def run_aelab(data: Path, out: Path, args) -> dict[str, float]:
+    """`aelab train sae` on `data` for `args.seconds` of training, then killed: rows per second, start-up, memory."""
+    command = [sys.executable, "-m", "aelab", "train", "sae", "--data", str(data), "--epochs", "1",
+               "--latent", str(args.latent), "--set", f"k={args.k}", "--batch-size", str(args.batch),
+               "--threads", "1", "--out", str(out), "--overwrite"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    leader, follower = pty.openpty()  # tqdm draws its bar only on a terminal, and one of some rows
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
+    start = time.perf_counter()
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, env=env)
+    os.close(follower)
+    seen: list[tuple[float, int]] = []  # (time, batches done) at each new count
+    peak_anon = peak_anon_load = 0
+    text = b""
+    while child.poll() is None:
+        if select.select([leader], [], [], 0.1)[0]:
+            try:
+                chunk = os.read(leader, 65_536)
+            except OSError:
+                break
+            text = (text + chunk)[-4096:]
+            counts = [int(m.group(1)) for m in PROGRESS.finditer(chunk)]
+            if counts and counts[-1] > 0 and (not seen or counts[-1] > seen[-1][1]):
+                seen.append((time.perf_counter(), counts[-1]))
+        memory = status(child.pid)
+        peak_anon = max(peak_anon, memory.get("RssAnon", 0))
+        if not seen:
+            peak_anon_load = peak_anon
+        if seen and time.perf_counter() - seen[0][0] >= args.seconds:
+            break
+    memory = status(child.pid)
+    child.kill()
+    child.wait()
+    os.close(leader)
+    shutil.rmtree(out, ignore_errors=True)
+    if len(seen) < 2:
+        sys.exit(f"aelab train stopped before two progress reports (exit {child.returncode}):\n"
+                 f"{text.decode(errors='replace')}")
+    (t0, n0), (t1, n1) = seen[0], seen[-1]
+    return {"rate": (n1 - n0) * args.batch / (t1 - t0), "startup": t0 - start, "rows": n1 * args.batch,
+            "hwm_mb": memory["VmHWM"] / 1024, "file_mb": memory["RssFile"] / 1024, "anon_mb": peak_anon / 1024,
+            "anon_load_mb": peak_anon_load / 1024}
+
+
+def run_aelab_memory(rows: np.ndarray, args, seed: int) -> float:
+    """Rows per second of aelab's own Trainer steps (as `aelab train` takes them) on `rows` held in memory, over
+    `args.seconds` (the first step not timed)."""
+    from aelab.config import default_config
+    from aelab.datasets import VectorSet
+    from aelab.pipeline import new_model
+    from aelab.train import Trainer
+
+    config = default_config("sae")
+    config.model.latent, config.model.k = args.latent, args.k
+    config.train.batch_size, config.train.seed = args.batch, seed
+    scale = torch.tensor(float(np.sqrt(np.mean(np.square(rows[:10_000], dtype=np.float64)))))  # "norm", on a sample
+    data = VectorSet(rows, None, torch.zeros(rows.shape[1]), scale.expand(rows.shape[1]).float())
+    trainer = Trainer(new_model(config, data), data, data.subset(1000), config.train)
+    steps, start = 0, None
+    for step, index in enumerate(data.index_batches(args.batch, trainer.shuffle), 1):
+        trainer.train_batch(index)
+        trainer.check_finite(1, step)
+        if start is None:
+            start = time.perf_counter()
+        else:
+            steps += 1
+            if time.perf_counter() - start >= args.seconds:
+                break
+    return steps * args.batch / (time.perf_counter() - start)
+
+
+def run_plain(fetch, count: int, args, seed: int) -> float:
+    """Rows per second of a bare TopK SAE over `args.seconds` (the first step not timed), batches by fetch(rows)."""
+    torch.manual_seed(seed)
+    width = fetch(torch.arange(2)).shape[1]
+    w_enc = (torch.randn(width, args.latent) / width ** 0.5).requires_grad_()
+    w_dec = w_enc.detach().T.clone().requires_grad_()
+    b_enc, b_dec = torch.zeros(args.latent, requires_grad=True), torch.zeros(width, requires_grad=True)
+    optimizer = torch.optim.Adam([w_enc, w_dec, b_enc, b_dec], lr=1e-3)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).split(args.batch)
+    steps, start = 0, None
+    for rows in order:
+        x = fetch(rows)
+        top = ((x - b_dec) @ w_enc + b_enc).topk(args.k, dim=1)
+        z = torch.zeros(len(x), args.latent).scatter(1, top.indices, F.relu(top.values))
+        loss = F.mse_loss(z @ w_dec + b_dec, x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if start is None:
+            start = time.perf_counter()
+        else:
+            steps += 1
+            if time.perf_counter() - start >= args.seconds:
+                break
+    return steps * args.batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gb", type=float, default=3.0, help="size of the float16 file (default 3 GB)")
+    parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--latent", type=int, default=2048)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--seconds", type=float, default=30, help="training time of each measurement")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--memory-rows", type=int, default=200_000, help="rows the plain loop holds in memory")
+    parser.add_argument("--keep", action="store_true", help="keep the file")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = int(args.gb * 1e9 / (2 * args.width))
+    folder = Path(tempfile.mkdtemp(prefix="aelab-sae-scale-"))
+    data = folder / "acts.npy"
+    try:
+        start = time.perf_counter()
+        write_activations(data, rows, args.width)
+        print(f"wrote {rows:,} x {args.width} float16 ({data.stat().st_size / 1e9:.2f} GB) to {data} in "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
+        mapped = np.load(data, mmap_mode="r")
+        memory = torch.from_numpy(np.asarray(mapped[:args.memory_rows], dtype=np.float32))
+        results: dict[str, list] = {"aelab": [], "aelab_memory": [], "plain": [], "plain_map": []}
+        for r in range(args.rounds):
+            results["aelab"].append(run_aelab(data, folder / "run", args))
+            results["aelab_memory"].append(run_aelab_memory(np.array(mapped[:args.memory_rows]), args, r))
+            results["plain"].append(run_plain(memory.__getitem__, len(memory), args, r))
+            results["plain_map"].append(run_plain(
+                lambda i: torch.from_numpy(np.asarray(mapped[np.sort(i.numpy())], dtype=np.float32)),
+                len(mapped), args, r))
+            a = results["aelab"][-1]
+            print(f"round {r + 1}: aelab {a['rate']:.0f}/s (start-up {a['startup']:.1f} s, VmHWM {a['hwm_mb']:.0f} "
+                  f"MB of which file {a['file_mb']:.0f}, peak RssAnon {a['anon_mb']:.0f} MB), in memory "
+                  f"{results['aelab_memory'][-1]:.0f}/s; plain "
+                  f"{results['plain'][-1]:.0f}/s, plain from the map {results['plain_map'][-1]:.0f}/s", flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    aelab = statistics.median(a["rate"] for a in results["aelab"])
+    aelab_memory = statistics.median(results["aelab_memory"])
+    plain, plain_map = statistics.median(results["plain"]), statistics.median(results["plain_map"])
+    worst = {k: max(a[k] for a in results["aelab"]) for k in ("hwm_mb", "file_mb", "anon_mb", "anon_load_mb")}
+    print(f"\nfile {data.name}: {rows:,} x {args.width} float16, {rows * args.width * 2 / 1e9:.2f} GB; SAE TopK "
+          f"latent {args.latent}, k {args.k}, batch {args.batch}, 1 thread; median of {args.rounds} rounds of "
+          f"{args.seconds:.0f} s each\n")
+    print("| loop | activations/s | vs plain in memory |\n|---|---|---|")
+    for name, rate in (("aelab train sae, from the map", aelab), ("aelab's Trainer steps, in memory", aelab_memory),
+                       ("plain PyTorch, in memory", plain),
+                       ("plain PyTorch, from the map", plain_map)):
+        print(f"| {name} | {rate:,.0f} | {rate / plain:.2f} |")
+    startup = statistics.median(a["startup"] for a in results["aelab"])
+    print(f"\naelab train: start-up (command to first step) {startup:.1f} s; peak VmHWM {worst['hwm_mb']:,.0f} MB "
+          f"(mapped file pages {worst['file_mb']:,.0f} MB at the end); peak "
+          f"RssAnon {worst['anon_mb']:,.0f} MB ({worst['anon_load_mb']:,.0f} MB before the first step)")
+
+
+if __name__ == "__main__":
+    main()
