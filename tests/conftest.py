@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# the helpers are also importable from conftest, as some test modules still do
 from support.datafiles import FASHION_DIR, train_vectors, vectors
-from support.models import stepper  # noqa: F401
-from support.process import SRC, aelab, assert_user_error  # noqa: F401
+from support.process import aelab
 
 N_TRAIN, N_TEST = 3000, 1000  # the subset every training test uses: seconds per run, yet real learning
 RUN_EPOCHS = 3

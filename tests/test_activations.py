@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import N_TRAIN, aelab, assert_user_error
+from conftest import N_TRAIN
+from support.process import aelab, assert_user_error
 
 
 @pytest.fixture(scope="module")

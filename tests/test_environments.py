@@ -15,7 +15,7 @@ import pytest
 from aelab import config as cfg
 from aelab.pipeline import train
 from aelab.trackers import Logger
-from conftest import aelab, assert_user_error
+from support.process import aelab, assert_user_error
 
 TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "AELAB_DIST_TIMEOUT")
 

@@ -12,7 +12,7 @@ import torch
 from aelab import models
 from aelab.errors import UserError
 
-from conftest import aelab
+from support.process import aelab
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

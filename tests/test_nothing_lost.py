@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SRC, aelab, assert_user_error
+from support.process import SRC, aelab, assert_user_error
 
 
 def _weights(run: Path) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import aelab, assert_user_error
+from support.process import aelab, assert_user_error
 
 
 @pytest.fixture(scope="module")

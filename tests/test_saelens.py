@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import aelab, assert_user_error
+from support.process import aelab, assert_user_error
 
 
 @pytest.fixture(scope="module", params=["topk", "l1"])

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from conftest import SRC
+from support.process import SRC
 
 DRIVER = """
 import sys

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import aelab, assert_user_error
+from support.process import aelab, assert_user_error
 
 N, BATCH, EPOCHS = 2000, 256, 2
 

@@ -19,7 +19,8 @@ from aelab.datasets import VectorSet
 from aelab.errors import UserError
 from aelab.models import build
 from aelab.models.sparse import planted_dictionary, recovered
-from conftest import aelab, stepper
+from support.models import stepper
+from support.process import aelab
 
 PLANTED_ACTIVE = 5
 SCALE, OFFSET = 30.0, 7.0  # the vectors' own units: any scale and offset
