@@ -20,11 +20,13 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-# torch first, pinned to the CPU wheel: a bare `torch` requirement would pull a multi-GB CUDA build.
+# torch pinned to the CPU wheel in the same pip call as aelab (a bare `torch` requirement would pull a multi-GB
+# CUDA build); --no-compile: Python compiles what it imports, not the whole of torch and MLflow at install
+INSTALL := $(BIN)/pip install -q --no-compile torch==2.13.0 -e
+
 $(BIN)/aelab: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(INSTALL) '.[test]'
 	touch $@
 
 setup: $(DATA) $(BIN)/aelab
@@ -35,13 +37,15 @@ chapter: setup
 compare: setup
 	$(BIN)/aelab compare --out runs/compare --overwrite
 
-# the optional extras the tests exercise (scikit-learn, TensorBoard, MLflow, ONNX), kept out of `make chapter`
-$(VENV)/.test-extras: $(BIN)/aelab
-	$(BIN)/pip install -q -e '.[test,sklearn,tensorboard,mlflow,onnx]'
-	touch $@
+# aelab with the optional extras the tests exercise (scikit-learn, TensorBoard, MLflow, ONNX), kept out of
+# `make chapter`; one install, which also stands for `make setup`'s
+$(VENV)/.test-extras: pyproject.toml
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(INSTALL) '.[test,sklearn,tensorboard,mlflow,onnx]'
+	touch $(BIN)/aelab $@
 
 # two workers of one torch thread each: most tests start real processes, and two cores serve two of them best
-test: setup $(CHROMIUM) $(VENV)/.test-extras
+test: $(DATA) $(CHROMIUM) $(VENV)/.test-extras
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2
 
 bench: setup
