@@ -20,9 +20,9 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-# torch pinned to the CPU wheel in the same pip call as aelab (a bare `torch` requirement would pull a multi-GB
-# CUDA build); --no-compile: Python compiles what it imports, not the whole of torch and MLflow at install
-INSTALL := $(BIN)/pip install -q --no-compile torch==2.13.0 -e
+# torch pinned to the CPU wheel in the same pip call as aelab: a bare `torch` requirement would pull a multi-GB
+# CUDA build. pip compiles what it installs, so that processes started with PYTHONDONTWRITEBYTECODE start fast.
+INSTALL := $(BIN)/pip install -q torch==2.13.0 -e
 
 $(BIN)/aelab: pyproject.toml
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
