@@ -130,10 +130,18 @@ def run_aelab_memory(rows: np.ndarray, args, seed: int) -> float:
     scale = torch.tensor(float(np.sqrt(np.mean(np.square(rows[:10_000], dtype=np.float64)))))  # "norm", on a sample
     data = VectorSet(rows, None, torch.zeros(rows.shape[1]), scale.expand(rows.shape[1]).float())
     trainer = Trainer(new_model(config, data), data, data.subset(1000), config.train)
-    steps, start = 0, None
-    for step, index in enumerate(data.index_batches(args.batch, trainer.shuffle), 1):
+    def step(number: int, index: torch.Tensor) -> None:
         trainer.train_batch(index)
-        trainer.check_finite(1, step)
+        trainer.check_finite(1, number)
+
+    return rows_per_second(step, data.index_batches(args.batch, trainer.shuffle), args)
+
+
+def rows_per_second(step, batches, args) -> float:
+    """Rows per second of step(number, batch) over `args.seconds`, the first step (warm-up) not timed."""
+    steps, start = 0, None
+    for number, batch in enumerate(batches, 1):
+        step(number, batch)
         if start is None:
             start = time.perf_counter()
         else:
@@ -152,8 +160,7 @@ def run_plain(fetch, count: int, args, seed: int) -> float:
     b_enc, b_dec = torch.zeros(args.latent, requires_grad=True), torch.zeros(width, requires_grad=True)
     optimizer = torch.optim.Adam([w_enc, w_dec, b_enc, b_dec], lr=1e-3)
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).split(args.batch)
-    steps, start = 0, None
-    for rows in order:
+    def step(_: int, rows: torch.Tensor) -> None:
         x = fetch(rows)
         top = ((x - b_dec) @ w_enc + b_enc).topk(args.k, dim=1)
         z = torch.zeros(len(x), args.latent).scatter(1, top.indices, F.relu(top.values))
@@ -161,13 +168,8 @@ def run_plain(fetch, count: int, args, seed: int) -> float:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if start is None:
-            start = time.perf_counter()
-        else:
-            steps += 1
-            if time.perf_counter() - start >= args.seconds:
-                break
-    return steps * args.batch / (time.perf_counter() - start)
+
+    return rows_per_second(step, order, args)
 
 
 def main() -> None:
