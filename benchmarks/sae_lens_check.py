@@ -85,8 +85,8 @@ def main() -> int:
         good = r["codes"] <= 1e-4 * max(1.0, r["code_scale"]) and r["recon"] <= 1e-3
         ok &= good
         print(f"{Path(folder).name}: SAELens {r['class']} ({r['architecture']}): codes differ from aelab's by at most "
-              f"{r['codes']:.2e} (largest code {r['code_scale']:.2f}, L0 {r['l0']:.1f}), reconstructions by {r['recon']:.2e}: "
-              f"{'OK' if good else 'MISMATCH'}")
+              f"{r['codes']:.2e} (largest code {r['code_scale']:.2f}, L0 {r['l0']:.1f}), reconstructions by "
+              f"{r['recon']:.2e}: {'OK' if good else 'MISMATCH'}")
     return 0 if ok else 1
 
 

@@ -83,7 +83,8 @@ def test_bad_grids_are_one_line(vectors, tmp_path, grid, words):
 
 def test_sweep_under_torchrun_trains_what_one_process_does(vectors, tmp_path):
     """Two ranks (real processes, gloo) share each global batch: every run of the sweep ends where the one-process
-    sweep's does, but for the order in which float sums are added; rank 0 alone prints and writes."""
+    sweep's does, but for the order in which float sums are added; rank 0 alone prints and writes. BatchTopK too:
+    its selection and running threshold span the global batch, not each rank's half."""
     import os
     import subprocess
     import sys
@@ -92,15 +93,15 @@ def test_sweep_under_torchrun_trains_what_one_process_does(vectors, tmp_path):
 
     from support.process import SRC
 
-    args = ["sweep", "sae", "--data", vectors, "--grid", "k=4,8", "--grid", "latent=32", "--epochs", EPOCHS,
+    args = ["sweep", "sae", "--data", vectors, "--grid", "sparsity=topk,batchtopk", "--grid", "k=4", "--epochs", EPOCHS,
             "--threads", 1, "--out"]
     assert aelab(*args, tmp_path / "one").returncode == 0
     ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                             "-m", "aelab", *map(str, args), tmp_path / "two"], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}, timeout=300)
     assert ranks.returncode == 0, ranks.stderr[-3000:]
-    assert ranks.stdout.count("| k8-latent32 |") == 1 and "on 2 ranks" in ranks.stdout
-    for run in ("k4-latent32", "k8-latent32"):
+    assert ranks.stdout.count("| sparsitybatchtopk-k4 |") == 1 and "on 2 ranks" in ranks.stdout
+    for run in ("sparsitytopk-k4", "sparsitybatchtopk-k4"):
         one, two = (load_file(tmp_path / side / run / "model.safetensors") for side in ("one", "two"))
         assert one.keys() == two.keys()
         for key in one:
