@@ -1,8 +1,9 @@
 """Does SAELens itself read what `aelab export --format saelens` writes, and give aelab's codes?
 
-Trains two tiny SAEs (topk, l1) on planted vectors with aelab, exports them, then, in a virtual environment of its
-own with sae-lens installed (made on first use; never aelab's), loads each with `SAE.load_from_disk` and compares
-its encode and decode with aelab's on the same raw vectors.
+Trains a tiny SAE of each sparsity (topk, batchtopk, jumprelu, l1; aelab's defaults but k) on planted vectors with
+aelab, exports them, then, in a virtual environment of its own with sae-lens installed (made on first use; never
+aelab's), loads each with `SAE.load_from_disk` and compares its encode and decode with aelab's on the same raw
+vectors.
 
     python benchmarks/sae_lens_check.py [--venv /tmp/aelab-saelens-venv] [--work /tmp/aelab-saelens-check]
 """
@@ -34,7 +35,7 @@ for folder in sys.argv[1:]:
     out[folder] = {"architecture": sae.cfg.architecture(), "class": type(sae).__name__,
                    "codes": float((codes - torch.from_numpy(np.load(folder + "/codes.npy"))).abs().max()),
                    "recon": float((sae.decode(codes) - torch.from_numpy(np.load(folder + "/recon.npy"))).abs().max()),
-                   "code_scale": float(codes.abs().max())}
+                   "code_scale": float(codes.abs().max()), "l0": float((codes > 0).sum(1).float().mean())}
 print(json.dumps(out))
 """
 
@@ -54,7 +55,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/aelab-saelens-check"))
     args = parser.parse_args()
     sys.path.insert(0, str(SRC))
-    from aelab.models.sparse import planted_dictionary
+    from aelab.models.sparse import SPARSITIES, planted_dictionary
     from aelab.runfolder import load_model
 
     python = venv_python(args.venv)
@@ -63,10 +64,10 @@ def main() -> int:
     np.save(args.work / "vectors.npy", vectors)
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     folders = []
-    for sparsity in ("topk", "l1"):
+    for sparsity in SPARSITIES:
         run, export = args.work / f"run-{sparsity}", args.work / f"saelens-{sparsity}"
         for command in (["train", "sae", "--data", args.work / "vectors.npy", "--epochs", "3", "--latent", "256",
-                         "--set", f"sparsity={sparsity}", "--set", "k=8", "--set", "l1=0.03", "--threads", "1",
+                         "--set", f"sparsity={sparsity}", "--set", "k=8", "--threads", "1",
                          "--out", run, "--overwrite"],
                         ["export", run, "--format", "saelens", "--out", export, "--overwrite"]):
             subprocess.run([sys.executable, "-m", "aelab", *map(str, command)], env=env, check=True,
@@ -84,8 +85,8 @@ def main() -> int:
         good = r["codes"] <= 1e-4 * max(1.0, r["code_scale"]) and r["recon"] <= 1e-3
         ok &= good
         print(f"{Path(folder).name}: SAELens {r['class']} ({r['architecture']}): codes differ from aelab's by at most "
-              f"{r['codes']:.2e} (largest code {r['code_scale']:.2f}), reconstructions by {r['recon']:.2e}: "
-              f"{'OK' if good else 'MISMATCH'}")
+              f"{r['codes']:.2e} (largest code {r['code_scale']:.2f}, L0 {r['l0']:.1f}), reconstructions by "
+              f"{r['recon']:.2e}: {'OK' if good else 'MISMATCH'}")
     return 0 if ok else 1
 
 

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from aelab import config as cfg
 from aelab.config import RunConfig
 from aelab.errors import UserError
 from aelab import tensorfile
@@ -194,3 +195,14 @@ def test_api_rejects_wrong_shapes(trained_model):
         trained_model.encode(np.zeros((2, 32, 32), np.uint8))
     with pytest.raises(UserError, match=r"shape \(n, 20\)"):
         trained_model.decode(np.zeros((2, 3), np.float32))
+
+
+def test_a_run_saved_before_vector_scale_existed_reads_as_standardised(tmp_path):
+    config = cfg.resolve("sae")
+    saved = config.to_dict()
+    del saved["data"]["vector_scale"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert RunFolder(tmp_path).config().data.vector_scale == "standardise"
+    saved["data"]["vector_scale"] = "none"  # a run that names its scale keeps it
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert RunFolder(tmp_path).config().data.vector_scale == "none"

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 from support.process import aelab, assert_user_error
 
 
-@pytest.fixture(scope="module", params=["topk", "l1"])
+@pytest.fixture(scope="module", params=["topk", "batchtopk", "jumprelu", "l1"])
 def sae_run(request, tmp_path_factory):
     from aelab.models.sparse import planted_dictionary
 
@@ -33,11 +33,14 @@ def test_saelens_files_reproduce_aelab(sae_run, tmp_path):
     result = aelab("export", run, "--format", "saelens", "--out", tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     cfg = json.loads((tmp_path / "cfg.json").read_text())
-    assert cfg["architecture"] == {"topk": "topk", "l1": "standard"}[sparsity]
+    assert cfg["architecture"] == {"topk": "topk", "l1": "standard"}.get(sparsity, "jumprelu")
     assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"], cfg["apply_b_dec_to_input"]) == (24, 64, "float32", True)
     assert cfg["normalize_activations"] == "none" and cfg.get("k") == (5 if sparsity == "topk" else None)
     w = load_file(tmp_path / "sae_weights.safetensors")
-    assert {k: v.shape for k, v in w.items()} == {"W_enc": (24, 64), "b_enc": (64,), "W_dec": (64, 24), "b_dec": (24,)}
+    threshold = {"threshold": (64,)} if cfg["architecture"] == "jumprelu" else {}
+    assert {k: v.shape for k, v in w.items()} == {"W_enc": (24, 64), "b_enc": (64,), "W_dec": (64, 24), "b_dec": (24,),
+                                                  **threshold}
+    model = load_model(run, "cpu")
 
     x = vectors[:300].astype(np.float64)
     pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]  # SAELens: process_sae_in, then the encoder
@@ -45,9 +48,15 @@ def test_saelens_files_reproduce_aelab(sae_run, tmp_path):
         codes = np.zeros_like(pre)
         top = np.argsort(-pre, axis=1)[:, :5]
         np.put_along_axis(codes, top, np.maximum(np.take_along_axis(pre, top, 1), 0), 1)
-    else:
+    elif sparsity == "l1":
         codes = np.maximum(pre, 0)
-    model = load_model(run, "cpu")
+    else:  # SAELens's JumpReLUSAE.encode: relu(pre) * (pre > threshold)
+        codes = np.maximum(pre, 0) * (pre > w["threshold"])
+        if sparsity == "batchtopk":  # the running estimate, the same for every unit, and it does cut codes
+            assert model.threshold > 0 and np.all(w["threshold"] == np.float32(model.threshold))
+            assert ((pre > 0) & (codes == 0)).any()
+        else:
+            np.testing.assert_allclose(w["threshold"], model.log_threshold.detach().exp().numpy(), rtol=1e-6)
     expected = model.encode(vectors[:300])
     np.testing.assert_allclose(codes, expected, atol=2e-4, rtol=1e-4)
     np.testing.assert_allclose(codes @ w["W_dec"] + w["b_dec"], model.reconstruct(vectors[:300]), atol=2e-3, rtol=1e-4)

@@ -79,3 +79,32 @@ def test_bad_grids_are_one_line(vectors, tmp_path, grid, words):
     args = [a for g in grid for a in ("--grid", g)]
     assert_user_error(aelab("sweep", "sae", "--data", vectors, *args, "--out", tmp_path / "x"), *words)
     assert not (tmp_path / "x").exists()
+
+
+def test_sweep_under_torchrun_trains_what_one_process_does(vectors, tmp_path):
+    """Two ranks (real processes, gloo) share each global batch: every run of the sweep ends where the one-process
+    sweep's does, but for the order in which float sums are added; rank 0 alone prints and writes. BatchTopK too:
+    its selection and running threshold span the global batch, not each rank's half."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from support.process import SRC
+
+    args = ["sweep", "sae", "--data", vectors, "--grid", "sparsity=topk,batchtopk", "--grid", "k=4", "--epochs", EPOCHS,
+            "--threads", 1, "--out"]
+    assert aelab(*args, tmp_path / "one").returncode == 0
+    ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                            "-m", "aelab", *map(str, args), tmp_path / "two"], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert ranks.returncode == 0, ranks.stderr[-3000:]
+    assert ranks.stdout.count("| sparsitybatchtopk-k4 |") == 1 and "on 2 ranks" in ranks.stdout
+    for run in ("sparsitytopk-k4", "sparsitybatchtopk-k4"):
+        one, two = (load_file(tmp_path / side / run / "model.safetensors") for side in ("one", "two"))
+        assert one.keys() == two.keys()
+        for key in one:
+            assert torch.allclose(one[key], two[key], rtol=0, atol=1e-5), (run, key)
+    assert [r["fvu"] for r in json.loads((tmp_path / "two" / "sweep.json").read_text())] == pytest.approx(
+        [r["fvu"] for r in json.loads((tmp_path / "one" / "sweep.json").read_text())], rel=1e-4)

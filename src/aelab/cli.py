@@ -466,9 +466,9 @@ def cmd_sweep(args) -> int:
     overrides["data.path"] = args.data
     overrides.update({key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items()
                       if flag in ("epochs", "batch_size", "lr", "seed", "device") and getattr(args, flag) is not None})
-    sweep(args.model, parse_grid(args.grid), args.out, overrides, args.overwrite, args.threads)
-    print(markdown(args.out))
-    print(f"leaderboard and fvu_vs_l0.png in {args.out}")
+    if sweep(args.model, parse_grid(args.grid), args.out, overrides, args.overwrite, args.threads):  # rank 0's
+        print(markdown(args.out))
+        print(f"leaderboard and fvu_vs_l0.png in {args.out}")
     return 0
 
 

@@ -304,6 +304,9 @@ class RunFolder:
 
 
 def _checked_config(d, source: str) -> RunConfig:
+    if isinstance(d, dict) and isinstance(d.get("data"), dict) and "vector_scale" not in d["data"]:
+        # a run saved before data.vector_scale existed trained its vectors standardised per feature
+        d = {**d, "data": {**d["data"], "vector_scale": "standardise"}}
     try:
         return RunConfig.from_dict(d)
     except UserError as e:

@@ -3,8 +3,12 @@
     DIR/cfg.json                  architecture, d_in, d_sae, dtype, device, apply_b_dec_to_input,
                                   normalize_activations, reshape_activations, metadata (+ k for topk)
     DIR/sae_weights.safetensors   W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in), b_dec (d_in,)
+                                  (+ threshold (d_sae,) for jumprelu)
 
-SAELens encodes z = act((x - b_dec) @ W_enc + b_enc) and decodes z @ W_dec + b_dec, on raw activations. aelab trains
+SAELens encodes z = act((x - b_dec) @ W_enc + b_enc) and decodes z @ W_dec + b_dec, on raw activations. Its
+"jumprelu" act is relu(pre) * (pre > threshold): aelab's JumpReLU with threshold exp(log_threshold), and aelab's
+BatchTopK at inference, whose per-input rule keeps pre > its running threshold (clamped at 0). SAELens itself saves
+a trained BatchTopK SAE for inference this way: a JumpReLU whose every threshold is the batch threshold. aelab trains
 on activations standardised per feature, s = (x - mean) / std, so the standardisation is folded into the weights:
 (s - b) = (x - (mean + std * b)) / std gives W_enc / std[:, None] and b_dec = mean + std * b, and the decoder's
 std * (W z + b) + mean gives W_dec * std. SAELens then gives the same codes and reconstructions as aelab's encode
@@ -21,12 +25,13 @@ import torch
 from aelab import files
 from aelab.errors import UserError
 
-ARCHITECTURES = {"topk": "topk", "l1": "standard"}  # aelab's sparsity -> SAELens's architecture
+# aelab's sparsity -> SAELens's inference architecture
+ARCHITECTURES = {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "l1": "standard"}
 FILES = ("cfg.json", "sae_weights.safetensors")
 
 
 def saelens_tensors(model) -> dict[str, torch.Tensor]:
-    """W_enc, b_enc, W_dec, b_dec in SAELens's layout and raw units, float32 on the CPU."""
+    """W_enc, b_enc, W_dec, b_dec (and threshold) in SAELens's layout and raw units, float32 on the CPU."""
     encoder, decoder = model.encoder[-1], model.decoder[0]
     mean, std = model.in_mean.double().cpu(), model.in_std.double().cpu()
     w_enc = encoder.weight.detach().double().cpu().T                     # (d_in, d_sae)
@@ -34,6 +39,11 @@ def saelens_tensors(model) -> dict[str, torch.Tensor]:
     b = decoder.bias.detach().double().cpu()
     tensors = {"W_enc": w_enc / std[:, None], "b_enc": encoder.bias.detach().double().cpu(),
                "W_dec": w_dec * std[None, :], "b_dec": mean + std * b}
+    # the threshold compares pre-activations, which the fold leaves in aelab's units: no rescaling
+    if model.config.sparsity == "jumprelu":
+        tensors["threshold"] = model.log_threshold.detach().double().cpu().exp()
+    elif model.config.sparsity == "batchtopk":  # < 0 (never estimated) reads as 0 in aelab: plain ReLU
+        tensors["threshold"] = model.threshold.detach().double().cpu().clamp_min(0).expand(model.config.latent)
     return {k: v.float().contiguous() for k, v in tensors.items()}
 
 
@@ -55,9 +65,6 @@ def check_exportable(model, name: str) -> None:
     if config.recon_loss != "mse" or config.hidden or config.arch != "mlp":
         raise UserError("SAELens's SAEs are one linear layer each way on activation vectors; this run was trained "
                         "on images or with hidden layers: train the SAE on vectors with no --hidden")
-    if config.sparsity not in ARCHITECTURES:
-        raise UserError(f"sparsity {config.sparsity!r} has no SAELens export yet; export a "
-                        f"{' or '.join(ARCHITECTURES)} run")
 
 
 def export_saelens(run: str | Path, out: str | Path, overwrite: bool = False) -> Path:

@@ -8,7 +8,8 @@ per epoch instead of one per SAE.
     OUT/fvu_vs_l0.png        the trade-off, one point per SAE
 
 Each SAE is seeded, shuffled and stepped exactly as `aelab train` would train it alone with the same settings, so
-its run folder holds what that single run would hold (measured: equal to the bit on the CPU).
+its run folder holds what that single run would hold (measured: equal to the bit on the CPU). Under torchrun each rank
+reads its share of every global batch, as `aelab train` does, and rank 0 alone measures and writes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from aelab import files, reports
+from aelab import distributed, files, reports
 from aelab.errors import UserError
 
 SHARED = ("data.", "train.batch_size", "train.seed", "train.epochs", "train.device", "train.precision",
@@ -65,9 +66,9 @@ def configs(model_name: str, grid: dict[str, list[str]], overrides: dict[str, ob
 def sweep(model_name: str, grid: dict[str, list[str]], out: str | Path, overrides: dict[str, object] | None = None,
           overwrite: bool = False, threads: int | None = None, reader=None) -> list[dict]:
     """Train every combination of `grid` into OUT/NAME in one pass over the data, then measure and rank them.
-    `reader`, if given, wraps the training set's batch reader (floats(index) -> tensor). Returns the table's rows."""
-    from aelab.pipeline import RunRecorder, finish, new_model
-    from aelab.reports import plot_losses
+    `reader`, if given, wraps the training set's batch reader (floats(index) -> tensor). Returns the table's rows
+    (none on the other ranks under torchrun)."""
+    from aelab.pipeline import RunRecorder, new_model
     from aelab.runfolder import RunFolder
     from aelab.train import Trainer
 
@@ -83,32 +84,47 @@ def sweep(model_name: str, grid: dict[str, list[str]], out: str | Path, override
     for name, config in made.items():  # as pipeline.train makes it; no folder before every model is built
         trainers.append((config, new_model(config, train_set)))
     for name, (config, model) in zip(made, trainers):
-        runs.append(RunFolder.create(out / name, config, overwrite))
+        path = out / name
+        runs.append(distributed.on_main(lambda: RunFolder.create(path, config, overwrite)) or RunFolder(path))
     trainers = [Trainer(model, train_set, test_set, config.train, [RunRecorder(run, config)])
                 for (config, model), run in zip(trainers, runs)]
-    lead = trainers[0]
-    print(f"sweep: {len(trainers)} {model_name} runs on {len(train_set)} vectors of width {train_set.shape[0]}, "
-          f"one read per batch; runs in {out}", flush=True)
+    lead, main = trainers[0], distributed.is_main()
+    ranks = f" on {distributed.world_size()} ranks" if distributed.world_size() > 1 else ""
+    if main:
+        print(f"sweep: {len(trainers)} {model_name} runs on {len(train_set)} vectors of width {train_set.shape[0]}"
+              f"{ranks}, one read per batch; runs in {out}", flush=True)
     try:
         for epoch in range(1, lead.config.epochs + 1):
             _epoch(trainers, read, epoch, len(train_set))
-            print(f"sweep: epoch {epoch}/{lead.config.epochs}: " + "  ".join(
-                f"{name} {t.history[-1]['test_loss']:.4f}" for name, t in zip(made, trainers)), flush=True)
-        rows = []
-        for name, run, trainer in zip(made, runs, trainers):
-            plot_losses(trainer.history, run.loss_plot_path)
-            finish(run, config=made[name], trainer=trainer, test_set=test_set)
-            rows.append(_row(name, run, trainer))
+            if main:
+                print(f"sweep: epoch {epoch}/{lead.config.epochs}: " + "  ".join(
+                    f"{name} {t.history[-1]['test_loss']:.4f}" for name, t in zip(made, trainers)), flush=True)
+        rows = distributed.on_main(lambda: _finish(made, runs, trainers, test_set, out)) or []
     finally:
         for run in runs:
             run.close()
+    distributed.finish()
+    return rows
+
+
+def _finish(made, runs, trainers, test_set, out: Path) -> list[dict]:
+    """Rank 0: every run's loss plot, measures and report, then the leaderboard."""
+    from aelab.pipeline import finish
+    from aelab.reports import plot_losses
+
+    rows = []
+    for name, run, trainer in zip(made, runs, trainers):
+        plot_losses(trainer.history, run.loss_plot_path)
+        finish(run, config=made[name], trainer=trainer, test_set=test_set)
+        rows.append(_row(name, run, trainer))
     write_leaderboard(rows, out)
     return rows
 
 
 def _epoch(trainers, read, epoch: int, n: int) -> None:
-    """One epoch of every trainer on the same batches, each read once; then each measures and records itself.
-    Every trainer's shuffle generator keeps the lead's state, so each checkpoint resumes as a single run would."""
+    """One epoch of every trainer on the same batches, each read once (this rank's share of it); then each measures
+    and records itself (rank 0). Every trainer's shuffle generator keeps the lead's state, so each checkpoint
+    resumes as a single run would."""
     lead = trainers[0]
     batches = list(lead.train_set.index_batches(lead.config.batch_size, lead.shuffle))
     seconds = [0.0] * len(trainers)
@@ -118,18 +134,22 @@ def _epoch(trainers, read, epoch: int, n: int) -> None:
         t.model.train()
         t.finite.fill_(True)
     for step, index in enumerate(batches, 1):
-        x = read(index)
+        mine, offset = distributed.share(index)
+        x = read(mine)
         for i, t in enumerate(trainers):
             began = time.perf_counter()
-            with t.autocast():
-                terms = t.step(x.to(t.device, non_blocking=True))
+            with distributed.sharded(offset, len(index)), t.autocast():
+                terms = t.step(x.to(t.device, non_blocking=True), len(mine) / len(index))
             for k, v in terms.items():  # batch-size weighted, as Trainer.train_epoch
                 sums[i][k] = sums[i].get(k, 0) + v.float() * len(x)
             t.check_finite(epoch, step, last=step == len(batches))
             seconds[i] += time.perf_counter() - began
     for t, terms, took in zip(trainers, sums, seconds):
         t.epoch = epoch
-        t.epoch_end(epoch, {k: (v / n).item() for k, v in terms.items()}, took)
+        means = {k: (distributed.all_sum(v) / n).item() for k, v in terms.items()}
+        if distributed.is_main():
+            t.epoch_end(epoch, means, took)
+    distributed.barrier()  # the other ranks wait for rank 0's evaluation and files
 
 
 def _row(name: str, run, trainer) -> dict:

@@ -142,6 +142,24 @@ class _Step(torch.autograd.Function):
         return None, (-near * grad / ctx.eps).sum(0), None
 
 
+def _every_rank(t: torch.Tensor) -> torch.Tensor:
+    """(world, *t.shape): row r is rank r's t (one all-reduce of rows that are zero but the rank's own)."""
+    rows = t.new_zeros((distributed.world_size(), *t.shape))
+    rows[distributed.rank()] = t
+    return distributed.all_sum(rows)
+
+
+def _global_batch_top(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """BatchTopK over the global batch under torchrun: the k * (global batch) largest pre-activations of all ranks,
+    ReLU'd, of which this rank's rows (pre). Each rank's own largest k * (global batch) hold every kept one, so the
+    cut, the k * B-th largest of them all, is what one process taking the whole batch would find."""
+    kept = k * distributed.batch_rows(len(pre))[1]
+    mine = pre.detach().reshape(-1).topk(min(kept, pre.numel())).values
+    candidates = torch.cat([mine, mine.new_full((kept - len(mine),), -torch.inf)])  # the same length on every rank
+    cut = _every_rank(candidates).reshape(-1).topk(kept).values[-1]
+    return torch.relu(pre) * (pre >= cut)
+
+
 class SparseAutoencoder(Autoencoder):
     """Sparse AE (TopK, BatchTopK, JumpReLU or L1) over a linear dictionary; L0, FVU, shrinkage and dead units."""
 
@@ -208,6 +226,8 @@ class SparseAutoencoder(Autoencoder):
     def sparse_code(self, pre: torch.Tensor, batch: bool) -> torch.Tensor:
         """The code (b, latent) from pre-activations; `batch`: batchtopk picks over the batch (training)."""
         sparsity, k = self.config.sparsity, min(self.config.k, self.config.latent)
+        if sparsity == "batchtopk" and batch and distributed.world_size() > 1:
+            return _global_batch_top(pre, k)
         if sparsity == "topk" or (sparsity == "batchtopk" and batch):
             flat = pre if sparsity == "topk" else pre.reshape(1, -1)
             top = flat.topk(k * (1 if sparsity == "topk" else len(pre)), dim=1)
@@ -289,9 +309,8 @@ class SparseAutoencoder(Autoencoder):
             counts = distributed.all_sum(torch.cat([(z > 0).any(0).long(), z.new_full((1,), len(z), dtype=torch.long)]))
             self.inputs_since_active.add_(counts[-1]).masked_fill_(counts[:-1] > 0, 0)
             self.steps_done.add_(1)
-            if self.config.sparsity == "batchtopk":  # the smallest kept activation, averaged over ranks and batches
-                low = distributed.all_sum(z.detach().float().masked_fill(z <= 0, torch.inf).amin().reshape(1))[0]
-                low = low / distributed.world_size()
+            if self.config.sparsity == "batchtopk":  # the global batch's smallest kept activation, EMA over batches
+                low = _every_rank(z.detach().float().masked_fill(z <= 0, torch.inf).amin()).amin()
                 blended = torch.where(self.threshold < 0, low, THRESHOLD_DECAY * self.threshold
                                       + (1 - THRESHOLD_DECAY) * low)
                 self.threshold.copy_(torch.where(low.isfinite(), blended, self.threshold))
