@@ -203,10 +203,11 @@ def _tens(big: float) -> str:
 def _feature_stats(data: np.ndarray, keep: np.ndarray, source: str, scale: str = "standardise",
                    chunk_bytes: int = 1 << 20):
     """The shift and divisor (each (d,) float32) that scale the rows where `keep` is true, in one pass over the file
-    in chunks of about `chunk_bytes` (every row checked by _checked_rows), combining chunks as Chan, Golub & LeVeque
-    (1979) do: exact at any offset or scale. "standardise": each feature's mean and std (a constant feature gets
-    std 1: it is only shifted); "norm": no shift, and one divisor s with mean ||x / s||^2 = d; "none": 0 and 1.
-    All features constant is refused whatever the scale: there is nothing to learn."""
+    (plain reads, about 1.3 s per GB of float16 on one core; docs/sae.md) in chunks of about `chunk_bytes` (every
+    row checked by _checked_rows), combining chunks as Chan, Golub & LeVeque (1979) do: exact at any offset or
+    scale. "standardise": each feature's mean and std (a constant feature gets std 1: it is only shifted);
+    "norm": no shift, and one divisor s with mean ||x / s||^2 = d; "none": 0 and 1. All features constant is
+    refused whatever the scale: there is nothing to learn."""
     count, mean, m2 = 0, np.zeros(data.shape[1]), np.zeros(data.shape[1])
     for start, x in _checked_rows(data, source, chunk_bytes):
         x = x[keep[start:start + len(x)]]
@@ -235,7 +236,7 @@ def _feature_stats(data: np.ndarray, keep: np.ndarray, source: str, scale: str =
 
 def load_vectors(path: Path, test_fraction: float, scale: str = "norm") -> tuple[VectorSet, VectorSet]:
     """(train, test) from a .npy of vectors (n, d), scaled as `scale` says (see _feature_stats) with the training
-    split's statistics. The training set reads its batches from the file's memory map;
+    split's statistics. The training set reads its batches from the file (datasets.gather);
     the held-out rows (test_fraction of them, at most VECTOR_TEST_MAX, the same every time) are loaded. Refused
     here, before any run folder exists: values that are not finite or too large, and data whose training or test
     split does not vary (nothing to learn, or no variance to measure the FVE against)."""
