@@ -9,8 +9,10 @@ in memory; low-rank ReLU'd structure plus noise), then, alternating for `--round
 - aelab: `aelab train sae` as a real process on the file (one epoch, stopped after `--seconds` of training): its
   activations per second from its own progress bar (run under a pseudo-terminal, from the first reported step to
   the last), its start-up (command to first step: imports, the statistics pass over the file, the held-out split)
-  and its peak resident memory (ru_maxrss from wait4: VmHWM, everything resident, its own memory and any file pages
-  mapped into it), against the 2 GB goal; RssAnon and RssFile are sampled from /proc/PID/status every 0.1 s;
+  and its peak resident memory, against the 2 GB goal: VmHWM (everything resident, its own memory and any file
+  pages mapped into it) from /proc/PID/status, read every 0.1 s and, exactly, with the process stopped before it is
+  killed (wait4's ru_maxrss would not do: it keeps the peak of the benchmark process it was forked from); RssAnon
+  and RssFile are sampled with it;
 - aelab, in memory: its Trainer's steps, in this process, on the first `--memory-rows` rows held in memory (so the
   map's cost within aelab is the ratio of the two aelab rows);
 - plain: a bare TopK SAE loop (same width, k, batch, Adam lr 1e-3, mean squared error, no AuxK or atom norms) over
@@ -74,11 +76,6 @@ def status(pid: int) -> dict[str, int]:
     return {k: int(v.split()[0]) for k, v in fields}
 
 
-def running(pid: int) -> bool:
-    """Whether child `pid` is still running, without reaping it (Popen.poll would, and lose its rusage)."""
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
-
-
 def run_aelab(data: Path, out: Path, args) -> dict[str, float]:
     """`aelab train sae` on `data` for `args.seconds` of training, then killed (if it has not finished): rows per
     second, start-up, memory."""
@@ -92,9 +89,9 @@ def run_aelab(data: Path, out: Path, args) -> dict[str, float]:
     child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, env=env)
     os.close(follower)
     seen: list[tuple[float, int]] = []  # (time, batches done) at each new count
-    peak_anon = peak_anon_load = peak_file = 0
+    peak_anon = peak_anon_load = peak_file = hwm = 0
     text = b""
-    while running(child.pid):
+    while child.poll() is None:
         if select.select([leader], [], [], 0.1)[0]:
             try:
                 chunk = os.read(leader, 65_536)
@@ -107,13 +104,16 @@ def run_aelab(data: Path, out: Path, args) -> dict[str, float]:
         memory = status(child.pid)
         peak_anon = max(peak_anon, memory.get("RssAnon", 0))
         peak_file = max(peak_file, memory.get("RssFile", 0))
+        hwm = max(hwm, memory.get("VmHWM", 0))  # absent once it has exited: the last reading stands
         if not seen:
             peak_anon_load = peak_anon
         if seen and time.perf_counter() - seen[0][0] >= args.seconds:
             break
-    os.kill(child.pid, signal.SIGKILL)  # not yet reaped (see running): the pid is still the child's
-    _, code, usage = os.wait4(child.pid, 0)  # its peak RSS as the kernel kept it: no sampling misses it
-    child.returncode = os.waitstatus_to_exitcode(code)
+    if child.poll() is None:
+        child.send_signal(signal.SIGSTOP)  # its peak so far, exactly, before it goes
+        hwm = max(hwm, status(child.pid).get("VmHWM", 0))
+        child.kill()
+    child.wait()
     os.close(leader)
     shutil.rmtree(out, ignore_errors=True)
     if len(seen) < 2:
@@ -121,7 +121,7 @@ def run_aelab(data: Path, out: Path, args) -> dict[str, float]:
                  f"{text.decode(errors='replace')}")
     (t0, n0), (t1, n1) = seen[0], seen[-1]
     return {"rate": (n1 - n0) * args.batch / (t1 - t0), "startup": t0 - start, "rows": n1 * args.batch,
-            "hwm_mb": usage.ru_maxrss / 1024, "file_mb": peak_file / 1024, "anon_mb": peak_anon / 1024,
+            "hwm_mb": hwm / 1024, "file_mb": peak_file / 1024, "anon_mb": peak_anon / 1024,
             "anon_load_mb": peak_anon_load / 1024}
 
 
