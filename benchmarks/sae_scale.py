@@ -213,10 +213,10 @@ def main() -> None:
                 lambda i: torch.from_numpy(np.asarray(mapped[np.sort(i.numpy())], dtype=np.float32)),
                 len(mapped), args, r))
             a = results["aelab"][-1]
-            print(f"round {r + 1}: aelab {a['rate']:.0f}/s (start-up {a['startup']:.1f} s, peak RSS {a['hwm_mb']:.0f} "
-                  f"MB; sampled peaks RssFile {a['file_mb']:.0f}, RssAnon {a['anon_mb']:.0f} MB), in memory "
-                  f"{results['aelab_memory'][-1]:.0f}/s; plain "
-                  f"{results['plain'][-1]:.0f}/s, plain from the map {results['plain_map'][-1]:.0f}/s", flush=True)
+            print(f"round {r + 1}: aelab {a['rate']:.0f}/s (start-up {a['startup']:.1f} s, peak RSS "
+                  f"{a['hwm_mb']:.0f} MB; sampled peaks RssFile {a['file_mb']:.0f}, RssAnon {a['anon_mb']:.0f} MB), "
+                  f"in memory {results['aelab_memory'][-1]:.0f}/s; plain {results['plain'][-1]:.0f}/s, plain from "
+                  f"the map {results['plain_map'][-1]:.0f}/s", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
@@ -228,16 +228,16 @@ def main() -> None:
           f"latent {args.latent}, k {args.k}, batch {args.batch}, 1 thread; median of {args.rounds} rounds of "
           f"{args.seconds:.0f} s each\n")
     print("| loop | activations/s | vs plain in memory |\n|---|---|---|")
-    for name, rate in (("aelab train sae, from the map", aelab), ("aelab's Trainer steps, in memory", aelab_memory),
+    for name, rate in (("aelab train sae, from the file", aelab), ("aelab's Trainer steps, in memory", aelab_memory),
                        ("plain PyTorch, in memory", plain),
                        ("plain PyTorch, from the map", plain_map)):
         print(f"| {name} | {rate:,.0f} | {rate / plain:.2f} |")
     startup = statistics.median(a["startup"] for a in results["aelab"])
     verdict = "within" if worst["hwm_mb"] <= GOAL_MB else "OVER"
-    print(f"\naelab train: start-up (command to first step) {startup:.1f} s; peak RSS (VmHWM) {worst['hwm_mb']:,.0f} MB, "
-          f"{verdict} the {GOAL_MB:,} MB goal, for a {rows * args.width * 2 / 1e6:,.0f} MB file; sampled peaks: "
-          f"RssFile {worst['file_mb']:,.0f} MB, RssAnon {worst['anon_mb']:,.0f} MB ({worst['anon_load_mb']:,.0f} MB "
-          "before the first step)")
+    print(f"\naelab train: start-up (command to first step) {startup:.1f} s; peak RSS (VmHWM) "
+          f"{worst['hwm_mb']:,.0f} MB, {verdict} the {GOAL_MB:,} MB goal, for a {rows * args.width * 2 / 1e6:,.0f} MB "
+          f"file; sampled peaks: RssFile {worst['file_mb']:,.0f} MB, RssAnon {worst['anon_mb']:,.0f} MB "
+          f"({worst['anon_load_mb']:,.0f} MB before the first step)")
 
 
 if __name__ == "__main__":
