@@ -120,3 +120,12 @@ def test_features_without_variance_train_and_the_fve_is_defined(flat_vector_run)
     assert train.std[:5].tolist() == [1.0] * 5 and (train.std[5:] > 4).all()  # clamped as StandardScaler does
     x = train.floats()
     assert x[:, :5].eq(0).all() and x.isfinite().all() and x[:, 5:].std(0).sub(1).abs().max() < 0.01
+
+
+def test_a_nan_in_vectors_is_refused_naming_its_row_in_c_and_fortran_order(tmp_path):
+    x = np.random.default_rng(0).standard_normal((3000, 20)).astype(np.float32)
+    x[1234, 5] = np.nan
+    for name, array in (("c.npy", x), ("f.npy", np.asfortranarray(x))):
+        np.save(tmp_path / name, array)
+        with pytest.raises(UserError, match=f"{name} holds 1 NaN or infinite values, the first in row 1234"):
+            load_dataset(tmp_path / name, kind="vectors")
