@@ -12,7 +12,10 @@ LOG_2PI = math.log(2 * math.pi)
 
 def bce_mean(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Mean per-pixel sigmoid cross-entropy with logits: the chapter's reconstruction loss."""
-    return _BCEMean.apply(logits.float(), x)
+    logits = logits.float()
+    if logits.device.type == "cpu":
+        return _BCEMean.apply(logits, x)
+    return F.binary_cross_entropy_with_logits(logits, x)
 
 
 def mse_mean(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -22,11 +25,15 @@ def mse_mean(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def bce_per_image(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of each image, shape (b,): the Bernoulli negative log-likelihood in nats."""
-    return _BCEPerImage.apply(logits.float(), x)
+    logits = logits.float()
+    if logits.device.type == "cpu":
+        return _BCEPerImage.apply(logits, x)
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
 
 
-# Sigmoid cross-entropy with logits, as torch computes it but faster on a CPU: torch's forward spends most of the
-# chapter's non-matrix time in log_sigmoid (a log and an exp per pixel). Here softplus(l) - x l is summed from
+# Sigmoid cross-entropy with logits on a CPU, as torch computes it but faster (a GPU keeps torch's own kernels: fewer
+# launches). torch's forward spends most of the chapter's non-matrix time in log_sigmoid (a log and an exp per
+# pixel). Here softplus(l) - x l is summed from
 # s = sigmoid(l) as relu(l) - x l - log max(s, 1 - s), with one log per block of pixels: the product of up to 64
 # values in [0.5, 1] cannot underflow. The loss agrees with torch's to float rounding (about 1e-7 relative); the
 # gradient is torch's own formula, (sigmoid(l) - x) * grad (then / numel for the mean), so training is unchanged
