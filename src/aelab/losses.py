@@ -33,11 +33,10 @@ def bce_per_image(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 # Sigmoid cross-entropy with logits on a CPU, as torch computes it but faster (a GPU keeps torch's own kernels: fewer
 # launches). torch's forward spends most of the chapter's non-matrix time in log_sigmoid (a log and an exp per
-# pixel). Here softplus(l) - x l is summed from
-# s = sigmoid(l) as relu(l) - x l - log max(s, 1 - s), with one log per block of pixels: the product of up to 64
-# values in [0.5, 1] cannot underflow. The loss agrees with torch's to float rounding (about 1e-7 relative); the
-# gradient is torch's own formula, (sigmoid(l) - x) * grad (then / numel for the mean), so training is unchanged
-# to the bit.
+# pixel). Here softplus(l) - x l is summed from s = sigmoid(l) as relu(l) - x l - log max(s, 1 - s), with one log
+# per block of pixels: the product of up to 64 values in [0.5, 1] cannot underflow. The loss agrees with torch's to
+# float rounding (about 1e-7 relative); the gradient is torch's own formula, (sigmoid(l) - x) * grad (then / numel
+# for the mean), so training is unchanged to the bit.
 
 def _block(size: int) -> int:
     return max(k for k in range(1, 65) if size % k == 0)
