@@ -200,26 +200,26 @@ def test_the_decoder_gradient_is_orthogonal_to_each_unit_atom():
 
 
 @pytest.mark.parametrize("sparsity", ["topk", "batchtopk"])
-@pytest.mark.parametrize("dead", [False, True])
-def test_the_gathered_step_has_the_dense_codes_loss_and_gradients(sparsity, dead):
+def test_the_gathered_step_has_the_dense_codes_loss_and_gradients(sparsity):
     x = torch.randn(64, 16, generator=torch.Generator().manual_seed(2))
     found = []
     for gathered in (True, False):
         model = _sae(sparsity=sparsity, dead_window=8)
-        assert model.gathers()  # TopK and BatchTopK training on a one-layer encoder gather by default
+        assert model.gathers()  # TopK and BatchTopK training on a one-layer encoder, no unit dead: gathered
         if not gathered:
             model.gathers = lambda: False
-        if dead:  # every third unit dead: AuxK reconstructs with them
-            model.inputs_since_active[::3] = 8
         terms = model.loss(x)
         terms["loss"].backward()
         found.append((terms, {name: p.grad for name, p in model.named_parameters()}))
     (terms, grads), (dense_terms, dense_grads) = found
-    assert terms.keys() == dense_terms.keys() and bool(terms["aux"] > 0) == dead
+    assert terms.keys() == dense_terms.keys()
     for name in terms:
         assert torch.allclose(terms[name], dense_terms[name], atol=1e-6), name
     for name in grads:
         assert grads[name].abs().sum() > 0 and torch.allclose(grads[name], dense_grads[name], atol=1e-6), name
+    model.inputs_since_active[::3] = 8  # every third unit dead: AuxK differentiates them, with the dense code
+    assert not model.gathers() and model.loss(x)["aux"] > 0
+    assert not _sae(sparsity=sparsity, aux_coefficient=0.0).eval().gathers()  # inference codes densely
 
 
 @pytest.mark.parametrize("sparsity", ["topk", "batchtopk"])

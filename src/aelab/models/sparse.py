@@ -235,9 +235,12 @@ class SparseAutoencoder(Autoencoder):
         """Whether a training step codes by gathering: TopK or BatchTopK on a one-layer encoder keep k units per
         input, so the pre-activations are found without autograd and only the kept units' rows of W_enc and atoms
         of W_dec take part in the differentiated step (the loss and gradients of the dense code, for about
-        k / latent of its backward pass)."""
+        k / latent of its backward pass). On the CPU, and while AuxK has no dead unit: it differentiates k_aux
+        (d / 2) dead units per input, which the dense code does faster. A GPU keeps the dense code: no host sync,
+        and the static shapes a captured CUDA graph needs."""
         c = self.config
-        return self.training and c.sparsity in ("topk", "batchtopk") and not c.hidden and c.arch == "mlp"
+        return (self.training and c.sparsity in ("topk", "batchtopk") and not c.hidden and c.arch == "mlp"
+                and self.device.type == "cpu" and not (c.aux_coefficient and self.dead().any()))
 
     def picked(self, pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The kept units of pre-activations (b, latent) as (rows, cols, offsets): each input's k largest, or for
@@ -271,17 +274,10 @@ class SparseAutoencoder(Autoencoder):
         if self.device.type == "cpu" and not dead.any():
             return out.new_zeros(())
         k_aux = min(self.config.k_aux or max(1, math.prod(self.config.in_shape) // 2), self.config.latent)
-        top = pre.detach().masked_fill(~dead, -torch.inf).topk(k_aux, dim=1)  # live units come out -inf
+        top = pre.masked_fill(~dead, -torch.inf).topk(k_aux, dim=1)  # live units come out -inf: never more than dead
+        z_aux = torch.zeros_like(pre).scatter_(1, top.indices, torch.relu(top.values).nan_to_num(0, 0, 0))
         live = out.detach()
-        if self.gathers():
-            arange = torch.arange(len(pre), device=pre.device)
-            rows, cols = arange.repeat_interleave(k_aux), top.indices.flatten()
-            values = self.gathered(self.centred(x), rows, cols) * top.values.isfinite().flatten()
-            aux = self.decode_gathered(cols, arange * k_aux, values)
-        else:
-            values = pre.gather(1, top.indices).relu() * top.values.isfinite()
-            aux = F.linear(torch.zeros_like(pre).scatter_(1, top.indices, values), self.decoder[0].weight)
-        with_aux = live + aux.view_as(live)
+        with_aux = live + F.linear(z_aux, self.decoder[0].weight).view_as(live)
         ratio = self.recon_error(with_aux, x) / self.recon_error(live, x).clamp_min(1e-12)
         return ratio * dead.any()
 
