@@ -336,7 +336,7 @@ class SparseAutoencoder(Autoencoder):
         if self.config.sparsity in UNIT_NORM:
             self.normalise_atoms()
         with torch.no_grad():  # units active anywhere in the global batch, and its size: one sum over the ranks
-            counts = distributed.all_sum(torch.cat([(fired > 0).long(), fired.new_full((1,), len(x), dtype=torch.long)]))
+            counts = distributed.all_sum(torch.cat([(fired > 0).long(), torch.tensor([len(x)], device=fired.device)]))
             self.inputs_since_active.add_(counts[-1]).masked_fill_(counts[:-1] > 0, 0)
             self.steps_done.add_(1)
             if self.config.sparsity == "batchtopk":  # the smallest kept activation, averaged over ranks and batches
