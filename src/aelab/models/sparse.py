@@ -215,7 +215,7 @@ class SparseAutoencoder(Autoencoder):
     def _along_atoms_removed(self, grad: torch.Tensor) -> torch.Tensor:
         """The decoder's gradient less its part along each (unit) atom, which renormalising would undo."""
         atoms = self.decoder[0].weight.detach()
-        return grad - atoms * (grad * atoms).sum(0, keepdim=True)
+        return torch.addcmul(grad, atoms, torch.linalg.vecdot(grad, atoms, dim=0), value=-1)
 
     # -- the code -------------------------------------------------------------------------------------------------
 
@@ -251,10 +251,49 @@ class SparseAutoencoder(Autoencoder):
         """(latent,) bool: units not active over the last dead_window training inputs."""
         return self.inputs_since_active >= self.config.dead_window
 
+    def gathers(self) -> bool:
+        """Whether a training step codes by gathering: TopK or BatchTopK on a one-layer encoder keep k units per
+        input, so the pre-activations are found without autograd and only the kept units' rows of W_enc and atoms
+        of W_dec take part in the differentiated step (the loss and gradients of the dense code, for about
+        k / latent of its backward pass). On the CPU, and while AuxK has no dead unit: it differentiates k_aux
+        (d / 2) dead units per input, which the dense code does faster. A GPU keeps the dense code: no host sync,
+        and the static shapes a captured CUDA graph needs."""
+        c = self.config
+        return (self.training and c.sparsity in ("topk", "batchtopk") and not c.hidden and c.arch == "mlp"
+                and self.device.type == "cpu" and not (c.aux_coefficient and self.dead().any())
+                and not (c.sparsity == "batchtopk" and distributed.world_size() > 1))  # that picks over all ranks
+
+    def picked(self, pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The kept units of pre-activations (b, latent) as (rows, cols, offsets): each input's k largest, or for
+        batchtopk the k * b largest of the batch; rows ascending, offsets each input's first, (b,)."""
+        b, arange = len(pre), torch.arange(len(pre), device=pre.device)
+        if self.config.sparsity == "topk":
+            return arange.repeat_interleave(k), pre.topk(k, dim=1).indices.flatten(), arange * k
+        flat = pre.flatten().topk(k * b).indices.sort().values
+        rows = flat // pre.shape[1]
+        return rows, flat % pre.shape[1], torch.searchsorted(rows, arange)
+
+    def gathered(self, centred: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """ReLU'd pre-activations of units `cols` for inputs `rows` of centred (b, d), differentiable, (m,)."""
+        linear = self.encoder[-1]
+        return torch.relu((F.embedding(cols, linear.weight) * centred[rows]).sum(1) + linear.bias[cols])
+
+    def decode_gathered(self, cols: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """The sum over each input's kept units of value * atom, (b, d) without b_dec."""
+        return F.embedding_bag(cols, self.decoder[0].weight.t().contiguous(), offsets, mode="sum",
+                               per_sample_weights=values)
+
+    def centred(self, x: torch.Tensor) -> torch.Tensor:
+        """x - b_dec, flattened: what a one-layer encoder reads."""
+        return (x - self.output(self.b_dec)).flatten(1)
+
     def aux_loss(self, pre: torch.Tensor, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """AuxK (Gao et al. 2024, appendix A.2): the k_aux largest pre-activations of dead units reconstruct what
-        the live code leaves, measured relative to that error; 0 while no unit is dead."""
+        the live code leaves, measured relative to that error; 0 while no unit is dead. On the CPU that case is
+        skipped (knowing it costs no device sync); a GPU, and a captured CUDA graph, compute it and multiply by 0."""
         dead = self.dead()
+        if self.device.type == "cpu" and not dead.any():
+            return out.new_zeros(())
         k_aux = min(self.config.k_aux or max(1, math.prod(self.config.in_shape) // 2), self.config.latent)
         top = pre.masked_fill(~dead, -torch.inf).topk(k_aux, dim=1)  # live units come out -inf: never more than dead
         z_aux = torch.zeros_like(pre).scatter_(1, top.indices, torch.relu(top.values).nan_to_num(0, 0, 0))
@@ -263,10 +302,22 @@ class SparseAutoencoder(Autoencoder):
         ratio = self.recon_error(with_aux, x) / self.recon_error(live, x).clamp_min(1e-12)
         return ratio * dead.any()
 
-    def terms_and_code(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        pre = self.pre_activations(x)
-        z = self.sparse_code(pre, batch=self.training)
-        out = self.decoder(z)
+    def terms_and_firing(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The loss terms of batch x, how often each unit fired in it (latent,), and the kept activations: (m,)
+        when gathered, else the dense code (b, latent)."""
+        if self.gathers():
+            centred, linear = self.centred(x), self.encoder[-1]
+            with torch.no_grad():
+                pre = F.linear(centred, linear.weight, linear.bias)
+            rows, cols, offsets = self.picked(pre, min(self.config.k, self.config.latent))
+            kept = self.gathered(centred, rows, cols)
+            out = (self.decode_gathered(cols, offsets, kept) + self.decoder[0].bias).view_as(x)
+            fired = torch.zeros(self.config.latent, device=x.device).index_add_(0, cols, (kept > 0).float())
+        else:
+            pre = self.pre_activations(x)
+            kept = self.sparse_code(pre, batch=self.training)
+            out = self.decoder(kept)
+            fired = (kept > 0).sum(0).float()
         recon = self.recon_error(out, x)
         terms = {"loss": recon, "recon": recon}
         sparsity, size = self.config.sparsity, math.prod(self.config.in_shape)
@@ -277,19 +328,19 @@ class SparseAutoencoder(Autoencoder):
             terms["l0_penalty"] = _Step.apply(pre, self.log_threshold.exp(), self.config.bandwidth).sum(1).mean()
             terms["loss"] = terms["loss"] + self.config.l0_coefficient / size * terms["l0_penalty"]
         elif sparsity == "l1":
-            terms["l1"] = (z.float().abs() * self.decoder[0].weight.norm(dim=0)).sum(1).mean()
+            terms["l1"] = (kept.float().abs() * self.decoder[0].weight.norm(dim=0)).sum(1).mean()
             warm = ((self.steps_done + 1).float() / self.l1_warmup_steps.clamp_min(1)).clamp(max=1)
             terms["loss"] = terms["loss"] + self.config.l1 / size * warm * terms["l1"]
-        terms.update(self.report_card(z, out, x))
-        return terms, z
+        terms.update(self.report_card(fired.sum() / len(x), out, x))
+        return terms, fired, kept
 
     @torch.no_grad()
-    def report_card(self, z: torch.Tensor, out: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The field's per-batch measures: L0, FVU (against this batch's variance), shrinkage ||x^|| / ||x||,
-        cosine(x^, x), and the fraction of units dead."""
+    def report_card(self, l0: torch.Tensor, out: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The field's per-batch measures: L0 (given: units active per input), FVU (against this batch's
+        variance), shrinkage ||x^|| / ||x||, cosine(x^, x), and the fraction of units dead."""
         values, target = self.output(out).flatten(1).float(), x.flatten(1).float()
         norm_out, norm_x = values.norm(dim=1), target.norm(dim=1)
-        return {"l0": (z > 0).sum(1).float().mean(),
+        return {"l0": l0,
                 "fvu": (values - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12),
                 "shrinkage": (norm_out / norm_x.clamp_min(1e-12)).mean(),
                 "cosine": F.cosine_similarity(values, target, dim=1).mean(),
@@ -297,20 +348,20 @@ class SparseAutoencoder(Autoencoder):
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The reconstruction plus the sparsity's own term ("aux", "l0_penalty" or "l1"), and the report card."""
-        return self.terms_and_code(x)[0]
+        return self.terms_and_firing(x)[0]
 
     def training_steps(self, x: torch.Tensor):
-        terms, z = self.terms_and_code(x)
+        terms, fired, kept = self.terms_and_firing(x)
         yield 0, terms["loss"]
         # the trainer has stepped: renormalise here, so every saved state (and a resumed run) has unit atoms
         if self.config.sparsity in UNIT_NORM:
             self.normalise_atoms()
         with torch.no_grad():  # units active anywhere in the global batch, and its size: one sum over the ranks
-            counts = distributed.all_sum(torch.cat([(z > 0).any(0).long(), z.new_full((1,), len(z), dtype=torch.long)]))
+            counts = distributed.all_sum(torch.cat([(fired > 0).long(), torch.tensor([len(x)], device=fired.device)]))
             self.inputs_since_active.add_(counts[-1]).masked_fill_(counts[:-1] > 0, 0)
             self.steps_done.add_(1)
             if self.config.sparsity == "batchtopk":  # the global batch's smallest kept activation, EMA over batches
-                low = _every_rank(z.detach().float().masked_fill(z <= 0, torch.inf).amin()).amin()
+                low = _every_rank(kept.detach().float().masked_fill(kept <= 0, torch.inf).amin()).amin()
                 blended = torch.where(self.threshold < 0, low, THRESHOLD_DECAY * self.threshold
                                       + (1 - THRESHOLD_DECAY) * low)
                 self.threshold.copy_(torch.where(low.isfinite(), blended, self.threshold))
@@ -336,7 +387,7 @@ class SparseAutoencoder(Autoencoder):
             z = self.code_eval(x)
             out = self.decoder(z)
             fires += (z > 0).sum(0)
-            card = self.report_card(z, out, x)
+            card = self.report_card((z > 0).sum(1).float().mean(), out, x)
             sums += torch.stack([card["shrinkage"], card["cosine"]]) * len(x)
             sse += (self.output(out) - x).pow(2).sum().item()
         return fires / len(test), sse, sums / len(test)
