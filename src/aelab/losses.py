@@ -12,10 +12,7 @@ LOG_2PI = math.log(2 * math.pi)
 
 def bce_mean(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Mean per-pixel sigmoid cross-entropy with logits: the chapter's reconstruction loss."""
-    logits = logits.float()
-    if logits.device.type == "cpu":
-        return _BCEMean.apply(logits, x)
-    return F.binary_cross_entropy_with_logits(logits, x)
+    return F.binary_cross_entropy_with_logits(logits.float(), x)
 
 
 def mse_mean(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -25,56 +22,7 @@ def mse_mean(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def bce_per_image(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of each image, shape (b,): the Bernoulli negative log-likelihood in nats."""
-    logits = logits.float()
-    if logits.device.type == "cpu":
-        return _BCEPerImage.apply(logits, x)
-    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
-
-
-# Sigmoid cross-entropy with logits on a CPU, as torch computes it but faster (a GPU keeps torch's own kernels: fewer
-# launches). torch's forward spends most of the chapter's non-matrix time in log_sigmoid (a log and an exp per
-# pixel). Here softplus(l) - x l is summed from s = sigmoid(l) as relu(l) - x l - log max(s, 1 - s), with one log
-# per block of pixels: the product of up to 64 values in [0.5, 1] cannot underflow. The loss agrees with torch's to
-# float rounding (about 1e-7 relative); the gradient is torch's own formula, (sigmoid(l) - x) * grad (then / numel
-# for the mean), so training is unchanged to the bit.
-
-def _block(size: int) -> int:
-    return max(k for k in range(1, 65) if size % k == 0)
-
-
-def _bce_sums(logits: torch.Tensor, x: torch.Tensor, s: torch.Tensor, per_row: bool) -> torch.Tensor:
-    b, d = logits.shape[0], logits[0].numel()
-    l, x = logits.reshape(b, d), x.reshape(b, d)
-    logs = torch.maximum(s, 1 - s).view(b, d // _block(d), _block(d)).prod(2).log_()
-    if per_row:
-        return l.clamp_min(0).sum(1) - (l * x).sum(1) - logs.sum(1)
-    return l.clamp_min(0).sum() - torch.dot(l.reshape(-1), x.reshape(-1)) - logs.sum()
-
-
-class _BCEMean(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, x):
-        s = torch.sigmoid(logits)
-        ctx.save_for_backward(s, x)
-        return _bce_sums(logits, x, s, per_row=False) / logits.numel()
-
-    @staticmethod
-    def backward(ctx, grad):
-        s, x = ctx.saved_tensors
-        return ((s - x) * grad).div_(s.numel()), None
-
-
-class _BCEPerImage(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, x):
-        s = torch.sigmoid(logits)
-        ctx.save_for_backward(s, x)
-        return _bce_sums(logits, x, s, per_row=True)
-
-    @staticmethod
-    def backward(ctx, grad):
-        s, x = ctx.saved_tensors
-        return (s - x) * grad.view(-1, *[1] * (s.dim() - 1)), None
+    return F.binary_cross_entropy_with_logits(logits.float(), x, reduction="none").flatten(1).sum(1)
 
 
 def entropy_per_image(x: torch.Tensor) -> torch.Tensor:
