@@ -293,7 +293,7 @@ def test_the_l1_penalty_is_weighted_by_decoder_norms_and_warmed_up():
     assert torch.allclose(late["loss"], late["recon"] + 2.0 / 16 * late["l1"])
 
 
-def test_initialise_puts_b_dec_at_the_geometric_median():
+def test_initialise_puts_b_dec_at_the_geometric_median_and_l1s_at_zero():
     x = torch.randn(2000, 16)
     x[:100] += 1000  # outliers drag the mean, not the median
     model = _sae()
@@ -303,6 +303,12 @@ def test_initialise_puts_b_dec_at_the_geometric_median():
     mean = _sae(centre="mean")
     mean.initialise(x, steps=1)
     assert torch.allclose(mean.b_dec, x.mean(0))
+    l1 = _sae(sparsity="l1")  # l1's b_dec starts at zero, unless asked otherwise
+    l1.initialise(x, steps=1)
+    assert torch.equal(l1.b_dec, torch.zeros(16))
+    l1 = _sae(sparsity="l1", centre="median")
+    l1.initialise(x, steps=1)
+    assert l1.b_dec.norm() < 0.5 and torch.equal(l1.b_dec, model.b_dec)
 
 
 @pytest.mark.parametrize("settings, words", [

@@ -13,7 +13,7 @@ Four sparsities, each as its paper trains it:
   "Circuits Updates", April 2024).
 The other three keep the atoms at unit norm: their gradient is taken orthogonal to each atom before every step and
 the atoms renormalised after it (OpenAI's sparse_autoencoder). `initialise` puts b_dec at the geometric median (or
-mean) of a sample of the training data; the encoder starts as the decoder's transpose (Gao et al. 2024).
+mean) of a sample of the training data, l1's at zero; the encoder starts as the decoder's transpose (Gao et al. 2024).
 Reported, as that field does: L0, FVU, shrinkage (||x^|| / ||x||), cosine(x^, x), the dead units (not active over
 the last `dead_window` training inputs, counted in a buffer so checkpoints and resume keep the count) and the
 density of each unit's firing."""
@@ -35,7 +35,7 @@ from aelab.models.base import AEConfig, Autoencoder
 
 SPARSITIES = ("topk", "batchtopk", "jumprelu", "l1")
 UNIT_NORM = ("topk", "batchtopk", "jumprelu")  # the forms whose atoms stay at unit norm
-CENTRES = ("median", "mean", "zero")
+CENTRES = ("auto", "median", "mean", "zero")
 THRESHOLD_DECAY = 0.99  # batchtopk: weight of the running threshold against each batch's smallest kept activation
 
 
@@ -59,7 +59,9 @@ class SAEConfig(AEConfig):
     #                                  scale (mean squared norm d) codes are O(1), and a narrow kernel seldom moves
     #                                  the thresholds in a short run
     threshold: float = 1.0           # jumprelu: every unit's threshold at the start
-    centre: str = "median"           # b_dec at the start: geometric "median" or "mean" of a training sample, or "zero"
+    centre: str = "auto"             # b_dec at the start: geometric "median" or "mean" of a training sample, or "zero";
+    #                                  "auto": zero for l1 (as SAELens starts it: from the median, the same l1 gives
+    #                                  a higher L0 and recovers fewer known features), the median for the others
     dead_window: int = 100_000       # a unit not active over this many training inputs counts as dead
 
     def check(self) -> None:
@@ -196,10 +198,12 @@ class SparseAutoencoder(Autoencoder):
 
     @torch.no_grad()
     def initialise(self, sample: torch.Tensor, steps: int) -> None:
-        """b_dec at the centre of a training sample (as the model sees it), and the L1 warm-up's length."""
-        rows = sample.flatten(1).float()
-        centre = {"median": geometric_median, "mean": lambda r: r.mean(0), "zero": lambda r: r[0] * 0}[
-            self.config.centre](rows)
+        """b_dec at its start (`centre`: of a training sample, as the model sees it, or zero), and the L1 warm-up's
+        length."""
+        rows, centre = sample.flatten(1).float(), self.config.centre
+        if centre == "auto":
+            centre = "zero" if self.config.sparsity == "l1" else "median"
+        centre = {"median": geometric_median, "mean": lambda r: r.mean(0), "zero": lambda r: r[0] * 0}[centre](rows)
         if self.data_kind(self.config) == "images":  # the decoder speaks logits
             centre = torch.logit(centre.clamp(0.01, 0.99))
         self.decoder[0].bias.copy_(centre)
