@@ -62,9 +62,9 @@ class SAEConfig(AEConfig):
     #                                  scale (mean squared norm d) codes are O(1), and a narrow kernel seldom moves
     #                                  the thresholds in a short run
     threshold: float = 1.0           # jumprelu: every unit's threshold at the start
-    centre: str = "auto"             # b_dec at the start: geometric "median" or "mean" of a training sample, or "zero";
-    #                                  "auto": zero for l1 (as SAELens starts it: from the median, the same l1 gives
-    #                                  a higher L0 and recovers fewer known features), the median for the others
+    centre: str = "auto"             # b_dec at the start: geometric "median" or "mean" of a training sample,
+    #                                  "zero", or "auto": zero for l1 (as SAELens starts it: from the median, the same
+    #                                  l1 gives a higher L0 and recovers fewer known features), else the median
     dead_window: int = 100_000       # a unit not active over this many training inputs counts as dead
 
     def check(self) -> None:
