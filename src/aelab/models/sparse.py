@@ -171,6 +171,26 @@ def _every_rank(t: torch.Tensor) -> torch.Tensor:
     return distributed.all_sum(rows)
 
 
+class _Kept(torch.autograd.Function):
+    """The kept entries pre[rows, cols] of pre = centred W_enc^T + b_enc, as a function of W_enc, b_enc and centred.
+    Their gradient is sparse, m = (inputs x k) entries of (b, latent): the backward multiplies it as a sparse
+    matrix, about k / latent of the dense backward's work, and nothing of size m x d is ever made."""
+
+    @staticmethod
+    def forward(ctx, values, weight, bias, centred, rows, cols):
+        ctx.save_for_backward(weight, centred, rows, cols)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, centred, rows, cols = ctx.saved_tensors
+        latent, b = weight.shape[0], centred.shape[0]
+        by_unit = torch.sparse_coo_tensor(torch.stack([cols, rows]), grad, (latent, b), check_invariants=False)
+        by_input = torch.sparse_coo_tensor(torch.stack([rows, cols]), grad, (b, latent), check_invariants=False)
+        return (None, torch.sparse.mm(by_unit, centred), grad.new_zeros(latent).index_add_(0, cols, grad),
+                torch.sparse.mm(by_input, weight), None, None)
+
+
 def _global_batch_top(pre: torch.Tensor, k: int) -> torch.Tensor:
     """BatchTopK over the global batch under torchrun: the k * (global batch) largest pre-activations of all ranks,
     ReLU'd, of which this rank's rows (pre). Each rank's own largest k * (global batch) hold every kept one, so the
@@ -302,10 +322,12 @@ class SparseAutoencoder(Autoencoder):
         rows = flat // pre.shape[1]
         return rows, flat % pre.shape[1], torch.searchsorted(rows, arange)
 
-    def gathered(self, centred: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """ReLU'd pre-activations of units `cols` for inputs `rows` of centred (b, d), differentiable, (m,)."""
+    def gathered(self, pre: torch.Tensor, centred: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+                 ) -> torch.Tensor:
+        """ReLU'd pre-activations of units `cols` for inputs `rows`, (m,): taken from pre (found without autograd)
+        and differentiable in W_enc, b_enc and centred (b, d) through sparse products (_Kept)."""
         linear = self.encoder[-1]
-        return torch.relu((F.embedding(cols, linear.weight) * centred[rows]).sum(1) + linear.bias[cols])
+        return torch.relu(_Kept.apply(pre[rows, cols], linear.weight, linear.bias, centred, rows, cols))
 
     def decode_gathered(self, cols: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """The sum over each input's kept units of value * atom, (b, d) without b_dec."""
@@ -339,7 +361,7 @@ class SparseAutoencoder(Autoencoder):
             with torch.no_grad():
                 pre = F.linear(centred, linear.weight, linear.bias)
             rows, cols, offsets = self.picked(pre, min(self.config.k, self.config.latent))
-            kept = self.gathered(centred, rows, cols)
+            kept = self.gathered(pre, centred, rows, cols)
             out = (self.decode_gathered(cols, offsets, kept) + self.decoder[0].bias).view_as(x)
             fired = torch.zeros(self.config.latent, device=x.device).index_add_(0, cols, (kept > 0).float())
         else:
