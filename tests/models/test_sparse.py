@@ -293,7 +293,20 @@ def test_the_l1_penalty_is_weighted_by_decoder_norms_and_warmed_up():
     assert torch.allclose(late["loss"], late["recon"] + 2.0 / 16 * late["l1"])
 
 
-def test_initialise_puts_b_dec_at_the_geometric_median():
+def test_an_l1_step_clips_the_gradient_norm():
+    def step(**settings):
+        model = _sae(sparsity="l1", **settings)
+        trainer = stepper(model, lr=1e-3)
+        x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0)) * 100  # gradients far over the clip
+        trainer.step(x)
+        return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+
+    assert torch.isclose(step(), torch.tensor(1 / 16))  # grad_clip 1 of the summed error: 1 / d of aelab's mean
+    assert torch.isclose(step(grad_clip=2.0), torch.tensor(2 / 16))
+    assert step(grad_clip=0.0) > 10
+
+
+def test_initialise_puts_b_dec_at_the_geometric_median_and_l1s_at_zero():
     x = torch.randn(2000, 16)
     x[:100] += 1000  # outliers drag the mean, not the median
     model = _sae()
@@ -303,13 +316,19 @@ def test_initialise_puts_b_dec_at_the_geometric_median():
     mean = _sae(centre="mean")
     mean.initialise(x, steps=1)
     assert torch.allclose(mean.b_dec, x.mean(0))
+    l1 = _sae(sparsity="l1")  # l1's b_dec starts at zero, unless asked otherwise
+    l1.initialise(x, steps=1)
+    assert torch.equal(l1.b_dec, torch.zeros(16))
+    l1 = _sae(sparsity="l1", centre="median")
+    l1.initialise(x, steps=1)
+    assert l1.b_dec.norm() < 0.5 and torch.equal(l1.b_dec, model.b_dec)
 
 
 @pytest.mark.parametrize("settings, words", [
     ({"sparsity": "relu"}, "batchtopk"), ({"k": 0}, "k and dead_window"), ({"k_aux": -1}, "k_aux"),
     ({"aux_coefficient": -1.0}, "aux_coefficient"), ({"l1_warmup": 2.0}, "l1_warmup"), ({"bandwidth": 0.0}, "bandwidth"),
     ({"threshold": -1.0}, "threshold"), ({"centre": "middle"}, "median"), ({"l0_coefficient": -1.0}, "l0_coefficient"),
-    ({"atom_norm": 0.0}, "atom_norm")])
+    ({"atom_norm": 0.0}, "atom_norm"), ({"grad_clip": -1.0}, "grad_clip")])
 def test_bad_settings_are_refused_by_config_check(settings, words):
     with pytest.raises(UserError, match=words):
         cfg.resolve("sae", None, settings)

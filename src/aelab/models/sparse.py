@@ -9,17 +9,18 @@ Four sparsities, each as its paper trains it:
   estimate of the smallest kept activation as a per-input threshold, so one input's code never depends on its batch;
 - jumprelu: z = pre * H(pre - theta), a learned threshold per unit trained by a straight-through estimator with a
   rectangle kernel of width `bandwidth`, and an L0 penalty (Rajamanoharan et al. 2024);
-- l1: ReLU and the penalty sum_i z_i ||W_dec[:, i]|| over free-norm atoms, its weight warmed up linearly (Anthropic,
-  "Circuits Updates", April 2024).
+- l1: ReLU and the penalty sum_i z_i ||W_dec[:, i]|| over free-norm atoms, its weight warmed up linearly, and the
+  gradient's norm clipped (Anthropic, "Circuits Updates", April 2024).
 The other three keep the atoms at unit norm: their gradient is taken orthogonal to each atom before every step and
 the atoms renormalised after it (OpenAI's sparse_autoencoder). `initialise` puts b_dec at the geometric median (or
-mean) of a sample of the training data; the encoder starts as the decoder's transpose (Gao et al. 2024).
+mean) of a sample of the training data, l1's at zero; the encoder starts as the decoder's transpose (Gao et al. 2024).
 Reported, as that field does: L0, FVU, shrinkage (||x^|| / ||x||), cosine(x^, x), the dead units (not active over
 the last `dead_window` training inputs, counted in a buffer so checkpoints and resume keep the count) and the
 density of each unit's firing."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -31,11 +32,11 @@ from torch import nn
 from aelab import distributed
 from aelab.errors import UserError
 from aelab.images import tile
-from aelab.models.base import AEConfig, Autoencoder
+from aelab.models.base import AEConfig, Autoencoder, adam
 
 SPARSITIES = ("topk", "batchtopk", "jumprelu", "l1")
 UNIT_NORM = ("topk", "batchtopk", "jumprelu")  # the forms whose atoms stay at unit norm
-CENTRES = ("median", "mean", "zero")
+CENTRES = ("auto", "median", "mean", "zero")
 THRESHOLD_DECAY = 0.99  # batchtopk: weight of the running threshold against each batch's smallest kept activation
 
 
@@ -53,13 +54,17 @@ class SAEConfig(AEConfig):
     #                                  summed squared error: Anthropic's lambda (5), divided by d beside the mean MSE
     atom_norm: float = 0.1           # l1: every atom's norm at the start (the encoder starts as their transpose)
     l1_warmup: float = 0.05          # l1: the weight grows linearly from 0 over this fraction of the run's steps
+    grad_clip: float = 1.0           # l1: each step's gradient norm clipped at this for the summed squared error
+    #                                  (grad_clip / d beside the mean); 0: none
     l0_coefficient: float = 2.0      # jumprelu: weight of the L0 penalty (batch mean of units active) against the
     #                                  summed squared error (divided by d beside the mean MSE, as l1)
     bandwidth: float = 0.5           # jumprelu: width of the rectangle kernel of the threshold's gradient; at SAE
     #                                  scale (mean squared norm d) codes are O(1), and a narrow kernel seldom moves
     #                                  the thresholds in a short run
     threshold: float = 1.0           # jumprelu: every unit's threshold at the start
-    centre: str = "median"           # b_dec at the start: geometric "median" or "mean" of a training sample, or "zero"
+    centre: str = "auto"             # b_dec at the start: geometric "median" or "mean" of a training sample,
+    #                                  "zero", or "auto": zero for l1 (as SAELens starts it: from the median, the same
+    #                                  l1 gives a higher L0 and recovers fewer known features), else the median
     dead_window: int = 100_000       # a unit not active over this many training inputs counts as dead
 
     def check(self) -> None:
@@ -70,8 +75,8 @@ class SAEConfig(AEConfig):
             raise UserError(f"unknown centre {self.centre!r}; use --set centre= one of {', '.join(CENTRES)}")
         if self.k < 1 or self.k_aux < 0 or self.dead_window < 1:
             raise UserError("k and dead_window must be at least 1, and k_aux at least 0 (0: half the input's size)")
-        if min(self.l1, self.l0_coefficient, self.aux_coefficient) < 0:
-            raise UserError("l1, l0_coefficient and aux_coefficient must not be negative")
+        if min(self.l1, self.l0_coefficient, self.aux_coefficient, self.grad_clip) < 0:
+            raise UserError("l1, l0_coefficient, aux_coefficient and grad_clip must not be negative")
         if not 0 <= self.l1_warmup <= 1:
             raise UserError(f"l1_warmup is a fraction of the run's steps, in [0, 1], not {self.l1_warmup}")
         if min(self.bandwidth, self.threshold, self.atom_norm) <= 0:
@@ -142,11 +147,48 @@ class _Step(torch.autograd.Function):
         return None, (-near * grad / ctx.eps).sum(0), None
 
 
+class _ClippedAdam(torch.optim.Adam):
+    """aelab's Adam (models.base.adam) that first clips the gradients' global norm at `max_norm`."""
+
+    def __init__(self, params, lr: float, max_norm: float):
+        made = adam(params, lr)
+        super().__init__(made.param_groups, **made.defaults)
+        self.max_norm = max_norm
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        torch.nn.utils.clip_grad_norm_([p for group in self.param_groups for p in group["params"]], self.max_norm)
+        return _ADAM_STEP(self, closure)
+
+
+_ADAM_STEP = inspect.unwrap(torch.optim.Adam.step)  # without its wrappers, as train.eager_optimizers steps
+
+
 def _every_rank(t: torch.Tensor) -> torch.Tensor:
     """(world, *t.shape): row r is rank r's t (one all-reduce of rows that are zero but the rank's own)."""
     rows = t.new_zeros((distributed.world_size(), *t.shape))
     rows[distributed.rank()] = t
     return distributed.all_sum(rows)
+
+
+class _Kept(torch.autograd.Function):
+    """The kept entries pre[rows, cols] of pre = centred W_enc^T + b_enc, as a function of W_enc, b_enc and centred.
+    Their gradient is sparse, m = (inputs x k) entries of (b, latent): the backward multiplies it as a sparse
+    matrix, about k / latent of the dense backward's work, and nothing of size m x d is ever made."""
+
+    @staticmethod
+    def forward(ctx, values, weight, bias, centred, rows, cols):
+        ctx.save_for_backward(weight, centred, rows, cols)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, centred, rows, cols = ctx.saved_tensors
+        latent, b = weight.shape[0], centred.shape[0]
+        by_unit = torch.sparse_coo_tensor(torch.stack([cols, rows]), grad, (latent, b), check_invariants=False)
+        by_input = torch.sparse_coo_tensor(torch.stack([rows, cols]), grad, (b, latent), check_invariants=False)
+        return (None, torch.sparse.mm(by_unit, centred), grad.new_zeros(latent).index_add_(0, cols, grad),
+                torch.sparse.mm(by_input, weight), None, None)
 
 
 def _global_batch_top(pre: torch.Tensor, k: int) -> torch.Tensor:
@@ -190,16 +232,23 @@ class SparseAutoencoder(Autoencoder):
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.int64))
         self.register_buffer("l1_warmup_steps", torch.zeros((), dtype=torch.int64))
 
+    def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
+        if self.config.sparsity == "l1" and self.config.grad_clip:
+            return [_ClippedAdam(self.parameters(), lr, self.config.grad_clip / math.prod(self.config.in_shape))]
+        return super().configure_optimizers(lr)
+
     @property
     def b_dec(self) -> torch.Tensor:
         return self.decoder[0].bias.view(self.config.in_shape)
 
     @torch.no_grad()
     def initialise(self, sample: torch.Tensor, steps: int) -> None:
-        """b_dec at the centre of a training sample (as the model sees it), and the L1 warm-up's length."""
-        rows = sample.flatten(1).float()
-        centre = {"median": geometric_median, "mean": lambda r: r.mean(0), "zero": lambda r: r[0] * 0}[
-            self.config.centre](rows)
+        """b_dec at its start (`centre`: of a training sample, as the model sees it, or zero), and the L1 warm-up's
+        length."""
+        rows, centre = sample.flatten(1).float(), self.config.centre
+        if centre == "auto":
+            centre = "zero" if self.config.sparsity == "l1" else "median"
+        centre = {"median": geometric_median, "mean": lambda r: r.mean(0), "zero": lambda r: r[0] * 0}[centre](rows)
         if self.data_kind(self.config) == "images":  # the decoder speaks logits
             centre = torch.logit(centre.clamp(0.01, 0.99))
         self.decoder[0].bias.copy_(centre)
@@ -273,10 +322,12 @@ class SparseAutoencoder(Autoencoder):
         rows = flat // pre.shape[1]
         return rows, flat % pre.shape[1], torch.searchsorted(rows, arange)
 
-    def gathered(self, centred: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """ReLU'd pre-activations of units `cols` for inputs `rows` of centred (b, d), differentiable, (m,)."""
+    def gathered(self, pre: torch.Tensor, centred: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+                 ) -> torch.Tensor:
+        """ReLU'd pre-activations of units `cols` for inputs `rows`, (m,): taken from pre (found without autograd)
+        and differentiable in W_enc, b_enc and centred (b, d) through sparse products (_Kept)."""
         linear = self.encoder[-1]
-        return torch.relu((F.embedding(cols, linear.weight) * centred[rows]).sum(1) + linear.bias[cols])
+        return torch.relu(_Kept.apply(pre[rows, cols], linear.weight, linear.bias, centred, rows, cols))
 
     def decode_gathered(self, cols: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """The sum over each input's kept units of value * atom, (b, d) without b_dec."""
@@ -310,7 +361,7 @@ class SparseAutoencoder(Autoencoder):
             with torch.no_grad():
                 pre = F.linear(centred, linear.weight, linear.bias)
             rows, cols, offsets = self.picked(pre, min(self.config.k, self.config.latent))
-            kept = self.gathered(centred, rows, cols)
+            kept = self.gathered(pre, centred, rows, cols)
             out = (self.decode_gathered(cols, offsets, kept) + self.decoder[0].bias).view_as(x)
             fired = torch.zeros(self.config.latent, device=x.device).index_add_(0, cols, (kept > 0).float())
         else:
