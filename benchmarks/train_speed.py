@@ -17,10 +17,13 @@ plain DataLoader loop of the same model timed the same way, alternating, median 
 By default quick (the first 12 000 training and 2 000 test images, 2 in-process epochs, no bf16 quality check);
 `--full` times all 60 000 images (5 epochs, the quality check) and the chapter's 100-epoch `aelab train` run.
 
+`--peers` times, in the same rounds, the peer libraries' bare training epochs (benchmarks/peers.py; their own venv,
+made on first use), and prints aelab's whole epoch against each.
+
 `--compile` (last: it imports torch._dynamo) times torch.compile (inductor) of the training step against the eager
 step, the compile counted, and extrapolates both to the chapter's 100 epochs of 60 000 images.
 
-    python benchmarks/train_speed.py [--full] [--epochs N] [--quality-epochs N] [--profile] [--compile]
+    python benchmarks/train_speed.py [--full] [--epochs N] [--quality-epochs N] [--profile] [--compile] [--peers]
 """
 
 from __future__ import annotations
