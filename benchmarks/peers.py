@@ -32,11 +32,12 @@ import numpy as np
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 PEERS = ("autoencoders==0.6.8", "pythae")
 
-# runs inside the peers' venv: argv = library, images .npy, epochs; prints one timed epoch per line
+# runs inside the peers' venv: argv = library, images .npy, epochs, output folder[, threads (default 1)]; prints
+# one timed epoch per line
 DRIVER = r"""
 import sys, time
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
-torch.set_num_threads(1)
+torch.set_num_threads(int(sys.argv[5]) if len(sys.argv) > 5 else 1)
 torch.manual_seed(0)
 library, path, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 x = torch.from_numpy(np.load(path)).float().div(255).reshape(-1, 784)
@@ -117,6 +118,13 @@ def versions(python: str) -> str:
     return subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
 
 
+def peer_epochs(python: str, library: str, images: Path, epochs: int, out: Path, threads: int = 1) -> list[float]:
+    """Seconds of each of a peer's epochs after its first, in one process of the peers' venv."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": str(threads)}
+    out = wall([python, "-c", DRIVER, library, str(images), str(epochs), str(out), str(threads)], env)[1]
+    return [float(line.split()[1]) for line in out.splitlines() if line.startswith("EPOCH")][1:]
+
+
 def wall(args: list[str], env: dict) -> tuple[float, str]:
     start = time.monotonic()
     done = subprocess.run(args, env=env, check=True, capture_output=True, text=True)
@@ -139,16 +147,12 @@ def main() -> None:
     np.savez(folder / "data.npz", x_train=train, y_train=labels[0], x_test=test, y_test=labels[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    peer_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
     print(f"{versions(python)}; {n_train} training images, 1 thread, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     times: dict[str, list[float]] = {"autoencoders": [], "pythae": [], "aelab1": [], "aelab6": []}
     for r in range(args.rounds):
         for library in ("autoencoders", "pythae"):
-            out = wall([python, "-c", DRIVER, library, str(folder / "train.npy"), str(args.epochs),
-                        str(folder / f"{library}{r}")], peer_env)[1]
-            epochs = [float(line.split()[1]) for line in out.splitlines() if line.startswith("EPOCH")]
-            times[library] += epochs[1:]
+            times[library] += peer_epochs(python, library, folder / "train.npy", args.epochs, folder / f"{library}{r}")
         for n in (1, 6):
             times[f"aelab{n}"].append(wall([sys.executable, "-m", "aelab", "train", "--data", str(folder / "data.npz"),
                                             "--epochs", str(n), "--threads", "1", "--out", str(folder / f"ae{r}-{n}")],

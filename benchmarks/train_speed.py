@@ -17,15 +17,19 @@ plain DataLoader loop of the same model timed the same way, alternating, median 
 By default quick (the first 12 000 training and 2 000 test images, 2 in-process epochs, no bf16 quality check);
 `--full` times all 60 000 images (5 epochs, the quality check) and the chapter's 100-epoch `aelab train` run.
 
+`--peers` times, in the same rounds, the peer libraries' bare training epochs (benchmarks/peers.py; their own venv,
+made on first use), and prints aelab's whole epoch against each.
+
 `--compile` (last: it imports torch._dynamo) times torch.compile (inductor) of the training step against the eager
 step, the compile counted, and extrapolates both to the chapter's 100 epochs of 60 000 images.
 
-    python benchmarks/train_speed.py [--full] [--epochs N] [--quality-epochs N] [--profile] [--compile]
+    python benchmarks/train_speed.py [--full] [--epochs N] [--quality-epochs N] [--profile] [--compile] [--peers]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 from pathlib import Path
@@ -47,6 +51,8 @@ from aelab.reports import GridWriter
 from aelab.pipeline import RunRecorder
 from aelab.runfolder import RunFolder
 from aelab.train import TrainConfig, Trainer
+
+import peers  # benchmarks/peers.py, beside this script
 
 
 def reference_epoch(model, optimizer, loader) -> None:
@@ -172,12 +178,20 @@ def run_process(args: list[str], env: dict) -> tuple[float, str]:
     return time.monotonic() - start, done.stderr
 
 
-def user_figures(data: str, folder: str, threads: int, rounds: int = 3) -> dict[str, float]:
-    """Start-up and the whole CLI epoch against the reference loop, all in real processes, alternating."""
+def user_figures(data: str, folder: str, threads: int, rounds: int = 3, peers_python: str | None = None
+                 ) -> dict[str, float]:
+    """Start-up and the whole CLI epoch against the reference loop, all in real processes, alternating; with
+    `peers_python` (the peers' venv), each peer's bare training epoch in the same rounds (benchmarks/peers.py)."""
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t: dict[str, list[float]] = {k: [] for k in ("torch", "first_step", "cli1", "cli6", "ref1", "ref6")}
+    if peers_python:
+        np.save(f"{folder}/train.npy", np.load(data)["x_train"])
+        t.update(autoencoders=[], pythae=[])
     for r in range(rounds):
+        for library in ("autoencoders", "pythae") if peers_python else ():
+            t[library].append(statistics.median(peers.peer_epochs(peers_python, library, Path(f"{folder}/train.npy"),
+                                                                  3, Path(f"{folder}/{library}{r}"), threads)))
         t["torch"].append(run_process([sys.executable, "-c", "import torch"], env)[0])
         for epochs in (1, 6):
             start = time.monotonic()
@@ -195,11 +209,14 @@ def user_figures(data: str, folder: str, threads: int, rounds: int = 3) -> dict[
     return m
 
 
-def chapter_seconds(folder: str, threads: int) -> float:
-    """Wall seconds of the chapter's `aelab train` (100 epochs of all of Fashion-MNIST)."""
+def chapter_seconds(folder: str, threads: int) -> tuple[float, float, dict]:
+    """The chapter's `aelab train` (100 epochs of all of Fashion-MNIST): its wall seconds, its training seconds
+    (the epochs' own, from metrics.jsonl: steps, evaluation, grids and files of every epoch) and its last record."""
     src = str(Path(__file__).resolve().parents[1] / "src")
-    return run_process([sys.executable, "-m", "aelab", "train", "--epochs", "100", "--threads", str(threads),
+    wall = run_process([sys.executable, "-m", "aelab", "train", "--epochs", "100", "--threads", str(threads),
                         "--out", f"{folder}/chapter"], {**os.environ, "PYTHONPATH": src})[0]
+    records = [json.loads(line) for line in Path(f"{folder}/chapter/metrics.jsonl").read_text().splitlines()]
+    return wall, sum(r["seconds"] for r in records), records[-1]
 
 
 def profile(train, test, precision: str) -> None:
@@ -249,6 +266,9 @@ def main() -> None:
                                                            "full 10)")
     parser.add_argument("--profile", action="store_true", help="also print where an epoch's time goes")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the step over 100 epochs")
+    parser.add_argument("--peers", action="store_true", help="also time the peers' bare epochs in the same rounds "
+                                                             "(benchmarks/peers.py; their venv is made on first use)")
+    parser.add_argument("--peers-venv", type=Path, default=Path("/tmp/aelab-peers-venv"))
     args = parser.parse_args()
     epochs = args.epochs or (5 if args.full else 2)
     quality_epochs = args.quality_epochs if args.quality_epochs is not None else (10 if args.full else 0)
@@ -276,13 +296,18 @@ def main() -> None:
     print(f"`aelab --help`: {c['help_s']:.3f} s (median of 5), imports torch: {c['help_imports_torch']}")
     print(f"\nin real processes, {len(train)} training and {len(test)} test images, --threads {threads}, "
           f"alternating, median of 3 rounds:")
-    u = user_figures(data, folder, threads)
+    u = user_figures(data, folder, threads, peers_python=args.peers and peers.venv_python(args.peers_venv))
     print(f"  start-up: `python -c 'import torch'` {u['torch']:.2f} s; from the command to the first step "
           f"{u['first_step']:.2f} s; `aelab train --epochs 1` {u['cli1']:.2f} s in all")
     print(f"  whole epoch (6-minus-1): aelab train {u['cli_epoch']:.3f} s, plain DataLoader loop "
           f"{u['ref_epoch']:.3f} s, ratio {u['cli_epoch'] / u['ref_epoch']:.2f}x")
+    for library in ("autoencoders", "pythae") if args.peers else ():
+        print(f"  {library}'s bare training epoch (no evaluation, no files): {u[library]:.3f} s; aelab's whole epoch "
+              f"is {u['cli_epoch'] / u[library]:.2f}x of it")
     if args.full:
-        print(f"  the chapter, `aelab train` 100 epochs: {chapter_seconds(folder, threads):.0f} s")
+        wall, training, last = chapter_seconds(folder, threads)
+        print(f"  the chapter, `aelab train` 100 epochs: {training:.0f} s of training epochs, {wall:.0f} s wall; "
+              f"test BCE {last['test_bce']:.4f}, MSE {last['test_mse']:.4f}")
     if args.compile:
         print(f"\ntorch.compile of the step against eager, {len(train)} images, alternating:")
         k = compile_horizon(train, test, epochs)

@@ -180,6 +180,7 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _signals()
+    _allocator()
     try:
         return COMMANDS[args.command](args) or 0
     except UserError as e:
@@ -197,6 +198,21 @@ def _signals() -> None:
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _allocator() -> None:
+    """glibc's malloc hands freed blocks of a megabyte or more back to the system and then faults them in again page
+    by page: about 370 page faults and 1 ms of system time in each step of the chapter's model on 2 cores. Kept
+    (blocks up to 16 MB from the heap, up to 64 MB of its free top retained), a step faults about once. A setting of
+    this program's process, not of the library; elsewhere than glibc, nothing changes."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    for option, value in ((-3, 16 << 20), (-1, 64 << 20), (-2, 16 << 20)):  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD,
+        libc.mallopt(option, value)                                          # M_TOP_PAD
 
 
 def cmd_train(args) -> int:

@@ -22,8 +22,8 @@ def reconstruction_sums(values: torch.Tensor, logits: torch.Tensor | None, x: to
     logits) BCE per image and PSNR."""
     if logits is None:
         return {"sse": squared_error_per_image(values, x).sum()}
-    return {"bce": bce_per_image(logits, x).sum(), "sse": squared_error_per_image(values, x).sum(),
-            "psnr": psnr_per_image(values, x).sum()}
+    sse = squared_error_per_image(values, x)
+    return {"bce": bce_per_image(logits, x).sum(), "sse": sse.sum(), "psnr": psnr_per_image(values, x, sse).sum()}
 
 
 def summed_measures(sums: dict[str, float], n: int, size: int) -> dict[str, float]:

@@ -54,9 +54,10 @@ def log_normal(z: torch.Tensor, mu: torch.Tensor | float = 0.0, logvar: torch.Te
     return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
 
 
-def psnr_per_image(probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio of each image in dB (peak 1), shape (b,)."""
-    sse = squared_error_per_image(probs, x)
+def psnr_per_image(probs: torch.Tensor, x: torch.Tensor, sse: torch.Tensor | None = None) -> torch.Tensor:
+    """Peak signal-to-noise ratio of each image in dB (peak 1), shape (b,); `sse`: its squared error per image,
+    if already at hand."""
+    sse = squared_error_per_image(probs, x) if sse is None else sse
     return 10 * torch.log10(x[0].numel() / sse.clamp_min(1e-10))
 
 
