@@ -44,8 +44,11 @@ $(VENV)/.test-extras: pyproject.toml
 	$(INSTALL) '.[test,sklearn,tensorboard,mlflow,onnx]'
 	touch $(BIN)/aelab $@
 
-# two workers of one torch thread each: most tests start real processes, and two cores serve two of them best
+# two workers of one torch thread each: most tests start real processes, and two cores serve two of them best;
+# aelab's bytecode compiled first, so that those hundreds of processes read it instead of compiling the sources
+# each time where PYTHONDONTWRITEBYTECODE is set
 test: $(DATA) $(CHROMIUM) $(VENV)/.test-extras
+	$(BIN)/python -m compileall -q src
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2
 
 bench: setup
