@@ -1,5 +1,5 @@
 """Killing real `aelab train` processes with SIGKILL at chosen instants, resuming them, and comparing the finished run
-with one never stopped (the reliability tests kill a few; benchmarks/crash_kills.py keeps its own copy to kill many).
+with one never stopped (the reliability tests kill a few; benchmarks/crash_kills.py imports this driver to kill many).
 
 An instant is ("after", seconds) from the process's start, or ("writing", NAME): the process is frozen (SIGSTOP) as
 soon as a temporary file of NAME shows in the run folder, and killed if that file is still there, that is in the
