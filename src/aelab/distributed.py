@@ -242,6 +242,14 @@ def batch_rows(n: int) -> tuple[int, int]:
     return _shard if _shard is not None else (0, n)
 
 
+def global_mean(value: torch.Tensor, n: int) -> torch.Tensor:
+    """Inside a sharded step, the global batch's mean of `value`, this rank's mean over its n rows (the same number
+    on every rank, outside the graph: a normaliser, not a term to differentiate); elsewhere, `value` itself."""
+    if _shard is None:
+        return value
+    return all_sum(value.detach() * (n / _shard[1]))
+
+
 def batch_draw(n: int, draw: Callable[[int], torch.Tensor]) -> torch.Tensor:
     """draw(m) gives m random rows; this is this rank's n rows of the global batch's draw (all n rows outside
     a sharded step), so every rank consumes the random stream as a single process would."""

@@ -1,6 +1,6 @@
 """Run by tests/test_distributed.py, alone or under torchrun: for each MODEL (a name, or NAME,KEY=VALUE,... with model
-settings), one training step on the first global batch of DATA (each rank its share); rank 0 saves the gradients
-left by the step and the weights (and buffers) after it to OUT/MODEL.safetensors."""
+settings, and steps=N), one training step (or N) on the first global batches of DATA (each rank its share); rank 0
+saves the gradients left by the last step and the weights (and buffers) after it to OUT/MODEL.safetensors."""
 
 import sys
 
@@ -16,12 +16,14 @@ data, out, *names = sys.argv[1:]
 torch.set_num_threads(1)
 for spec in names:
     name, *settings = spec.split(",")
-    config = cfg.resolve(name, None, {"data.path": data, "train.batch_size": 64, "train.device": "cpu",
-                                      **dict(s.split("=") for s in settings)})
+    settings = dict(s.split("=") for s in settings)
+    steps = int(settings.pop("steps", 1))
+    config = cfg.resolve(name, None, {"data.path": data, "train.batch_size": 64, "train.device": "cpu", **settings})
     train_set, test_set = config.data.load()
     torch.manual_seed(0)
     trainer = Trainer(build_for(config, train_set), train_set, test_set, config.train)
-    trainer.train_batch(next(trainer.train_set.index_batches(64, trainer.shuffle)))
+    for _, index in zip(range(steps), trainer.train_set.index_batches(64, trainer.shuffle)):
+        trainer.train_batch(index)
     if distributed.is_main():
         model = trainer.model
         save_file({**{f"grad.{k}": p.grad for k, p in model.named_parameters() if p.grad is not None},

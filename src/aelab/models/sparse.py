@@ -350,7 +350,10 @@ class SparseAutoencoder(Autoencoder):
         z_aux = torch.zeros_like(pre).scatter_(1, top.indices, torch.relu(top.values).nan_to_num(0, 0, 0))
         live = out.detach()
         with_aux = live + F.linear(z_aux, self.decoder[0].weight).view_as(live)
-        ratio = self.recon_error(with_aux, x) / self.recon_error(live, x).clamp_min(1e-12)
+        # relative to the live code's error over the global batch: under torchrun the ranks' shares then add up to
+        # the single process's loss, where a ratio per rank would weigh each rank's own error
+        error = distributed.global_mean(self.recon_error(live, x), len(x))
+        ratio = self.recon_error(with_aux, x) / error.clamp_min(1e-12)
         return ratio * dead.any()
 
     def terms_and_firing(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
