@@ -4,7 +4,8 @@ Reference: the chapter's model (487 588 parameters) trained the way a typical Py
 TensorDataset of float images, DataLoader(batch_size=512, shuffle=True), torch.optim.Adam(lr=1e-3),
 F.binary_cross_entropy_with_logits. aelab: its Trainer's training steps alone, in fp32 and in the opt-in bf16
 mode, and "whole": a whole epoch as `aelab train` runs it (steps, test evaluation, grid, weights, checkpoint,
-metrics line; the eval-mode pass over 10 000 training images that runs every 10th epoch is added at a tenth).
+metrics line; the eval-mode pass over 10 000 training images that runs every 10th epoch is added at a tenth), and
+"products": the fp32 steps' matrix products alone, the floor under any fp32 step of this model on this CPU.
 Epochs alternate (reference, fp32, bf16, reference, ...) so drift in the machine's speed hits all alike; the
 median seconds per epoch are compared. Then: bf16's test MSE against fp32's after the same epochs, the peak RSS
 of a real `aelab train` process, and the time `aelab --help` takes.
@@ -62,6 +63,23 @@ def reference_epoch(model, optimizer, loader) -> None:
         optimizer.step()
 
 
+def products_epoch(model, train) -> None:
+    """The matrix products of an fp32 epoch's steps alone, the same calls on the same shapes as autograd makes
+    them (each layer's forward addmm; backward, the weight's gradient and, past the first layer, the input's),
+    with only the batch gather between them: the floor under any fp32 step of this model on this CPU."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        for index in train.index_batches(512, torch.Generator().manual_seed(0)):
+            inputs = [train.floats(index).flatten(1)]
+            for layer in layers:
+                inputs.append(torch.addmm(layer.bias, inputs[-1], layer.weight.t()))
+            grad = inputs.pop()
+            for i, layer in reversed(list(enumerate(layers))):
+                grad.t().mm(inputs[i])
+                if i:
+                    grad = grad.mm(layer.weight)
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -79,12 +97,13 @@ def speed(train, test, epochs: int) -> dict[str, float]:
     whole = Trainer(build("ae", AEConfig()), train, test, TrainConfig(train_eval_size=0),
                     [RunRecorder(run := RunFolder.create(folder + "/run", config), config), GridWriter(run, 1)])
     train_eval = timed(lambda: whole.evaluate(train.subset(10_000))) / 10  # every 10th epoch
-    times: dict[str, list[float]] = {"reference": [], "fp32": [], "bf16": [], "whole": []}
+    times: dict[str, list[float]] = {"reference": [], "fp32": [], "bf16": [], "whole": [], "products": []}
     for epoch in range(epochs + 1):  # the first round warms up caches and allocators, and is not counted
         t = {"reference": timed(lambda: reference_epoch(ref_model, ref_optimizer, loader))}
         for precision, trainer in trainers.items():
             t[precision] = timed(trainer.train_epoch)
         t["whole"] = timed(lambda: whole.epoch_end(epoch + 1, whole.train_epoch(epoch + 1), 0.0)) + train_eval
+        t["products"] = timed(lambda: products_epoch(ref_model, train))
         if epoch:
             for k, v in t.items():
                 times[k].append(v)
@@ -282,8 +301,11 @@ def main() -> None:
         train, test = train.subset(12_000), test.subset(2_000)
     s = speed(train, test, epochs)
     print(f"\nseconds per epoch (median of {epochs}, {len(train)} images, batch 512):")
-    for k in ("reference", "fp32", "bf16", "whole"):
+    for k in ("reference", "fp32", "bf16", "whole", "products"):
         print(f"  {k:<10}{s[k]:.3f}  ratio to reference {s[k] / s['reference']:.2f}x")
+    print(f"  (products: the fp32 steps' matrix products alone, {100 * s['products'] / s['fp32']:.0f}% of aelab's fp32 "
+          f"steps; at 0.70x the reference the steps would leave {0.70 * s['reference'] - s['products']:.3f} s an "
+          f"epoch for the cross-entropy, ReLUs, bias sums and Adam, which take {s['fp32'] - s['products']:.3f} s)")
     if quality_epochs:
         mse = bf16_quality(train, test, quality_epochs)
         print(f"\ntest MSE after {quality_epochs} epochs: fp32 {mse['fp32']:.5f}  bf16 {mse['bf16']:.5f}  "
