@@ -54,7 +54,7 @@ def test_wrong_layer_lists_the_layers(trained_run, tmp_path):
 
 
 def test_top_activating_is_the_brute_force_answer(acts):
-    from aelab.activations import top_activating
+    from aelab.data.activations import top_activating
     from aelab.models.sparse import SAEConfig, SparseAutoencoder
 
     torch.manual_seed(0)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from aelab.baselines import PCA, LogisticPCA, load_baseline
-from aelab.datasets import ImageSet
+from aelab.evaluation.baselines import PCA, LogisticPCA, load_baseline
+from aelab.data.datasets import ImageSet
 from aelab.errors import UserError
 
 

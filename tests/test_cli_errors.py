@@ -24,7 +24,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from aelab.cli import main
-from aelab.data import load_dataset
+from aelab.data.load import load_dataset
 from aelab.errors import UserError
 from support.datafiles import FASHION_DIR, train_vectors, vectors
 from support.folders import snapshot

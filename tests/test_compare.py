@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from aelab.baselines import PCA
+from aelab.evaluation.baselines import PCA
 from aelab.cli import main
-from aelab.compare import Fitted, measure
-from aelab.data import load_dataset
-from aelab.frechet import FeatureNet
+from aelab.evaluation.compare import Fitted, measure
+from aelab.data.load import load_dataset
+from aelab.evaluation.frechet import FeatureNet
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from aelab.data import load_dataset, read_inputs
+from aelab.data.load import load_dataset, read_inputs
 from aelab.errors import UserError
 from support.datafiles import idx_folder, write_images
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from aelab.data import load_dataset
-from aelab.datasets import gather
-from aelab.readers import open_npy
+from aelab.data.load import load_dataset
+from aelab.data.datasets import gather
+from aelab.data.readers import open_npy
 
 
 def test_floats_and_batches_are_pixels_over_255_and_cover_every_image_once(fashion):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from aelab.baselines import PCA
+from aelab.evaluation.baselines import PCA
 from aelab.errors import UserError
-from aelab.evaluate import knn_accuracy, linear_probe_accuracy
-from aelab.frechet import feature_classifier, frechet_distance, sample_quality
+from aelab.evaluation.evaluate import knn_accuracy, linear_probe_accuracy
+from aelab.evaluation.frechet import feature_classifier, frechet_distance, sample_quality
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

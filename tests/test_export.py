@@ -11,7 +11,7 @@ import torch
 
 from aelab import config as cfg
 from aelab.errors import UserError
-from aelab.export import export_onnx, max_differences
+from aelab.storage.export import export_onnx, max_differences
 from aelab.models import MODELS, build
 
 from support.models import arch_cases

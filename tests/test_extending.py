@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from aelab.errors import UserError
-from aelab.images import stacked_rows
+from aelab.reports.images import stacked_rows
 from aelab.models import AEConfig, Autoencoder, register
 
 
@@ -114,8 +114,8 @@ def test_a_variant_in_one_file_goes_everywhere(variant, subset_npz, fashion, tmp
     onnx = tmp_path / "onnx"
     exported = aelab("export", run, "--format", "onnx", "--out", onnx)
     assert exported.returncode == 0, exported.stderr[-2000:]
-    from aelab.export import max_differences
-    from aelab.runfolder import load_model
+    from aelab.storage.export import max_differences
+    from aelab.storage.runfolder import load_model
 
     model = load_model(run, "cpu")
     assert type(model).__name__ == "L1CodeAutoencoder" and model.config.penalty == 0.05

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from aelab import files
+from aelab.storage import files
 from aelab.errors import UserError
 from aelab.models import MODELS, build
-from aelab import tensorfile
+from aelab.storage import tensorfile
 from aelab.models import picture_names
-from aelab.runfolder import RunFolder, load_model
-from aelab.train import Diverged
+from aelab.storage.runfolder import RunFolder, load_model
+from aelab.training.train import Diverged
 from support.crashes import command, crash_and_resume, differences, random_instants, signal_at, start, temporaries
 from support.models import stepper
 from support.process import aelab, assert_user_error

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from aelab import config as cfg
 from aelab.config import RunConfig
 from aelab.errors import UserError
-from aelab import tensorfile
-from aelab.runfolder import RunFolder, load_model
+from aelab.storage import tensorfile
+from aelab.storage.runfolder import RunFolder, load_model
 from conftest import N_TEST, RUN_EPOCHS
 
 SAFE_SUFFIXES = {".json", ".jsonl", ".safetensors", ".png", ".gif", ".md", ".html"}

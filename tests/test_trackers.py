@@ -10,7 +10,7 @@ import pytest
 
 from aelab import config as cfg
 from aelab.errors import UserError
-from aelab.pipeline import train
+from aelab.training.pipeline import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

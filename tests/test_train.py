@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from aelab import config as cfg
-from aelab.data import load_dataset
+from aelab.data.load import load_dataset
 from aelab.models import AEConfig, build
-from aelab import tensorfile
-from aelab.pipeline import resume, train
-from aelab.runfolder import RunFolder
+from aelab.storage import tensorfile
+from aelab.training.pipeline import resume, train
+from aelab.storage.runfolder import RunFolder
 from conftest import RUN_EPOCHS
 from support.process import SRC, aelab, assert_user_error
 

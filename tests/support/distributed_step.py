@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import save_file
 
 from aelab import config as cfg
-from aelab import distributed
-from aelab.pipeline import build_for
-from aelab.train import Trainer
+from aelab.training import distributed
+from aelab.training.pipeline import build_for
+from aelab.training.train import Trainer
 
 data, out, *names = sys.argv[1:]
 torch.set_num_threads(1)

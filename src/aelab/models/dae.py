@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from aelab.distributed import batch_draw, draw
+from aelab.training.distributed import batch_draw, draw
 from aelab.errors import UserError
-from aelab.images import stacked_rows
-from aelab.losses import psnr_per_image
+from aelab.reports.images import stacked_rows
+from aelab.models.losses import psnr_per_image
 from aelab.models.base import AEConfig, Autoencoder
 
 NOISES = ("gaussian", "masking", "salt_pepper")

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aelab import distributed
+from aelab.training import distributed
 from aelab.errors import UserError
-from aelab.images import tile
+from aelab.reports.images import tile
 from aelab.models.base import AEConfig, Autoencoder, adam
 
 SPARSITIES = ("topk", "batchtopk", "jumprelu", "l1")

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
-from aelab.distributed import batch_draw, draw
+from aelab.training.distributed import batch_draw, draw
 from aelab.errors import UserError
-from aelab.images import tile
-from aelab.losses import gaussian_kl, gaussian_kl_per_dim, iwae_bound, log_normal
+from aelab.reports.images import tile
+from aelab.models.losses import gaussian_kl, gaussian_kl_per_dim, iwae_bound, log_normal
 from aelab.models.base import AEConfig, Autoencoder
 
 EVAL_SEED = 1234  # evaluation samples come from their own generator: reproducible, training RNG untouched

@@ -1,7 +1,7 @@
 """report.html: a run, or a comparison, as one self-contained page that opens from disk with no network.
 
 Everything the page shows travels inside the file: the numbers as JSON, pictures as data URIs, and the decoder's
-weights as base64 float32, so that report_page.js can decode any point of the latent map in the browser.
+weights as base64 float32, so that page.js can decode any point of the latent map in the browser.
 The chapter's run (100 epochs of grids) makes a page of about 4 MB.
 """
 
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from aelab import files
-from aelab.runfolder import RunFolder
+from aelab.storage import files
+from aelab.storage.runfolder import RunFolder
 
 
 MAP_POINTS = 2000   # test codes on the latent map, with their images for hovering (a 0.8 MB sprite at 28x28)
@@ -88,7 +88,7 @@ def decoder_program(decoder: nn.Sequential, code_shape: tuple[int, ...] = ()) ->
 # ---------------------------------------------------------------------------------------------- a run
 
 def _class_names(config, labels: torch.Tensor) -> list[str]:
-    from aelab.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR
+    from aelab.data.load import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR
 
     fashion = config.data.path is None or Path(config.data.path).resolve() == Path(FASHION_MNIST_DIR)
     if fashion and int(labels.max()) < len(FASHION_MNIST_CLASSES):
@@ -100,7 +100,7 @@ def _class_names(config, labels: torch.Tensor) -> list[str]:
 def latent_map(model, test, config) -> dict:
     """The first MAP_POINTS test codes, their images as one sprite, labels, and the map's axes: the code itself
     when it has 2 numbers, else its first two principal axes (point (x, y) <-> mean + x axis0 + y axis1)."""
-    from aelab.images import tile
+    from aelab.reports.images import tile
 
     n = min(MAP_POINTS, len(test))
     codes = torch.cat([model.encode(x) for x in test.subset(n).batches(1000)]).double().numpy()  # on the CPU
@@ -129,7 +129,7 @@ def epoch_grids(frames: list[Path], grey: bool = True) -> dict | None:
     WebP. They are read by the hardened image reader: a damaged, oversized or foreign grid is refused in one line."""
     from PIL import Image
 
-    from aelab.readers import read_image_files
+    from aelab.data.readers import read_image_files
 
     if len(frames) > MAX_FRAMES:
         frames = [frames[round(i)] for i in np.linspace(0, len(frames) - 1, MAX_FRAMES)]
@@ -155,8 +155,8 @@ TOP_UNITS, TOP_IMAGES = 16, 10  # units of a code shown with their top-activatin
 def top_images(model, data_path: str | None) -> dict | None:
     """For a model trained on activations that `aelab activations` wrote (ACTS.json beside them): its first
     TOP_UNITS units, one row each, with the TOP_IMAGES source images that activate the unit most. None otherwise."""
-    from aelab.activations import description, source_images, top_activating
-    from aelab.images import tile
+    from aelab.data.activations import description, source_images, top_activating
+    from aelab.reports.images import tile
 
     described = description(data_path) if data_path else None
     inputs = source_images(described) if described else None
@@ -172,7 +172,7 @@ def top_images(model, data_path: str | None) -> dict | None:
 
 
 def run_page_data(run_path: Path, config, model, test, history: list[dict], measures: dict) -> dict:
-    from aelab.evaluate import on_device_of
+    from aelab.evaluation.evaluate import on_device_of
     from aelab.models import summary
 
     model.eval()
@@ -228,10 +228,10 @@ def compare_page_data(folder: Path) -> dict:
 
 def render(data: dict) -> str:
     """The page: the template with its script and the data inlined (no external resource of any kind)."""
-    package = resources.files("aelab")
-    script = (package / "report_page.js").read_text()
+    package = resources.files("aelab.reports")
+    script = (package / "page.js").read_text()
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")  # no early end of the script tag
-    return ((package / "report_page.html").read_text()
+    return ((package / "page.html").read_text()
             .replace("__TITLE__", data["title"].replace("&", "&amp;").replace("<", "&lt;"))
             .replace("/*__SCRIPT__*/", script)
             .replace("__DATA__", payload))

@@ -10,7 +10,7 @@ here is a pickle:
     RUN/.aelab-run              made with the folder: --overwrite replaces only folders aelab made
     RUN/.aelab-lock             locked by the one process training the run; holds its PID
 
-Every file is written whole or not at all (aelab.files), so a crash at any instant leaves a run that resumes.
+Every file is written whole or not at all (aelab.storage.files), so a crash at any instant leaves a run that resumes.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ from pathlib import Path
 
 import torch
 
-from aelab import distributed, files, tensorfile
+from aelab.training import distributed
+from aelab.storage import files
+from aelab.storage import tensorfile
 from aelab.config import RunConfig, parse_settings
 from aelab.errors import UserError
 from aelab.models import build, picture_names
-from aelab.train import Trainer
+from aelab.training.train import Trainer
 
 FORMAT = "aelab/1"
 GRID = re.compile(r"epoch_\d{3,}\.png")  # a grid's name in grids/
@@ -49,7 +51,7 @@ def _paths(*names: str) -> tuple[_Entry, ...]:
 
 
 class RunFolder:
-    """A run folder. Every file in it is written whole (aelab.files); `lock` makes this process its one trainer.
+    """A run folder. Every file in it is written whole (aelab.storage.files); `lock` makes this process its one trainer.
     Each *_path attribute is a path in it, and those are all that aelab writes there (with the models' pictures)."""
 
     def __init__(self, path: str | Path):

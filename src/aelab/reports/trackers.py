@@ -21,8 +21,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from aelab.errors import UserError
-from aelab.runfolder import RunFolder
-from aelab.train import Callback
+from aelab.storage.runfolder import RunFolder
+from aelab.training.train import Callback
 
 
 class Logger(Callback):
@@ -63,7 +63,7 @@ class TensorBoardLogger(Logger):
         self.writer = self.SummaryWriter(str(self.log_dir or RunFolder(run_dir).tensorboard_path))
 
     def on_epoch_end(self, trainer, record: dict) -> None:
-        from aelab.reports import GRID_COLS, GRID_ROWS, reconstruction_grid
+        from aelab.reports.report import GRID_COLS, GRID_ROWS, reconstruction_grid
 
         for key, value in measures(record).items():
             self.writer.add_scalar(key, value, record["epoch"])

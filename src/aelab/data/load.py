@@ -14,9 +14,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from aelab.datasets import ImageSet, VectorSet, gather, release
+from aelab.data.datasets import ImageSet, VectorSet, gather, release
 from aelab.errors import UserError
-from aelab.readers import (IMAGE_SUFFIXES, image_files_in, open_npy, read_array_file, read_idx, read_image_files,
+from aelab.data.readers import (IMAGE_SUFFIXES, image_files_in, open_npy, read_array_file, read_idx, read_image_files,
                            to_uint8_images)
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from aelab.files import atomic, write_text
-from aelab.images import save_gif, save_png, side_by_side
-from aelab.runfolder import RunFolder
-from aelab.train import Callback, Trainer
+from aelab.storage.files import atomic, write_text
+from aelab.reports.images import save_gif, save_png, side_by_side
+from aelab.storage.runfolder import RunFolder
+from aelab.training.train import Callback, Trainer
 
 GRID_ROWS, GRID_COLS = 10, 10
 

@@ -13,16 +13,18 @@ from pathlib import Path
 
 import torch
 
-from aelab import distributed, files, trackers
+from aelab.training import distributed
+from aelab.storage import files
+from aelab.reports import trackers
 from aelab.config import RunConfig, set_value
 from aelab.errors import UserError
-from aelab.evaluate import evaluate
-from aelab.images import save_png
+from aelab.evaluation.evaluate import evaluate
+from aelab.reports.images import save_png
 from aelab.models import build
-from aelab.report_html import write_run_page
-from aelab.reports import GridWriter, plot_losses, write_report
-from aelab.runfolder import RunFolder, load_model
-from aelab.train import Callback, ConsolePrinter, Diverged, TrainConfig, Trainer
+from aelab.reports.page import write_run_page
+from aelab.reports.report import GridWriter, plot_losses, write_report
+from aelab.storage.runfolder import RunFolder, load_model
+from aelab.training.train import Callback, ConsolePrinter, Diverged, TrainConfig, Trainer
 
 RESUMABLE = ("train.epochs", "train.device", "train.lr", "train.precision")  # what a resumed run may change
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aelab.files import atomic
+from aelab.storage.files import atomic
 
 
 def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from aelab import files
+from aelab.storage import files
 from aelab.errors import UserError
 
 # aelab's sparsity -> SAELens's inference architecture
@@ -69,7 +69,7 @@ def check_exportable(model, name: str) -> None:
 
 def export_saelens(run: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write a trained sae run's cfg.json and sae_weights.safetensors into `out`."""
-    from aelab.runfolder import RunFolder, load_model
+    from aelab.storage.runfolder import RunFolder, load_model
 
     out = Path(out)
     taken = [name for name in FILES if (out / name).exists()]

@@ -5,7 +5,7 @@
     decoder.onnx   codes (batch, latent) -> images (batch, c, h, w): pixel probabilities, as model.decode
 
 A model trained on vectors takes and gives vectors (batch, d) in their own units, as its encode and decode do.
-Each file traces the model's public `encode` or `decode` (aelab.contract), so a new variant exports as it encodes
+Each file traces the model's public `encode` or `decode` (aelab.models.contract), so a new variant exports as it encodes
 and decodes, with no code here that knows it. Exported with torch's TorchScript-based exporter (dynamo=False): it
 needs no onnxscript, takes a fraction of a second per file (the torch.export-based one took 3 s here), and covers
 these plain layer stacks.
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from aelab import files
+from aelab.storage import files
 from aelab.errors import UserError
 
 OPSET = 17

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
-from aelab import distributed, files, reports
+from aelab.training import distributed
+from aelab.storage import files
+from aelab.reports import report as reports
 from aelab.errors import UserError
 
 SHARED = ("data.", "train.batch_size", "train.seed", "train.epochs", "train.device", "train.precision",
@@ -68,9 +70,9 @@ def sweep(model_name: str, grid: dict[str, list[str]], out: str | Path, override
     """Train every combination of `grid` into OUT/NAME in one pass over the data, then measure and rank them.
     `reader`, if given, wraps the training set's batch reader (floats(index) -> tensor). Returns the table's rows
     (none on the other ranks under torchrun)."""
-    from aelab.pipeline import RunRecorder, new_model
-    from aelab.runfolder import RunFolder
-    from aelab.train import Trainer
+    from aelab.training.pipeline import RunRecorder, new_model
+    from aelab.storage.runfolder import RunFolder
+    from aelab.training.train import Trainer
 
     if threads:
         torch.set_num_threads(threads)
@@ -109,8 +111,8 @@ def sweep(model_name: str, grid: dict[str, list[str]], out: str | Path, override
 
 def _finish(made, runs, trainers, test_set, out: Path) -> list[dict]:
     """Rank 0: every run's loss plot, measures and report, then the leaderboard."""
-    from aelab.pipeline import finish
-    from aelab.reports import plot_losses
+    from aelab.training.pipeline import finish
+    from aelab.reports.report import plot_losses
 
     rows = []
     for name, run, trainer in zip(made, runs, trainers):

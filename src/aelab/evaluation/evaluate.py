@@ -7,8 +7,8 @@ import math
 
 import torch
 
-from aelab.datasets import ImageSet
-from aelab.losses import bce_per_image, entropy_per_image, psnr_per_image, squared_error_per_image
+from aelab.data.datasets import ImageSet
+from aelab.models.losses import bce_per_image, entropy_per_image, psnr_per_image, squared_error_per_image
 
 
 def on_device_of(model, images: ImageSet) -> ImageSet:
@@ -38,7 +38,7 @@ def summed_measures(sums: dict[str, float], n: int, size: int) -> dict[str, floa
 @torch.no_grad()
 def reconstruction_metrics(model, images: ImageSet, batch_size: int = 2500, eps: float = 1e-6) -> dict[str, float]:
     """Per-pixel BCE, per-pixel MSE, summed squared error per image, and PSNR in dB (mean over images, peak 1),
-    for any method of the contract (aelab.contract.Model), baselines included. Without logits (PCA), BCE is taken on the values
+    for any method of the contract (aelab.models.contract.Model), baselines included. Without logits (PCA), BCE is taken on the values
     clipped to [eps, 1 - eps]; squared error is always on the values as they are."""
     sums: dict[str, float] = {}
     images = on_device_of(model, images)

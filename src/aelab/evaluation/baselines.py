@@ -1,7 +1,7 @@
 """Linear baselines with the autoencoders' surface: PCA and logistic PCA, in torch.
 
 Both follow scikit-learn's conventions (`__init__` only stores parameters, `fit` returns self, learned state ends
-in `_`) and keep the models' contract (aelab.contract.Model): `encode`, `decode`, `reconstruct` take an ImageSet,
+in `_`) and keep the models' contract (aelab.models.contract.Model): `encode`, `decode`, `reconstruct` take an ImageSet,
 uint8 or float images (n, c, h, w), (n, h, w) or flat rows (n, d), numpy or torch, and return a tensor for a tensor,
 a numpy array for anything else; `evaluation` gives loss terms and reconstructions as the trainer measures models.
 Fitted state saves to and loads from a safetensors file (never a pickle).
@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aelab.contract import same_kind
-from aelab.datasets import ImageSet
+from aelab.models.contract import same_kind
+from aelab.data.datasets import ImageSet
 from aelab.errors import UserError
-from aelab.files import write_safetensors
-from aelab.losses import bce_mean, mse_mean
+from aelab.storage.files import write_safetensors
+from aelab.models.losses import bce_mean, mse_mean
 
 FORMAT = "aelab-baseline/1"
 
@@ -124,7 +124,7 @@ class _Baseline:
 
 def load_baseline(path: str | Path) -> tuple["_Baseline", dict[str, str]]:
     """A fitted PCA or LogisticPCA from `save`, and the file's metadata."""
-    from aelab import tensorfile
+    from aelab.storage import tensorfile
 
     fix = "delete it and refit the baseline"
     meta = tensorfile.metadata(Path(path), fix=fix)

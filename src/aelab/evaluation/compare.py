@@ -17,13 +17,14 @@ from pathlib import Path
 
 import torch
 
-from aelab import files, reports
-from aelab.baselines import BASELINES, load_baseline
-from aelab.data import DataConfig
-from aelab.datasets import ImageSet
+from aelab.storage import files
+from aelab.reports import report as reports
+from aelab.evaluation.baselines import BASELINES, load_baseline
+from aelab.data.load import DataConfig
+from aelab.data.datasets import ImageSet
 from aelab.errors import UserError
-from aelab.evaluate import knn_accuracy, linear_probe_accuracy, reconstruction_metrics
-from aelab.report_html import write_compare_page
+from aelab.evaluation.evaluate import knn_accuracy, linear_probe_accuracy, reconstruction_metrics
+from aelab.reports.page import write_compare_page
 
 DEFAULT_METHODS = ("ae", "logistic_pca", "pca")
 LABELS = {"ae": "autoencoder", "logistic_pca": "logistic PCA", "pca": "PCA"}
@@ -72,8 +73,8 @@ def train_model(name: str, latent: int, folder: Path, data: str | None, epochs: 
     """Train a registered model by the run machinery into folder/NAME-kK; a finished run is reused and an
     unfinished or shorter one resumed (to `epochs`)."""
     from aelab import config as cfg
-    from aelab.pipeline import resume, train
-    from aelab.runfolder import RunFolder
+    from aelab.training.pipeline import resume, train
+    from aelab.storage.runfolder import RunFolder
 
     run = RunFolder(folder / f"{name}-k{latent}")
     run_dir = run.path
@@ -101,7 +102,7 @@ def load_run(name: str, run_dir: str | Path, device: str = "auto", shape: tuple 
     method named `name`; one that takes inputs of another `shape` than the data's, or named after a method it is
     not (an `ae` row that holds a VAE), is refused."""
     from aelab.models import MODELS
-    from aelab.runfolder import RunFolder, load_model
+    from aelab.storage.runfolder import RunFolder, load_model
 
     def check(model, model_shape) -> None:
         if shape is not None and tuple(model_shape) != tuple(shape):
@@ -139,7 +140,7 @@ def _codes(model, images: ImageSet, batch_size: int = 5000) -> torch.Tensor:
 def measure(fitted: Fitted, train: ImageSet, test: ImageSet, classifier=None) -> dict:
     """One table row: test reconstruction errors, size, training time, kNN and linear-probe accuracy of codes
     (when the data has labels) and, for models with sample(n), the Frechet distance of samples."""
-    from aelab.frechet import sample_quality
+    from aelab.evaluation.frechet import sample_quality
 
     model = fitted.model.eval()
     errors = reconstruction_metrics(model, test)
@@ -173,7 +174,7 @@ def write_figure(fitted: list[Fitted], real: torch.Tensor, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from aelab.images import stacked_rows
+    from aelab.reports.images import stacked_rows
 
     rows = [real] + [torch.as_tensor(f.model.reconstruct(real)).reshape(real.shape) for f in fitted]
     labels = ["real test images"] + [f"{LABELS.get(f.name, f.name)}" for f in fitted]
@@ -296,7 +297,7 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
                 fitted = train_model(name, k, folder, data, epochs, threads, device)
             by_latent.setdefault(k, []).append(fitted)
     if sample_quality and any(f.model.generative for fs in by_latent.values() for f in fs):
-        from aelab.frechet import IMAGE_SHAPE, feature_classifier
+        from aelab.evaluation.frechet import IMAGE_SHAPE, feature_classifier
 
         if train.shape == IMAGE_SHAPE:  # the cached classifier always learns from Fashion-MNIST itself
             classifier, accuracy = feature_classifier()

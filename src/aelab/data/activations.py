@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aelab import files
+from aelab.storage import files
 from aelab.errors import UserError
 
 SPLITS = ("train", "test")
@@ -53,8 +53,8 @@ def write_activations(run: str | Path, layer: str, out: str | Path, data: str | 
                       dtype: str = "float32", batch_size: int = 1000, overwrite: bool = False) -> dict:
     """Write the activations of `layer` of the run's model over a split of `data` (default: the run's own data) to
     `out` (.npy) and its sidecars; never more than one batch in memory. Returns the description written."""
-    from aelab.data import DataConfig
-    from aelab.runfolder import RunFolder, load_model
+    from aelab.data.load import DataConfig
+    from aelab.storage.runfolder import RunFolder, load_model
 
     out = Path(out)
     if out.suffix != ".npy":
@@ -120,7 +120,7 @@ def description(acts: str | Path) -> dict | None:
 
 def source_images(described: dict):
     """The split of the data set the activations were taken from (an ImageSet), or None for vectors."""
-    from aelab.data import DataConfig
+    from aelab.data.load import DataConfig
 
     config = DataConfig(described.get("data"), described.get("grey", True), described.get("test_fraction", 0.1),
                         described.get("kind", "auto"))
@@ -134,7 +134,7 @@ def top_activating(model, acts: str | Path, units: int = 16, per_unit: int = 8, 
     """For the first `units` code units of an SAE, the rows of `acts` (as numbered in ACTS.index.npy) that
     activate each most, and those activations: two (units, per_unit) arrays, strongest first. One pass over the
     file, a batch at a time."""
-    from aelab.readers import open_npy
+    from aelab.data.readers import open_npy
 
     data = open_npy(Path(acts))
     index = np.load(sidecar_paths(acts)[0]) if sidecar_paths(acts)[0].is_file() else np.arange(len(data))

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from aelab.datasets import ImageSet
+from aelab.data.datasets import ImageSet
 from aelab.errors import UserError
-from aelab.files import write_safetensors
+from aelab.storage.files import write_safetensors
 
 CLASSIFIER_FILE = "fashion_classifier.safetensors"
 IMAGE_SHAPE = (1, 28, 28)
@@ -96,7 +96,7 @@ def feature_classifier(train: ImageSet | None = None, test: ImageSet | None = No
                        epochs: int = 3) -> tuple[FeatureNet, float]:
     """The cached classifier and its test accuracy; trained on Fashion-MNIST (or the sets given) and saved
     on first use."""
-    from aelab import tensorfile
+    from aelab.storage import tensorfile
 
     path = Path(cache or cache_dir()) / CLASSIFIER_FILE
     net = FeatureNet()
@@ -110,7 +110,7 @@ def feature_classifier(train: ImageSet | None = None, test: ImageSet | None = No
         net.load_state_dict(tensors)
         return net.eval(), accuracy
     if train is None or test is None:
-        from aelab.data import load_dataset
+        from aelab.data.load import load_dataset
 
         train, test = load_dataset()
     if train.labels is None or test.labels is None or train.shape != IMAGE_SHAPE:
@@ -119,7 +119,7 @@ def feature_classifier(train: ImageSet | None = None, test: ImageSet | None = No
     print(f"training the Fashion-MNIST feature classifier once ({epochs} epochs); it is kept in {path}", flush=True)
     began = time.perf_counter()
     net, accuracy = train_classifier(train, test, epochs)
-    # written whole (aelab.files): processes sharing the cache never read half of it
+    # written whole (aelab.storage.files): processes sharing the cache never read half of it
     write_safetensors(path, {k: v.contiguous() for k, v in net.state_dict().items()},
                       {"test_accuracy": f"{accuracy:.6f}", "train_images": str(len(train)),
                        "seconds": f"{time.perf_counter() - began:.1f}"})
