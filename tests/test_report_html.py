@@ -118,7 +118,7 @@ def sparse_run(tmp_path_factory, subset_npz):
 
 
 def page_data(path: Path) -> dict:
-    """The JSON a page carries, as report_html.py put it there."""
+    """The JSON a page carries, as reports/page.py put it there."""
     html = path.read_text()
     start = html.index(">", html.index('<script id="aelab-data"')) + 1
     return json.loads(html[start:html.index("</script>", start)].replace("<\\/", "</"))

@@ -331,7 +331,7 @@ class Autoencoder(_ImageTransformer):
 # -- the linear baselines ---------------------------------------------------------------------------------------
 
 class _BaselineTransformer(_ImageTransformer):
-    """A transformer over one of baselines.py's classes, whose constructor takes this estimator's parameters."""
+    """A transformer over one of evaluation/baselines.py's classes, whose constructor takes this estimator's parameters."""
 
     _baseline: type[baselines._Baseline]
 
