@@ -5,6 +5,8 @@ split's statistics, which the run keeps so that encode/decode/reconstruct speak 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -261,7 +263,7 @@ def test_batchtopk_inference_is_per_input_with_its_saved_threshold(tmp_path):
 def test_jumprelu_thresholds_move_and_the_l0_penalty_cuts_l0():
     def trained(l0_coefficient: float):
         model = _sae(sparsity="jumprelu", threshold=0.1, bandwidth=0.5, l0_coefficient=l0_coefficient)
-        start = model.log_threshold.detach().clone()
+        start = model.threshold.detach().clone()
         x = torch.randn(256, 16, generator=torch.Generator().manual_seed(1))
         trainer = stepper(model, lr=1e-2)
         for _ in range(40):
@@ -269,8 +271,41 @@ def test_jumprelu_thresholds_move_and_the_l0_penalty_cuts_l0():
         return model, start, terms
 
     model, start, terms = trained(8.0)
-    assert (model.log_threshold.detach() - start).abs().max() > 0.05  # learned, by the straight-through estimate
-    assert terms["l0"] < trained(0.0)[2]["l0"]
+    assert isinstance(model.threshold, torch.nn.Parameter)  # the threshold itself is trained, not its log
+    assert (model.threshold.detach() - start).abs().max() > 0.05  # learned, by the straight-through estimate
+    free, _, free_terms = trained(0.0)
+    assert terms["l0"] < free_terms["l0"]
+    # without the penalty the thresholds fall; each step projects them back to >= 0, and some sit there
+    assert free.threshold.min() == 0 and free.threshold.mean() < start.mean()
+
+
+OLD_JUMPRELU = Path(__file__).parent / "data" / "jumprelu-log-threshold"
+
+
+def test_a_jumprelu_run_saved_with_log_threshold_loads_evaluates_and_resumes(tmp_path, monkeypatch):
+    """A run folder written when JumpReLU trained log(threshold) (`aelab train sae --set sparsity=jumprelu`, 12
+    units on 600 planted 8-d vectors, 1 epoch; its data beside it): its threshold is exp of the saved log."""
+    shutil.copytree(OLD_JUMPRELU, tmp_path, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path)  # the run's data.path, v.npy, is relative
+    from safetensors.torch import load_file
+    saved = load_file("run/model.safetensors")
+    assert saved["log_threshold"].shape == (12,) and saved["threshold"].shape == ()  # the old layout
+    model = load_model("run", "cpu")
+    assert torch.equal(model.threshold.detach(), saved["log_threshold"].exp())
+    x = torch.from_numpy(np.load("v.npy")[:100])
+    pre = model.pre_activations((x - model.in_mean) / model.in_std)
+    assert torch.equal(model.encode(x), (pre * (pre > saved["log_threshold"].exp())).detach())
+    old = json.loads(Path("run/eval.json").read_text())  # what the old code measured on its test split
+    assert aelab("eval", "run").returncode == 0
+    again = json.loads(Path("run/eval.json").read_text())
+    assert again["l0"] == old["l0"] and abs(again["fvu"] - old["fvu"]) < 1e-6, (again, old)
+    result = aelab("train", "--resume", "run", "--epochs", 2, "--threads", 1)
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed = load_file("run/model.safetensors")  # written in the new layout, the threshold trained on
+    assert "log_threshold" not in resumed and resumed["threshold"].shape == (12,)
+    moved = resumed["threshold"] - saved["log_threshold"].exp()
+    assert moved.abs().max() > 1e-3 and (resumed["threshold"] >= 0).all()
+    assert [r["epoch"] for r in map(json.loads, Path("run/metrics.jsonl").read_text().splitlines())] == [1, 2]
 
 
 def test_the_l1_penalty_is_weighted_by_decoder_norms_and_warmed_up():

@@ -8,7 +8,9 @@ Four sparsities, each as its paper trains it:
 - batchtopk: the k * batch largest over the whole batch (Bussmann et al. 2024), AuxK too; inference uses a running
   estimate of the smallest kept activation as a per-input threshold, so one input's code never depends on its batch;
 - jumprelu: z = pre * H(pre - theta), a learned threshold per unit trained by a straight-through estimator with a
-  rectangle kernel of width `bandwidth`, and an L0 penalty (Rajamanoharan et al. 2024);
+  rectangle kernel of width `bandwidth`, and an L0 penalty (Rajamanoharan et al. 2024). The threshold is the
+  parameter itself, kept >= 0 after each step, not its log as that paper has it: Adam moves a parameter by about lr
+  a step, so a log barely moves a small threshold (as SAELens trains it, its issue #494);
 - l1: ReLU and the penalty sum_i z_i ||W_dec[:, i]|| over free-norm atoms, its weight warmed up linearly, and the
   gradient's norm clipped (Anthropic, "Circuits Updates", April 2024).
 The other three keep the atoms at unit norm: their gradient is taken orthogonal to each atom before every step and
@@ -222,13 +224,16 @@ class SparseAutoencoder(Autoencoder):
                 atoms.mul_(config.atom_norm)
             if not config.hidden and config.arch == "mlp":
                 self.encoder[-1].weight.copy_(atoms.T)
+        # the inference threshold: jumprelu's learned one per unit; batchtopk's running estimate, a buffer (< 0: not
+        # yet estimated); saved with the weights and checkpoints either way
         if config.sparsity == "jumprelu":
-            self.log_threshold = nn.Parameter(torch.full((config.latent,), math.log(config.threshold)))
+            self.threshold = nn.Parameter(torch.full((config.latent,), config.threshold))
+        else:
+            self.register_buffer("threshold", torch.full((), -1.0))
         if config.sparsity in UNIT_NORM:
             atoms.register_hook(self._along_atoms_removed)
         # buffers: saved with the weights and checkpoints, so resume and inference keep them
         self.register_buffer("inputs_since_active", torch.zeros(config.latent, dtype=torch.int64))
-        self.register_buffer("threshold", torch.full((), -1.0))   # batchtopk at inference; < 0: not yet estimated
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.int64))
         self.register_buffer("l1_warmup_steps", torch.zeros((), dtype=torch.int64))
 
@@ -236,6 +241,21 @@ class SparseAutoencoder(Autoencoder):
         if self.config.sparsity == "l1" and self.config.grad_clip:
             return [_ClippedAdam(self.parameters(), lr, self.config.grad_clip / math.prod(self.config.in_shape))]
         return super().configure_optimizers(lr)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        # a JumpReLU saved when it trained log(threshold): its threshold is exp of that (the scalar buffer it also
+        # saved was unused)
+        if prefix + "log_threshold" in state_dict:
+            state_dict[prefix + "threshold"] = state_dict.pop(prefix + "log_threshold").exp()
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def older_layout(self, like: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor] | None:
+        """The tensors a saved state of the older layout holds, given this model's (`like`, named after `prefix`):
+        a JumpReLU that trained log_threshold (latent,) beside a scalar threshold; None for the other sparsities.
+        load_state_dict reads either."""
+        if self.config.sparsity != "jumprelu":
+            return None
+        return {**like, prefix + "log_threshold": like[prefix + "threshold"], prefix + "threshold": torch.zeros(())}
 
     @property
     def b_dec(self) -> torch.Tensor:
@@ -284,7 +304,7 @@ class SparseAutoencoder(Autoencoder):
         if sparsity == "batchtopk":
             return pre * (pre > self.threshold.clamp_min(0))
         if sparsity == "jumprelu":
-            return _JumpReLU.apply(pre, self.log_threshold.exp(), self.config.bandwidth)
+            return _JumpReLU.apply(pre, self.threshold, self.config.bandwidth)
         return torch.relu(pre)
 
     def code(self, x: torch.Tensor) -> torch.Tensor:
@@ -376,7 +396,7 @@ class SparseAutoencoder(Autoencoder):
             terms["aux"] = self.aux_loss(pre, out, x)
             terms["loss"] = terms["loss"] + self.config.aux_coefficient * terms["aux"]
         elif sparsity == "jumprelu":
-            terms["l0_penalty"] = _Step.apply(pre, self.log_threshold.exp(), self.config.bandwidth).sum(1).mean()
+            terms["l0_penalty"] = _Step.apply(pre, self.threshold, self.config.bandwidth).sum(1).mean()
             terms["loss"] = terms["loss"] + self.config.l0_coefficient / size * terms["l0_penalty"]
         elif sparsity == "l1":
             terms["l1"] = (kept.float().abs() * self.decoder[0].weight.norm(dim=0)).sum(1).mean()
@@ -404,9 +424,13 @@ class SparseAutoencoder(Autoencoder):
     def training_steps(self, x: torch.Tensor):
         terms, fired, kept = self.terms_and_firing(x)
         yield 0, terms["loss"]
-        # the trainer has stepped: renormalise here, so every saved state (and a resumed run) has unit atoms
+        # the trainer has stepped: renormalise and project here, so every saved state (and a resumed run) has unit
+        # atoms and thresholds >= 0 (projected, not clamped in the graph, which would stop the gradient of a
+        # threshold at 0 for good)
         if self.config.sparsity in UNIT_NORM:
             self.normalise_atoms()
+        if self.config.sparsity == "jumprelu":
+            self.threshold.data.clamp_(min=0)
         with torch.no_grad():  # units active anywhere in the global batch, and its size: one sum over the ranks
             counts = distributed.all_sum(torch.cat([(fired > 0).long(), torch.tensor([len(x)], device=fired.device)]))
             self.inputs_since_active.add_(counts[-1]).masked_fill_(counts[:-1] > 0, 0)
