@@ -166,10 +166,11 @@ def _sae(seed: int = 0, d: int = 16, **settings):
 
 
 @pytest.mark.parametrize("sparsity", ["topk", "batchtopk", "jumprelu", "l1"])
-def test_l1_atoms_start_short_and_the_encoder_as_their_transpose(sparsity):
+def test_free_atoms_start_short_and_the_encoder_as_their_transpose(sparsity):
     model = _sae(sparsity=sparsity, atom_norm=0.25)
     atoms = model.decoder[0].weight
-    start = 0.25 if sparsity == "l1" else 1.0  # 64 unit atoms in 16-d would give back about twice the input
+    free = sparsity in ("l1", "jumprelu")  # 64 unit atoms in 16-d would give back about twice the input
+    start = 0.25 if free else 1.0
     assert torch.allclose(atoms.norm(dim=0), torch.full((64,), start), atol=1e-6)
     assert torch.equal(model.encoder[-1].weight, atoms.T)
 
@@ -184,7 +185,7 @@ def test_a_step_keeps_the_atoms_and_counts_inputs_since_each_unit_fired(sparsity
     trainer = stepper(model, lr=1e-2)
     trainer.step(x)
     norms = model.decoder[0].weight.norm(dim=0)
-    assert torch.allclose(norms, torch.ones(64), atol=1e-6) != (sparsity == "l1")  # l1's atoms are free
+    assert torch.allclose(norms, torch.ones(64), atol=1e-6) != (sparsity in ("l1", "jumprelu"))  # theirs are free
     fired = (z > 0).any(0)
     assert torch.equal(model.inputs_since_active, torch.where(fired, 0, 32))
     since, fired = model.inputs_since_active.clone(), (model.code(x[:8]) > 0).any(0)
@@ -328,9 +329,10 @@ def test_the_l1_penalty_is_weighted_by_decoder_norms_and_warmed_up():
     assert torch.allclose(late["loss"], late["recon"] + 2.0 / 16 * late["l1"])
 
 
-def test_an_l1_step_clips_the_gradient_norm():
+@pytest.mark.parametrize("sparsity", ["l1", "jumprelu"])
+def test_an_l1_or_jumprelu_step_clips_the_gradient_norm(sparsity):
     def step(**settings):
-        model = _sae(sparsity="l1", **settings)
+        model = _sae(**{"sparsity": sparsity, **settings})
         trainer = stepper(model, lr=1e-3)
         x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0)) * 100  # gradients far over the clip
         trainer.step(x)
@@ -338,7 +340,7 @@ def test_an_l1_step_clips_the_gradient_norm():
 
     assert torch.isclose(step(), torch.tensor(1 / 16))  # grad_clip 1 of the summed error: 1 / d of aelab's mean
     assert torch.isclose(step(grad_clip=2.0), torch.tensor(2 / 16))
-    assert step(grad_clip=0.0) > 10
+    assert step(grad_clip=0.0) > 10 and step(sparsity="topk") > 10  # TopK is not clipped
 
 
 def test_initialise_puts_b_dec_at_the_geometric_median_and_l1s_at_zero():
