@@ -64,10 +64,10 @@ class SAEConfig(AEConfig):
     #                                  error (grad_clip / d beside the mean); 0: none
     l0_coefficient: float = 2.0      # jumprelu: weight of the L0 penalty (batch mean of units active) against the
     #                                  summed squared error (divided by d beside the mean MSE, as l1)
-    bandwidth: float = 0.05          # jumprelu: width of the rectangle kernel of the threshold's gradient
-    threshold: float = 0.01          # jumprelu: every unit's threshold at the start: small beside the first codes
-    #                                  (atoms at atom_norm); trained as itself, it grows to O(1) in a few thousand
-    #                                  steps at lr 2e-3 (SAELens's 0.05 and 0.01)
+    bandwidth: float = 0.05          # jumprelu: width of the rectangle kernel of the threshold's gradient (SAELens's)
+    threshold: float = 0.01          # jumprelu: every unit's threshold at the start (SAELens's): small beside the
+    #                                  first codes, the atoms being short; trained as itself it grows to O(1) at SAE
+    #                                  scale (mean squared norm d) within a few thousand steps at lr 2e-3
     centre: str = "auto"             # b_dec at the start: geometric "median" or "mean" of a training sample,
     #                                  "zero", or "auto": zero for l1 (as SAELens starts it: from the median, the same
     #                                  l1 gives a higher L0 and recovers fewer known features), else the median
