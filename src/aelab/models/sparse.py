@@ -66,8 +66,9 @@ class SAEConfig(AEConfig):
     #                                  summed squared error (divided by d beside the mean MSE, as l1)
     bandwidth: float = 0.05          # jumprelu: width of the rectangle kernel of the threshold's gradient (SAELens's)
     threshold: float = 0.01          # jumprelu: every unit's threshold at the start (SAELens's): small beside the
-    #                                  first codes, the atoms being short; trained as itself it grows to O(1) at SAE
-    #                                  scale (mean squared norm d) within a few thousand steps at lr 2e-3
+    #                                  first codes, the atoms being short; trained as itself it moves about lr a
+    #                                  step, to O(1) at SAE scale (mean squared norm d) in a few thousand steps: a
+    #                                  shorter run stays far from sparse
     centre: str = "auto"             # b_dec at the start: geometric "median" or "mean" of a training sample,
     #                                  "zero", or "auto": zero for l1 (as SAELens starts it: from the median, the same
     #                                  l1 gives a higher L0 and recovers fewer known features), else the median
