@@ -56,7 +56,7 @@ def test_saelens_files_reproduce_aelab(sae_run, tmp_path):
             assert model.threshold > 0 and np.all(w["threshold"] == np.float32(model.threshold))
             assert ((pre > 0) & (codes == 0)).any()
         else:
-            np.testing.assert_allclose(w["threshold"], model.log_threshold.detach().exp().numpy(), rtol=1e-6)
+            np.testing.assert_allclose(w["threshold"], model.threshold.detach().numpy(), rtol=1e-6)
     expected = model.encode(vectors[:300])
     np.testing.assert_allclose(codes, expected, atol=2e-4, rtol=1e-4)
     np.testing.assert_allclose(codes @ w["W_dec"] + w["b_dec"], model.reconstruct(vectors[:300]), atol=2e-3, rtol=1e-4)

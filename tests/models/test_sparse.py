@@ -5,6 +5,8 @@ split's statistics, which the run keeps so that encode/decode/reconstruct speak 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,10 +166,11 @@ def _sae(seed: int = 0, d: int = 16, **settings):
 
 
 @pytest.mark.parametrize("sparsity", ["topk", "batchtopk", "jumprelu", "l1"])
-def test_l1_atoms_start_short_and_the_encoder_as_their_transpose(sparsity):
+def test_free_atoms_start_short_and_the_encoder_as_their_transpose(sparsity):
     model = _sae(sparsity=sparsity, atom_norm=0.25)
     atoms = model.decoder[0].weight
-    start = 0.25 if sparsity == "l1" else 1.0  # 64 unit atoms in 16-d would give back about twice the input
+    free = sparsity in ("l1", "jumprelu")  # 64 unit atoms in 16-d would give back about twice the input
+    start = 0.25 if free else 1.0
     assert torch.allclose(atoms.norm(dim=0), torch.full((64,), start), atol=1e-6)
     assert torch.equal(model.encoder[-1].weight, atoms.T)
 
@@ -182,7 +185,7 @@ def test_a_step_keeps_the_atoms_and_counts_inputs_since_each_unit_fired(sparsity
     trainer = stepper(model, lr=1e-2)
     trainer.step(x)
     norms = model.decoder[0].weight.norm(dim=0)
-    assert torch.allclose(norms, torch.ones(64), atol=1e-6) != (sparsity == "l1")  # l1's atoms are free
+    assert torch.allclose(norms, torch.ones(64), atol=1e-6) != (sparsity in ("l1", "jumprelu"))  # theirs are free
     fired = (z > 0).any(0)
     assert torch.equal(model.inputs_since_active, torch.where(fired, 0, 32))
     since, fired = model.inputs_since_active.clone(), (model.code(x[:8]) > 0).any(0)
@@ -261,7 +264,7 @@ def test_batchtopk_inference_is_per_input_with_its_saved_threshold(tmp_path):
 def test_jumprelu_thresholds_move_and_the_l0_penalty_cuts_l0():
     def trained(l0_coefficient: float):
         model = _sae(sparsity="jumprelu", threshold=0.1, bandwidth=0.5, l0_coefficient=l0_coefficient)
-        start = model.log_threshold.detach().clone()
+        start = model.threshold.detach().clone()
         x = torch.randn(256, 16, generator=torch.Generator().manual_seed(1))
         trainer = stepper(model, lr=1e-2)
         for _ in range(40):
@@ -269,8 +272,41 @@ def test_jumprelu_thresholds_move_and_the_l0_penalty_cuts_l0():
         return model, start, terms
 
     model, start, terms = trained(8.0)
-    assert (model.log_threshold.detach() - start).abs().max() > 0.05  # learned, by the straight-through estimate
-    assert terms["l0"] < trained(0.0)[2]["l0"]
+    assert isinstance(model.threshold, torch.nn.Parameter)  # the threshold itself is trained, not its log
+    assert (model.threshold.detach() - start).abs().max() > 0.05  # learned, by the straight-through estimate
+    free, _, free_terms = trained(0.0)
+    assert terms["l0"] < free_terms["l0"]
+    # without the penalty the thresholds fall; each step projects them back to >= 0, and some sit there
+    assert free.threshold.min() == 0 and free.threshold.mean() < start.mean()
+
+
+OLD_JUMPRELU = Path(__file__).parent / "data" / "jumprelu-log-threshold"
+
+
+def test_a_jumprelu_run_saved_with_log_threshold_loads_evaluates_and_resumes(tmp_path, monkeypatch):
+    """A run folder written when JumpReLU trained log(threshold) (`aelab train sae --set sparsity=jumprelu`, 12
+    units on 600 planted 8-d vectors, 1 epoch; its data beside it): its threshold is exp of the saved log."""
+    shutil.copytree(OLD_JUMPRELU, tmp_path, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path)  # the run's data.path, v.npy, is relative
+    from safetensors.torch import load_file
+    saved = load_file("run/model.safetensors")
+    assert saved["log_threshold"].shape == (12,) and saved["threshold"].shape == ()  # the old layout
+    model = load_model("run", "cpu")
+    assert torch.equal(model.threshold.detach(), saved["log_threshold"].exp())
+    x = torch.from_numpy(np.load("v.npy")[:100])
+    pre = model.pre_activations((x - model.in_mean) / model.in_std)
+    assert torch.equal(model.encode(x), (pre * (pre > saved["log_threshold"].exp())).detach())
+    old = json.loads(Path("run/eval.json").read_text())  # what the old code measured on its test split
+    assert aelab("eval", "run").returncode == 0
+    again = json.loads(Path("run/eval.json").read_text())
+    assert again["l0"] == old["l0"] and abs(again["fvu"] - old["fvu"]) < 1e-6, (again, old)
+    result = aelab("train", "--resume", "run", "--epochs", 2, "--threads", 1)
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed = load_file("run/model.safetensors")  # written in the new layout, the threshold trained on
+    assert "log_threshold" not in resumed and resumed["threshold"].shape == (12,)
+    moved = resumed["threshold"] - saved["log_threshold"].exp()
+    assert moved.abs().max() > 1e-3 and (resumed["threshold"] >= 0).all()
+    assert [r["epoch"] for r in map(json.loads, Path("run/metrics.jsonl").read_text().splitlines())] == [1, 2]
 
 
 def test_the_l1_penalty_is_weighted_by_decoder_norms_and_warmed_up():
@@ -293,9 +329,10 @@ def test_the_l1_penalty_is_weighted_by_decoder_norms_and_warmed_up():
     assert torch.allclose(late["loss"], late["recon"] + 2.0 / 16 * late["l1"])
 
 
-def test_an_l1_step_clips_the_gradient_norm():
+@pytest.mark.parametrize("sparsity", ["l1", "jumprelu"])
+def test_an_l1_or_jumprelu_step_clips_the_gradient_norm(sparsity):
     def step(**settings):
-        model = _sae(sparsity="l1", **settings)
+        model = _sae(**{"sparsity": sparsity, **settings})
         trainer = stepper(model, lr=1e-3)
         x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0)) * 100  # gradients far over the clip
         trainer.step(x)
@@ -303,7 +340,7 @@ def test_an_l1_step_clips_the_gradient_norm():
 
     assert torch.isclose(step(), torch.tensor(1 / 16))  # grad_clip 1 of the summed error: 1 / d of aelab's mean
     assert torch.isclose(step(grad_clip=2.0), torch.tensor(2 / 16))
-    assert step(grad_clip=0.0) > 10
+    assert step(grad_clip=0.0) > 10 and step(sparsity="topk") > 10  # TopK is not clipped
 
 
 def test_initialise_puts_b_dec_at_the_geometric_median_and_l1s_at_zero():

@@ -8,12 +8,16 @@ Four sparsities, each as its paper trains it:
 - batchtopk: the k * batch largest over the whole batch (Bussmann et al. 2024), AuxK too; inference uses a running
   estimate of the smallest kept activation as a per-input threshold, so one input's code never depends on its batch;
 - jumprelu: z = pre * H(pre - theta), a learned threshold per unit trained by a straight-through estimator with a
-  rectangle kernel of width `bandwidth`, and an L0 penalty (Rajamanoharan et al. 2024);
+  rectangle kernel of width `bandwidth`, and an L0 penalty (Rajamanoharan et al. 2024), as SAELens trains it: the
+  threshold is the parameter itself, kept >= 0 after each step, not its log as that paper has it (Adam moves a
+  parameter by about lr a step, so a log barely moves a small threshold: SAELens's issue #494), over free-norm atoms
+  and with the gradient's norm clipped;
 - l1: ReLU and the penalty sum_i z_i ||W_dec[:, i]|| over free-norm atoms, its weight warmed up linearly, and the
   gradient's norm clipped (Anthropic, "Circuits Updates", April 2024).
-The other three keep the atoms at unit norm: their gradient is taken orthogonal to each atom before every step and
-the atoms renormalised after it (OpenAI's sparse_autoencoder). `initialise` puts b_dec at the geometric median (or
-mean) of a sample of the training data, l1's at zero; the encoder starts as the decoder's transpose (Gao et al. 2024).
+TopK and BatchTopK keep the atoms at unit norm: their gradient is taken orthogonal to each atom before every step and
+the atoms renormalised after it (OpenAI's sparse_autoencoder); L1's and JumpReLU's start short (`atom_norm`).
+`initialise` puts b_dec at the geometric median (or mean) of a sample of the training data, l1's at zero; the encoder
+starts as the decoder's transpose (Gao et al. 2024).
 Reported, as that field does: L0, FVU, shrinkage (||x^|| / ||x||), cosine(x^, x), the dead units (not active over
 the last `dead_window` training inputs, counted in a buffer so checkpoints and resume keep the count) and the
 density of each unit's firing."""
@@ -35,7 +39,8 @@ from aelab.reports.images import tile
 from aelab.models.base import AEConfig, Autoencoder, adam
 
 SPARSITIES = ("topk", "batchtopk", "jumprelu", "l1")
-UNIT_NORM = ("topk", "batchtopk", "jumprelu")  # the forms whose atoms stay at unit norm
+UNIT_NORM = ("topk", "batchtopk")  # the forms whose atoms stay at unit norm; the others' start at atom_norm
+CLIPPED = ("jumprelu", "l1")  # the forms whose gradient norm is clipped at grad_clip
 CENTRES = ("auto", "median", "mean", "zero")
 THRESHOLD_DECAY = 0.99  # batchtopk: weight of the running threshold against each batch's smallest kept activation
 
@@ -52,16 +57,18 @@ class SAEConfig(AEConfig):
     aux_coefficient: float = 1 / 32  # topk, batchtopk: weight of the AuxK loss (0: none)
     l1: float = 5.0                  # l1: weight of the penalty (batch mean of sum_i z_i ||W_dec[:, i]||) against the
     #                                  summed squared error: Anthropic's lambda (5), divided by d beside the mean MSE
-    atom_norm: float = 0.1           # l1: every atom's norm at the start (the encoder starts as their transpose)
+    atom_norm: float = 0.1           # l1, jumprelu: every atom's norm at the start (the encoder starts as their
+    #                                  transpose)
     l1_warmup: float = 0.05          # l1: the weight grows linearly from 0 over this fraction of the run's steps
-    grad_clip: float = 1.0           # l1: each step's gradient norm clipped at this for the summed squared error
-    #                                  (grad_clip / d beside the mean); 0: none
+    grad_clip: float = 1.0           # l1, jumprelu: each step's gradient norm clipped at this for the summed squared
+    #                                  error (grad_clip / d beside the mean); 0: none
     l0_coefficient: float = 2.0      # jumprelu: weight of the L0 penalty (batch mean of units active) against the
     #                                  summed squared error (divided by d beside the mean MSE, as l1)
-    bandwidth: float = 0.5           # jumprelu: width of the rectangle kernel of the threshold's gradient; at SAE
-    #                                  scale (mean squared norm d) codes are O(1), and a narrow kernel seldom moves
-    #                                  the thresholds in a short run
-    threshold: float = 1.0           # jumprelu: every unit's threshold at the start
+    bandwidth: float = 0.05          # jumprelu: width of the rectangle kernel of the threshold's gradient (SAELens's)
+    threshold: float = 0.01          # jumprelu: every unit's threshold at the start (SAELens's): small beside the
+    #                                  first codes, the atoms being short; trained as itself it moves about lr a
+    #                                  step, to O(1) at SAE scale (mean squared norm d) in a few thousand steps: a
+    #                                  shorter run stays far from sparse
     centre: str = "auto"             # b_dec at the start: geometric "median" or "mean" of a training sample,
     #                                  "zero", or "auto": zero for l1 (as SAELens starts it: from the median, the same
     #                                  l1 gives a higher L0 and recovers fewer known features), else the median
@@ -80,7 +87,7 @@ class SAEConfig(AEConfig):
         if not 0 <= self.l1_warmup <= 1:
             raise UserError(f"l1_warmup is a fraction of the run's steps, in [0, 1], not {self.l1_warmup}")
         if min(self.bandwidth, self.threshold, self.atom_norm) <= 0:
-            raise UserError("bandwidth, threshold and atom_norm must be positive, e.g. --set bandwidth=0.5")
+            raise UserError("bandwidth, threshold and atom_norm must be positive, e.g. --set bandwidth=0.05")
 
 
 def planted_dictionary(n: int, d: int = 64, atoms: int = 256, active: int = 5, noise: float = 0.01, seed: int = 0
@@ -218,24 +225,42 @@ class SparseAutoencoder(Autoencoder):
             atoms.normal_()
             self.normalise_atoms()
             self.decoder[0].bias.zero_()
-            if config.sparsity == "l1":  # short atoms, so the first codes do not overshoot (Anthropic, April 2024)
+            if config.sparsity not in UNIT_NORM:  # short, so the first codes do not overshoot (Anthropic, 2024)
                 atoms.mul_(config.atom_norm)
             if not config.hidden and config.arch == "mlp":
                 self.encoder[-1].weight.copy_(atoms.T)
+        # the inference threshold: jumprelu's learned one per unit; batchtopk's running estimate, a buffer (< 0: not
+        # yet estimated); saved with the weights and checkpoints either way
         if config.sparsity == "jumprelu":
-            self.log_threshold = nn.Parameter(torch.full((config.latent,), math.log(config.threshold)))
+            self.threshold = nn.Parameter(torch.full((config.latent,), config.threshold))
+        else:
+            self.register_buffer("threshold", torch.full((), -1.0))
         if config.sparsity in UNIT_NORM:
             atoms.register_hook(self._along_atoms_removed)
         # buffers: saved with the weights and checkpoints, so resume and inference keep them
         self.register_buffer("inputs_since_active", torch.zeros(config.latent, dtype=torch.int64))
-        self.register_buffer("threshold", torch.full((), -1.0))   # batchtopk at inference; < 0: not yet estimated
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.int64))
         self.register_buffer("l1_warmup_steps", torch.zeros((), dtype=torch.int64))
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
-        if self.config.sparsity == "l1" and self.config.grad_clip:
+        if self.config.sparsity in CLIPPED and self.config.grad_clip:
             return [_ClippedAdam(self.parameters(), lr, self.config.grad_clip / math.prod(self.config.in_shape))]
         return super().configure_optimizers(lr)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        # a JumpReLU saved when it trained log(threshold): its threshold is exp of that (the scalar buffer it also
+        # saved was unused)
+        if prefix + "log_threshold" in state_dict:
+            state_dict[prefix + "threshold"] = state_dict.pop(prefix + "log_threshold").exp()
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def older_layout(self, like: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor] | None:
+        """The tensors a saved state of the older layout holds, given this model's (`like`, named after `prefix`):
+        a JumpReLU that trained log_threshold (latent,) beside a scalar threshold; None for the other sparsities.
+        load_state_dict reads either."""
+        if self.config.sparsity != "jumprelu":
+            return None
+        return {**like, prefix + "log_threshold": like[prefix + "threshold"], prefix + "threshold": torch.zeros(())}
 
     @property
     def b_dec(self) -> torch.Tensor:
@@ -284,7 +309,7 @@ class SparseAutoencoder(Autoencoder):
         if sparsity == "batchtopk":
             return pre * (pre > self.threshold.clamp_min(0))
         if sparsity == "jumprelu":
-            return _JumpReLU.apply(pre, self.log_threshold.exp(), self.config.bandwidth)
+            return _JumpReLU.apply(pre, self.threshold, self.config.bandwidth)
         return torch.relu(pre)
 
     def code(self, x: torch.Tensor) -> torch.Tensor:
@@ -379,7 +404,7 @@ class SparseAutoencoder(Autoencoder):
             terms["aux"] = self.aux_loss(pre, out, x)
             terms["loss"] = terms["loss"] + self.config.aux_coefficient * terms["aux"]
         elif sparsity == "jumprelu":
-            terms["l0_penalty"] = _Step.apply(pre, self.log_threshold.exp(), self.config.bandwidth).sum(1).mean()
+            terms["l0_penalty"] = _Step.apply(pre, self.threshold, self.config.bandwidth).sum(1).mean()
             terms["loss"] = terms["loss"] + self.config.l0_coefficient / size * terms["l0_penalty"]
         elif sparsity == "l1":
             terms["l1"] = (kept.float().abs() * self.decoder[0].weight.norm(dim=0)).sum(1).mean()
@@ -407,9 +432,13 @@ class SparseAutoencoder(Autoencoder):
     def training_steps(self, x: torch.Tensor):
         terms, fired, kept = self.terms_and_firing(x)
         yield 0, terms["loss"]
-        # the trainer has stepped: renormalise here, so every saved state (and a resumed run) has unit atoms
+        # the trainer has stepped: renormalise and project here, so every saved state (and a resumed run) has unit
+        # atoms and thresholds >= 0 (projected, not clamped in the graph, which would stop the gradient of a
+        # threshold at 0 for good)
         if self.config.sparsity in UNIT_NORM:
             self.normalise_atoms()
+        if self.config.sparsity == "jumprelu":
+            self.threshold.data.clamp_(min=0)
         with torch.no_grad():  # units active anywhere in the global batch, and its size: one sum over the ranks
             counts = distributed.all_sum(torch.cat([(fired > 0).long(), torch.tensor([len(x)], device=fired.device)]))
             self.inputs_since_active.add_(counts[-1]).masked_fill_(counts[:-1] > 0, 0)

@@ -240,9 +240,9 @@ class RunFolder:
             return
         model = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
         # weights and two Adam moments of each, RNG states: a checkpoint over 4x the weights (+ 1 MiB) is damaged
-        tensors, meta = tensorfile.load(path, model, exact=False,
-                                        max_bytes=4 * sum(v.numel() * v.element_size() for v in model.values())
-                                        + (1 << 20))
+        tensors, meta = load_state(path, trainer.model, "model.", exact=False,
+                                   max_bytes=4 * sum(v.numel() * v.element_size() for v in model.values())
+                                   + (1 << 20))
         rates = [[group["lr"] for group in optimizer.param_groups] for optimizer in trainer.optimizers]
         try:
             trainer.load_state(tensors, json.loads(meta["trainer"]))
@@ -328,6 +328,22 @@ def _stored_config(weights: Path) -> RunConfig:
     return _checked_config(d, f"{weights}'s stored config")
 
 
+def load_state(path: Path, model, prefix: str = "", **options) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """tensorfile.load against the model's tensors (named after `prefix`), or against the older layout the model
+    still loads (its `older_layout`, if it has one) when the file holds that."""
+    like = {prefix + k: v for k, v in model.state_dict().items()}
+    try:
+        return tensorfile.load(path, like, **options)
+    except UserError as first:
+        older = model.older_layout(like, prefix) if hasattr(model, "older_layout") else None
+        try:
+            if older is not None:
+                return tensorfile.load(path, older, **options)
+        except UserError:
+            pass
+        raise first
+
+
 def load_model(path: str | Path, device: str = "auto"):
     """A trained model, in eval mode, on `device` (auto: a CUDA GPU if there is one, else the CPU), from a run
     folder or a model.safetensors file; whichever device trained it."""
@@ -340,6 +356,6 @@ def load_model(path: str | Path, device: str = "auto"):
         raise UserError(f"{run.path} has no {weights.name} yet (no epoch has finished); train it first")
     config = _stored_config(weights)
     model = build(config.model_name, config.model)
-    tensors, _ = tensorfile.load(weights, model.state_dict())
+    tensors, _ = load_state(weights, model)
     model.load_state_dict(tensors)  # safetensors load on the CPU, then move
     return model.to(distributed.resolve_device(distributed.parse_device(device))).eval()

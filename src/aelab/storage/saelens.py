@@ -6,7 +6,7 @@
                                   (+ threshold (d_sae,) for jumprelu)
 
 SAELens encodes z = act((x - b_dec) @ W_enc + b_enc) and decodes z @ W_dec + b_dec, on raw activations. Its
-"jumprelu" act is relu(pre) * (pre > threshold): aelab's JumpReLU with threshold exp(log_threshold), and aelab's
+"jumprelu" act is relu(pre) * (pre > threshold): aelab's JumpReLU with its learned threshold, and aelab's
 BatchTopK at inference, whose per-input rule keeps pre > its running threshold (clamped at 0). SAELens itself saves
 a trained BatchTopK SAE for inference this way: a JumpReLU whose every threshold is the batch threshold. aelab trains
 on activations standardised per feature, s = (x - mean) / std, so the standardisation is folded into the weights:
@@ -41,7 +41,7 @@ def saelens_tensors(model) -> dict[str, torch.Tensor]:
                "W_dec": w_dec * std[None, :], "b_dec": mean + std * b}
     # the threshold compares pre-activations, which the fold leaves in aelab's units: no rescaling
     if model.config.sparsity == "jumprelu":
-        tensors["threshold"] = model.log_threshold.detach().double().cpu().exp()
+        tensors["threshold"] = model.threshold.detach().double().cpu()
     elif model.config.sparsity == "batchtopk":  # < 0 (never estimated) reads as 0 in aelab: plain ReLU
         tensors["threshold"] = model.threshold.detach().double().cpu().clamp_min(0).expand(model.config.latent)
     return {k: v.float().contiguous() for k, v in tensors.items()}
