@@ -23,24 +23,13 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from aelab.cli import main
 from aelab.data import load_dataset
 from aelab.errors import UserError
 from support.datafiles import FASHION_DIR, train_vectors, vectors
 from support.folders import snapshot
-from support.process import SRC, aelab, assert_user_error
+from support.process import SRC, aelab, assert_user_error, in_process
 
 MEMORY_LIMIT = 2 << 30  # address space of a bomb's process: torch alone maps about 0.6 GiB
-
-
-def in_process(argv, capsys) -> subprocess.CompletedProcess:
-    """`aelab ARGV` through cli.main in this process, as the CompletedProcess `assert_user_error` reads."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's one-line error
-        code = e.code
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(argv, code, out, err)
 
 
 def limited() -> None:

@@ -1,4 +1,6 @@
-"""`python -m aelab` as a real process on this checkout's source, and the check of a user error's one line."""
+"""`python -m aelab` as a real process on this checkout's source, the same command run through `cli.main` in this
+process (where the process itself is not what a test checks: a process costs a torch import, seconds), and the check
+of a user error's one line."""
 
 from __future__ import annotations
 
@@ -15,6 +17,20 @@ def aelab(*args, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     return subprocess.run([sys.executable, "-m", "aelab", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=timeout, **kwargs)
+
+
+def in_process(argv, capsys) -> subprocess.CompletedProcess:
+    """`aelab ARGV` through cli.main in this process, as the CompletedProcess `assert_user_error` reads (stdout and
+    stderr captured by pytest's `capsys`)."""
+    from aelab.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's one-line error
+        code = e.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out, err)
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> str:
