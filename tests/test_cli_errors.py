@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from aelab.data import load_dataset
 from aelab.errors import UserError
-from support.datafiles import FASHION_DIR, train_vectors, vectors
+from support.datafiles import FASHION_DIR, vector_args, vectors
 from support.folders import snapshot
 from support.process import SRC, aelab, assert_user_error, in_process
 
@@ -323,9 +323,10 @@ def test_bombs_cost_no_memory(case, words, hostile, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- vectors
 
-def test_vectors_without_any_variance_are_refused_before_a_run_folder(tmp_path):
+def test_vectors_without_any_variance_are_refused_before_a_run_folder(tmp_path, capsys, one_thread):
     np.save(tmp_path / "constant.npy", np.full((600, 16), 2.5, np.float32))
-    assert_user_error(train_vectors(tmp_path / "constant.npy", tmp_path / "run"), "constant.npy", "zero variance")
+    assert_user_error(in_process(vector_args(tmp_path / "constant.npy", tmp_path / "run"), capsys), "constant.npy",
+                      "zero variance")
     assert not (tmp_path / "run").exists()
     np.save(tmp_path / "five.npy", vectors(5))  # one vector held out: no variance to measure the FVE against
     with pytest.raises(UserError, match="test split .1 of 5 vectors. does not vary"):
@@ -333,29 +334,31 @@ def test_vectors_without_any_variance_are_refused_before_a_run_folder(tmp_path):
     assert len(load_dataset(tmp_path / "five.npy", test_fraction=0.4)[1]) == 2
 
 
-def test_vectors_whose_squares_overflow_float32_are_refused_when_read(flat_vector_run, tmp_path):
+def test_vectors_whose_squares_overflow_float32_are_refused_when_read(flat_vector_run, tmp_path, capsys, one_thread):
     np.save(tmp_path / "huge.npy", vectors() * 1e300)
-    assert_user_error(train_vectors(tmp_path / "huge.npy", tmp_path / "run"), "huge.npy", "overflow", "rescale")
+    assert_user_error(in_process(vector_args(tmp_path / "huge.npy", tmp_path / "run"), capsys), "huge.npy", "overflow",
+                      "rescale")
     assert not (tmp_path / "run").exists()
-    assert_user_error(aelab("encode", flat_vector_run[0] / "run", tmp_path / "huge.npy", "--out", tmp_path / "c.npy"),
-                      "huge.npy", "rescale")
+    assert_user_error(in_process(["encode", flat_vector_run[0] / "run", tmp_path / "huge.npy", "--out",
+                                  tmp_path / "c.npy"], capsys), "huge.npy", "rescale")
     np.save(tmp_path / "large.npy", vectors() * 1e16)  # large, yet squares float32 holds: trains as ever
     assert load_dataset(tmp_path / "large.npy")[0].floats().isfinite().all()
 
 
-def test_nan_rows_in_activations_are_refused_naming_the_file(flat_vector_run, tmp_path):
+def test_nan_rows_in_activations_are_refused_naming_the_file(flat_vector_run, tmp_path, capsys, one_thread):
     data = vectors()
     data[[7, 300]] = np.nan
     np.save(tmp_path / "acts.npy", data.astype(np.float32))
-    assert_user_error(train_vectors(tmp_path / "acts.npy", tmp_path / "run"), "acts.npy", "NaN")
+    assert_user_error(in_process(vector_args(tmp_path / "acts.npy", tmp_path / "run"), capsys), "acts.npy", "NaN")
     assert not (tmp_path / "run").exists()
-    assert_user_error(aelab("encode", flat_vector_run[0] / "run", tmp_path / "acts.npy", "--out", tmp_path / "c.npy"),
-                      "acts.npy", "NaN")
+    assert_user_error(in_process(["encode", flat_vector_run[0] / "run", tmp_path / "acts.npy", "--out",
+                                  tmp_path / "c.npy"], capsys), "acts.npy", "NaN")
 
 
-def test_encoding_no_vectors_is_refused(flat_vector_run, tmp_path):
+def test_encoding_no_vectors_is_refused(flat_vector_run, tmp_path, capsys, one_thread):
     np.save(tmp_path / "none.npy", np.zeros((0, 16), np.float32))
-    result = aelab("encode", flat_vector_run[0] / "run", tmp_path / "none.npy", "--out", tmp_path / "c.npy")
+    result = in_process(["encode", flat_vector_run[0] / "run", tmp_path / "none.npy", "--out", tmp_path / "c.npy"],
+                        capsys)
     assert_user_error(result, "none.npy", "empty", "at least one")
     assert not (tmp_path / "c.npy").exists()
 

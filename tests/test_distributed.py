@@ -144,12 +144,13 @@ def test_auto_and_cpu_devices_train_on_this_machine_and_say_so(trained_run, tmp_
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a CUDA GPU")
 @pytest.mark.parametrize("command", [("train", "--epochs", "1"), ("eval", "RUN"), ("encode", "RUN", "X", "--out", "c.npy")])
-def test_asking_for_a_missing_gpu_is_one_line(command, trained_run, subset_npz, tmp_path):
-    from support.process import aelab, assert_user_error
+def test_asking_for_a_missing_gpu_is_one_line(command, trained_run, subset_npz, tmp_path, capsys, monkeypatch):
+    from support.process import assert_user_error, in_process
 
     args = [str(trained_run) if a == "RUN" else str(subset_npz) if a == "X" else a for a in command]
-    result = aelab(*args, "--device", "cuda", *(["--data", subset_npz, "--out", tmp_path / "r"]
-                                                if command[0] == "train" else []), cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = in_process([*args, "--device", "cuda", *(["--data", subset_npz, "--out", tmp_path / "r"]
+                                                      if command[0] == "train" else [])], capsys)
     assert_user_error(result, "no CUDA GPU", "--device cpu")
     assert not (tmp_path / "r").exists()
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from support.process import aelab, assert_user_error
+from support.process import aelab, assert_user_error, in_process
 
 N, BATCH, EPOCHS = 2000, 256, 2
 
@@ -75,9 +75,9 @@ def test_cli_writes_leaderboard_and_run_folders(vectors, tmp_path):
     (["k"], ["--grid takes KEY=VALUE"]),
     (["nonsense=1,2"], ["unknown setting"]),
 ])
-def test_bad_grids_are_one_line(vectors, tmp_path, grid, words):
+def test_bad_grids_are_one_line(vectors, tmp_path, grid, words, capsys):
     args = [a for g in grid for a in ("--grid", g)]
-    assert_user_error(aelab("sweep", "sae", "--data", vectors, *args, "--out", tmp_path / "x"), *words)
+    assert_user_error(in_process(["sweep", "sae", "--data", vectors, *args, "--out", tmp_path / "x"], capsys), *words)
     assert not (tmp_path / "x").exists()
 
 
