@@ -14,8 +14,6 @@ import os
 import resource
 import shutil
 import struct
-import subprocess
-import sys
 import zlib
 
 import numpy as np
@@ -27,7 +25,7 @@ from aelab.data import load_dataset
 from aelab.errors import UserError
 from support.datafiles import FASHION_DIR, vector_args, vectors
 from support.folders import snapshot
-from support.process import SRC, aelab, assert_user_error, in_process
+from support.process import aelab, aelab_sequence, assert_user_error, in_process
 
 MEMORY_LIMIT = 2 << 30  # address space of a bomb's process: torch alone maps about 0.6 GiB
 
@@ -492,18 +490,12 @@ def test_reading_commands_work_on_a_read_only_run(trained_run, fashion, tmp_path
         path.chmod(0o555 if path.is_dir() else 0o444)
     before = snapshot(run)
     try:
-        code = (
-            "import sys\nfrom aelab.cli import main\n"
-            f"run, t = {str(run)!r}, {str(tmp_path)!r}\n"
-            "for argv in (['eval', run, '--json'], ['info', run],\n"
-            "             ['encode', run, t + '/images.npy', '--out', t + '/codes.npy'],\n"
-            "             ['decode', run, t + '/codes.npy', '--out', t + '/decoded.png'],\n"
-            "             ['reconstruct', run, t + '/images.npy', '--out', t + '/recon.npy']):\n"
-            "    assert main(argv) == 0, argv\n")
-        env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert json.loads(done.stdout.splitlines()[0])["bce"] == pytest.approx(
+        done = aelab_sequence(["eval", run, "--json"], ["info", run],
+                              ["encode", run, tmp_path / "images.npy", "--out", tmp_path / "codes.npy"],
+                              ["decode", run, tmp_path / "codes.npy", "--out", tmp_path / "decoded.png"],
+                              ["reconstruct", run, tmp_path / "images.npy", "--out", tmp_path / "recon.npy"])
+        assert [d.returncode for d in done] == [0] * 5, [d.stderr[-2000:] for d in done]
+        assert json.loads(done[0].stdout)["bce"] == pytest.approx(
             json.loads((run / "eval.json").read_text())["bce"], rel=1e-5)
         assert snapshot(run) == before
         assert np.load(tmp_path / "codes.npy").shape == (4, 20)

@@ -4,6 +4,7 @@ of a user error's one line."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,31 @@ def aelab(*args, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     return subprocess.run([sys.executable, "-m", "aelab", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=timeout, **kwargs)
+
+
+SEQUENCE = """
+import contextlib, io, json, sys
+from aelab.cli import main
+done = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    done.append([argv, code, out.getvalue(), err.getvalue()])
+print(json.dumps(done))
+"""
+
+
+def aelab_sequence(*argvs, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """Several `aelab` commands in turn through cli.main in ONE real process (one torch import, not one each): what
+    each returned and printed. For what a fresh process must find (AELAB_PLUGINS, the installed code), not for the
+    entry point's own handling of errors and signals."""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    argvs = [[str(a) for a in argv] for argv in argvs]
+    done = subprocess.run([sys.executable, "-c", SEQUENCE, json.dumps(argvs)], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [subprocess.CompletedProcess(*result) for result in json.loads(done.stdout)]
 
 
 def in_process(argv, capsys) -> subprocess.CompletedProcess:
