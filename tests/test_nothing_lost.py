@@ -50,18 +50,28 @@ def slow_npz(fashion, tmp_path_factory) -> Path:
     return path
 
 
+SLOW_ARGS = ["--epochs", 1, "--batch-size", 64, "--threads", 1, "--grid-every", 0]
+
+
+@pytest.fixture(scope="module")
+def slow_whole(slow_npz, tmp_path_factory, one_thread) -> Path:
+    """The run never stopped, trained once for the module in this process (one thread: the CLI's weights, bitwise)."""
+    from aelab.cli import main
+
+    out = tmp_path_factory.mktemp("whole") / "run"
+    assert main(["train", "--data", str(slow_npz), *map(str, SLOW_ARGS), "--out", str(out)]) == 0
+    return out
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_a_run_stopped_in_its_first_epoch_resumes_to_the_same_weights(slow_npz, tmp_path, sig):
-    args = ["--data", slow_npz, "--epochs", 1, "--batch-size", 64, "--threads", 1, "--grid-every", 0]
-    whole = aelab("train", *args, "--out", tmp_path / "whole", timeout=300)
-    assert whole.returncode == 0, whole.stderr[-2000:]
+def test_a_run_stopped_in_its_first_epoch_resumes_to_the_same_weights(slow_npz, slow_whole, tmp_path, sig, capsys):
     stopped = tmp_path / "stopped"
-    proc = _killed_in_first_epoch([*args, "--out", stopped], sig)
+    proc = _killed_in_first_epoch(["--data", slow_npz, *SLOW_ARGS, "--out", stopped], sig)
     assert proc.returncode in (-signal.SIGKILL, 2), proc.returncode
     assert not (stopped / "checkpoint.safetensors").exists()  # stopped before any epoch ended
-    resumed = aelab("train", "--resume", stopped, "--threads", 1, timeout=300)
+    resumed = in_process(["train", "--resume", stopped, "--threads", 1], capsys)  # what the stop left is the point
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = _weights(tmp_path / "whole"), _weights(stopped)
+    a, b = _weights(slow_whole), _weights(stopped)
     assert a.keys() == b.keys()
     assert all(a[k].equal(b[k]) for k in a)  # bit for bit
     assert len((stopped / "metrics.jsonl").read_text().splitlines()) == 1
