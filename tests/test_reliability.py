@@ -65,7 +65,7 @@ def test_killed_at_any_instant_a_run_resumes_to_the_same_run(subset_npz, trained
     assert temporaries(out) == []  # ...and the next start swept it away
 
 
-def test_sigterm_stops_like_ctrl_c_even_mid_checkpoint(subset_npz, trained_run, tmp_path):
+def test_sigterm_stops_like_ctrl_c_even_mid_checkpoint(subset_npz, trained_run, tmp_path, capsys, one_thread):
     out = tmp_path / "term"
     argv = command(subset_npz, out, 1000) + ["--grid-every", "0"]
     what, code, stderr = signal_at(argv, out, ("writing", "checkpoint.safetensors", 2), signal.SIGTERM)
@@ -74,7 +74,7 @@ def test_sigterm_stops_like_ctrl_c_even_mid_checkpoint(subset_npz, trained_run, 
     done = checkpoint_epoch(out)  # the write it stopped was abandoned whole, or had just finished
     assert done in (1, 2) and f"holds epoch {done};" in line
     assert temporaries(out) == []  # the process removed its own half-written file
-    resumed = aelab("train", "--resume", out, "--epochs", done + 1, "--threads", 1)
+    resumed = in_process(["train", "--resume", out, "--epochs", done + 1, "--threads", 1], capsys)
     assert resumed.returncode == 0, resumed.stderr
     assert records(out) == records(trained_run)[:done + 1]
 
@@ -163,7 +163,7 @@ def test_a_full_disk_is_one_line_and_the_checkpoint_survives(trained_run, tmp_pa
         assert temporaries(run) == []
 
 
-def test_past_the_file_size_limit_one_line_then_the_run_goes_on(trained_run, tmp_path):
+def test_past_the_file_size_limit_one_line_then_the_run_goes_on(trained_run, tmp_path, capsys, one_thread):
     """`ulimit -f 3072` (EFBIG, with SIGXFSZ ignored by aelab): the checkpoint is the first file too big."""
     run = copy_run(trained_run, tmp_path / "run")
     before = (run / "checkpoint.safetensors").read_bytes()
@@ -174,7 +174,7 @@ def test_past_the_file_size_limit_one_line_then_the_run_goes_on(trained_run, tmp
     assert_user_error(aelab("train", "--resume", run, "--epochs", 4, "--threads", 1, preexec_fn=limit),
                       "cannot write", "checkpoint.safetensors", "too large", "holds epoch 3")
     assert (run / "checkpoint.safetensors").read_bytes() == before and temporaries(run) == []
-    resumed = aelab("train", "--resume", run, "--epochs", 4, "--threads", 1)
+    resumed = in_process(["train", "--resume", run, "--epochs", 4, "--threads", 1], capsys)
     assert resumed.returncode == 0, resumed.stderr
     assert [r["epoch"] for r in RunFolder(run).metrics()] == [1, 2, 3, 4] and checkpoint_epoch(run) == 4
 

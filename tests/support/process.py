@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -51,11 +52,17 @@ def in_process(argv, capsys) -> subprocess.CompletedProcess:
     from aelab.cli import main
 
     capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's one-line error
-        code = e.code
+    # warnings under a fresh process's filters, and on stderr as it would print them (pytest would collect them)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", category)
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:  # argparse's one-line error
+            code = e.code
     out, err = capsys.readouterr()
+    err += "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught)
     return subprocess.CompletedProcess(argv, code, out, err)
 
 
