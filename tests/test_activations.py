@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import N_TRAIN
-from support.process import aelab, assert_user_error
+from support.process import aelab, assert_user_error, in_process
 
 
 @pytest.fixture(scope="module")
@@ -36,19 +36,21 @@ def test_activations_are_the_layers_output(acts, trained_run, trained_model, fas
     np.testing.assert_allclose(data[rows.numpy()], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_float16_and_test_split(trained_run, tmp_path):
+def test_float16_and_test_split(trained_run, tmp_path, capsys):
     out = tmp_path / "half.npy"
     result = aelab("activations", trained_run, "--layer", "encoder.7", "--out", out, "--dtype", "float16",
                    "--split", "test")
     assert result.returncode == 0, result.stderr[-2000:]
     data = np.load(out)
     assert data.dtype == np.float16 and data.shape == (1000, 20)
-    assert_user_error(aelab("activations", trained_run, "--layer", "encoder.7", "--out", out), "exists", "overwrite")
+    assert_user_error(in_process(["activations", trained_run, "--layer", "encoder.7", "--out", out], capsys), "exists",
+                      "overwrite")
 
 
-def test_wrong_layer_lists_the_layers(trained_run, tmp_path):
-    line = assert_user_error(aelab("activations", trained_run, "--layer", "encoder.99", "--out", tmp_path / "a.npy"),
-                             "encoder.99", "encoder.6 (ReLU)", "decoder.0 (Linear)")
+def test_wrong_layer_lists_the_layers(trained_run, tmp_path, capsys):
+    line = assert_user_error(in_process(["activations", trained_run, "--layer", "encoder.99", "--out",
+                                         tmp_path / "a.npy"], capsys), "encoder.99", "encoder.6 (ReLU)",
+                             "decoder.0 (Linear)")
     assert "Traceback" not in line
     assert not (tmp_path / "a.npy").exists()
 

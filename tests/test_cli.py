@@ -1,5 +1,6 @@
-"""The `aelab` command end to end, as real processes: eval, reconstruct/encode/decode, config files, the registry,
-help without torch. Bad input is in tests/test_cli_errors.py, --overwrite in tests/test_overwrite.py."""
+"""The `aelab` command end to end, in real processes (several commands in turn in one, where a fresh process each
+would only import torch again): eval, reconstruct/encode/decode, config files, the registry, help without torch.
+Bad input is in tests/test_cli_errors.py, --overwrite in tests/test_overwrite.py."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from PIL import Image
 
 from support.datafiles import FASHION_DIR
 from support.folders import snapshot
-from support.process import SRC, aelab, assert_user_error
+from support.process import SRC, aelab, aelab_sequence, assert_user_error
 
 
 def pixels(path) -> np.ndarray:
@@ -29,7 +30,9 @@ def pixels(path) -> np.ndarray:
 def test_eval_json_on_the_full_test_set(trained_run, trained_model, fashion, tmp_path):
     run = shutil.copytree(trained_run, tmp_path / "run")
     own = (run / "eval.json").read_bytes()
-    result = aelab("eval", run, "--json", "--data", FASHION_DIR)
+    before = snapshot(run)
+    # and on the run's own test set (the subset's 1000 images), as a table
+    result, text = aelab_sequence(["eval", run, "--json", "--data", FASHION_DIR], ["eval", run])
     assert result.returncode == 0, result.stderr
     assert (run / "eval.json").read_bytes() == own  # measures on other data do not replace the run's own
     lines = result.stdout.splitlines()
@@ -55,14 +58,13 @@ def test_eval_json_on_the_full_test_set(trained_run, trained_model, fashion, tmp
     per_image = ((recon - x) ** 2).sum((1, 2, 3))
     assert metrics["psnr"] == pytest.approx((10 * np.log10(784 / per_image)).mean(), rel=1e-4)
 
-    before = snapshot(run)
-    text = aelab("eval", run)  # on the run's own test set (the subset's 1000 images), as a table
     assert text.returncode == 0 and "bce_floor" in text.stdout and "1000 test images" in text.stdout
     assert snapshot(run) == before  # eval only reads, unless asked
     (run / "eval.json").unlink()
-    assert aelab("eval", run, "--save").returncode == 0
+    saved, refused = aelab_sequence(["eval", run, "--save"], ["eval", run, "--save", "--data", FASHION_DIR])
+    assert saved.returncode == 0, saved.stderr
     assert json.loads((run / "eval.json").read_text())["bce"] == pytest.approx(json.loads(own)["bce"], rel=1e-5)
-    assert_user_error(aelab("eval", run, "--save", "--data", FASHION_DIR), "--save", "drop --data")
+    assert_user_error(refused, "--save", "drop --data")
 
 
 # ---------------------------------------------------------------------------------------------- reconstruct, encode, decode
@@ -82,19 +84,18 @@ def test_reconstruct_png_files_to_a_folder_a_grid_and_an_array(trained_run, trai
     real, paths = png_inputs
     expected = trained_model.reconstruct(real)  # (6, 1, 28, 28) in [0, 1]
     out = tmp_path / "recon"
-    result = aelab("reconstruct", trained_run, *paths, "--out", out)
-    assert result.returncode == 0, result.stderr
+    done = aelab_sequence(*(["reconstruct", trained_run, *paths, "--out", to]
+                            for to in (out, tmp_path / "grid.png", tmp_path / "recon.npy")))
+    assert [d.returncode for d in done] == [0, 0, 0], [d.stderr for d in done]
     written = sorted(out.iterdir())
     assert [p.name for p in written] == [f"{i:05d}.png" for i in range(6)]
     shown = np.stack([pixels(p) for p in written])
     assert shown.shape == (6, 28, 28)
     assert np.abs(shown.astype(int) - np.rint(expected[:, 0] * 255)).max() <= 1
 
-    assert aelab("reconstruct", trained_run, *paths, "--out", tmp_path / "grid.png").returncode == 0
     grid = pixels(tmp_path / "grid.png")
     assert grid.shape == (28, 6 * 28) and np.array_equal(grid.reshape(28, 6, 28).transpose(1, 0, 2), shown)
 
-    assert aelab("reconstruct", trained_run, *paths, "--out", tmp_path / "recon.npy").returncode == 0
     array = np.load(tmp_path / "recon.npy", allow_pickle=False)
     assert array.shape == (6, 1, 28, 28) and array.dtype == np.float32
     assert np.allclose(array, expected, atol=1e-5)
@@ -104,14 +105,14 @@ def test_encode_an_array_then_decode_the_codes(trained_run, trained_model, fashi
     real = fashion[1].images[:7, 0].numpy()
     np.save(tmp_path / "images.npy", real)
     codes_path = tmp_path / "new" / "codes.npy"  # its folder is made as needed
-    result = aelab("encode", trained_run, tmp_path / "images.npy", "--out", codes_path)
+    result, decoded = aelab_sequence(["encode", trained_run, tmp_path / "images.npy", "--out", codes_path],
+                                     ["decode", trained_run, codes_path, "--out", tmp_path / "decoded"])
     assert result.returncode == 0, result.stderr
     codes = np.load(codes_path, allow_pickle=False)
     assert codes.shape == (7, 20) and codes.dtype == np.float32
     assert np.allclose(codes, trained_model.encode(real), atol=1e-5)
 
-    result = aelab("decode", trained_run, codes_path, "--out", tmp_path / "decoded")
-    assert result.returncode == 0, result.stderr
+    assert decoded.returncode == 0, decoded.stderr
     decoded = np.stack([pixels(tmp_path / "decoded" / f"{i:05d}.png") for i in range(7)])
     assert np.abs(decoded.astype(int) - np.rint(trained_model.decode(codes)[:, 0] * 255)).max() <= 1
     # encoding then decoding is reconstructing

@@ -14,8 +14,6 @@ import os
 import resource
 import shutil
 import struct
-import subprocess
-import sys
 import zlib
 
 import numpy as np
@@ -23,24 +21,13 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from aelab.cli import main
-from aelab.data.load import load_dataset
+from aelab.data import load_dataset
 from aelab.errors import UserError
-from support.datafiles import FASHION_DIR, train_vectors, vectors
+from support.datafiles import FASHION_DIR, vector_args, vectors
 from support.folders import snapshot
-from support.process import SRC, aelab, assert_user_error
+from support.process import aelab, aelab_sequence, assert_user_error, in_process
 
 MEMORY_LIMIT = 2 << 30  # address space of a bomb's process: torch alone maps about 0.6 GiB
-
-
-def in_process(argv, capsys) -> subprocess.CompletedProcess:
-    """`aelab ARGV` through cli.main in this process, as the CompletedProcess `assert_user_error` reads."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's one-line error
-        code = e.code
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(argv, code, out, err)
 
 
 def limited() -> None:
@@ -334,9 +321,10 @@ def test_bombs_cost_no_memory(case, words, hostile, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- vectors
 
-def test_vectors_without_any_variance_are_refused_before_a_run_folder(tmp_path):
+def test_vectors_without_any_variance_are_refused_before_a_run_folder(tmp_path, capsys, one_thread):
     np.save(tmp_path / "constant.npy", np.full((600, 16), 2.5, np.float32))
-    assert_user_error(train_vectors(tmp_path / "constant.npy", tmp_path / "run"), "constant.npy", "zero variance")
+    assert_user_error(in_process(vector_args(tmp_path / "constant.npy", tmp_path / "run"), capsys), "constant.npy",
+                      "zero variance")
     assert not (tmp_path / "run").exists()
     np.save(tmp_path / "five.npy", vectors(5))  # one vector held out: no variance to measure the FVE against
     with pytest.raises(UserError, match="test split .1 of 5 vectors. does not vary"):
@@ -344,29 +332,31 @@ def test_vectors_without_any_variance_are_refused_before_a_run_folder(tmp_path):
     assert len(load_dataset(tmp_path / "five.npy", test_fraction=0.4)[1]) == 2
 
 
-def test_vectors_whose_squares_overflow_float32_are_refused_when_read(flat_vector_run, tmp_path):
+def test_vectors_whose_squares_overflow_float32_are_refused_when_read(flat_vector_run, tmp_path, capsys, one_thread):
     np.save(tmp_path / "huge.npy", vectors() * 1e300)
-    assert_user_error(train_vectors(tmp_path / "huge.npy", tmp_path / "run"), "huge.npy", "overflow", "rescale")
+    assert_user_error(in_process(vector_args(tmp_path / "huge.npy", tmp_path / "run"), capsys), "huge.npy", "overflow",
+                      "rescale")
     assert not (tmp_path / "run").exists()
-    assert_user_error(aelab("encode", flat_vector_run[0] / "run", tmp_path / "huge.npy", "--out", tmp_path / "c.npy"),
-                      "huge.npy", "rescale")
+    assert_user_error(in_process(["encode", flat_vector_run[0] / "run", tmp_path / "huge.npy", "--out",
+                                  tmp_path / "c.npy"], capsys), "huge.npy", "rescale")
     np.save(tmp_path / "large.npy", vectors() * 1e16)  # large, yet squares float32 holds: trains as ever
     assert load_dataset(tmp_path / "large.npy")[0].floats().isfinite().all()
 
 
-def test_nan_rows_in_activations_are_refused_naming_the_file(flat_vector_run, tmp_path):
+def test_nan_rows_in_activations_are_refused_naming_the_file(flat_vector_run, tmp_path, capsys, one_thread):
     data = vectors()
     data[[7, 300]] = np.nan
     np.save(tmp_path / "acts.npy", data.astype(np.float32))
-    assert_user_error(train_vectors(tmp_path / "acts.npy", tmp_path / "run"), "acts.npy", "NaN")
+    assert_user_error(in_process(vector_args(tmp_path / "acts.npy", tmp_path / "run"), capsys), "acts.npy", "NaN")
     assert not (tmp_path / "run").exists()
-    assert_user_error(aelab("encode", flat_vector_run[0] / "run", tmp_path / "acts.npy", "--out", tmp_path / "c.npy"),
-                      "acts.npy", "NaN")
+    assert_user_error(in_process(["encode", flat_vector_run[0] / "run", tmp_path / "acts.npy", "--out",
+                                  tmp_path / "c.npy"], capsys), "acts.npy", "NaN")
 
 
-def test_encoding_no_vectors_is_refused(flat_vector_run, tmp_path):
+def test_encoding_no_vectors_is_refused(flat_vector_run, tmp_path, capsys, one_thread):
     np.save(tmp_path / "none.npy", np.zeros((0, 16), np.float32))
-    result = aelab("encode", flat_vector_run[0] / "run", tmp_path / "none.npy", "--out", tmp_path / "c.npy")
+    result = in_process(["encode", flat_vector_run[0] / "run", tmp_path / "none.npy", "--out", tmp_path / "c.npy"],
+                        capsys)
     assert_user_error(result, "none.npy", "empty", "at least one")
     assert not (tmp_path / "c.npy").exists()
 
@@ -500,18 +490,12 @@ def test_reading_commands_work_on_a_read_only_run(trained_run, fashion, tmp_path
         path.chmod(0o555 if path.is_dir() else 0o444)
     before = snapshot(run)
     try:
-        code = (
-            "import sys\nfrom aelab.cli import main\n"
-            f"run, t = {str(run)!r}, {str(tmp_path)!r}\n"
-            "for argv in (['eval', run, '--json'], ['info', run],\n"
-            "             ['encode', run, t + '/images.npy', '--out', t + '/codes.npy'],\n"
-            "             ['decode', run, t + '/codes.npy', '--out', t + '/decoded.png'],\n"
-            "             ['reconstruct', run, t + '/images.npy', '--out', t + '/recon.npy']):\n"
-            "    assert main(argv) == 0, argv\n")
-        env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert json.loads(done.stdout.splitlines()[0])["bce"] == pytest.approx(
+        done = aelab_sequence(["eval", run, "--json"], ["info", run],
+                              ["encode", run, tmp_path / "images.npy", "--out", tmp_path / "codes.npy"],
+                              ["decode", run, tmp_path / "codes.npy", "--out", tmp_path / "decoded.png"],
+                              ["reconstruct", run, tmp_path / "images.npy", "--out", tmp_path / "recon.npy"])
+        assert [d.returncode for d in done] == [0] * 5, [d.stderr[-2000:] for d in done]
+        assert json.loads(done[0].stdout)["bce"] == pytest.approx(
             json.loads((run / "eval.json").read_text())["bce"], rel=1e-5)
         assert snapshot(run) == before
         assert np.load(tmp_path / "codes.npy").shape == (4, 20)

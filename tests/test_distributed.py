@@ -64,15 +64,17 @@ def measures(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def launched(subset_npz, tmp_path_factory):
-    """name -> (single, ranks): the run one process trains with CLI_TRAIN, and the same run under torchrun on two
-    ranks; each pair launched once for the module, when a test first asks for it."""
+def launched(subset_npz, tmp_path_factory, one_thread):
+    """name -> (single, ranks): the run one process (this one, through cli.main) trains with CLI_TRAIN, and the same
+    run under torchrun on two ranks; each pair launched once for the module, when a test first asks for it."""
+    from aelab.cli import main
+
     pairs = {}
 
     def pair(name: str) -> tuple[Path, Path]:
         if name not in pairs:
             root = tmp_path_factory.mktemp(name)
-            run([sys.executable, "-m", "aelab", "train", name, "--data", subset_npz, *CLI_TRAIN, "--out", root / "single"])
+            assert main(["train", name, "--data", str(subset_npz), *CLI_TRAIN, "--out", str(root / "single")]) == 0
             result = torchrun("-m", "aelab", "train", name, "--data", subset_npz, *CLI_TRAIN, "--out", root / "ranks")
             (root / "ranks.stdout").write_text(result.stdout)
             pairs[name] = root / "single", root / "ranks"
@@ -95,38 +97,32 @@ def test_torchrun_training_follows_the_single_process_run(name, launched):
         assert b[key] == pytest.approx(a[key], rel=1e-3), key
 
 
-def test_resume_under_torchrun_equals_the_uninterrupted_run(launched, subset_npz, tmp_path):
-    _, whole = launched("vae")
-    part = tmp_path / "part"
-    torchrun("-m", "aelab", "train", "vae", "--data", subset_npz, *CLI_TRAIN, "--out", part, "--epochs", "2")
-    assert len((part / "metrics.jsonl").read_text().splitlines()) == 2
-    torchrun("-m", "aelab", "train", "--resume", part, "--epochs", "4", "--threads", "1")
-    a, b = load_file(whole / "model.safetensors"), load_file(part / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert len((part / "metrics.jsonl").read_text().splitlines()) == 4
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_two_machines_on_one_host_train_as_two_ranks(launched, subset_npz, tmp_path):
-    """Two torchrun launches, one rank each, meeting at a rendezvous on localhost: what --nnodes 2 does across
-    machines. They must train what one two-rank launch trains."""
-    _, one_launch = launched("vae")
+def test_two_machines_then_a_resume_under_torchrun_equal_the_uninterrupted_run(launched, subset_npz, tmp_path):
+    """Two torchrun launches, one rank each, meeting at a rendezvous on localhost (what --nnodes 2 does across
+    machines), train 2 epochs; one two-rank launch resumes that run to 4. The result must be what one two-rank launch
+    trains in 4 epochs without a stop: a difference in either the two-machine training or the resume shows."""
+    _, whole = launched("vae")
+    part = tmp_path / "part"
     rendezvous = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
                   "--rdzv-id=aelab-test"]
     argv = [*TORCHRUN, *rendezvous, "-m", "aelab", "train", "vae", "--data", str(subset_npz), *CLI_TRAIN,
-            "--out", str(tmp_path / "two-nodes")]
+            "--out", str(part), "--epochs", "2"]
     nodes = [subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     for node in nodes:
         out, err = node.communicate(timeout=300)
         assert node.returncode == 0, err[-3000:]
-    a, b = (load_file(d / "model.safetensors") for d in (one_launch, tmp_path / "two-nodes"))
+    assert len((part / "metrics.jsonl").read_text().splitlines()) == 2
+    torchrun("-m", "aelab", "train", "--resume", part, "--epochs", "4", "--threads", "1")
+    a, b = load_file(whole / "model.safetensors"), load_file(part / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len((part / "metrics.jsonl").read_text().splitlines()) == 4
 
 
 # -- devices ------------------------------------------------------------------------------------------------------
@@ -145,12 +141,13 @@ def test_auto_and_cpu_devices_train_on_this_machine_and_say_so(trained_run, tmp_
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a CUDA GPU")
 @pytest.mark.parametrize("command", [("train", "--epochs", "1"), ("eval", "RUN"), ("encode", "RUN", "X", "--out", "c.npy")])
-def test_asking_for_a_missing_gpu_is_one_line(command, trained_run, subset_npz, tmp_path):
-    from support.process import aelab, assert_user_error
+def test_asking_for_a_missing_gpu_is_one_line(command, trained_run, subset_npz, tmp_path, capsys, monkeypatch):
+    from support.process import assert_user_error, in_process
 
     args = [str(trained_run) if a == "RUN" else str(subset_npz) if a == "X" else a for a in command]
-    result = aelab(*args, "--device", "cuda", *(["--data", subset_npz, "--out", tmp_path / "r"]
-                                                if command[0] == "train" else []), cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = in_process([*args, "--device", "cuda", *(["--data", subset_npz, "--out", tmp_path / "r"]
+                                                      if command[0] == "train" else [])], capsys)
     assert_user_error(result, "no CUDA GPU", "--device cpu")
     assert not (tmp_path / "r").exists()
 

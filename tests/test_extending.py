@@ -1,6 +1,6 @@
 """A variant written outside the package, in one file with one registry entry, goes everywhere a built-in one goes:
 `aelab train --set` and a config file, `aelab eval --json`, `aelab report`, the estimator, `aelab compare` and ONNX
-export, as real processes that find it through AELAB_PLUGINS (docs/extending.md)."""
+export, in real processes that find it through AELAB_PLUGINS (docs/extending.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from aelab import models
 from aelab.errors import UserError
 
-from support.process import aelab
+from support.process import aelab, aelab_sequence, in_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -84,35 +84,36 @@ def variant(tmp_path, monkeypatch):
 
 
 def test_a_variant_in_one_file_goes_everywhere(variant, subset_npz, fashion, tmp_path):
-    run, settings = tmp_path / "run", tmp_path / "settings.json"
+    run, settings, onnx = tmp_path / "run", tmp_path / "settings.json", tmp_path / "onnx"
     settings.write_text(json.dumps({"model": {"latent": 4, "hidden": [64, 32]}}))
-    trained = aelab("train", "l1code", "--data", subset_npz, "--config", settings, "--set", "penalty=0.05",
-                    "--epochs", 1, "--seed", 0, "--threads", 1, "--out", run, timeout=300)
+    # one real process (it finds the variant through AELAB_PLUGINS) runs the commands in turn
+    trained, evaluated, reported, board, exported = aelab_sequence(
+        ["train", "l1code", "--data", subset_npz, "--config", settings, "--set", "penalty=0.05", "--epochs", 1,
+         "--seed", 0, "--threads", 1, "--out", run],
+        ["eval", run, "--json"],
+        ["report", run, "--out", tmp_path / "page.html"],
+        ["compare", "l1code", "pca", "--latent", 4, "--epochs", 1, "--run", f"mine={run}", "--data", subset_npz,
+         "--out", tmp_path / "compare", "--json", "--threads", 1],
+        ["export", run, "--format", "onnx", "--out", onnx])
     assert trained.returncode == 0, trained.stderr[-3000:]
     saved = json.loads((run / "config.json").read_text())
     assert saved["model_name"] == "l1code" and saved["model"]["penalty"] == 0.05 and saved["model"]["latent"] == 4
     assert "code_l1" in (run / "metrics.jsonl").read_text()  # its loss terms reach the training log
     assert (run / "codes.png").is_file()
 
-    evaluated = aelab("eval", run, "--json")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     measures = json.loads(evaluated.stdout)
     assert 0 <= measures["near_zero"] <= 1 and measures["code_l1"] > 0 and measures["bce"] > 0
 
-    reported = aelab("report", run, "--out", tmp_path / "page.html")
     assert reported.returncode == 0, reported.stderr[-2000:]
     page = (tmp_path / "page.html").read_text()
     assert "codes.png" in page and CAPTION in page
 
-    board = aelab("compare", "l1code", "pca", "--latent", 4, "--epochs", 1, "--run", f"mine={run}", "--data",
-                  subset_npz, "--out", tmp_path / "compare", "--json", "--threads", 1, timeout=300)
     assert board.returncode == 0, board.stderr[-3000:]
     rows = {row["method"]: row for row in json.loads(board.stdout)}
     assert {"l1code", "pca", "mine"} <= set(rows) and rows["mine"]["latent"] == 4
     assert rows["mine"]["bce"] == pytest.approx(measures["bce"], rel=1e-4)  # the run measured as `eval` measures it
 
-    onnx = tmp_path / "onnx"
-    exported = aelab("export", run, "--format", "onnx", "--out", onnx)
     assert exported.returncode == 0, exported.stderr[-2000:]
     from aelab.storage.export import max_differences
     from aelab.storage.runfolder import load_model
@@ -135,8 +136,8 @@ def test_the_estimator_takes_the_variant_and_its_setting(variant, fashion):
         Autoencoder("l1code", settings={"penalty": -1.0}, epochs=1).fit(x)
 
 
-def test_the_cli_refuses_a_bad_setting_and_a_missing_plugin(variant, subset_npz, tmp_path, monkeypatch):
-    bad = aelab("train", "l1code", "--data", subset_npz, "--set", "penalty=-1", "--out", tmp_path / "bad")
+def test_the_cli_refuses_a_bad_setting_and_a_missing_plugin(variant, subset_npz, tmp_path, monkeypatch, capsys):
+    bad = in_process(["train", "l1code", "--data", subset_npz, "--set", "penalty=-1", "--out", tmp_path / "bad"], capsys)
     assert bad.returncode == 2 and bad.stderr.strip() == "aelab: error: penalty must be >= 0, not -1.0; e.g. " \
                                                         "--set penalty=0.01"
     monkeypatch.setenv("AELAB_PLUGINS", str(tmp_path / "missing.py"))

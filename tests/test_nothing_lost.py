@@ -1,5 +1,7 @@
 """Nothing is lost, whatever the user does: no write follows a link, nothing aelab did not write is deleted, a run
-stopped at any instant resumes to the same weights, and every refusal is one line (exit 2), on real processes."""
+stopped at any instant resumes to the same weights, and every refusal is one line (exit 2). Stops run as real
+processes; a refusal's line and exit code come from `cli.main`, so most refusals run it in this process (one real
+process each where the entry point matters)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.process import SRC, aelab, assert_user_error
+from support.process import SRC, aelab, assert_user_error, in_process
 
 
 def _weights(run: Path) -> dict:
@@ -48,18 +50,28 @@ def slow_npz(fashion, tmp_path_factory) -> Path:
     return path
 
 
+SLOW_ARGS = ["--epochs", 1, "--batch-size", 64, "--threads", 1, "--grid-every", 0]
+
+
+@pytest.fixture(scope="module")
+def slow_whole(slow_npz, tmp_path_factory, one_thread) -> Path:
+    """The run never stopped, trained once for the module in this process (one thread: the CLI's weights, bitwise)."""
+    from aelab.cli import main
+
+    out = tmp_path_factory.mktemp("whole") / "run"
+    assert main(["train", "--data", str(slow_npz), *map(str, SLOW_ARGS), "--out", str(out)]) == 0
+    return out
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_a_run_stopped_in_its_first_epoch_resumes_to_the_same_weights(slow_npz, tmp_path, sig):
-    args = ["--data", slow_npz, "--epochs", 1, "--batch-size", 64, "--threads", 1, "--grid-every", 0]
-    whole = aelab("train", *args, "--out", tmp_path / "whole", timeout=300)
-    assert whole.returncode == 0, whole.stderr[-2000:]
+def test_a_run_stopped_in_its_first_epoch_resumes_to_the_same_weights(slow_npz, slow_whole, tmp_path, sig, capsys):
     stopped = tmp_path / "stopped"
-    proc = _killed_in_first_epoch([*args, "--out", stopped], sig)
+    proc = _killed_in_first_epoch(["--data", slow_npz, *SLOW_ARGS, "--out", stopped], sig)
     assert proc.returncode in (-signal.SIGKILL, 2), proc.returncode
     assert not (stopped / "checkpoint.safetensors").exists()  # stopped before any epoch ended
-    resumed = aelab("train", "--resume", stopped, "--threads", 1, timeout=300)
+    resumed = in_process(["train", "--resume", stopped, "--threads", 1], capsys)  # what the stop left is the point
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = _weights(tmp_path / "whole"), _weights(stopped)
+    a, b = _weights(slow_whole), _weights(stopped)
     assert a.keys() == b.keys()
     assert all(a[k].equal(b[k]) for k in a)  # bit for bit
     assert len((stopped / "metrics.jsonl").read_text().splitlines()) == 1
@@ -84,7 +96,7 @@ def test_make_chapters_resume_line_continues_a_run_killed_in_its_first_epoch(slo
 
 # ---------------------------------------------------------------------------------------------- links, not ours
 
-def test_no_output_is_written_through_a_link(trained_run, subset_npz, tmp_path):
+def test_no_output_is_written_through_a_link(trained_run, subset_npz, tmp_path, capsys, one_thread):
     victim = tmp_path / "victim.txt"
     victim.write_text("the user's own file")
     out = tmp_path / "export"
@@ -101,7 +113,7 @@ def test_no_output_is_written_through_a_link(trained_run, subset_npz, tmp_path):
                  ["export", trained_run, "--out", link, "--overwrite"],
                  ["compare", "pca", "--latent", 2, "--data", subset_npz, "--out", link, "--overwrite"],
                  ["encode", trained_run, "0", "--out", tmp_path / "codes.npy", "--overwrite"]):
-        assert_user_error(aelab(*args), "symbolic link")
+        assert_user_error(in_process(args, capsys), "symbolic link")
     assert victim.read_text() == "the user's own file"
     assert sorted(p.name for p in other_run.iterdir()) == before
 
@@ -141,7 +153,7 @@ def test_read_only_outputs_are_one_line(trained_run, subset_npz, tmp_path):
         assert_user_error(aelab(*args), "cannot write")
 
 
-def test_every_refusal_is_one_line(trained_run, vector_run, subset_npz, tmp_path):
+def test_every_refusal_is_one_line(trained_run, vector_run, subset_npz, tmp_path, capsys, one_thread):
     vectors, vrun = vector_run
     a_file = tmp_path / "file"
     a_file.write_text("")
@@ -171,31 +183,34 @@ def test_every_refusal_is_one_line(trained_run, vector_run, subset_npz, tmp_path
     }
     for name, (args, words) in cases.items():
         try:
-            assert_user_error(aelab(*args), *words)
+            assert_user_error(in_process(args, capsys), *words)
         except AssertionError as e:
             raise AssertionError(name) from e
+    assert_user_error(aelab(*cases["a vector run on images"][0]), *cases["a vector run on images"][1])
     assert not any((tmp_path / f"r{i}").exists() for i in (1, 2, 3))
 
 
 def test_outputs_that_are_files_and_runs_that_are_not_the_method_are_refused_before_any_work(trained_run, subset_npz,
-                                                                                               tmp_path):
+                                                                                               tmp_path, capsys,
+                                                                                               one_thread):
     a_file = tmp_path / "taken.txt"
     a_file.write_text("the user's own file")
-    assert_user_error(aelab("export", trained_run, "--out", a_file), "is a file", "--out")
-    assert_user_error(aelab("compare", "pca", "--latent", 2, "--data", subset_npz, "--out", a_file), "is a file")
+    assert_user_error(in_process(["export", trained_run, "--out", a_file], capsys), "is a file", "--out")
+    assert_user_error(in_process(["compare", "pca", "--latent", 2, "--data", subset_npz, "--out", a_file], capsys),
+                      "is a file")
     assert a_file.read_text() == "the user's own file"
 
     latent = json.loads((trained_run / "config.json").read_text())["model"]["latent"]
-    line = assert_user_error(aelab("compare", "ae", "--run", f"ae={trained_run}", "--latent", latent + 1, "--data",
-                                   subset_npz, "--out", tmp_path / "c1"), f"codes of {latent} numbers",
-                             f"--latent {latent}")
+    line = assert_user_error(in_process(["compare", "ae", "--run", f"ae={trained_run}", "--latent", latent + 1,
+                                         "--data", subset_npz, "--out", tmp_path / "c1"], capsys),
+                             f"codes of {latent} numbers", f"--latent {latent}")
     assert str(latent + 1) in line
     vae = tmp_path / "vae"
-    trained = aelab("train", "vae", "--data", subset_npz, "--epochs", 1, "--threads", 1, "--out", vae, timeout=300)
+    trained = in_process(["train", "vae", "--data", subset_npz, "--epochs", 1, "--threads", 1, "--out", vae], capsys)
     assert trained.returncode == 0, trained.stderr[-2000:]
     began = time.monotonic()  # refused before pca is fitted or the Frechet classifier trained
-    assert_user_error(aelab("compare", "ae", "pca", "--run", f"ae={vae}", "--data", subset_npz, "--threads", 1,
-                            "--out", tmp_path / "c2"), "holds a vae model", f"--run vae={vae}")
+    assert_user_error(in_process(["compare", "ae", "pca", "--run", f"ae={vae}", "--data", subset_npz, "--threads", 1,
+                                  "--out", tmp_path / "c2"], capsys), "holds a vae model", f"--run vae={vae}")
     assert time.monotonic() - began < 60
     assert not (tmp_path / "c1").exists() and not (tmp_path / "c2").exists()
 

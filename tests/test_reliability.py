@@ -1,6 +1,7 @@
 """Nothing lost: real `aelab train` processes killed at any instant, stopped by SIGTERM, diverging, racing a second
 trainer, running out of disk or permission, pointed at folders that are not theirs or hold links. Each ends in one
-line and a run that goes on."""
+line and a run that goes on. Refusals that need no process of their own (a lock held by another process, a link, a
+read-only folder) run `cli.main` in this process."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from aelab.storage.runfolder import RunFolder, load_model
 from aelab.training.train import Diverged
 from support.crashes import command, crash_and_resume, differences, random_instants, signal_at, start, temporaries
 from support.models import stepper
-from support.process import aelab, assert_user_error
+from support.process import aelab, assert_user_error, in_process
 
 LOCK = RunFolder(".").lock_path.name
 
@@ -64,7 +65,7 @@ def test_killed_at_any_instant_a_run_resumes_to_the_same_run(subset_npz, trained
     assert temporaries(out) == []  # ...and the next start swept it away
 
 
-def test_sigterm_stops_like_ctrl_c_even_mid_checkpoint(subset_npz, trained_run, tmp_path):
+def test_sigterm_stops_like_ctrl_c_even_mid_checkpoint(subset_npz, trained_run, tmp_path, capsys, one_thread):
     out = tmp_path / "term"
     argv = command(subset_npz, out, 1000) + ["--grid-every", "0"]
     what, code, stderr = signal_at(argv, out, ("writing", "checkpoint.safetensors", 2), signal.SIGTERM)
@@ -73,17 +74,18 @@ def test_sigterm_stops_like_ctrl_c_even_mid_checkpoint(subset_npz, trained_run, 
     done = checkpoint_epoch(out)  # the write it stopped was abandoned whole, or had just finished
     assert done in (1, 2) and f"holds epoch {done};" in line
     assert temporaries(out) == []  # the process removed its own half-written file
-    resumed = aelab("train", "--resume", out, "--epochs", done + 1, "--threads", 1)
+    resumed = in_process(["train", "--resume", out, "--epochs", done + 1, "--threads", 1], capsys)
     assert resumed.returncode == 0, resumed.stderr
     assert records(out) == records(trained_run)[:done + 1]
 
 
-def test_a_diverging_run_keeps_its_last_good_epoch_and_resumes_with_a_lower_lr(trained_run, tmp_path):
+def test_a_diverging_run_keeps_its_last_good_epoch_and_resumes_with_a_lower_lr(trained_run, tmp_path, capsys,
+                                                                               one_thread):
     run = copy_run(trained_run, tmp_path / "run")
     before = snapshot(run)
     # refused at the start, before anything is written (config.json included)
-    assert_user_error(aelab("train", "--resume", run, "--epochs", 4, "--lr", "inf"), "train.lr", "finite")
-    assert_user_error(aelab("train", "--resume", run, "--epochs", 2), "holds 3 epochs")
+    assert_user_error(in_process(["train", "--resume", run, "--epochs", 4, "--lr", "inf"], capsys), "train.lr", "finite")
+    assert_user_error(in_process(["train", "--resume", run, "--epochs", 2], capsys), "holds 3 epochs")
     assert snapshot(run) == before
 
     blown = aelab("train", "--resume", run, "--epochs", 4, "--set", "train.lr=1e30", "--threads", 1)
@@ -103,7 +105,7 @@ def test_a_diverging_run_keeps_its_last_good_epoch_and_resumes_with_a_lower_lr(t
 
 # ---------------------------------------------------------------------------------------------- one writer
 
-def test_one_trainer_per_run_and_readers_see_whole_epochs(subset_npz, trained_run, tmp_path):
+def test_one_trainer_per_run_and_readers_see_whole_epochs(subset_npz, trained_run, tmp_path, capsys, one_thread):
     run = copy_run(trained_run, tmp_path / "run")
     first = start(command(subset_npz, run, 0, resume=True) + ["--epochs", "1000"])
     try:
@@ -113,7 +115,7 @@ def test_one_trainer_per_run_and_readers_see_whole_epochs(subset_npz, trained_ru
             time.sleep(0.05)
         assert lock.read_text().strip() == str(first.pid), first.stderr
         for argv in (["--resume", run], ["--data", subset_npz, "--epochs", 1, "--out", run, "--overwrite"]):
-            assert_user_error(aelab("train", *argv), "being trained by process", str(first.pid))
+            assert_user_error(in_process(["train", *argv], capsys), "being trained by process", str(first.pid))
         # a reader never locks: while epochs finish, the weights it reads are always one whole epoch's
         seen = []
         while len(set(seen)) < 2 and time.monotonic() < deadline:
@@ -161,7 +163,7 @@ def test_a_full_disk_is_one_line_and_the_checkpoint_survives(trained_run, tmp_pa
         assert temporaries(run) == []
 
 
-def test_past_the_file_size_limit_one_line_then_the_run_goes_on(trained_run, tmp_path):
+def test_past_the_file_size_limit_one_line_then_the_run_goes_on(trained_run, tmp_path, capsys, one_thread):
     """`ulimit -f 3072` (EFBIG, with SIGXFSZ ignored by aelab): the checkpoint is the first file too big."""
     run = copy_run(trained_run, tmp_path / "run")
     before = (run / "checkpoint.safetensors").read_bytes()
@@ -172,12 +174,12 @@ def test_past_the_file_size_limit_one_line_then_the_run_goes_on(trained_run, tmp
     assert_user_error(aelab("train", "--resume", run, "--epochs", 4, "--threads", 1, preexec_fn=limit),
                       "cannot write", "checkpoint.safetensors", "too large", "holds epoch 3")
     assert (run / "checkpoint.safetensors").read_bytes() == before and temporaries(run) == []
-    resumed = aelab("train", "--resume", run, "--epochs", 4, "--threads", 1)
+    resumed = in_process(["train", "--resume", run, "--epochs", 4, "--threads", 1], capsys)
     assert resumed.returncode == 0, resumed.stderr
     assert [r["epoch"] for r in RunFolder(run).metrics()] == [1, 2, 3, 4] and checkpoint_epoch(run) == 4
 
 
-def test_a_read_only_run_folder_is_one_line_and_left_alone(trained_run, subset_npz, tmp_path):
+def test_a_read_only_run_folder_is_one_line_and_left_alone(trained_run, subset_npz, tmp_path, capsys, one_thread):
     run = copy_run(trained_run, tmp_path / "run")
     before = snapshot(run)
     if os.geteuid() == 0:  # root ignores permissions: a read-only bind mount
@@ -189,8 +191,10 @@ def test_a_read_only_run_folder_is_one_line_and_left_alone(trained_run, subset_n
     with context:
         if os.geteuid() == 0:
             subprocess.run(["mount", "-o", "remount,bind,ro", str(run)], check=True)
-        assert_user_error(aelab("train", "--resume", run, "--epochs", 4), "cannot write", "make that folder writable")
-        assert_user_error(aelab("train", "--data", subset_npz, "--epochs", 1, "--out", run / "sub"), "cannot write")
+        assert_user_error(in_process(["train", "--resume", run, "--epochs", 4], capsys), "cannot write",
+                          "make that folder writable")
+        assert_user_error(in_process(["train", "--data", subset_npz, "--epochs", 1, "--out", run / "sub"], capsys),
+                          "cannot write")
         assert snapshot(run) == before
     for folder in (run, run / "grids"):
         folder.chmod(0o755)
@@ -198,7 +202,7 @@ def test_a_read_only_run_folder_is_one_line_and_left_alone(trained_run, subset_n
 
 # ---------------------------------------------------------------------------------------------- not ours
 
-def test_no_write_follows_a_symbolic_link_out_of_a_run(trained_run, subset_npz, tmp_path):
+def test_no_write_follows_a_symbolic_link_out_of_a_run(trained_run, subset_npz, tmp_path, capsys, one_thread):
     victim = tmp_path / "victim.safetensors"
     victim.write_bytes(b"someone else's file")
     run = copy_run(trained_run, tmp_path / "run")
@@ -210,9 +214,9 @@ def test_no_write_follows_a_symbolic_link_out_of_a_run(trained_run, subset_npz, 
     shutil.rmtree(grids / "grids")
     (grids / "grids").symlink_to(elsewhere, target_is_directory=True)
     for folder in (run, grids):
-        assert_user_error(aelab("train", "--resume", folder, "--epochs", 4), "symbolic link")
-        assert_user_error(aelab("train", "--data", subset_npz, "--epochs", 1, "--out", folder, "--overwrite"),
-                          "symbolic link")
+        assert_user_error(in_process(["train", "--resume", folder, "--epochs", 4], capsys), "symbolic link")
+        assert_user_error(in_process(["train", "--data", subset_npz, "--epochs", 1, "--out", folder, "--overwrite"],
+                                     capsys), "symbolic link")
     assert victim.read_bytes() == b"someone else's file" and list(elsewhere.iterdir()) == []
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from aelab.cli import main
 from conftest import RUN_EPOCHS
-from support.process import aelab, assert_user_error
+from support.process import aelab, assert_user_error, in_process
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (make setup); a browser downloaded at run time would not do
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -320,18 +320,18 @@ def damaged(trained_run, tmp_path) -> Path:
     return run
 
 
-def test_a_record_without_seconds_drops_the_time_not_the_page(damaged):
+def test_a_record_without_seconds_drops_the_time_not_the_page(damaged, capsys):
     edit_metrics(damaged, lambda epoch, r: epoch == 2 and r.pop("seconds"))
-    result = aelab("report", damaged)
+    result = in_process(["report", damaged], capsys)
     assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
     data = page_data(damaged / "report.html")
     assert data["facts"]["seconds"] is None and len(data["history"]) == RUN_EPOCHS
 
 
 @pytest.mark.parametrize("bad", ["abc", float("nan"), [1]], ids=["text", "nan", "list"])
-def test_a_value_that_is_not_a_number_is_a_gap_in_its_curve(browser, damaged, bad):
+def test_a_value_that_is_not_a_number_is_a_gap_in_its_curve(browser, damaged, bad, capsys):
     edit_metrics(damaged, lambda epoch, r: epoch == 2 and r.update(train_loss=bad))
-    result = aelab("report", damaged)
+    result = in_process(["report", damaged], capsys)
     assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
     assert [r["train_loss"] is None for r in page_data(damaged / "report.html")["history"]] == [False, True, False]
     page = Page(browser, damaged / "report.html")
@@ -340,9 +340,9 @@ def test_a_value_that_is_not_a_number_is_a_gap_in_its_curve(browser, damaged, ba
     page.assert_offline_and_clean()
 
 
-def test_a_chart_with_no_finite_value_says_so(browser, damaged):
+def test_a_chart_with_no_finite_value_says_so(browser, damaged, capsys):
     edit_metrics(damaged, lambda epoch, r: r.update(test_psnr=float("inf")))
-    assert aelab("report", damaged).returncode == 0
+    assert in_process(["report", damaged], capsys).returncode == 0
     page = Page(browser, damaged / "report.html")
     assert page.drawn()["PSNR (dB)"] == 0
     psnr = page.page.locator("#charts .chart", has_text="PSNR")
@@ -362,9 +362,9 @@ def grids_link(run: Path):
     (lambda run: (run / "grids" / "epoch_002.png").write_bytes(png_header(15000, 15000)), ["epoch_002.png"]),
     (grids_link, ["grids is a symbolic link"]),
 ], ids=["eval-json-cut", "eval-json-list", "grid-not-png", "grid-bomb", "grids-link"])
-def test_damaged_page_inputs_are_refused_in_one_line(damaged, damage, words):
+def test_damaged_page_inputs_are_refused_in_one_line(damaged, damage, words, capsys):
     damage(damaged)
-    assert_user_error(aelab("report", damaged), *words)
+    assert_user_error(in_process(["report", damaged], capsys), *words)
 
 
 def test_a_diverged_run_builds_its_page_without_warnings(subset_npz, tmp_path):

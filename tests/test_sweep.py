@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from support.process import aelab, assert_user_error
+from support.process import aelab, assert_user_error, in_process
 
 N, BATCH, EPOCHS = 2000, 256, 2
 
@@ -75,13 +75,13 @@ def test_cli_writes_leaderboard_and_run_folders(vectors, tmp_path):
     (["k"], ["--grid takes KEY=VALUE"]),
     (["nonsense=1,2"], ["unknown setting"]),
 ])
-def test_bad_grids_are_one_line(vectors, tmp_path, grid, words):
+def test_bad_grids_are_one_line(vectors, tmp_path, grid, words, capsys):
     args = [a for g in grid for a in ("--grid", g)]
-    assert_user_error(aelab("sweep", "sae", "--data", vectors, *args, "--out", tmp_path / "x"), *words)
+    assert_user_error(in_process(["sweep", "sae", "--data", vectors, *args, "--out", tmp_path / "x"], capsys), *words)
     assert not (tmp_path / "x").exists()
 
 
-def test_sweep_under_torchrun_trains_what_one_process_does(vectors, tmp_path):
+def test_sweep_under_torchrun_trains_what_one_process_does(vectors, tmp_path, one_thread):
     """Two ranks (real processes, gloo) share each global batch: every run of the sweep ends where the one-process
     sweep's does, but for the order in which float sums are added; rank 0 alone prints and writes. BatchTopK too:
     its selection and running threshold span the global batch, not each rank's half."""
@@ -91,11 +91,12 @@ def test_sweep_under_torchrun_trains_what_one_process_does(vectors, tmp_path):
 
     from safetensors.torch import load_file
 
+    from aelab.cli import main
     from support.process import SRC
 
     args = ["sweep", "sae", "--data", vectors, "--grid", "sparsity=topk,batchtopk", "--grid", "k=4", "--epochs", EPOCHS,
             "--threads", 1, "--out"]
-    assert aelab(*args, tmp_path / "one").returncode == 0
+    assert main([*map(str, args), str(tmp_path / "one")]) == 0  # the one-process sweep, in this process
     ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                             "-m", "aelab", *map(str, args), tmp_path / "two"], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}, timeout=300)

@@ -20,7 +20,7 @@ from aelab.storage import tensorfile
 from aelab.training.pipeline import resume, train
 from aelab.storage.runfolder import RunFolder
 from conftest import RUN_EPOCHS
-from support.process import SRC, aelab, assert_user_error
+from support.process import SRC, assert_user_error, in_process
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -89,12 +89,12 @@ def test_resumed_run_equals_an_uninterrupted_one_to_the_bit(subset_npz, tmp_path
     assert json.loads(part.config_path.read_text())["train"]["epochs"] == 4
 
 
-def test_resume_refuses_changed_settings_and_missing_runs(trained_run, tmp_path):
-    assert_user_error(aelab("train", "--resume", trained_run, "--latent", "5"), "model.latent")
-    assert_user_error(aelab("train", "--resume", tmp_path / "nothing"), "does not exist")
+def test_resume_refuses_changed_settings_and_missing_runs(trained_run, tmp_path, capsys):
+    assert_user_error(in_process(["train", "--resume", trained_run, "--latent", "5"], capsys), "model.latent")
+    assert_user_error(in_process(["train", "--resume", tmp_path / "nothing"], capsys), "does not exist")
 
 
-def test_ctrl_c_leaves_a_resumable_run_and_one_line(subset_npz, tmp_path):
+def test_ctrl_c_leaves_a_resumable_run_and_one_line(subset_npz, tmp_path, capsys):
     out = tmp_path / "interrupted"
     checkpoint = out / "checkpoint.safetensors"
     with open(tmp_path / "stdout.txt", "w") as log:
@@ -118,12 +118,11 @@ def test_ctrl_c_leaves_a_resumable_run_and_one_line(subset_npz, tmp_path):
 
     done = json.loads(tensorfile.metadata(checkpoint)["trainer"])["epoch"]
     assert 1 <= done < 1000
-    resumed = aelab("train", "--resume", out, "--epochs", done + 1, "--threads", 1)
+    # resumed and compared in this process: what the stop left is the point, not the process that reads it
+    resumed = in_process(["train", "--resume", out, "--epochs", done + 1, "--threads", 1], capsys)
     assert resumed.returncode == 0, resumed.stderr
     assert f"after epoch {done}" in resumed.stdout
     assert [r["epoch"] for r in RunFolder(out).metrics()] == list(range(1, done + 2))
     # and it is the run that was never stopped
-    straight = aelab("train", "--data", subset_npz, "--epochs", done + 1, "--grid-every", "0", "--threads", 1,
-                     "--out", tmp_path / "straight")
-    assert straight.returncode == 0, straight.stderr
-    assert_same_tensors(load_file(out / "model.safetensors"), load_file(tmp_path / "straight" / "model.safetensors"))
+    straight = train_subset(subset_npz, tmp_path / "straight", done + 1, **{"train.grid_every": 0})
+    assert_same_tensors(load_file(out / "model.safetensors"), load_file(straight.weights_path))

@@ -35,8 +35,13 @@ def vectors(n: int = 600, d: int = 16) -> np.ndarray:
     return np.random.default_rng(0).normal(0, 5, (n, d))
 
 
+def vector_args(path, out) -> list:
+    """The arguments of `aelab train` of a tiny MLP on the vectors in `path`."""
+    return ["train", "--data", path, "--epochs", 1, "--latent", 3, "--hidden", 8, "--threads", 1, "--out", out]
+
+
 def train_vectors(path, out):
     """`aelab train` of a tiny MLP on the vectors in `path`, as a real process."""
     from support.process import aelab
 
-    return aelab("train", "--data", path, "--epochs", 1, "--latent", 3, "--hidden", 8, "--threads", 1, "--out", out)
+    return aelab(*vector_args(path, out))
