@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from aelab.models import MODELS
 from support.process import SRC
 
-STEP = Path(__file__).parent / "support" / "distributed_step.py"
+STEP = Path(__file__).parents[1] / "support" / "distributed_step.py"
 ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 # A few hundred steps: 4 epochs of 3000 images in global batches of 48. At lr 1e-4: at the chapter's 1e-3, float

@@ -184,7 +184,7 @@ def test_channels_last_colour_array_becomes_grey():
     (np.array([[[0.5, np.inf]]]), "infinite"),
     (np.full((3, 28, 28), -1.0), "whole numbers in [0, 255]"),
     (np.zeros((0, 28, 28)), "no images"),
-    (np.zeros((3, 30), np.uint8), "square"),  # float rows (n, d) are vectors: tests/test_sparse.py
+    (np.zeros((3, 30), np.uint8), "square"),  # float rows (n, d) are vectors: tests/models/test_sparse.py
     (np.zeros(5), "shape"),
 ])
 def test_bad_arrays_are_rejected(bad, words, tmp_path):
