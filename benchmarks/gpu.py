@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from aelab import config as cfg
 from aelab.evaluation.evaluate import evaluate
 from aelab.models import MODELS, build
-from aelab.training.pipeline import build_for, resume, train
 from aelab.storage.runfolder import load_model
+from aelab.training.pipeline import build_for, resume, train
 from aelab.training.train import Trainer
 
 RESULTS: list[tuple[str, bool]] = []

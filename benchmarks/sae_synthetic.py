@@ -125,8 +125,8 @@ def score(atoms: np.ndarray, codes: np.ndarray, recon: np.ndarray, x: np.ndarray
 
 def train_aelab(sparsity: str, data: Path, work: Path, args, x_eval: np.ndarray):
     from aelab import config as cfg
-    from aelab.training import pipeline
     from aelab.storage.runfolder import load_model
+    from aelab.training import pipeline
 
     config = cfg.resolve("sae", None, {
         "data.path": str(data), "latent": args.latent, "sparsity": sparsity, "k": args.k, "epochs": args.epochs,

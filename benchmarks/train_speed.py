@@ -49,8 +49,8 @@ from aelab.data.load import load_dataset
 from aelab.evaluation.evaluate import evaluate
 from aelab.models import AEConfig, build
 from aelab.reports.report import GridWriter
-from aelab.training.pipeline import RunRecorder
 from aelab.storage.runfolder import RunFolder
+from aelab.training.pipeline import RunRecorder
 from aelab.training.train import TrainConfig, Trainer
 
 import peers  # benchmarks/peers.py, beside this script

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from aelab.errors import UserError
-from aelab.reports.images import stacked_rows
 from aelab.models import AEConfig, Autoencoder, register
+from aelab.reports.images import stacked_rows
 
 
 @dataclass

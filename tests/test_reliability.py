@@ -19,11 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from aelab.storage import files
 from aelab.errors import UserError
-from aelab.models import MODELS, build
-from aelab.storage import tensorfile
-from aelab.models import picture_names
+from aelab.models import MODELS, build, picture_names
+from aelab.storage import files, tensorfile
 from aelab.storage.runfolder import RunFolder, load_model
 from aelab.training.train import Diverged
 from support.crashes import command, crash_and_resume, differences, random_instants, signal_at, start, temporaries

@@ -32,14 +32,13 @@ except ImportError:
     raise ImportError("aelab.estimators needs scikit-learn 1.6 or later; install it with "
                       "`pip install 'aelab[sklearn]'`") from None
 
-from aelab.evaluation import baselines
-from aelab.storage import files
-from aelab.storage import tensorfile
 from aelab.config import RunConfig, resolve
 from aelab.data.datasets import ImageSet
 from aelab.errors import UserError
+from aelab.evaluation import baselines
 from aelab.evaluation.evaluate import reconstruction_metrics
 from aelab.models import build
+from aelab.storage import files, tensorfile
 from aelab.training.pipeline import build_for
 from aelab.training.train import Trainer
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from aelab.data.load import load_dataset
 from aelab.data.datasets import gather
+from aelab.data.load import load_dataset
 from aelab.data.readers import open_npy
 
 

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from aelab.data.load import load_dataset, load_idx_split, read_inputs
-from aelab.errors import UserError
 from aelab.data.readers import read_idx, to_uint8_images
+from aelab.errors import UserError
 from support.datafiles import FASHION_DIR, idx_folder, write_images
 from support.process import aelab, assert_user_error
 

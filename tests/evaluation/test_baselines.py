@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from aelab.evaluation.baselines import PCA, LogisticPCA, load_baseline
 from aelab.data.datasets import ImageSet
 from aelab.errors import UserError
+from aelab.evaluation.baselines import PCA, LogisticPCA, load_baseline
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

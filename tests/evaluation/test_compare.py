@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from aelab.evaluation.baselines import PCA
 from aelab.cli import main
-from aelab.evaluation.compare import Fitted, measure
 from aelab.data.load import load_dataset
+from aelab.evaluation.baselines import PCA
+from aelab.evaluation.compare import Fitted, measure
 from aelab.evaluation.frechet import FeatureNet
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from aelab.evaluation.baselines import PCA
 from aelab.errors import UserError
+from aelab.evaluation.baselines import PCA
 from aelab.evaluation.evaluate import knn_accuracy, linear_probe_accuracy
 from aelab.evaluation.frechet import feature_classifier, frechet_distance, sample_quality
 

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from aelab import config as cfg
-from aelab.evaluation.baselines import BASELINES
-from aelab.models.contract import Model, same_kind
 from aelab.data.datasets import VectorSet
 from aelab.errors import UserError
+from aelab.evaluation.baselines import BASELINES
 from aelab.evaluation.evaluate import evaluate
 from aelab.models import MODELS, build, picture_names
+from aelab.models.contract import Model, same_kind
 from aelab.models.sparse import planted_dictionary
 from aelab.storage.runfolder import RunFolder, load_model
 from support.models import arch_cases, stepper, tiny

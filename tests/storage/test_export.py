@@ -11,8 +11,8 @@ import torch
 
 from aelab import config as cfg
 from aelab.errors import UserError
-from aelab.storage.export import export_onnx, max_differences
 from aelab.models import MODELS, build
+from aelab.storage.export import export_onnx, max_differences
 
 from support.models import arch_cases
 from support.process import aelab

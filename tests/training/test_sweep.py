@@ -24,8 +24,8 @@ def vectors(tmp_path_factory):
 
 def test_one_read_per_batch_and_runs_equal_single_runs(vectors, tmp_path, one_thread):
     from aelab import config as cfg
-    from aelab.training.pipeline import train
     from aelab.storage.runfolder import RunFolder, load_model
+    from aelab.training.pipeline import train
     from aelab.training.sweep import sweep
 
     calls = []

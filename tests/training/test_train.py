@@ -17,8 +17,8 @@ from aelab import config as cfg
 from aelab.data.load import load_dataset
 from aelab.models import AEConfig, build
 from aelab.storage import tensorfile
-from aelab.training.pipeline import resume, train
 from aelab.storage.runfolder import RunFolder
+from aelab.training.pipeline import resume, train
 from conftest import RUN_EPOCHS
 from support.process import SRC, assert_user_error, in_process
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aelab.storage import files
 from aelab.errors import UserError
+from aelab.storage import files
 
 SPLITS = ("train", "test")
 DTYPES = ("float32", "float16")

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aelab.models.contract import same_kind
 from aelab.data.datasets import ImageSet
 from aelab.errors import UserError
-from aelab.storage.files import write_safetensors
+from aelab.models.contract import same_kind
 from aelab.models.losses import bce_mean, mse_mean
+from aelab.storage.files import write_safetensors
 
 FORMAT = "aelab-baseline/1"
 

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from aelab.storage import files
-from aelab.reports import report as reports
-from aelab.evaluation.baselines import BASELINES, load_baseline
-from aelab.data.load import DataConfig
 from aelab.data.datasets import ImageSet
+from aelab.data.load import DataConfig
 from aelab.errors import UserError
+from aelab.evaluation.baselines import BASELINES, load_baseline
 from aelab.evaluation.evaluate import knn_accuracy, linear_probe_accuracy, reconstruction_metrics
+from aelab.reports import report as reports
 from aelab.reports.page import write_compare_page
+from aelab.storage import files
 
 DEFAULT_METHODS = ("ae", "logistic_pca", "pca")
 LABELS = {"ae": "autoencoder", "logistic_pca": "logistic PCA", "pca": "PCA"}
@@ -73,8 +73,8 @@ def train_model(name: str, latent: int, folder: Path, data: str | None, epochs: 
     """Train a registered model by the run machinery into folder/NAME-kK; a finished run is reused and an
     unfinished or shorter one resumed (to `epochs`)."""
     from aelab import config as cfg
-    from aelab.training.pipeline import resume, train
     from aelab.storage.runfolder import RunFolder
+    from aelab.training.pipeline import resume, train
 
     run = RunFolder(folder / f"{name}-k{latent}")
     run_dir = run.path

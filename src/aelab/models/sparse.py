@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aelab.training import distributed
 from aelab.errors import UserError
-from aelab.reports.images import tile
 from aelab.models.base import AEConfig, Autoencoder, adam
+from aelab.reports.images import tile
+from aelab.training import distributed
 
 SPARSITIES = ("topk", "batchtopk", "jumprelu", "l1")
 UNIT_NORM = ("topk", "batchtopk")  # the forms whose atoms stay at unit norm; the others' start at atom_norm

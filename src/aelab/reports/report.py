@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from aelab.storage.files import atomic, write_text
 from aelab.reports.images import save_gif, save_png, side_by_side
+from aelab.storage.files import atomic, write_text
 from aelab.storage.runfolder import RunFolder
 from aelab.training.train import Callback, Trainer
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from aelab.storage import files
 from aelab.errors import UserError
+from aelab.storage import files
 
 OPSET = 17
 

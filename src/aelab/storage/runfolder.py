@@ -23,12 +23,11 @@ from pathlib import Path
 
 import torch
 
-from aelab.training import distributed
-from aelab.storage import files
-from aelab.storage import tensorfile
 from aelab.config import RunConfig, parse_settings
 from aelab.errors import UserError
 from aelab.models import build, picture_names
+from aelab.storage import files, tensorfile
+from aelab.training import distributed
 from aelab.training.train import Trainer
 
 FORMAT = "aelab/1"

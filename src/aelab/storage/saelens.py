@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from aelab.storage import files
 from aelab.errors import UserError
+from aelab.storage import files
 
 # aelab's sparsity -> SAELens's inference architecture
 ARCHITECTURES = {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "l1": "standard"}

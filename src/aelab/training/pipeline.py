@@ -13,17 +13,17 @@ from pathlib import Path
 
 import torch
 
-from aelab.training import distributed
-from aelab.storage import files
-from aelab.reports import trackers
 from aelab.config import RunConfig, set_value
 from aelab.errors import UserError
 from aelab.evaluation.evaluate import evaluate
-from aelab.reports.images import save_png
 from aelab.models import build
+from aelab.reports import trackers
+from aelab.reports.images import save_png
 from aelab.reports.page import write_run_page
 from aelab.reports.report import GridWriter, plot_losses, write_report
+from aelab.storage import files
 from aelab.storage.runfolder import RunFolder, load_model
+from aelab.training import distributed
 from aelab.training.train import Callback, ConsolePrinter, Diverged, TrainConfig, Trainer
 
 RESUMABLE = ("train.epochs", "train.device", "train.lr", "train.precision")  # what a resumed run may change

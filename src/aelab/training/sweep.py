@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from aelab.training import distributed
-from aelab.storage import files
-from aelab.reports import report as reports
 from aelab.errors import UserError
+from aelab.reports import report as reports
+from aelab.storage import files
+from aelab.training import distributed
 
 SHARED = ("data.", "train.batch_size", "train.seed", "train.epochs", "train.device", "train.precision",
           "train.cuda_graph")  # settings every SAE of a sweep must share: they read the same batches
@@ -70,8 +70,8 @@ def sweep(model_name: str, grid: dict[str, list[str]], out: str | Path, override
     """Train every combination of `grid` into OUT/NAME in one pass over the data, then measure and rank them.
     `reader`, if given, wraps the training set's batch reader (floats(index) -> tensor). Returns the table's rows
     (none on the other ranks under torchrun)."""
-    from aelab.training.pipeline import RunRecorder, new_model
     from aelab.storage.runfolder import RunFolder
+    from aelab.training.pipeline import RunRecorder, new_model
     from aelab.training.train import Trainer
 
     if threads:
@@ -111,8 +111,8 @@ def sweep(model_name: str, grid: dict[str, list[str]], out: str | Path, override
 
 def _finish(made, runs, trainers, test_set, out: Path) -> list[dict]:
     """Rank 0: every run's loss plot, measures and report, then the leaderboard."""
-    from aelab.training.pipeline import finish
     from aelab.reports.report import plot_losses
+    from aelab.training.pipeline import finish
 
     rows = []
     for name, run, trainer in zip(made, runs, trainers):

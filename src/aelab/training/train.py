@@ -15,10 +15,10 @@ from typing import Callable
 
 import torch
 
-from aelab.training import distributed
 from aelab.data.datasets import ImageSet
 from aelab.errors import UserError
 from aelab.evaluation.evaluate import data_floor, reconstruction_sums, summed_measures, with_floor
+from aelab.training import distributed
 
 
 @dataclass
