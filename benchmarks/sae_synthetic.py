@@ -4,6 +4,8 @@ own pipeline and by SAELens's own trainer (in its own virtual environment, as a 
 same number of samples; then both are scored on fresh activations whose true features are known.
 
     OMP_NUM_THREADS=1 python benchmarks/sae_synthetic.py [--features 512 --dim 128 -n 200000 --epochs 5]
+    OMP_NUM_THREADS=1 python benchmarks/sae_synthetic.py --sparsity batchtopk --trainer aelab --set atom_norm=1
+                                                          # one library alone; --set: an aelab setting
 
 Scores: recovery (mean over true features of the best cosine with any decoder atom), MCC (the mean cosine of a
 one-to-one Hungarian matching of atoms to features, as sae_lens.synthetic.evals defines it), F1 (each unit that
