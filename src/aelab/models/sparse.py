@@ -400,10 +400,11 @@ class SparseAutoencoder(Autoencoder):
         return ratio * dead.any()
 
     def terms_and_firing(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """The loss terms of batch x, how often each unit fired in it (latent,), and the kept activations times their
-        atoms' norms (what batchtopk's running threshold follows), without gradient: (m,) when gathered, else the
-        dense code's (b, latent)."""
-        if self.gathers():
+        """The loss terms of batch x, how often each unit fired in it (latent,), and the kept activations (batchtopk's
+        times their atoms' norms, without gradient: what its running threshold follows): (m,) when gathered, else the
+        dense code (b, latent)."""
+        gathered = self.gathers()
+        if gathered:
             centred, linear = self.centred(x), self.encoder[-1]
             with torch.no_grad():
                 pre = F.linear(centred, linear.weight, linear.bias)
@@ -411,13 +412,11 @@ class SparseAutoencoder(Autoencoder):
             kept = self.gathered(pre, centred, rows, cols)
             out = (self.decode_gathered(cols, offsets, kept) + self.decoder[0].bias).view_as(x)
             fired = torch.zeros(self.config.latent, device=x.device).index_add_(0, cols, (kept > 0).float())
-            sized = kept.detach() * self.atom_norms()[cols]
         else:
             pre = self.pre_activations(x)
             kept = self.sparse_code(pre, batch=self.training)
             out = self.decoder(kept)
             fired = (kept > 0).sum(0).float()
-            sized = kept.detach() * self.atom_norms()
         recon = self.recon_error(out, x)
         terms = {"loss": recon, "recon": recon}
         sparsity, size = self.config.sparsity, math.prod(self.config.in_shape)
@@ -432,7 +431,9 @@ class SparseAutoencoder(Autoencoder):
             warm = ((self.steps_done + 1).float() / self.l1_warmup_steps.clamp_min(1)).clamp(max=1)
             terms["loss"] = terms["loss"] + self.config.l1 / size * warm * terms["l1"]
         terms.update(self.report_card(fired.sum() / len(x), out, x))
-        return terms, fired, sized
+        if sparsity == "batchtopk":
+            kept = kept.detach() * (self.atom_norms()[cols] if gathered else self.atom_norms())
+        return terms, fired, kept
 
     @torch.no_grad()
     def report_card(self, l0: torch.Tensor, out: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -451,7 +452,7 @@ class SparseAutoencoder(Autoencoder):
         return self.terms_and_firing(x)[0]
 
     def training_steps(self, x: torch.Tensor):
-        terms, fired, sized = self.terms_and_firing(x)
+        terms, fired, kept = self.terms_and_firing(x)
         yield 0, terms["loss"]
         # the trainer has stepped: renormalise and project here, so every saved state (and a resumed run) has unit
         # atoms and thresholds >= 0 (projected, not clamped in the graph, which would stop the gradient of a
@@ -466,7 +467,7 @@ class SparseAutoencoder(Autoencoder):
             self.steps_done.add_(1)
             if self.config.sparsity == "batchtopk":  # the global batch's smallest kept activation times its atom's
                 # norm, EMA over batches
-                low = _every_rank(sized.float().masked_fill(sized <= 0, torch.inf).amin()).amin()
+                low = _every_rank(kept.float().masked_fill(kept <= 0, torch.inf).amin()).amin()
                 blended = torch.where(self.threshold < 0, low, THRESHOLD_DECAY * self.threshold
                                       + (1 - THRESHOLD_DECAY) * low)
                 self.threshold.copy_(torch.where(low.isfinite(), blended, self.threshold))
