@@ -4,6 +4,8 @@ own pipeline and by SAELens's own trainer (in its own virtual environment, as a 
 same number of samples; then both are scored on fresh activations whose true features are known.
 
     OMP_NUM_THREADS=1 python benchmarks/sae_synthetic.py [--features 512 --dim 128 -n 200000 --epochs 5]
+    OMP_NUM_THREADS=1 python benchmarks/sae_synthetic.py --sparsity batchtopk --trainer aelab --set atom_norm=1
+                                                          # one library alone; --set: an aelab setting
 
 Scores: recovery (mean over true features of the best cosine with any decoder atom), MCC (the mean cosine of a
 one-to-one Hungarian matching of atoms to features, as sae_lens.synthetic.evals defines it), F1 (each unit that
@@ -131,7 +133,7 @@ def train_aelab(sparsity: str, data: Path, work: Path, args, x_eval: np.ndarray)
     config = cfg.resolve("sae", None, {
         "data.path": str(data), "latent": args.latent, "sparsity": sparsity, "k": args.k, "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "grid_every": 0, "l1": args.aelab_l1,
-        "l0_coefficient": args.aelab_l0})
+        "l0_coefficient": args.aelab_l0, **dict(kv.split("=", 1) for kv in args.set)})
     pipeline.train(config, out=work / f"aelab-{sparsity}", overwrite=True, threads=args.threads)
     records = [json.loads(line) for line in (work / f"aelab-{sparsity}" / "metrics.jsonl").read_text().splitlines()]
     model = load_model(work / f"aelab-{sparsity}", "cpu")
@@ -175,6 +177,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3, help="both trainers")
     parser.add_argument("--eval", type=int, default=20_000, help="fresh activations the scores use")
     parser.add_argument("--sparsity", action="append", choices=SPARSITIES, help="only these (default: all)")
+    parser.add_argument("--trainer", action="append", choices=("aelab", "saelens"), help="only these (default: both)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an aelab setting, as `aelab train --set` takes it (e.g. aux_coefficient=0.5)")
     parser.add_argument("--venv", type=Path, default=Path("/tmp/aelab-saelens-venv"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
@@ -201,11 +206,15 @@ def main() -> None:
         del x
         train_set, _ = load_dataset(work / "acts.npy")  # SAELens trains on the rows aelab trains on
         train_rows = train_set.rows.numpy()
+        trainers = args.trainer or ("aelab", "saelens")
         for sparsity in args.sparsity or SPARSITIES:
-            atoms, codes, recon, seconds = train_aelab(sparsity, work / "acts.npy", work, args, x_eval)
-            rows.append({"trainer": "aelab", "sparsity": sparsity, **score(
-                atoms, codes, recon, x_eval, truth.atoms, true_codes, seconds, len(train_set) * args.epochs)})
-            print(json.dumps(rows[-1]), flush=True)
+            if "aelab" in trainers:
+                atoms, codes, recon, seconds = train_aelab(sparsity, work / "acts.npy", work, args, x_eval)
+                rows.append({"trainer": "aelab", "sparsity": sparsity, **score(
+                    atoms, codes, recon, x_eval, truth.atoms, true_codes, seconds, len(train_set) * args.epochs)})
+                print(json.dumps(rows[-1]), flush=True)
+            if "saelens" not in trainers:
+                continue
             atoms, codes, recon, seconds, samples = train_saelens(sparsity, work / "acts.npy", work / "eval.npy", work,
                                                                   args, train_rows, python)
             rows.append({"trainer": "SAELens", "sparsity": sparsity, **score(

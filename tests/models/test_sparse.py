@@ -169,7 +169,7 @@ def _sae(seed: int = 0, d: int = 16, **settings):
 def test_free_atoms_start_short_and_the_encoder_as_their_transpose(sparsity):
     model = _sae(sparsity=sparsity, atom_norm=0.25)
     atoms = model.decoder[0].weight
-    free = sparsity in ("l1", "jumprelu")  # 64 unit atoms in 16-d would give back about twice the input
+    free = sparsity != "topk"  # 64 unit atoms in 16-d would give back about twice the input
     start = 0.25 if free else 1.0
     assert torch.allclose(atoms.norm(dim=0), torch.full((64,), start), atol=1e-6)
     assert torch.equal(model.encoder[-1].weight, atoms.T)
@@ -185,7 +185,7 @@ def test_a_step_keeps_the_atoms_and_counts_inputs_since_each_unit_fired(sparsity
     trainer = stepper(model, lr=1e-2)
     trainer.step(x)
     norms = model.decoder[0].weight.norm(dim=0)
-    assert torch.allclose(norms, torch.ones(64), atol=1e-6) != (sparsity in ("l1", "jumprelu"))  # theirs are free
+    assert torch.allclose(norms, torch.ones(64), atol=1e-6) == (sparsity == "topk")  # the others' are free
     fired = (z > 0).any(0)
     assert torch.equal(model.inputs_since_active, torch.where(fired, 0, 32))
     since, fired = model.inputs_since_active.clone(), (model.code(x[:8]) > 0).any(0)
@@ -259,6 +259,28 @@ def test_batchtopk_inference_is_per_input_with_its_saved_threshold(tmp_path):
     again = _sae(sparsity="batchtopk", k=4)
     again.load_state_dict(load_file(tmp_path / "m.safetensors"))
     assert again.threshold == model.threshold and torch.equal(again.eval().code(x[:1]), alone)
+
+
+def test_batchtopk_ranks_each_unit_by_its_pre_activation_times_its_atom_norm():
+    """As SAELens's rescale_acts_by_decoder_norm: the size of what a unit adds to the reconstruction, in training
+    (dense and gathered codes), in the running threshold and at inference."""
+    model = _sae(sparsity="batchtopk", k=2)
+    with torch.no_grad():  # free atoms of different lengths
+        model.decoder[0].weight.mul_(torch.linspace(0.1, 5, 64))
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(3))
+    pre = model.pre_activations(x).detach()
+    ranked = pre * model.decoder[0].weight.detach().norm(dim=0)
+    want = torch.relu(pre) * (ranked >= ranked.flatten().topk(64).values[-1])
+    by_pre = torch.relu(pre) * (pre >= pre.flatten().topk(64).values[-1])
+    assert not torch.equal(want > 0, by_pre > 0)  # the norms change which units are kept
+    assert torch.equal(model.code(x), want)  # training, dense
+    assert model.gathers() and torch.allclose(model.loss(x)["recon"], model.recon_error(model.decoder(want), x))
+    stepper(model, lr=1e-3).step(x)  # the running threshold starts at the smallest kept product
+    assert torch.allclose(model.threshold, ranked[want > 0].min())
+    model.eval()
+    pre = model.pre_activations(x).detach()
+    kept = pre * model.decoder[0].weight.detach().norm(dim=0) > model.threshold
+    assert torch.allclose(model.code(x), pre * kept) and 0 < kept.sum() < kept.numel()
 
 
 def test_jumprelu_thresholds_move_and_the_l0_penalty_cuts_l0():

@@ -5,8 +5,11 @@ subtracted first (Bricken et al. 2023; on images the decoder speaks logits, so t
 Four sparsities, each as its paper trains it:
 - topk: the k largest pre-activations of each input, ReLU'd (Makhzani & Frey 2013; Gao et al. 2024), with the AuxK
   loss: the k_aux largest pre-activations of the dead units reconstruct the error the live ones leave;
-- batchtopk: the k * batch largest over the whole batch (Bussmann et al. 2024), AuxK too; inference uses a running
-  estimate of the smallest kept activation as a per-input threshold, so one input's code never depends on its batch;
+- batchtopk: the k * batch largest over the whole batch (Bussmann et al. 2024), AuxK too, as SAELens trains it:
+  over free-norm atoms, each unit ranked by its pre-activation times its atom's norm (the size of what it adds to
+  the reconstruction: SAELens's rescale_acts_by_decoder_norm); inference keeps pre-activations whose product with
+  their atom's norm passes a running estimate of the smallest kept one, so one input's code never depends on its
+  batch;
 - jumprelu: z = pre * H(pre - theta), a learned threshold per unit trained by a straight-through estimator with a
   rectangle kernel of width `bandwidth`, and an L0 penalty (Rajamanoharan et al. 2024), as SAELens trains it: the
   threshold is the parameter itself, kept >= 0 after each step, not its log as that paper has it (Adam moves a
@@ -14,8 +17,8 @@ Four sparsities, each as its paper trains it:
   and with the gradient's norm clipped;
 - l1: ReLU and the penalty sum_i z_i ||W_dec[:, i]|| over free-norm atoms, its weight warmed up linearly, and the
   gradient's norm clipped (Anthropic, "Circuits Updates", April 2024).
-TopK and BatchTopK keep the atoms at unit norm: their gradient is taken orthogonal to each atom before every step and
-the atoms renormalised after it (OpenAI's sparse_autoencoder); L1's and JumpReLU's start short (`atom_norm`).
+TopK keeps the atoms at unit norm: their gradient is taken orthogonal to each atom before every step and the atoms
+renormalised after it (OpenAI's sparse_autoencoder); the others' are free and start short (`atom_norm`).
 `initialise` puts b_dec at the geometric median (or mean) of a sample of the training data, l1's at zero; the encoder
 starts as the decoder's transpose (Gao et al. 2024).
 Reported, as that field does: L0, FVU, shrinkage (||x^|| / ||x||), cosine(x^, x), the dead units (not active over
@@ -39,7 +42,7 @@ from aelab.reports.images import tile
 from aelab.training import distributed
 
 SPARSITIES = ("topk", "batchtopk", "jumprelu", "l1")
-UNIT_NORM = ("topk", "batchtopk")  # the forms whose atoms stay at unit norm; the others' start at atom_norm
+UNIT_NORM = ("topk",)  # the forms whose atoms stay at unit norm; the others' start at atom_norm
 CLIPPED = ("jumprelu", "l1")  # the forms whose gradient norm is clipped at grad_clip
 CENTRES = ("auto", "median", "mean", "zero")
 THRESHOLD_DECAY = 0.99  # batchtopk: weight of the running threshold against each batch's smallest kept activation
@@ -57,8 +60,8 @@ class SAEConfig(AEConfig):
     aux_coefficient: float = 1 / 32  # topk, batchtopk: weight of the AuxK loss (0: none)
     l1: float = 5.0                  # l1: weight of the penalty (batch mean of sum_i z_i ||W_dec[:, i]||) against the
     #                                  summed squared error: Anthropic's lambda (5), divided by d beside the mean MSE
-    atom_norm: float = 0.1           # l1, jumprelu: every atom's norm at the start (the encoder starts as their
-    #                                  transpose)
+    atom_norm: float = 0.1           # l1, jumprelu, batchtopk: every atom's norm at the start (the encoder starts as
+    #                                  their transpose)
     l1_warmup: float = 0.05          # l1: the weight grows linearly from 0 over this fraction of the run's steps
     grad_clip: float = 1.0           # l1, jumprelu: each step's gradient norm clipped at this for the summed squared
     #                                  error (grad_clip / d beside the mean); 0: none
@@ -198,15 +201,16 @@ class _Kept(torch.autograd.Function):
                 torch.sparse.mm(by_input, weight), None, None)
 
 
-def _global_batch_top(pre: torch.Tensor, k: int) -> torch.Tensor:
-    """BatchTopK over the global batch under torchrun: the k * (global batch) largest pre-activations of all ranks,
-    ReLU'd, of which this rank's rows (pre). Each rank's own largest k * (global batch) hold every kept one, so the
-    cut, the k * B-th largest of them all, is what one process taking the whole batch would find."""
+def _global_batch_top(pre: torch.Tensor, ranked: torch.Tensor, k: int) -> torch.Tensor:
+    """BatchTopK over the global batch under torchrun: pre-activations of this rank's rows (pre) ReLU'd where
+    `ranked` (pre times the atoms' norms) is among the k * (global batch) largest of all ranks. Each rank's own
+    largest k * (global batch) hold every kept one, so the cut, the k * B-th largest of them all, is what one process
+    taking the whole batch would find."""
     kept = k * distributed.batch_rows(len(pre))[1]
-    mine = pre.detach().reshape(-1).topk(min(kept, pre.numel())).values
+    mine = ranked.detach().reshape(-1).topk(min(kept, pre.numel())).values
     candidates = torch.cat([mine, mine.new_full((kept - len(mine),), -torch.inf)])  # the same length on every rank
     cut = _every_rank(candidates).reshape(-1).topk(kept).values[-1]
-    return torch.relu(pre) * (pre >= cut)
+    return torch.relu(pre) * (ranked >= cut)
 
 
 class SparseAutoencoder(Autoencoder):
@@ -301,16 +305,29 @@ class SparseAutoencoder(Autoencoder):
         """The code (b, latent) from pre-activations; `batch`: batchtopk picks over the batch (training)."""
         sparsity, k = self.config.sparsity, min(self.config.k, self.config.latent)
         if sparsity == "batchtopk" and batch and distributed.world_size() > 1:
-            return _global_batch_top(pre, k)
-        if sparsity == "topk" or (sparsity == "batchtopk" and batch):
-            flat = pre if sparsity == "topk" else pre.reshape(1, -1)
-            top = flat.topk(k * (1 if sparsity == "topk" else len(pre)), dim=1)
-            return torch.zeros_like(flat).scatter_(1, top.indices, torch.relu(top.values)).view_as(pre)
+            return _global_batch_top(pre, pre.detach() * self.atom_norms(), k)
+        if sparsity == "topk":
+            top = pre.topk(k, dim=1)
+            return torch.zeros_like(pre).scatter_(1, top.indices, torch.relu(top.values))
+        if sparsity == "batchtopk" and batch:
+            top = (pre.detach() * self.atom_norms()).flatten().topk(k * len(pre)).indices
+            flat = pre.flatten()
+            return torch.zeros_like(flat).scatter_(0, top, torch.relu(flat[top])).view_as(pre)
         if sparsity == "batchtopk":
-            return pre * (pre > self.threshold.clamp_min(0))
+            return pre * (pre > self.unit_thresholds())
         if sparsity == "jumprelu":
             return _JumpReLU.apply(pre, self.threshold, self.config.bandwidth)
         return torch.relu(pre)
+
+    def atom_norms(self) -> torch.Tensor:
+        """(latent,): each atom's norm, without gradient."""
+        return self.decoder[0].weight.detach().norm(dim=0)
+
+    def unit_thresholds(self) -> torch.Tensor:
+        """batchtopk at inference, (latent,): a unit is kept where its pre-activation passes the running threshold
+        over its atom's norm (its pre-activation times that norm passes the threshold); < 0 (never estimated) reads
+        as 0: plain ReLU."""
+        return self.threshold.clamp_min(0) / self.atom_norms().clamp_min(1e-12)
 
     def code(self, x: torch.Tensor) -> torch.Tensor:
         return self.sparse_code(self.pre_activations(x), batch=self.training)
@@ -339,11 +356,12 @@ class SparseAutoencoder(Autoencoder):
 
     def picked(self, pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The kept units of pre-activations (b, latent) as (rows, cols, offsets): each input's k largest, or for
-        batchtopk the k * b largest of the batch; rows ascending, offsets each input's first, (b,)."""
+        batchtopk the k * b largest of the batch, each times its atom's norm; rows ascending, offsets each input's
+        first, (b,)."""
         b, arange = len(pre), torch.arange(len(pre), device=pre.device)
         if self.config.sparsity == "topk":
             return arange.repeat_interleave(k), pre.topk(k, dim=1).indices.flatten(), arange * k
-        flat = pre.flatten().topk(k * b).indices.sort().values
+        flat = (pre * self.atom_norms()).flatten().topk(k * b).indices.sort().values
         rows = flat // pre.shape[1]
         return rows, flat % pre.shape[1], torch.searchsorted(rows, arange)
 
@@ -382,9 +400,11 @@ class SparseAutoencoder(Autoencoder):
         return ratio * dead.any()
 
     def terms_and_firing(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """The loss terms of batch x, how often each unit fired in it (latent,), and the kept activations: (m,)
-        when gathered, else the dense code (b, latent)."""
-        if self.gathers():
+        """The loss terms of batch x, how often each unit fired in it (latent,), and the kept activations (batchtopk's
+        times their atoms' norms, without gradient: what its running threshold follows): (m,) when gathered, else the
+        dense code (b, latent)."""
+        gathered = self.gathers()
+        if gathered:
             centred, linear = self.centred(x), self.encoder[-1]
             with torch.no_grad():
                 pre = F.linear(centred, linear.weight, linear.bias)
@@ -411,6 +431,8 @@ class SparseAutoencoder(Autoencoder):
             warm = ((self.steps_done + 1).float() / self.l1_warmup_steps.clamp_min(1)).clamp(max=1)
             terms["loss"] = terms["loss"] + self.config.l1 / size * warm * terms["l1"]
         terms.update(self.report_card(fired.sum() / len(x), out, x))
+        if sparsity == "batchtopk":
+            kept = kept.detach() * (self.atom_norms()[cols] if gathered else self.atom_norms())
         return terms, fired, kept
 
     @torch.no_grad()
@@ -443,8 +465,9 @@ class SparseAutoencoder(Autoencoder):
             counts = distributed.all_sum(torch.cat([(fired > 0).long(), torch.tensor([len(x)], device=fired.device)]))
             self.inputs_since_active.add_(counts[-1]).masked_fill_(counts[:-1] > 0, 0)
             self.steps_done.add_(1)
-            if self.config.sparsity == "batchtopk":  # the global batch's smallest kept activation, EMA over batches
-                low = _every_rank(kept.detach().float().masked_fill(kept <= 0, torch.inf).amin()).amin()
+            if self.config.sparsity == "batchtopk":  # the global batch's smallest kept activation times its atom's
+                # norm, EMA over batches
+                low = _every_rank(kept.float().masked_fill(kept <= 0, torch.inf).amin()).amin()
                 blended = torch.where(self.threshold < 0, low, THRESHOLD_DECAY * self.threshold
                                       + (1 - THRESHOLD_DECAY) * low)
                 self.threshold.copy_(torch.where(low.isfinite(), blended, self.threshold))

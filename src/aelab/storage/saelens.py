@@ -7,8 +7,8 @@
 
 SAELens encodes z = act((x - b_dec) @ W_enc + b_enc) and decodes z @ W_dec + b_dec, on raw activations. Its
 "jumprelu" act is relu(pre) * (pre > threshold): aelab's JumpReLU with its learned threshold, and aelab's
-BatchTopK at inference, whose per-input rule keeps pre > its running threshold (clamped at 0). SAELens itself saves
-a trained BatchTopK SAE for inference this way: a JumpReLU whose every threshold is the batch threshold. aelab trains
+BatchTopK at inference, whose per-input rule keeps pre > its running threshold (clamped at 0) over the unit's atom
+norm. SAELens itself saves a trained BatchTopK SAE for inference as a JumpReLU from its batch threshold. aelab trains
 on activations standardised per feature, s = (x - mean) / std, so the standardisation is folded into the weights:
 (s - b) = (x - (mean + std * b)) / std gives W_enc / std[:, None] and b_dec = mean + std * b, and the decoder's
 std * (W z + b) + mean gives W_dec * std. SAELens then gives the same codes and reconstructions as aelab's encode
@@ -43,7 +43,7 @@ def saelens_tensors(model) -> dict[str, torch.Tensor]:
     if model.config.sparsity == "jumprelu":
         tensors["threshold"] = model.threshold.detach().double().cpu()
     elif model.config.sparsity == "batchtopk":  # < 0 (never estimated) reads as 0 in aelab: plain ReLU
-        tensors["threshold"] = model.threshold.detach().double().cpu().clamp_min(0).expand(model.config.latent)
+        tensors["threshold"] = model.unit_thresholds().double().cpu()
     return {k: v.float().contiguous() for k, v in tensors.items()}
 
 
