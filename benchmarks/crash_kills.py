@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from aelab.data import load_dataset
+    from aelab.data.load import load_dataset
     from aelab.models import MODELS
 
     mlp = [name for name, cls in MODELS.items() if "mlp" in cls.archs]  # the runs train on the default arch

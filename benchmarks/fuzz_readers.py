@@ -197,7 +197,7 @@ def make_seeds(work: Path, weights: Path | None) -> dict[str, list[bytes]]:
     if weights is None:
         from aelab.config import default_config
         from aelab.models import build
-        from aelab.runfolder import RunFolder
+        from aelab.storage.runfolder import RunFolder
 
         config = default_config("ae")
         config.model.latent, config.model.hidden, config.model.in_shape = 4, (16,), (1, 8, 8)
@@ -219,9 +219,9 @@ def make_seeds(work: Path, weights: Path | None) -> dict[str, list[bytes]]:
 
 
 def make_reader(kind: str, path: Path, good_png: Path):
-    from aelab.data import load_dataset
-    from aelab.readers import read_array_file, read_idx, read_image_files, to_uint8_images
-    from aelab.runfolder import load_model
+    from aelab.data.load import load_dataset
+    from aelab.data.readers import read_array_file, read_idx, read_image_files, to_uint8_images
+    from aelab.storage.runfolder import load_model
 
     if kind.startswith("idx"):
         return lambda: read_idx(path, _ndim(path))

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from aelab import config as cfg
-from aelab.evaluate import evaluate
+from aelab.evaluation.evaluate import evaluate
 from aelab.models import MODELS, build
-from aelab.pipeline import build_for, resume, train
-from aelab.runfolder import load_model
-from aelab.train import Trainer
+from aelab.storage.runfolder import load_model
+from aelab.training.pipeline import build_for, resume, train
+from aelab.training.train import Trainer
 
 RESULTS: list[tuple[str, bool]] = []
 

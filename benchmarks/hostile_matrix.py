@@ -97,7 +97,7 @@ def _text(data) -> str:
 
 def prepare(work: Path) -> None:
     """Tiny data, one trained run of each kind the cases need, and damaged copies made from them."""
-    from aelab.data import load_dataset
+    from aelab.data.load import load_dataset
 
     train, test = load_dataset(FASHION)
     np.savez(work / "small.npz", x_train=train.images[:600, 0].numpy(), y_train=train.labels[:600].numpy(),

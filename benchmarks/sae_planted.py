@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from aelab import config as cfg
-from aelab import pipeline
 from aelab.models.sparse import SPARSITIES, planted_dictionary, recovered
-from aelab.runfolder import load_model
+from aelab.storage.runfolder import load_model
+from aelab.training import pipeline
 
 
 def main() -> None:

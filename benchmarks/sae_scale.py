@@ -129,9 +129,9 @@ def run_aelab_memory(rows: np.ndarray, args, seed: int) -> float:
     """Rows per second of aelab's own Trainer steps (as `aelab train` takes them) on `rows` held in memory, over
     `args.seconds` (the first step not timed)."""
     from aelab.config import default_config
-    from aelab.datasets import VectorSet
-    from aelab.pipeline import new_model
-    from aelab.train import Trainer
+    from aelab.data.datasets import VectorSet
+    from aelab.training.pipeline import new_model
+    from aelab.training.train import Trainer
 
     config = default_config("sae")
     config.model.latent, config.model.k = args.latent, args.k

@@ -127,8 +127,8 @@ def score(atoms: np.ndarray, codes: np.ndarray, recon: np.ndarray, x: np.ndarray
 
 def train_aelab(sparsity: str, data: Path, work: Path, args, x_eval: np.ndarray):
     from aelab import config as cfg
-    from aelab import pipeline
-    from aelab.runfolder import load_model
+    from aelab.storage.runfolder import load_model
+    from aelab.training import pipeline
 
     config = cfg.resolve("sae", None, {
         "data.path": str(data), "latent": args.latent, "sparsity": sparsity, "k": args.k, "epochs": args.epochs,
@@ -188,7 +188,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from aelab.data import load_dataset
+    from aelab.data.load import load_dataset
 
     rng = np.random.default_rng(args.seed)
     truth = Features(args.features, args.dim, args.rank, rng)

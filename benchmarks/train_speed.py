@@ -45,13 +45,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from aelab import config as cfg
-from aelab.data import load_dataset
-from aelab.evaluate import evaluate
+from aelab.data.load import load_dataset
+from aelab.evaluation.evaluate import evaluate
 from aelab.models import AEConfig, build
-from aelab.reports import GridWriter
-from aelab.pipeline import RunRecorder
-from aelab.runfolder import RunFolder
-from aelab.train import TrainConfig, Trainer
+from aelab.reports.report import GridWriter
+from aelab.storage.runfolder import RunFolder
+from aelab.training.pipeline import RunRecorder
+from aelab.training.train import TrainConfig, Trainer
 
 import peers  # benchmarks/peers.py, beside this script
 
@@ -152,7 +152,8 @@ def cli_figures(data: str) -> dict[str, float]:
 # one clock for every process of the machine)
 FIRST_STEP_DRIVER = """
 import sys, time
-from aelab import cli, train
+from aelab import cli
+from aelab.training import train
 batch = train.Trainer.train_batch
 def noted(self, index):
     if not getattr(train, "first_step_at", None):

@@ -31,7 +31,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def fashion():
     """(train, test) ImageSets of the real Fashion-MNIST, loaded once."""
-    from aelab.data import load_dataset
+    from aelab.data.load import load_dataset
 
     assert FASHION_DIR.is_dir(), f"{FASHION_DIR} missing: `apt-get install dataset-fashion-mnist` (make setup)"
     return load_dataset(FASHION_DIR)
@@ -78,7 +78,7 @@ def trained_run(subset_npz, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_model(trained_run):
-    from aelab.runfolder import load_model
+    from aelab.storage.runfolder import load_model
 
     return load_model(trained_run)
 

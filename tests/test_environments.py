@@ -13,8 +13,8 @@ import time
 import pytest
 
 from aelab import config as cfg
-from aelab.pipeline import train
-from aelab.trackers import Logger
+from aelab.reports.trackers import Logger
+from aelab.training.pipeline import train
 from support.process import aelab, assert_user_error, in_process
 
 TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "AELAB_DIST_TIMEOUT")

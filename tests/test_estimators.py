@@ -194,8 +194,8 @@ def test_a_saved_estimator_edited_by_hand_is_refused_in_one_line(images, tmp_pat
 def test_logistic_pca_transformer_reconstructs_better_than_pca_in_bce(images):
     """Logistic PCA's own objective: lower BCE than PCA's clipped reconstructions at the same code size, with
     its fitted attributes in scikit-learn's names."""
-    from aelab.evaluate import reconstruction_metrics
-    from aelab.datasets import ImageSet
+    from aelab.data.datasets import ImageSet
+    from aelab.evaluation.evaluate import reconstruction_metrics
 
     train, test = images
     lpca = LogisticPCA(n_components=5, max_iter=50).fit(train)

@@ -5,6 +5,7 @@ process each where the entry point matters)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.folders import mounted
 from support.process import SRC, aelab, assert_user_error, in_process
 
 
@@ -139,18 +141,20 @@ def vector_run(tmp_path_factory) -> tuple[Path, Path]:
     return folder / "vectors.npy", folder / "run"
 
 
-def _read_only(folder: Path) -> Path:
-    folder.mkdir()
-    folder.chmod(0o555)
-    return folder
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_outputs_are_one_line(trained_run, subset_npz, tmp_path):
-    for args in (["export", trained_run, "--out", _read_only(tmp_path / "e")],
-                 ["compare", "pca", "--latent", 2, "--data", subset_npz, "--out", _read_only(tmp_path / "c")],
-                 ["encode", trained_run, "0", "--out", _read_only(tmp_path / "n") / "codes.npy"]):
-        assert_user_error(aelab(*args), "cannot write")
+    with contextlib.ExitStack() as mounts:
+        def read_only(folder: Path) -> Path:
+            folder.mkdir()
+            if os.geteuid() == 0:  # root writes through permissions, not onto a read-only file system
+                mounts.enter_context(mounted(folder, "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"))
+            else:
+                folder.chmod(0o555)
+            return folder
+
+        for args in (["export", trained_run, "--out", read_only(tmp_path / "e")],
+                     ["compare", "pca", "--latent", 2, "--data", subset_npz, "--out", read_only(tmp_path / "c")],
+                     ["encode", trained_run, subset_npz, "--out", read_only(tmp_path / "n") / "codes.npy"]):
+            assert_user_error(aelab(*args), "cannot write")
 
 
 def test_every_refusal_is_one_line(trained_run, vector_run, subset_npz, tmp_path, capsys, one_thread):

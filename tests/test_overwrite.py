@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from aelab import config as cfg
-from aelab import files
 from aelab.errors import UserError
-from aelab.pipeline import train
-from aelab.runfolder import RunFolder
+from aelab.storage import files
+from aelab.storage.runfolder import RunFolder
+from aelab.training.pipeline import train
 from support.folders import snapshot
 from support.process import assert_user_error, in_process
 

@@ -19,14 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from aelab import files
 from aelab.errors import UserError
-from aelab.models import MODELS, build
-from aelab import tensorfile
-from aelab.models import picture_names
-from aelab.runfolder import RunFolder, load_model
-from aelab.train import Diverged
+from aelab.models import MODELS, build, picture_names
+from aelab.storage import files, tensorfile
+from aelab.storage.runfolder import RunFolder, load_model
+from aelab.training.train import Diverged
 from support.crashes import command, crash_and_resume, differences, random_instants, signal_at, start, temporaries
+from support.folders import mounted
 from support.models import stepper
 from support.process import aelab, assert_user_error, in_process
 
@@ -132,18 +131,6 @@ def test_one_trainer_per_run_and_readers_see_whole_epochs(subset_npz, trained_ru
 
 
 # ---------------------------------------------------------------------------------------------- full disk, read-only
-
-@contextlib.contextmanager
-def mounted(target: Path, *options: str):
-    """A mount for the test's life; skipped where mounting is not permitted (not root, no capability)."""
-    made = subprocess.run(["mount", *options, str(target)], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount here: {made.stderr.strip()}")
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", "-l", str(target)], capture_output=True)
-
 
 def test_a_full_disk_is_one_line_and_the_checkpoint_survives(trained_run, tmp_path):
     """A real 64 MiB tmpfs holding the run, shrunk to leave 3 MiB: the next checkpoint (5.6 MiB) cannot be

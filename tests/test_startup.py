@@ -25,7 +25,7 @@ def test_train_imports_no_dynamo_and_no_tracker(subset_npz, tmp_path):
                            "--threads", "1", "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     modules = set(done.stdout.split("MODULES", 1)[1].split())
-    assert "aelab.train" in modules and "torch.optim" in modules  # the run really trained
+    assert "aelab.training.train" in modules and "torch.optim" in modules  # the run really trained
     assert (out / "model.safetensors").is_file() and (out / "loss.png").is_file()
     heavy = {"torch._dynamo", "torch._inductor", "sympy", "matplotlib", "tensorboard", "mlflow"} & modules
     assert not heavy, heavy
@@ -35,7 +35,7 @@ def test_eager_optimizer_steps_match_the_ordinary_step():
     """The step taken without torch._dynamo's wrappers is the ordinary step, to the bit."""
     import torch
 
-    from aelab.train import eager_optimizers
+    from aelab.training.train import eager_optimizers
 
     def make(seed):
         torch.manual_seed(seed)

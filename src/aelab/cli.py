@@ -217,8 +217,8 @@ def _allocator() -> None:
 
 def cmd_train(args) -> int:
     from aelab import config as cfg
-    from aelab import distributed
-    from aelab.pipeline import RESUMABLE, resume, train
+    from aelab.training import distributed
+    from aelab.training.pipeline import RESUMABLE, resume, train
 
     distributed.check_environment()  # torchrun's variables, before any data is read
     sets = dict(_parse_set(item) for item in args.set)
@@ -252,9 +252,9 @@ def _parse_set(item: str) -> tuple[str, str]:
 def cmd_eval(args) -> int:
     import math
 
-    from aelab.data import load_dataset
-    from aelab.evaluate import evaluate
-    from aelab.runfolder import RunFolder, load_model
+    from aelab.data.load import load_dataset
+    from aelab.evaluation.evaluate import evaluate
+    from aelab.storage.runfolder import RunFolder, load_model
 
     if args.save and (args.data or not Path(args.run).is_dir()):
         raise UserError("--save writes RUN/eval.json, the measures of a run folder on its own test set; "
@@ -286,7 +286,7 @@ def cmd_eval(args) -> int:
 def cmd_info(args) -> int:
     from aelab import config as cfg
     from aelab.models import build, summary
-    from aelab.runfolder import load_model
+    from aelab.storage.runfolder import load_model
 
     if Path(args.target).exists():
         model = load_model(args.target)
@@ -311,7 +311,7 @@ def cmd_models(args) -> int:
 def cmd_compare(args) -> int:
     import contextlib
 
-    from aelab.compare import compare, markdown_table
+    from aelab.evaluation.compare import compare, markdown_table
 
     if args.latent is not None and args.latents:
         raise UserError("give --latent K or --latents K,K,..., not both")
@@ -351,14 +351,14 @@ def cmd_report(args) -> int:
     if not folder.exists():
         raise UserError(f"{folder} does not exist; pass a run folder (`aelab train --out`) or a comparison folder "
                         "(`aelab compare --out`)")
-    from aelab.runfolder import RunFolder
+    from aelab.storage.runfolder import RunFolder
 
     if RunFolder(folder).config_path.is_file():
-        from aelab.pipeline import write_page
+        from aelab.training.pipeline import write_page
 
         page = write_page(folder, out)
     elif (folder / "compare.json").is_file():
-        from aelab.report_html import write_compare_page
+        from aelab.reports.page import write_compare_page
 
         page = write_compare_page(folder, out)
     else:
@@ -372,8 +372,8 @@ def cmd_apply(args) -> int:
     """reconstruct, encode, decode and denoise: inputs through a trained model, to PNGs, a grid or .npy."""
     import numpy as np
 
-    from aelab.data import read_codes, read_inputs, read_vectors
-    from aelab.runfolder import load_model
+    from aelab.data.load import read_codes, read_inputs, read_vectors
+    from aelab.storage.runfolder import load_model
 
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
@@ -418,8 +418,8 @@ def cmd_sample(args) -> int:
 
 
 def cmd_interpolate(args) -> int:
-    from aelab.images import save_png, tile
-    from aelab.runfolder import load_model
+    from aelab.reports.images import save_png, tile
+    from aelab.storage.runfolder import load_model
 
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
@@ -442,16 +442,16 @@ def cmd_export(args) -> int:
     run in SAELens's format."""
     import torch
 
-    from aelab import files
-    from aelab.export import export_onnx, max_differences, require_onnx
-    from aelab.runfolder import RunFolder, load_model
+    from aelab.storage import files
+    from aelab.storage.export import export_onnx, max_differences, require_onnx
+    from aelab.storage.runfolder import RunFolder, load_model
 
     out = Path(args.out)
     files.refuse_link(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file, and --out takes a folder; pick another --out")
     if args.format == "saelens":
-        from aelab.saelens import export_saelens
+        from aelab.storage.saelens import export_saelens
 
         out = export_saelens(args.run, out, args.overwrite)
         print(f"wrote {out / 'cfg.json'} and {out / 'sae_weights.safetensors'} (SAELens's SAE.load_from_disk reads them)")
@@ -476,7 +476,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from aelab.sweep import markdown, parse_grid, sweep
+    from aelab.training.sweep import markdown, parse_grid, sweep
 
     overrides = dict(_parse_set(item) for item in args.set)
     overrides["data.path"] = args.data
@@ -489,7 +489,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_activations(args) -> int:
-    from aelab.activations import sidecar_paths, write_activations
+    from aelab.data.activations import sidecar_paths, write_activations
 
     described = write_activations(args.run, args.layer, args.out, args.data, args.split, args.dtype,
                                   args.batch_size, args.overwrite)
@@ -501,7 +501,7 @@ def cmd_activations(args) -> int:
 
 def _model_that(run: str, able, cannot: str, device: str):
     """The run's model, or one line saying what it cannot do."""
-    from aelab.runfolder import RunFolder, load_model
+    from aelab.storage.runfolder import RunFolder, load_model
 
     model = load_model(run, device)
     if not able(model):
@@ -511,8 +511,8 @@ def _model_that(run: str, able, cannot: str, device: str):
 
 def _image_or_test_index(run: str, item: str):
     """The uint8 image (1, c, h, w) named by a file path, or by its index in the run's test set."""
-    from aelab.data import read_inputs
-    from aelab.runfolder import RunFolder
+    from aelab.data.load import read_inputs
+    from aelab.storage.runfolder import RunFolder
 
     if item.isdigit() and not Path(item).exists():
         test = RunFolder.open(run).config().data.load()[1]
@@ -523,7 +523,7 @@ def _image_or_test_index(run: str, item: str):
 
 
 def _check_new_output(out: Path, overwrite: bool) -> None:
-    from aelab import files
+    from aelab.storage import files
 
     files.refuse_link(out)
     if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
@@ -534,7 +534,7 @@ def _check_new_output(out: Path, overwrite: bool) -> None:
 
 def _write_images(images, out: Path) -> None:
     """Images to FILE.npy, a grid FILE.png (10 a row), or a folder of 00000.png, 00001.png, ..."""
-    from aelab.images import save_images, save_png, tile
+    from aelab.reports.images import save_images, save_png, tile
 
     if out.suffix == ".npy":
         _write_npy(images, out)
@@ -548,7 +548,7 @@ def _write_images(images, out: Path) -> None:
 def _write_npy(array, out: Path) -> None:
     import numpy as np
 
-    from aelab import files
+    from aelab.storage import files
 
     with files.atomic(out) as f:
         np.save(f, array)

@@ -15,10 +15,10 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from aelab.data import DataConfig
+from aelab.data.load import DataConfig
 from aelab.errors import UserError
 from aelab.models import AEConfig, model_class
-from aelab.train import TrainConfig
+from aelab.training.train import TrainConfig
 
 SECTIONS = ("data", "model", "train")
 MAX_EPOCHS = 1_000_000

@@ -32,14 +32,15 @@ except ImportError:
     raise ImportError("aelab.estimators needs scikit-learn 1.6 or later; install it with "
                       "`pip install 'aelab[sklearn]'`") from None
 
-from aelab import baselines, files, tensorfile
 from aelab.config import RunConfig, resolve
-from aelab.datasets import ImageSet
+from aelab.data.datasets import ImageSet
 from aelab.errors import UserError
-from aelab.evaluate import reconstruction_metrics
+from aelab.evaluation import baselines
+from aelab.evaluation.evaluate import reconstruction_metrics
 from aelab.models import build
-from aelab.pipeline import build_for
-from aelab.train import Trainer
+from aelab.storage import files, tensorfile
+from aelab.training.pipeline import build_for
+from aelab.training.train import Trainer
 
 FORMAT = "aelab-estimator/1"
 BATCH = 2500  # images per forward pass in transform, inverse_transform and score
@@ -329,7 +330,7 @@ class Autoencoder(_ImageTransformer):
 # -- the linear baselines ---------------------------------------------------------------------------------------
 
 class _BaselineTransformer(_ImageTransformer):
-    """A transformer over one of baselines.py's classes, whose constructor takes this estimator's parameters."""
+    """A transformer over one of evaluation/baselines.py's classes, whose constructor takes this estimator's parameters."""
 
     _baseline: type[baselines._Baseline]
 

@@ -7,7 +7,7 @@ import json
 import torch
 
 from aelab.cli import main
-from aelab.losses import rbf_mmd2
+from aelab.models.losses import rbf_mmd2
 from support.models import eval_json, train_in_process
 
 

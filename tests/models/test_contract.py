@@ -1,4 +1,4 @@
-"""The one contract (aelab.contract.Model) over every registered model (on both architectures) and both baselines: its
+"""The one contract (aelab.models.contract.Model) over every registered model (on both architectures) and both baselines: its
 members, forward shapes and finite named loss terms, one training step that changes every parameter, a save/load
 round trip equal to the bit, sampling, its one-pass evaluation, the loss that follows the data (every model that takes
 vectors learns them), pictures declared by the variants, and every setting refused by Config.check before anything
@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from aelab import config as cfg
-from aelab.baselines import BASELINES
-from aelab.contract import Model, same_kind
-from aelab.datasets import VectorSet
+from aelab.data.datasets import VectorSet
 from aelab.errors import UserError
-from aelab.evaluate import evaluate
+from aelab.evaluation.baselines import BASELINES
+from aelab.evaluation.evaluate import evaluate
 from aelab.models import MODELS, build, picture_names
+from aelab.models.contract import Model, same_kind
 from aelab.models.sparse import planted_dictionary
-from aelab.runfolder import RunFolder, load_model
+from aelab.storage.runfolder import RunFolder, load_model
 from support.models import arch_cases, stepper, tiny
 from support.process import aelab
 

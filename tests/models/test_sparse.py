@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from aelab import config as cfg
-from aelab import pipeline
-from aelab.runfolder import load_model
 from aelab.cli import main
-from aelab.data import load_dataset
-from aelab.datasets import VectorSet
+from aelab.data.datasets import VectorSet
+from aelab.data.load import load_dataset
 from aelab.errors import UserError
 from aelab.models import build
 from aelab.models.sparse import planted_dictionary, recovered
+from aelab.storage.runfolder import load_model
+from aelab.training import pipeline
 from support.models import stepper
 from support.process import aelab
 

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from aelab.cli import main
-from aelab.losses import gaussian_kl, iwae_bound, log_normal
-from aelab.train import Trainer, TrainConfig
+from aelab.models.losses import gaussian_kl, iwae_bound, log_normal
+from aelab.training.train import Trainer, TrainConfig
 from support.models import eval_json, stepper, tiny, train_in_process
 
 

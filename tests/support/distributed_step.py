@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py, alone or under torchrun: for each MODEL (a name, or NAME,KEY=VALUE,... with model
+"""Run by tests/training/test_distributed.py, alone or under torchrun: for each MODEL (a name, or NAME,KEY=VALUE,... with model
 settings, and steps=N), one training step (or N) on the first global batches of DATA (each rank its share); rank 0
 saves the gradients left by the last step and the weights (and buffers) after it to OUT/MODEL.safetensors."""
 
@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import save_file
 
 from aelab import config as cfg
-from aelab import distributed
-from aelab.pipeline import build_for
-from aelab.train import Trainer
+from aelab.training import distributed
+from aelab.training.pipeline import build_for
+from aelab.training.train import Trainer
 
 data, out, *names = sys.argv[1:]
 torch.set_num_threads(1)

@@ -32,8 +32,8 @@ def stepper(model, lr: float = 1e-3):
     """A CPU trainer around `model`, to take optimisation steps by hand with .step(x) (its data is never read)."""
     import torch
 
-    from aelab.datasets import ImageSet
-    from aelab.train import TrainConfig, Trainer
+    from aelab.data.datasets import ImageSet
+    from aelab.training.train import TrainConfig, Trainer
 
     empty = ImageSet(torch.zeros((0, *model.config.in_shape), dtype=torch.uint8))
     return Trainer(model, empty, empty, TrainConfig(lr=lr, device="cpu"))

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from aelab.contract import same_kind
-from aelab.distributed import batch_draw
 from aelab.errors import UserError
-from aelab.losses import bce_mean, bce_per_image, mse_mean, squared_error_per_image
+from aelab.models.contract import same_kind
+from aelab.models.losses import bce_mean, bce_per_image, mse_mean, squared_error_per_image
+from aelab.training.distributed import batch_draw
 
 
 @dataclass
@@ -147,7 +147,7 @@ def check_config(config: AEConfig, archs: tuple[str, ...] = ("mlp", "conv"), nam
 
 class Autoencoder(nn.Module):
     """Deep autoencoder of the chapter: MLP encoder to a linear code, decoder to per-pixel logits."""
-    # It keeps aelab.contract.Model; variants override its hooks and declare what they are (docs/extending.md).
+    # It keeps aelab.models.contract.Model; variants override its hooks and declare what they are (docs/extending.md).
 
     Config = AEConfig
     code_heads = 1  # how many latent-sized vectors the encoder outputs (a VAE's mean and log-variance: 2)

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aelab import distributed
 from aelab.errors import UserError
-from aelab.images import tile
 from aelab.models.base import AEConfig, Autoencoder, adam
+from aelab.reports.images import tile
+from aelab.training import distributed
 
 SPARSITIES = ("topk", "batchtopk", "jumprelu", "l1")
 UNIT_NORM = ("topk",)  # the forms whose atoms stay at unit norm; the others' start at atom_norm

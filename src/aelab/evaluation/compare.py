@@ -1,0 +1,322 @@
+"""The chapter's figure 12.3 and one leaderboard for every method: autoencoders from the registry, PCA and
+logistic PCA, at one or several code sizes.
+
+    OUT/runs/NAME-kK/            a trained model's run folder (reused, or resumed to more epochs, next time)
+    OUT/runs/NAME-kK.safetensors a fitted baseline (reused next time)
+    OUT/reconstructions_kK.png   real test images, then one labelled row of reconstructions per method
+    OUT/compare.md|csv|json      the table: errors, size, training time, code quality, sample quality
+    OUT/error_vs_latent.png      with several code sizes: test error against code size
+    OUT/report.html              all of it as one page, the table sortable (`aelab report OUT` rebuilds it)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from aelab.data.datasets import ImageSet
+from aelab.data.load import DataConfig
+from aelab.errors import UserError
+from aelab.evaluation.baselines import BASELINES, load_baseline
+from aelab.evaluation.evaluate import knn_accuracy, linear_probe_accuracy, reconstruction_metrics
+from aelab.reports import report as reports
+from aelab.reports.page import write_compare_page
+from aelab.storage import files
+
+DEFAULT_METHODS = ("ae", "logistic_pca", "pca")
+LABELS = {"ae": "autoencoder", "logistic_pca": "logistic PCA", "pca": "PCA"}
+COLUMNS = ("method", "latent", "sse_per_image", "mse", "bce", "parameters", "train_seconds", "epochs",
+           "knn_accuracy", "probe_accuracy", "frechet", "frechet_floor")
+TABLES = ("compare.md", "compare.csv", "compare.json")
+
+
+def method_names() -> list[str]:
+    from aelab.models import MODELS
+
+    return [*MODELS, *BASELINES]
+
+
+@dataclass
+class Fitted:
+    """A trained model or fitted baseline, ready to measure."""
+
+    name: str
+    latent: int
+    model: object
+    train_seconds: float
+    epochs: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+def fit_baseline(name: str, latent: int, train: ImageSet, folder: Path, data_key: str) -> Fitted:
+    """Fit PCA or logistic PCA, or reuse the fit saved in folder from the same data."""
+    path = folder / f"{name}-k{latent}.safetensors"
+    if path.is_file():
+        model, meta = load_baseline(path)
+        if meta.get("data") == data_key:
+            print(f"compare: reusing {path}", flush=True)
+            return Fitted(name, latent, model, float(meta["fit_seconds"]))
+    print(f"compare: fitting {name} with {latent} components on {len(train)} images", flush=True)
+    began = time.perf_counter()
+    model = BASELINES[name](latent).fit(train)
+    seconds = time.perf_counter() - began
+    model.save(path, fit_seconds=f"{seconds:.3f}", data=data_key)
+    return Fitted(name, latent, model, seconds)
+
+
+def train_model(name: str, latent: int, folder: Path, data: str | None, epochs: int | None,
+                threads: int | None, device: str = "auto") -> Fitted:
+    """Train a registered model by the run machinery into folder/NAME-kK; a finished run is reused and an
+    unfinished or shorter one resumed (to `epochs`)."""
+    from aelab import config as cfg
+    from aelab.storage.runfolder import RunFolder
+    from aelab.training.pipeline import resume, train
+
+    run = RunFolder(folder / f"{name}-k{latent}")
+    run_dir = run.path
+    overrides = {"model.latent": latent, "data.path": data, "train.grid_every": 10, "train.device": device}
+    if epochs is not None:
+        overrides["train.epochs"] = epochs
+    config = cfg.resolve(name, None, overrides)
+    if run.checkpoint_path.is_file():
+        saved = RunFolder.open(run_dir).config()
+        if saved.data.path != data or saved.model.latent != latent:
+            raise UserError(f"{run_dir} was trained on other data or another code size; "
+                            "remove it or pick another --out")
+        done = run.metrics()
+        if not done or done[-1]["epoch"] < config.train.epochs:
+            resume(run_dir, epochs=config.train.epochs, threads=threads, device=device)
+        else:
+            print(f"compare: reusing {run_dir} ({done[-1]['epoch']} epochs)", flush=True)
+    else:
+        train(config, out=run_dir, overwrite=run_dir.exists(), threads=threads)
+    return load_run(name, run_dir, device)
+
+
+def load_run(name: str, run_dir: str | Path, device: str = "auto", shape: tuple | None = None) -> Fitted:
+    """A trained run folder (from `aelab train` or an earlier compare), or a baseline saved by compare, as a
+    method named `name`; one that takes inputs of another `shape` than the data's, or named after a method it is
+    not (an `ae` row that holds a VAE), is refused."""
+    from aelab.models import MODELS
+    from aelab.storage.runfolder import RunFolder, load_model
+
+    def check(model, model_shape) -> None:
+        if shape is not None and tuple(model_shape) != tuple(shape):
+            raise UserError(f"--run {name}={run_dir} takes inputs {'x'.join(map(str, model_shape))}, but the data "
+                            f"are {'x'.join(map(str, shape))}; give --data it was trained on")
+        named = {**MODELS, **BASELINES}
+        if name in named and type(model) is not named[name]:
+            real = next((n for n, cls in named.items() if cls is type(model)), type(model).__name__)
+            raise UserError(f"--run {name}={run_dir} holds a {real} model, not {name}; name it --run {real}={run_dir} "
+                            "(or any name that is not a method's)")
+
+    if Path(run_dir).is_file():
+        try:
+            model, meta = load_baseline(run_dir)
+        except UserError:
+            pass  # not a baseline: a model.safetensors file
+        else:
+            check(model, model.image_shape_)
+            return Fitted(name, model.code_size, model, float(meta.get("fit_seconds", 0)))
+    model = load_model(run_dir, device)
+    check(model, model.config.in_shape)
+    history = RunFolder(run_dir).metrics() if Path(run_dir).is_dir() else []
+    return Fitted(name, model.config.latent, model, sum(r["seconds"] for r in history),
+                  history[-1]["epoch"] if history else None)
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+@torch.no_grad()
+def _codes(model, images: ImageSet, batch_size: int = 5000) -> torch.Tensor:
+    model.eval()
+    return torch.cat([torch.as_tensor(model.encode(x)).reshape(len(x), -1) for x in images.batches(batch_size)])
+
+
+def measure(fitted: Fitted, train: ImageSet, test: ImageSet, classifier=None) -> dict:
+    """One table row: test reconstruction errors, size, training time, kNN and linear-probe accuracy of codes
+    (when the data has labels) and, for models with sample(n), the Frechet distance of samples."""
+    from aelab.evaluation.frechet import sample_quality
+
+    model = fitted.model.eval()
+    errors = reconstruction_metrics(model, test)
+    row = {"method": fitted.name, "latent": fitted.latent, **{k: errors[k] for k in ("sse_per_image", "mse", "bce")},
+           "parameters": model.num_parameters(), "train_seconds": round(fitted.train_seconds, 2),
+           "epochs": fitted.epochs, "knn_accuracy": None, "probe_accuracy": None,
+           "frechet": None, "frechet_floor": None}
+    if train.labels is not None and test.labels is not None:
+        train_codes, test_codes = _codes(model, train), _codes(model, test)
+        row["knn_accuracy"] = knn_accuracy(train_codes, train.labels, test_codes, test.labels)
+        row["probe_accuracy"] = linear_probe_accuracy(train_codes, train.labels, test_codes, test.labels)
+    if classifier is not None and model.generative:
+        row.update(sample_quality(model, classifier, train, test))
+    return row
+
+
+# ---------------------------------------------------------------------------------------------- pictures
+
+def figure_images(test: ImageSet, count: int = 10) -> torch.Tensor:
+    """The test images of the figure: the first of each class when labelled, else the first `count`."""
+    if test.labels is None:
+        return test.floats(slice(0, count))
+    firsts = [int((test.labels == c).nonzero()[0]) for c in test.labels.unique()[:count].tolist()]
+    return test.floats(torch.tensor(firsts))
+
+
+def write_figure(fitted: list[Fitted], real: torch.Tensor, path: Path) -> Path:
+    """Figure 12.3: a row of real test images, then one labelled row per method for the same images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from aelab.reports.images import stacked_rows
+
+    rows = [real] + [torch.as_tensor(f.model.reconstruct(real)).reshape(real.shape) for f in fitted]
+    labels = ["real test images"] + [f"{LABELS.get(f.name, f.name)}" for f in fitted]
+    grid = stacked_rows(rows)
+    h = real.shape[2]
+    fig, ax = plt.subplots(figsize=(grid.shape[1] / 40 + 1.6, grid.shape[0] / 40 + 0.3))
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_yticks([i * (h + 2) + h / 2 for i in range(len(rows))], labels)
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title(f"{fitted[0].latent}-number codes" if fitted else "", fontsize=9)
+    fig.tight_layout()
+    with files.atomic(path) as f:
+        fig.savefig(f, format="png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_error_vs_latent(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted((r["latent"], r["sse_per_image"]) for r in rows if r["method"] == method)
+        ax.plot(*zip(*mine), "o-", label=LABELS.get(method, method))
+    ax.set(xscale="log", xlabel="code size", ylabel="test squared error per image")
+    latents = sorted({r["latent"] for r in rows})
+    ax.set_xticks(latents, [str(k) for k in latents])
+    ax.minorticks_off()
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with files.atomic(path) as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+def _cell(value, column: str) -> str:
+    if value is None:
+        return ""
+    if column in ("sse_per_image", "frechet", "frechet_floor", "train_seconds"):
+        return f"{value:.2f}"
+    if column in ("mse", "bce", "knn_accuracy", "probe_accuracy"):
+        return f"{value:.4f}"
+    if column == "parameters":
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    return reports.markdown_table(rows, COLUMNS, _cell)
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+def compare(methods: list[str] | None = None, latents: list[int] | None = None, out: str | Path = "runs/compare",
+            data: str | None = None, epochs: int | None = None, runs: dict[str, str] | None = None,
+            overwrite: bool = False, threads: int | None = None, sample_quality: bool = True,
+            device: str = "auto") -> list[dict]:
+    """Train, fit or load every method at every code size, measure them on the test set and write the figures
+    and tables into `out`. `runs` maps a method name to a trained run folder to use instead of training (its
+    code size is the run's, which must be one of `latents` when they are given). Models train and compute on
+    `device`. Returns the table's rows."""
+    methods = list(methods or DEFAULT_METHODS)
+    asked = list(latents) if latents else None
+    latents = asked or [30]
+    runs = dict(runs or {})
+    known = method_names()
+    unknown = [m for m in methods if m not in known and m not in runs]
+    if unknown:
+        raise UserError(f"unknown method {unknown[0]!r}; choose from {', '.join(known)}, "
+                        "or name a trained run with --run NAME=RUN_DIR")
+    if any(k < 1 for k in latents):
+        raise UserError(f"code sizes must be positive, not {latents}")
+    out = Path(out)
+    files.refuse_link(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, and --out takes a folder; pick another --out")
+    taken = [name for name in TABLES if (out / name).exists()] + [p.name for p in out.glob("reconstructions_k*.png")]
+    if taken and not overwrite:
+        raise UserError(f"{out} already holds {', '.join(taken)}; pick another --out or pass --overwrite "
+                        "(finished runs there are reused either way)")
+    if threads:
+        torch.set_num_threads(threads)
+    data = str(Path(data).resolve()) if data else None
+    train, test = DataConfig(data).load()
+    if train.recon_loss != "bce":  # the figure, the classifier probes and PCA's BCE are of images
+        raise UserError(f"compare measures images, and {data} holds vectors; give --data of images, and measure a "
+                        "run of vectors with `aelab eval`")
+    given = {name: load_run(name, runs[name], device, test.shape) for name in methods if name in runs}
+    for name, fitted in given.items():  # checked before anything trains
+        if asked and fitted.latent not in asked:
+            raise UserError(f"--run {name}={runs[name]} has codes of {fitted.latent} numbers, not "
+                            f"{' or '.join(map(str, asked))}; give --latent {fitted.latent}, or a run of that size")
+    folder = out / "runs"
+    files.refuse_link(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise files.write_error(e, folder) from None
+
+    classifier, notes = None, []
+    by_latent: dict[int, list[Fitted]] = {}
+    for name in methods:
+        if name in given:
+            by_latent.setdefault(given[name].latent, []).append(given[name])
+            continue
+        for k in latents:
+            if name in BASELINES:
+                fitted = fit_baseline(name, k, train, folder, data or "fashion-mnist")
+            else:
+                fitted = train_model(name, k, folder, data, epochs, threads, device)
+            by_latent.setdefault(k, []).append(fitted)
+    if sample_quality and any(f.model.generative for fs in by_latent.values() for f in fs):
+        from aelab.evaluation.frechet import IMAGE_SHAPE, feature_classifier
+
+        if train.shape == IMAGE_SHAPE:  # the cached classifier always learns from Fashion-MNIST itself
+            classifier, accuracy = feature_classifier()
+            notes.append(f"Frechet distances use the penultimate features of aelab's Fashion-MNIST classifier "
+                         f"(test accuracy {accuracy:.4f}); `frechet_floor` is the test set's distance from the "
+                         "training set, the best a sampler can expect.")
+    rows = []
+    for k in sorted(by_latent):
+        for fitted in by_latent[k]:
+            print(f"compare: measuring {fitted.name} at {k}", flush=True)
+            rows.append(measure(fitted, train, test, classifier))
+        write_figure(by_latent[k], figure_images(test), out / f"reconstructions_k{k}.png")
+    if len(by_latent) > 1:
+        plot_error_vs_latent(rows, out / "error_vs_latent.png")
+    notes.insert(0, f"{len(test)} test images. `sse_per_image`: squared error summed over an image's pixels "
+                    "(PCA's reconstructions are not clipped to [0, 1]); `mse` and `bce` are per pixel (PCA's BCE "
+                    "on its values clipped to [1e-6, 1 - 1e-6]). `knn_accuracy`: 5-nearest-neighbour label "
+                    "accuracy of the test codes among the training codes; `probe_accuracy`: a logistic "
+                    "regression on the training codes.")
+    reports.write_table(out, "compare", rows, COLUMNS, _cell, notes)
+    write_compare_page(out)
+    return rows

@@ -1,0 +1,210 @@
+"""What a person looks at: the per-epoch test grids, the loss curves and the run's report.md."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from aelab.reports.images import save_gif, save_png, side_by_side
+from aelab.storage.files import atomic, write_text
+from aelab.storage.runfolder import RunFolder
+from aelab.training.train import Callback, Trainer
+
+GRID_ROWS, GRID_COLS = 10, 10
+
+
+class GridWriter(Callback):
+    """Every `every` epochs, the chapter's 10x10 grid of the same 50 test images: real | reconstruction."""
+
+    def __init__(self, run: RunFolder, every: int):
+        self.run, self.every = run, every
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        if self.every and (trainer.epoch % self.every == 0 or trainer.epoch == trainer.config.epochs):
+            n = GRID_ROWS * GRID_COLS // 2
+            real, seen = trainer.test_set.floats(slice(0, n)).cpu(), trainer.reconstructed
+            # the epoch's test evaluation has just reconstructed these images: no second pass
+            grid = (side_by_side(real, seen[:n].cpu(), GRID_ROWS, GRID_COLS) if seen is not None and len(seen) >= n
+                    else reconstruction_grid(trainer.model, real))
+            save_png(grid, self.run.grid(trainer.epoch))
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        frames = self.run.grids()
+        if len(frames) > 1:
+            save_gif(frames, self.run.gif_path)
+
+
+def reconstruction_grid(model, real: torch.Tensor):
+    """The chapter's 10x10 grid (H, W) or (H, W, 3) uint8 of 50 real images and their reconstructions."""
+    model.eval()
+    grid = side_by_side(real, model.reconstruct(real), GRID_ROWS, GRID_COLS)
+    model.train()
+    return grid
+
+
+# (split, colour, style, legend): matplotlib's first three colours, so the plot reads as before
+CURVES = (("train", (31, 119, 180), "solid", "train"), ("test", (255, 127, 14), "dashed", "test"),
+          ("train_eval", (44, 160, 44), "dots", "train, eval mode"))  # measured every few epochs
+PANEL_W, PANEL_H = 440, 374
+
+
+def plot_losses(history: list[dict], path: Path) -> Path | None:
+    """Train and test curves of every loss term, one panel per term. Drawn with Pillow: importing matplotlib
+    alone took longer than a whole evaluation of the test set."""
+    if not history:
+        return None
+    from PIL import Image, ImageDraw, ImageFont
+
+    first = history[0]
+    terms = list(dict.fromkeys(k.split("_", 1)[1] for k in first
+                               if k.startswith(("train_", "test_")) and not k.startswith("train_eval_")))
+    terms = [t for t in terms if t not in ("bce_floor", "sse_per_image")]
+    image = Image.new("RGB", (PANEL_W * len(terms), PANEL_H), "white")
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default(size=11)
+    for i, term in enumerate(terms):
+        curves = [(colour, style, label, [(r["epoch"], r[f"{split}_{term}"]) for r in history if f"{split}_{term}" in r])
+                  for split, colour, style, label in CURVES]
+        if term == "bce" and "test_bce_floor" in first:  # the data's own entropy: the curve can only approach it
+            ends = [(history[0]["epoch"], first["test_bce_floor"]), (history[-1]["epoch"], first["test_bce_floor"])]
+            curves.append(((128, 128, 128), "dashed", "floor (test entropy)", ends))
+        _panel(draw, font, i * PANEL_W, term, [c for c in curves if c[3]])
+    with atomic(path) as f:
+        image.save(f, format="PNG")
+    return Path(path)
+
+
+def _panel(draw, font, x0: int, title: str, curves: list) -> None:
+    """One panel at x offset x0: axes, grid, ticks, the curves (colour, style, label, [(epoch, value)]), a legend."""
+    left, top, right, bottom = x0 + 62, 30, x0 + PANEL_W - 14, PANEL_H - 42
+    xs = [x for c in curves for x, _ in c[3]]
+    ys = [y for c in curves for _, y in c[3]]
+    xlo, xhi = _limits(min(xs), max(xs), 0.0)
+    ylo, yhi = _limits(min(ys), max(ys), 0.05)
+    px = lambda x: left + (x - xlo) / (xhi - xlo) * (right - left)  # noqa: E731
+    py = lambda y: bottom - (y - ylo) / (yhi - ylo) * (bottom - top)  # noqa: E731
+    for t in _ticks(xlo, xhi, integer=True):
+        draw.line([(px(t), top), (px(t), bottom)], fill=(235, 235, 235))
+        draw.text((px(t), bottom + 4), f"{t:g}", fill="black", font=font, anchor="mt")
+    for t in _ticks(ylo, yhi):
+        draw.line([(left, py(t)), (right, py(t))], fill=(235, 235, 235))
+        draw.text((left - 4, py(t)), f"{t:.4g}", fill="black", font=font, anchor="rm")
+    draw.rectangle([left, top, right, bottom], outline="black")
+    draw.text(((left + right) / 2, top - 6), title, fill="black", font=font, anchor="md")
+    draw.text(((left + right) / 2, PANEL_H - 6), "epoch", fill="black", font=font, anchor="md")
+    for colour, style, _, points in curves:
+        _curve(draw, [(px(x), py(y)) for x, y in points], colour, style)
+    # the legend in the top right corner, or the bottom right where a curve ends under it (PSNR rises)
+    height = 6 + 15 * len(curves)
+    high = any(py(points[-1][1]) < top + 8 + height for *_, points in curves)
+    box = bottom - 4 - height if high else top + 4
+    draw.rectangle([right - 156, box, right - 4, box + height], fill="white", outline=(200, 200, 200))
+    for n, (colour, style, label, _) in enumerate(curves):
+        y = box + 10 + 15 * n
+        _curve(draw, [(right - 150, y), (right - 126, y)], colour, style)
+        draw.text((right - 120, y), label, fill="black", font=font, anchor="lm")
+
+
+def _curve(draw, points: list, colour, style: str) -> None:
+    if style == "dashed":  # 6 px on, 4 off, the pattern running on along the whole curve
+        walked = 0.0
+        for (xa, ya), (xb, yb) in zip(points, points[1:]):
+            length = math.hypot(xb - xa, yb - ya)
+            at = lambda s: (xa + (xb - xa) * s / length, ya + (yb - ya) * s / length)  # noqa: E731
+            s = 0.0
+            while s < length:
+                phase = (walked + s) % 10
+                e = min(s + max((6 if phase < 6 else 10) - phase, 1e-6), length)
+                if phase < 6:
+                    draw.line([at(s), at(e)], fill=colour, width=2)
+                s = e
+            walked += length
+    else:
+        draw.line(points, fill=colour, width=2 if style == "solid" else 1)
+    if style == "dots" or len(points) == 1:  # a single epoch is a point
+        for x, y in points:
+            draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=colour)
+
+
+def _limits(lo: float, hi: float, pad: float) -> tuple[float, float]:
+    """The axis range: [lo, hi] widened by `pad` of its span, and never empty (one epoch, a flat curve)."""
+    span = hi - lo or max(abs(hi) * 0.1, 1.0 if pad == 0 else 1e-3)
+    return (lo - pad * span, hi + pad * span) if hi > lo else (lo - span / 2, hi + span / 2)
+
+
+def _ticks(lo: float, hi: float, integer: bool = False) -> list[float]:
+    """About five round values (1, 2 or 5 times a power of ten) within [lo, hi]."""
+    raw = (hi - lo) / 5
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    step = max(step, 1) if integer else step
+    return [k * step for k in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
+
+
+def _table(rows: list[tuple]) -> str:
+    head, *body = rows
+    lines = ["| " + " | ".join(map(str, head)) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in body])
+
+
+def write_report(run: RunFolder, config, model, history: list[dict], metrics: dict, pictures=()) -> Path:
+    """report.md: what was trained, how the losses went, the test measures and the pictures (`pictures`: names
+    of the model's own pictures in the run folder, from model.make_pictures; their captions from model.pictures)."""
+    from aelab.models import summary
+
+    grids = [p.relative_to(run.path) for p in run.grids()]
+    seconds = sum(r["seconds"] for r in history)
+    parts = [
+        f"# {config.model_name} on {config.data.path or 'Fashion-MNIST'}",
+        f"{len(history)} epochs, {model.num_parameters():,} parameters, {seconds:.0f} s of training "
+        f"({seconds / max(len(history), 1):.2f} s per epoch), trained on {model.device}.",
+        "## Test measures",
+        _table([("measure", "value")] + [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in metrics.items()]),
+        "BCE is per pixel; `bce_floor` is the test pixels' own entropy, the least BCE any model can reach on grey "
+        "targets. `sse_per_image` sums squared error over an image's pixels; PSNR is in dB with peak 1."
+        if "bce" in metrics else
+        "Vectors are measured standardised (each feature less its training mean, over its training std): `mse` per "
+        "value, `fve` the fraction of the test set's variance the reconstructions explain.",
+        "## Loss curves", f"![losses]({run.loss_plot_path.name})",
+    ]
+    milestones = [r for r in history if r["epoch"] in (1, 5, 10, 30, 50, 100) or r is history[-1]]
+    columns = [k for k in ("train_loss", "test_loss", "test_mse", "test_sse_per_image", "test_psnr", "test_fve",
+                           "test_l0")
+               if history and k in history[0]]
+    if milestones and columns:
+        parts += ["## Progress", _table([("epoch", *columns)] + [(r["epoch"], *(f"{r[k]:.4f}" for k in columns))
+                                                                   for r in milestones])]
+    if grids:
+        parts += ["## Test reconstructions",
+                  "Each row: five real test images on the left, their reconstructions on the right. "
+                  f"`{run.gif_path.name}` plays every epoch.",
+                  _table([("first epoch", "last epoch"),
+                          (f"![first]({grids[0].as_posix()})", f"![last]({grids[-1].as_posix()})")])]
+    if pictures:
+        parts += [f"## {type(model).__name__}'s pictures",
+                  *(f"{model.pictures[name]}:\n\n![{name}]({name})" for name in pictures)]
+    parts += ["## Model", "```\n" + summary(model) + "\n```",
+              "## Configuration", "```json\n" + json.dumps(config.to_dict(), indent=2) + "\n```"]
+    return write_text(run.report_path, "\n\n".join(parts) + "\n")
+
+
+def write_table(out: Path, stem: str, rows: list[dict], columns: tuple[str, ...], cell, notes=()) -> None:
+    """A leaderboard three ways: OUT/STEM.json, STEM.csv and STEM.md (markdown_table, then the notes)."""
+    write_text(out / f"{stem}.json", json.dumps(rows, indent=2) + "\n")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / f"{stem}.csv", table.getvalue())
+    write_text(out / f"{stem}.md", "\n\n".join([markdown_table(rows, columns, cell), *notes]) + "\n")
+
+
+def markdown_table(rows: list[dict], columns: tuple[str, ...], cell) -> str:
+    """The rows as a Markdown table of the columns that hold a value, `cell(value, column)` writing each."""
+    shown = [c for c in columns if any(r.get(c) is not None for r in rows)]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    return "\n".join(lines + ["| " + " | ".join(cell(r.get(c), c) for c in shown) + " |" for r in rows])

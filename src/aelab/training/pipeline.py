@@ -1,0 +1,227 @@
+"""Training a run from start to report: `train` a new run, `resume` a stopped one, `finish` with the test measures,
+the loss plot, the models' pictures, report.md and report.html. `build_for` is the one wiring of data to model.
+
+The run is locked for its trainer throughout. Ctrl-C (or SIGTERM), a diverging loss or a full disk leave the last
+finished epoch's checkpoint, from which `resume` continues exactly as if never stopped. `loggers`: experiment
+trackers ("tensorboard", "mlflow" or trackers.Logger objects) told the config, every epoch and the run's files.
+Under torchrun every rank calls these; rank 0 alone writes, prints and logs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from aelab.config import RunConfig, set_value
+from aelab.errors import UserError
+from aelab.evaluation.evaluate import evaluate
+from aelab.models import build
+from aelab.reports import trackers
+from aelab.reports.images import save_png
+from aelab.reports.page import write_run_page
+from aelab.reports.report import GridWriter, plot_losses, write_report
+from aelab.storage import files
+from aelab.storage.runfolder import RunFolder, load_model
+from aelab.training import distributed
+from aelab.training.train import Callback, ConsolePrinter, Diverged, TrainConfig, Trainer
+
+RESUMABLE = ("train.epochs", "train.device", "train.lr", "train.precision")  # what a resumed run may change
+
+
+def build_for(config: RunConfig, data):
+    """The model `config` names, made for `data` (its training set, an ImageSet or a VectorSet): the input shape
+    and reconstruction loss are the data's (bce for images, mse for vectors), and a model of vectors keeps the
+    standardisation they train in. Draws its initial weights from torch's global RNG."""
+    config.model.in_shape = data.shape
+    config.model.recon_loss = data.recon_loss
+    model = build(config.model_name, config.model)
+    if data.recon_loss == "mse":
+        model.in_mean.copy_(data.mean.reshape(model.in_mean.shape))
+        model.in_std.copy_(data.std.reshape(model.in_std.shape))
+    return model
+
+
+class RunRecorder(Callback):
+    """After every epoch: the metrics, the weights and, last, the checkpoint to resume from. A process killed
+    before the checkpoint is replaced trains that epoch again on resume, and rewrites the same files. Settings a
+    resume changed go into config.json once an epoch has finished with them: a resume that diverges or is stopped
+    leaves the run's settings as they were."""
+
+    def __init__(self, run: RunFolder, config: RunConfig, config_saved: bool = True):
+        self.run, self.config, self.config_saved = run, config, config_saved
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        if not self.config_saved:
+            self.run.write_config(self.config)
+            self.config_saved = True
+        self.run.write_metrics(trainer.history)
+        self.run.save_weights(trainer.model, self.config, trainer.epoch)
+        self.run.save_checkpoint(trainer)
+
+
+def train(config: RunConfig, *, out: str | Path | None = None, overwrite: bool = False, threads: int | None = None,
+          loggers=()) -> int:
+    """Train a new run of `config` into `out` (default runs/MODEL, numbered if taken), then `finish` it."""
+    loggers = _loggers(loggers)
+    _threads(threads)
+    train_set, test_set = config.data.load()
+    model = new_model(config, train_set)  # before the folder exists: a bad setting leaves nothing behind
+    path = Path(out) if out else _free_run_dir(config.model_name)
+    distributed.barrier()  # every rank has picked the same free folder before rank 0 takes it
+    with distributed.on_main(lambda: RunFolder.create(path, config, overwrite)) or RunFolder(path) as run:
+        trainer = _trainer(run, config, model, train_set, test_set, loggers, config_saved=True)
+        ranks = f" on {distributed.world_size()} ranks" if distributed.world_size() > 1 else ""
+        what = "images" if train_set.recon_loss == "bce" else "vectors of"
+        _say(f"training {config.model_name} ({model.num_parameters():,} parameters) on {len(train_set)} {what} "
+             f"{'x'.join(map(str, train_set.shape))}, testing on {len(test_set)}; device {trainer.device}{ranks}; "
+             f"run folder {run.path}")
+        _say(config.describe())
+        return _fit(run, config, trainer, test_set, loggers)
+
+
+def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None,
+           changes: dict[str, object] | None = None, threads: int | None = None, loggers=()) -> int:
+    """Continue a stopped run from its checkpoint (`epochs`, `device` and `changes` may change the settings named in
+    RESUMABLE), then `finish` it."""
+    loggers = _loggers(loggers)
+    _threads(threads)
+    if not Path(run_dir).is_dir():
+        raise UserError(f"run folder {run_dir} does not exist; nothing to resume (start it without --resume)")
+    with RunFolder.open(run_dir) as run:
+        if distributed.is_main():  # the lock before reading anything: another trainer may be rewriting it
+            run.check()
+            run.lock()
+        config = run.config()
+        for key, value in {"train.epochs": epochs, "train.device": device, **(changes or {})}.items():
+            if key not in RESUMABLE:
+                raise UserError(f"a resumed run keeps its settings; only {', '.join(RESUMABLE)} may change, "
+                                f"not {key}")
+            if value is not None:  # a run may move: GPU-trained runs resume on a CPU and the other way round
+                set_value(config, key, value)
+        train_set, test_set = config.data.load()
+        # made as a new run's (the checkpoint, if any, then replaces its state): a run stopped before its first
+        # checkpoint starts again exactly as it began
+        trainer = _trainer(run, config, new_model(config, train_set), train_set, test_set, loggers,
+                           config_saved=config.to_dict() == run.config().to_dict())
+        run.load_checkpoint(trainer)
+        if config.train.epochs < trainer.epoch:
+            raise UserError(f"{run.path} already holds {trainer.epoch} epochs; --epochs must be at least that")
+        if distributed.is_main():  # only now that everything is checked: the folder as its checkpoint left it
+            run.write_metrics(trainer.history)
+            run.forget_after(trainer.epoch)
+            if trainer.epoch and run.weights_epoch() != trainer.epoch:  # a later epoch's, from a process killed
+                run.save_weights(trainer.model, config, trainer.epoch)  # before its checkpoint
+        _say(f"resuming {run.path} after epoch {trainer.epoch} of {config.train.epochs}")
+        return _fit(run, config, trainer, test_set, loggers)
+
+
+def finish(run: RunFolder, *, config: RunConfig, trainer: Trainer, test_set, loggers=()) -> None:
+    """After the last epoch (rank 0): the test measures into eval.json, the model's pictures, report.md and
+    report.html; then the trackers hear the run finished."""
+    model = trainer.model
+    measures = evaluate(model, test_set)
+    run.write_measures(measures)
+    pictures = model.make_pictures(trainer.test_set)
+    for name, picture in pictures.items():
+        save_png(picture, run.picture(name))
+    report = write_report(run, config, model, trainer.history, measures, list(pictures))
+    page = write_run_page(run.path, config, model, test_set, trainer.history, measures)
+    print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in measures.items() if isinstance(v, float)))
+    print(f"report: {report} and {page}")
+    trackers.finish(loggers, run.path)
+
+
+def write_page(path: str | Path, out: str | Path | None = None) -> Path:
+    """report.html of a finished run, older runs included (`aelab report`)."""
+    run, model = RunFolder.open(path), load_model(path)
+    config = run.config()
+    test = config.data.load()[1]
+    measures = run.measures() or evaluate(model, test)
+    return write_run_page(run.path, config, model, test, run.metrics(), measures, out)
+
+
+def _loggers(loggers) -> list[trackers.Logger]:
+    """Made on every rank before anything is written (a missing package stops them all, leaving nothing behind);
+    kept by rank 0 alone."""
+    made = trackers.make(loggers)
+    return made if distributed.is_main() else []
+
+
+def _threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _say(text: str) -> None:
+    if distributed.is_main():
+        print(text)
+
+
+def new_model(config: RunConfig, train_set):
+    """A new run's model: seeded, built for the data, and given its data-dependent start (an SAE's b_dec) from the
+    first training inputs and the steps the run will take. Made once its settings are checked and this process
+    has its device (under torchrun: once it has joined the process group)."""
+    config.train.check()
+    distributed.setup(distributed.parse_device(config.train.device))
+    torch.manual_seed(config.train.seed)
+    model = build_for(config, train_set)
+    model.initialise(train_set.floats(slice(0, 4096)), config.train.epochs * -(-len(train_set) // config.train.batch_size))
+    return model
+
+
+def _trainer(run: RunFolder, config: RunConfig, model, train_set, test_set, loggers, config_saved: bool) -> Trainer:
+    """A trainer that prints, draws grids of images, tells the loggers and, last, records the epoch in the run:
+    whatever an interrupted epoch wrote, its resume writes again."""
+    for logger in loggers:
+        logger.start(run.path, config)
+    callbacks = [ConsolePrinter()]
+    if train_set.recon_loss == "bce":  # vectors have no pictures: their measures tell
+        callbacks.append(GridWriter(run, config.train.grid_every))
+    callbacks += [*loggers, RunRecorder(run, config, config_saved)]
+    return Trainer(model, train_set, test_set, config.train, callbacks)
+
+
+def _fit(run: RunFolder, config: RunConfig, trainer: Trainer, test_set, loggers) -> int:
+    """Train to the configured epochs, plot the losses however it ends, and finish the run if it did."""
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (cli.main turns it into one)
+        stopped = UserError(f"interrupted: {_go_on(run)}")
+    except Diverged as e:
+        stopped = Diverged(f"{e}: {_go_on(run, f' --lr {min(config.train.lr / 10, TrainConfig.lr):g}')}")
+    except files.WriteError as e:  # no loss plot either: the disk refuses
+        trackers.finish(loggers, run.path, "FAILED")
+        raise files.WriteError(f"{e}. {_go_on(run)}") from None
+    except BaseException:
+        trackers.finish(loggers, run.path, "FAILED")
+        raise
+    else:
+        stopped = None
+    main = distributed.is_main()
+    if main:
+        plot_losses(trainer.history, run.loss_plot_path)
+    if stopped:  # the trackers hear how it ended
+        trackers.finish(loggers, run.path, "KILLED" if not isinstance(stopped, Diverged) else "FAILED")
+        raise stopped from None
+    if main:
+        finish(run, config=config, trainer=trainer, test_set=test_set, loggers=loggers)
+    distributed.finish()
+    return 0
+
+
+def _free_run_dir(model_name: str) -> Path:
+    base = Path("runs") / model_name
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{model_name}-{n}")
+    return path
+
+
+def _go_on(run: RunFolder, settings: str = "") -> str:
+    """How to go on from what the run's checkpoint holds."""
+    if run.saved_epoch:
+        return (f"{run.path} holds epoch {run.saved_epoch}; continue with `aelab train --resume {run.path}"
+                f"{settings}`")
+    return f"no epoch of {run.path} finished; start it again with `aelab train --resume {run.path}{settings}`"

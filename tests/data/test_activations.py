@@ -1,0 +1,77 @@
+"""`aelab activations`: a layer's activations streamed to .npy with their sidecars, and an SAE trained on them whose
+report shows each unit's top-activating source images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import N_TRAIN
+from support.process import aelab, assert_user_error, in_process
+
+
+@pytest.fixture(scope="module")
+def acts(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("acts") / "acts.npy"
+    result = aelab("activations", trained_run, "--layer", "encoder.6", "--out", out, "--batch-size", 700)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def test_activations_are_the_layers_output(acts, trained_run, trained_model, fashion):
+    data = np.load(acts, mmap_mode="r")
+    assert data.shape == (N_TRAIN, 64) and data.dtype == np.float32
+    index = np.load(acts.with_suffix(".index.npy"))
+    assert (index == np.arange(N_TRAIN)).all()
+    described = json.loads(acts.with_suffix(".json").read_text())
+    assert described["layer"] == "encoder.6" and described["split"] == "train" and described["width"] == 64
+    assert described["run"] == str(trained_run.resolve())
+    rows = torch.tensor([0, 699, 700, 2999])  # across the batches' seams
+    x = fashion[0].floats(rows)  # the subset is Fashion-MNIST's first training images
+    with torch.no_grad():
+        expected = trained_model.encoder[:7](x).numpy()
+    np.testing.assert_allclose(data[rows.numpy()], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_float16_and_test_split(trained_run, tmp_path, capsys):
+    out = tmp_path / "half.npy"
+    result = aelab("activations", trained_run, "--layer", "encoder.7", "--out", out, "--dtype", "float16",
+                   "--split", "test")
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = np.load(out)
+    assert data.dtype == np.float16 and data.shape == (1000, 20)
+    assert_user_error(in_process(["activations", trained_run, "--layer", "encoder.7", "--out", out], capsys), "exists",
+                      "overwrite")
+
+
+def test_wrong_layer_lists_the_layers(trained_run, tmp_path, capsys):
+    line = assert_user_error(in_process(["activations", trained_run, "--layer", "encoder.99", "--out",
+                                         tmp_path / "a.npy"], capsys), "encoder.99", "encoder.6 (ReLU)",
+                             "decoder.0 (Linear)")
+    assert "Traceback" not in line
+    assert not (tmp_path / "a.npy").exists()
+
+
+def test_top_activating_is_the_brute_force_answer(acts):
+    from aelab.data.activations import top_activating
+    from aelab.models.sparse import SAEConfig, SparseAutoencoder
+
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(latent=32, k=4, in_shape=(64,), recon_loss="mse")).eval()
+    rows, values = top_activating(sae, acts, units=5, per_unit=3, batch_size=777)
+    codes = sae.encode(torch.from_numpy(np.load(acts)))[:, :5]
+    best = codes.topk(3, dim=0)
+    np.testing.assert_allclose(values, best.values.T.numpy(), rtol=1e-6)
+    assert (codes[torch.from_numpy(rows).T, torch.arange(5)] == best.values).all()  # ties may swap rows
+
+
+def test_sae_report_shows_top_activating_images(acts, tmp_path):
+    run = tmp_path / "sae"
+    result = aelab("train", "sae", "--data", acts, "--epochs", 1, "--latent", 64, "--set", "k=8", "--threads", 1,
+                   "--out", run, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    page = (run / "report.html").read_text()
+    assert "top_activating.png" in page and "layer encoder.6" in page

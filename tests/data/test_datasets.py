@@ -1,0 +1,74 @@
+"""The sets: uint8 images made float one batch at a time, batches that cover every image once, and vectors read
+from their file without the file entering the process's resident memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aelab.data.datasets import gather
+from aelab.data.load import load_dataset
+from aelab.data.readers import open_npy
+
+
+def test_floats_and_batches_are_pixels_over_255_and_cover_every_image_once(fashion):
+    _, test = fashion
+    small = test.subset(1000)
+    assert torch.equal(small.floats(slice(0, 3)), small.images[:3].float() / 255)
+    seen = torch.cat(list(small.batches(300, torch.Generator().manual_seed(1))))
+    assert [len(b) for b in small.batches(300)] == [300, 300, 300, 100]
+    assert not torch.equal(seen, small.floats())  # reshuffled...
+    as_bytes = lambda x: sorted(map(bytes, x.mul(255).round().to(torch.uint8).numpy()))
+    assert as_bytes(seen) == as_bytes(small.floats())  # ...yet every image exactly once
+
+
+def memory_mb(field: str) -> float:
+    return int(next(line for line in open("/proc/self/status") if line.startswith(field + ":")).split()[1]) / 1024
+
+
+def mapped_mb(path: Path) -> float:
+    """Resident memory of this process's maps of `path`, from /proc/self/smaps."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        head = line.split(maxsplit=1)[0]
+        if "-" in head and not head.endswith(":"):  # a map's first line: "start-end perms offset dev inode path"
+            inside = line.rstrip().endswith(str(path))
+        elif inside and head == "Rss:":
+            total += int(line.split()[1])
+    return total / 1024
+
+
+@pytest.fixture
+def big_vectors(tmp_path):
+    """64 MB of float16 vectors (131 072 x 256), written a chunk at a time; deleted afterwards."""
+    path = tmp_path / "acts.npy"
+    rng = np.random.default_rng(0)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f2", "fortran_order": False, "shape": (131_072, 256)})
+        for _ in range(8):
+            f.write(rng.standard_normal((16_384, 256), dtype=np.float32).astype(np.float16).tobytes())
+    yield path
+    path.unlink()
+
+
+def test_loading_and_an_epoch_of_shuffled_batches_keep_the_vector_file_out_of_resident_memory(big_vectors):
+    bound = 64 / 8  # MB: an eighth of the file; through its map, the load pass alone would leave all 64 resident
+    train, test = load_dataset(big_vectors, kind="vectors")
+    assert mapped_mb(big_vectors) < bound
+    open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS now, so it measures the epoch's peak alone
+    before, count = memory_mb("VmRSS"), 0
+    for batch in train.batches(256, torch.Generator().manual_seed(0)):
+        count += len(batch)
+    assert count == len(train) == 131_072 - 10_000
+    assert memory_mb("VmHWM") - before < bound and mapped_mb(big_vectors) < bound
+    whole = np.load(big_vectors).astype(np.float32)
+    index = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:300]
+    expected = (whole[train.rows[index].numpy()] - train.mean.numpy()) / train.std.numpy()
+    assert np.allclose(train.floats(index).numpy(), expected, atol=1e-6)  # each row where it was asked for
+    held_out = np.setdiff1d(np.arange(len(whole)), train.rows.numpy())
+    assert np.allclose(test.floats(slice(0, 3)).numpy() * test.std.numpy(), whole[held_out[:3]], atol=1e-6)
+    rows = np.array([0, 1, 2, 10, 11, 500, 131_071])  # runs of consecutive rows, one read each
+    assert np.array_equal(gather(open_npy(big_vectors), rows), whole[rows])

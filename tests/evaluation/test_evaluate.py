@@ -1,0 +1,59 @@
+"""The measures of a code and of samples on real Fashion-MNIST: kNN and linear-probe accuracy of codes, the Frechet
+distance's known answers, and the cached feature classifier it is measured with."""
+
+import numpy as np
+import pytest
+import torch
+
+from aelab.errors import UserError
+from aelab.evaluation.baselines import PCA
+from aelab.evaluation.evaluate import knn_accuracy, linear_probe_accuracy
+from aelab.evaluation.frechet import feature_classifier, frechet_distance, sample_quality
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_codes_carry_labels(fashion):
+    train, test = fashion[0].subset(5000), fashion[1].subset(1000)
+    pca = PCA(30).fit(train)
+    train_codes, test_codes = pca.encode(train.floats()), pca.encode(test.floats())
+    knn = knn_accuracy(train_codes, train.labels, test_codes, test.labels)
+    probe = linear_probe_accuracy(train_codes, train.labels, test_codes, test.labels)
+    assert 0.7 < knn <= 1 and 0.7 < probe <= 1
+    # a code that knows nothing: chance level
+    noise = torch.randn(len(test), 30, generator=torch.Generator().manual_seed(0))
+    assert knn_accuracy(torch.randn(len(train), 30), train.labels, noise, test.labels) < 0.2
+
+
+def test_frechet_distance_known_answers():
+    g = np.random.default_rng(0)
+    a = g.normal(size=(4000, 8)) @ g.normal(size=(8, 8))
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-8)
+    shift = np.full(8, 0.5)
+    # equal covariances: the distance is the squared norm of the mean difference
+    assert frechet_distance(a, a + shift) == pytest.approx((shift ** 2).sum(), rel=1e-6)
+    assert frechet_distance(a, a + 2 * shift) > frechet_distance(a, a + shift)
+    with pytest.raises(UserError):
+        frechet_distance(a, a[:, :4])
+
+
+def test_feature_classifier_is_cached_and_separates_real_from_noise(tmp_path, fashion):
+    train, test = fashion[0].subset(3000), fashion[1].subset(1000)
+    net, accuracy = feature_classifier(train, test, cache=tmp_path, epochs=1)
+    assert accuracy > 0.6 and (tmp_path / "fashion_classifier.safetensors").is_file()
+    again, cached_accuracy = feature_classifier(cache=tmp_path)   # loads, does not train
+    assert cached_accuracy == pytest.approx(accuracy, abs=1e-6)
+    np.testing.assert_array_equal(again.features(test.subset(10)), net.features(test.subset(10)))
+
+    class Sampler:
+        def __init__(self, images):
+            self.images = images
+
+        def sample(self, n):
+            return self.images[:n]
+
+    real = sample_quality(Sampler(fashion[0].floats(slice(3000, 4000))), net, train, test)
+    noise = sample_quality(Sampler(torch.rand(1000, 1, 28, 28, generator=torch.Generator().manual_seed(0))),
+                           net, train, test)
+    assert real["frechet"] < 3 * real["frechet_floor"] + 1 and noise["frechet"] > 10 * real["frechet"]

@@ -1,0 +1,103 @@
+"""The one safetensors reader, through each of its four uses (run weights, a saved baseline, the cached feature
+classifier, a saved or pickled estimator): a truncated file, a header that lies about a shape and a NaN written
+into the tensor bytes each end in one UserError, never a safetensors or torch error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from aelab.data.datasets import ImageSet
+from aelab.errors import UserError
+from aelab.estimators import PCA, Autoencoder
+from aelab.evaluation.baselines import PCA as BaselinePCA
+from aelab.evaluation.baselines import load_baseline
+from aelab.evaluation.frechet import CLASSIFIER_FILE, FeatureNet, feature_classifier
+from aelab.storage import tensorfile
+from aelab.storage.files import write_safetensors
+from aelab.storage.runfolder import RunFolder, load_model
+
+DAMAGE = ("truncated", "shape edited", "NaN written")
+
+
+def damage(raw: bytes, how: str) -> bytes:
+    """safetensors bytes cut short, with the first tensor's shape changed in the header, or a NaN over its first
+    value (the header left as it was)."""
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    name, entry = next((k, v) for k, v in sorted(header.items()) if k != "__metadata__" and v["dtype"] in ("F32", "F64"))
+    if how == "truncated":
+        return raw[:len(raw) * 2 // 3]
+    if how == "NaN written":
+        start = 8 + n + entry["data_offsets"][0]
+        nan = struct.pack("<f" if entry["dtype"] == "F32" else "<d", float("nan"))
+        return raw[:start] + nan + raw[start + len(nan):]
+    entry["shape"] = [*entry["shape"][:-1], entry["shape"][-1] + 1]
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + n:]
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_run_weights_and_checkpoint(trained_run, tmp_path, how):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(damage((trained_run / "model.safetensors").read_bytes(), how))
+    with pytest.raises(UserError, match="model.safetensors"):
+        load_model(weights)
+    run = shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns(".aelab-lock"))
+    checkpoint = RunFolder(run).checkpoint_path
+    checkpoint.write_bytes(damage(checkpoint.read_bytes(), how))
+    like = {f"model.{k}": v for k, v in load_model(trained_run).state_dict().items()}
+    with pytest.raises(UserError, match="checkpoint.safetensors"):
+        tensorfile.load(checkpoint, like, exact=False)
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_saved_baseline(images, tmp_path, how):
+    path = BaselinePCA(3).fit(ImageSet(images)).save(tmp_path / "pca.safetensors")
+    assert load_baseline(path)[0].components_.shape == (3, 64)  # whole, it loads
+    path.write_bytes(damage(path.read_bytes(), how))
+    with pytest.raises(UserError, match="pca.safetensors.*refit"):
+        load_baseline(path)
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_cached_feature_classifier(tmp_path, how):
+    torch.manual_seed(0)
+    net = FeatureNet()
+    path = write_safetensors(tmp_path / CLASSIFIER_FILE, {k: v.contiguous() for k, v in net.state_dict().items()},
+                             {"test_accuracy": "0.875"})
+    cached, accuracy = feature_classifier(cache=tmp_path)  # whole, it is used as it is: no training
+    assert accuracy == 0.875 and torch.equal(cached.head.weight, net.head.weight)
+    path.write_bytes(damage(path.read_bytes(), how))
+    with pytest.raises(UserError, match=f"{CLASSIFIER_FILE}.*delete it"):
+        feature_classifier(cache=tmp_path)
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+@pytest.mark.parametrize("make", [lambda: PCA(n_components=3),
+                                  lambda: Autoencoder("ae", settings={"latent": 2, "hidden": (8,)}, epochs=1,
+                                                      batch_size=32)],
+                         ids=["pca", "ae"])
+def test_saved_and_pickled_estimator(make, images, tmp_path, how):
+    X = images.reshape(len(images), -1).numpy()
+    est = make().fit(X)
+    path = est.save(tmp_path / "est.safetensors")
+    np.testing.assert_array_equal(type(est).load(path).transform(X), est.transform(X))  # whole, it round-trips
+    path.write_bytes(damage(path.read_bytes(), how))
+    with pytest.raises(UserError, match="est.safetensors"):
+        type(est).load(path)
+    state = est.__getstate__()
+    state["aelab_safetensors"] = damage(state["aelab_safetensors"], how)
+    with pytest.raises(UserError, match="pickled estimator"):
+        type(est).__new__(type(est)).__setstate__(state)
