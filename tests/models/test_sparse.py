@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from aelab import config as cfg
 from aelab.cli import main
@@ -18,7 +19,7 @@ from aelab.data.datasets import VectorSet
 from aelab.data.load import load_dataset
 from aelab.errors import UserError
 from aelab.models import build
-from aelab.models.sparse import planted_dictionary, recovered
+from aelab.models.sparse import _largest, planted_dictionary, recovered
 from aelab.storage.runfolder import load_model
 from aelab.training import pipeline
 from support.models import stepper
@@ -202,27 +203,44 @@ def test_the_decoder_gradient_is_orthogonal_to_each_unit_atom():
     assert grad.abs().sum() > 0 and (grad * atoms).sum(0).abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("dead", [False, True])
 @pytest.mark.parametrize("sparsity", ["topk", "batchtopk"])
-def test_the_gathered_step_has_the_dense_codes_loss_and_gradients(sparsity):
+def test_the_gathered_step_has_the_dense_codes_loss_and_gradients(sparsity, dead):
     x = torch.randn(64, 16, generator=torch.Generator().manual_seed(2))
     found = []
     for gathered in (True, False):
         model = _sae(sparsity=sparsity, dead_window=8)
-        assert model.gathers()  # TopK and BatchTopK training on a one-layer encoder, no unit dead: gathered
+        if dead:
+            model.inputs_since_active[::3] = 8  # every third unit dead: AuxK on those alone, gathered too
+        assert model.gathers()  # TopK and BatchTopK training on a one-layer encoder: gathered
         if not gathered:
             model.gathers = lambda: False
         terms = model.loss(x)
         terms["loss"].backward()
         found.append((terms, {name: p.grad for name, p in model.named_parameters()}))
     (terms, grads), (dense_terms, dense_grads) = found
-    assert terms.keys() == dense_terms.keys()
+    assert terms.keys() == dense_terms.keys() and (terms["aux"] > 0) == dead
     for name in terms:
         assert torch.allclose(terms[name], dense_terms[name], atol=1e-6), name
     for name in grads:
         assert grads[name].abs().sum() > 0 and torch.allclose(grads[name], dense_grads[name], atol=1e-6), name
-    model.inputs_since_active[::3] = 8  # every third unit dead: AuxK differentiates them, with the dense code
-    assert not model.gathers() and model.loss(x)["aux"] > 0
     assert not _sae(sparsity=sparsity, aux_coefficient=0.0).eval().gathers()  # inference codes densely
+
+
+def test_auxk_on_the_dead_units_alone_is_auxk_over_every_unit_with_the_live_ones_masked():
+    """The CPU's AuxK (dead units alone) against the form a GPU computes: every unit, live ones at -inf."""
+    model = _sae(sparsity="topk", dead_window=8)
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(3))
+    for dead_every in (5, 13):  # 13 dead units, more than k_aux (d / 2 = 8), then 5, fewer
+        model.inputs_since_active.zero_()
+        model.inputs_since_active[::dead_every] = 8
+        pre = model.pre_activations(x)
+        out = model.decoder(model.sparse_code(pre, batch=True))
+        top = pre.masked_fill(~model.dead(), -torch.inf).topk(8, dim=1)
+        z_aux = torch.zeros_like(pre).scatter_(1, top.indices, torch.relu(top.values).nan_to_num(0, 0, 0))
+        live = out.detach()
+        want = model.recon_error(live + F.linear(z_aux, model.decoder[0].weight), x) / model.recon_error(live, x)
+        assert torch.allclose(model.aux_loss(pre, out, x), want, atol=1e-6)
 
 
 @pytest.mark.parametrize("sparsity", ["topk", "batchtopk"])
@@ -423,3 +441,10 @@ def test_resume_is_exact_with_the_dead_unit_buffer(tmp_path, one_thread):
     a, b = (load_model(tmp_path / name).state_dict() for name in ("straight", "resumed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert a["inputs_since_active"].max() > 0
+
+
+@pytest.mark.parametrize("below", [0.0, 0.5, 1.5, 3.0])  # no guess, enough above it, too few (topk of all)
+def test_batchtopk_picks_the_largest_whatever_its_guess(below):
+    values = torch.relu(torch.randn(64 * 96, generator=torch.Generator().manual_seed(0)))
+    picked = _largest(values, 8 * 64, torch.tensor(below))
+    assert torch.equal(picked, values.topk(8 * 64).indices.sort().values)

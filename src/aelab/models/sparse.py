@@ -45,6 +45,7 @@ SPARSITIES = ("topk", "batchtopk", "jumprelu", "l1")
 UNIT_NORM = ("topk",)  # the forms whose atoms stay at unit norm; the others' start at atom_norm
 CLIPPED = ("jumprelu", "l1")  # the forms whose gradient norm is clipped at grad_clip
 CENTRES = ("auto", "median", "mean", "zero")
+GUESS = 0.8  # batchtopk: a batch's cut is above this share of the running threshold (else it is found the long way)
 THRESHOLD_DECAY = 0.99  # batchtopk: weight of the running threshold against each batch's smallest kept activation
 
 
@@ -201,6 +202,17 @@ class _Kept(torch.autograd.Function):
                 torch.sparse.mm(by_input, weight), None, None)
 
 
+def _largest(values: torch.Tensor, n: int, below: torch.Tensor) -> torch.Tensor:
+    """Indices of the n largest of the flat `values`, ascending. On the CPU, the values at or above `below` (a
+    guess under the n-th largest: BatchTopK's running threshold, scaled down) hold every one of them when there are
+    at least n: topk over those few costs a fraction of topk over the whole batch's code, and picks the same."""
+    if values.device.type == "cpu" and below > 0:
+        near = (values >= below).nonzero().squeeze(1)
+        if len(near) >= n:
+            return near[values[near].topk(n).indices].sort().values
+    return values.topk(n).indices.sort().values
+
+
 def _global_batch_top(pre: torch.Tensor, ranked: torch.Tensor, k: int) -> torch.Tensor:
     """BatchTopK over the global batch under torchrun: pre-activations of this rank's rows (pre) ReLU'd where
     `ranked` (pre times the atoms' norms) is among the k * (global batch) largest of all ranks. Each rank's own
@@ -310,7 +322,7 @@ class SparseAutoencoder(Autoencoder):
             top = pre.topk(k, dim=1)
             return torch.zeros_like(pre).scatter_(1, top.indices, torch.relu(top.values))
         if sparsity == "batchtopk" and batch:
-            top = (pre.detach() * self.atom_norms()).flatten().topk(k * len(pre)).indices
+            top = _largest((pre.detach() * self.atom_norms()).flatten(), k * len(pre), self.threshold * GUESS)
             flat = pre.flatten()
             return torch.zeros_like(flat).scatter_(0, top, torch.relu(flat[top])).view_as(pre)
         if sparsity == "batchtopk":
@@ -346,12 +358,11 @@ class SparseAutoencoder(Autoencoder):
         """Whether a training step codes by gathering: TopK or BatchTopK on a one-layer encoder keep k units per
         input, so the pre-activations are found without autograd and only the kept units' rows of W_enc and atoms
         of W_dec take part in the differentiated step (the loss and gradients of the dense code, for about
-        k / latent of its backward pass). On the CPU, and while AuxK has no dead unit: it differentiates k_aux
-        (d / 2) dead units per input, which the dense code does faster. A GPU keeps the dense code: no host sync,
-        and the static shapes a captured CUDA graph needs."""
+        k / latent of its backward pass; AuxK adds the dead units alone). On the CPU: a GPU keeps the dense code,
+        with no host sync and the static shapes a captured CUDA graph needs."""
         c = self.config
         return (self.training and c.sparsity in ("topk", "batchtopk") and not c.hidden and c.arch == "mlp"
-                and self.device.type == "cpu" and not (c.aux_coefficient and self.dead().any())
+                and self.device.type == "cpu"
                 and not (c.sparsity == "batchtopk" and distributed.world_size() > 1))  # that picks over all ranks
 
     def picked(self, pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -361,7 +372,7 @@ class SparseAutoencoder(Autoencoder):
         b, arange = len(pre), torch.arange(len(pre), device=pre.device)
         if self.config.sparsity == "topk":
             return arange.repeat_interleave(k), pre.topk(k, dim=1).indices.flatten(), arange * k
-        flat = (pre * self.atom_norms()).flatten().topk(k * b).indices.sort().values
+        flat = _largest((pre * self.atom_norms()).flatten(), k * b, self.threshold * GUESS)
         rows = flat // pre.shape[1]
         return rows, flat % pre.shape[1], torch.searchsorted(rows, arange)
 
@@ -381,18 +392,28 @@ class SparseAutoencoder(Autoencoder):
         """x - b_dec, flattened: what a one-layer encoder reads."""
         return (x - self.output(self.b_dec)).flatten(1)
 
-    def aux_loss(self, pre: torch.Tensor, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def aux_loss(self, pre: torch.Tensor, out: torch.Tensor, x: torch.Tensor, centred: torch.Tensor | None = None
+                 ) -> torch.Tensor:
         """AuxK (Gao et al. 2024, appendix A.2): the k_aux largest pre-activations of dead units reconstruct what
-        the live code leaves, measured relative to that error; 0 while no unit is dead. On the CPU that case is
-        skipped (knowing it costs no device sync); a GPU, and a captured CUDA graph, compute it and multiply by 0."""
-        dead = self.dead()
-        if self.device.type == "cpu" and not dead.any():
-            return out.new_zeros(())
-        k_aux = min(self.config.k_aux or max(1, math.prod(self.config.in_shape) // 2), self.config.latent)
-        top = pre.masked_fill(~dead, -torch.inf).topk(k_aux, dim=1)  # live units come out -inf: never more than dead
+        the live code leaves, measured relative to that error; 0 while no unit is dead. On the CPU only the dead
+        units take part (none: skipped, which costs no device sync there), their pre-activations taken from pre, or
+        recomputed from `centred` where a gathered step found pre without autograd; a GPU, and a captured CUDA
+        graph, keep static shapes: every unit, the live ones at -inf, times 0 while none is dead."""
+        dead, atoms = self.dead(), self.decoder[0].weight
+        if self.device.type == "cpu":
+            if not dead.any():
+                return out.new_zeros(())
+            units = dead.nonzero().squeeze(1)
+            linear = self.encoder[-1]
+            pre = pre[:, units] if centred is None else F.linear(centred, linear.weight[units], linear.bias[units])
+            atoms = atoms[:, units]
+        else:
+            pre = pre.masked_fill(~dead, -torch.inf)
+        k_aux = min(self.config.k_aux or max(1, math.prod(self.config.in_shape) // 2), pre.shape[1])
+        top = pre.topk(k_aux, dim=1, sorted=False)  # unsorted: the scatter takes any order (a third faster)
         z_aux = torch.zeros_like(pre).scatter_(1, top.indices, torch.relu(top.values).nan_to_num(0, 0, 0))
         live = out.detach()
-        with_aux = live + F.linear(z_aux, self.decoder[0].weight).view_as(live)
+        with_aux = live + F.linear(z_aux, atoms).view_as(live)
         # relative to the live code's error over the global batch: under torchrun the ranks' shares then add up to
         # the single process's loss, where a ratio per rank would weigh each rank's own error
         error = distributed.global_mean(self.recon_error(live, x), len(x))
@@ -421,7 +442,7 @@ class SparseAutoencoder(Autoencoder):
         terms = {"loss": recon, "recon": recon}
         sparsity, size = self.config.sparsity, math.prod(self.config.in_shape)
         if sparsity in ("topk", "batchtopk") and self.config.aux_coefficient:
-            terms["aux"] = self.aux_loss(pre, out, x)
+            terms["aux"] = self.aux_loss(pre, out, x, centred if gathered else None)
             terms["loss"] = terms["loss"] + self.config.aux_coefficient * terms["aux"]
         elif sparsity == "jumprelu":
             terms["l0_penalty"] = _Step.apply(pre, self.threshold, self.config.bandwidth).sum(1).mean()
