@@ -437,7 +437,7 @@ class SparseAutoencoder(Autoencoder):
             pre = self.pre_activations(x)
             kept = self.sparse_code(pre, batch=self.training)
             out = self.decoder(kept)
-            fired = (kept > 0).sum(0).float()
+            fired = (kept > 0).float().sum(0)
         recon = self.recon_error(out, x)
         terms = {"loss": recon, "recon": recon}
         sparsity, size = self.config.sparsity, math.prod(self.config.in_shape)
@@ -448,7 +448,9 @@ class SparseAutoencoder(Autoencoder):
             terms["l0_penalty"] = _Step.apply(pre, self.threshold, self.config.bandwidth).sum(1).mean()
             terms["loss"] = terms["loss"] + self.config.l0_coefficient / size * terms["l0_penalty"]
         elif sparsity == "l1":
-            terms["l1"] = (kept.float().abs() * self.decoder[0].weight.norm(dim=0)).sum(1).mean()
+            # the code is ReLU'd (|f| = f), so summed over inputs first: the same penalty without a (batch, latent)
+            # product and its gradient (a sixth of the step)
+            terms["l1"] = (kept.float().sum(0) * self.decoder[0].weight.norm(dim=0)).sum() / len(x)
             warm = ((self.steps_done + 1).float() / self.l1_warmup_steps.clamp_min(1)).clamp(max=1)
             terms["loss"] = terms["loss"] + self.config.l1 / size * warm * terms["l1"]
         terms.update(self.report_card(fired.sum() / len(x), out, x))
