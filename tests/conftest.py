@@ -12,6 +12,16 @@ import pytest
 from support.datafiles import FASHION_DIR, train_vectors, vectors
 from support.process import aelab
 
+# the modules whose tests each start several training processes (torchrun, kill-and-resume, sweeps): run first, so
+# that two xdist workers end together instead of one finishing a 25-second torchrun test alone at the end
+LONGEST_FIRST = ("training/test_distributed.py", "test_reliability.py", "training/test_sweep.py", "test_fuzz.py",
+                 "test_environments.py", "test_nothing_lost.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: not item.path.as_posix().endswith(LONGEST_FIRST))  # stable: the rest keep their order
+
+
 N_TRAIN, N_TEST = 3000, 1000  # the subset every training test uses: seconds per run, yet real learning
 RUN_EPOCHS = 3
 
