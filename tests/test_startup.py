@@ -1,5 +1,5 @@
 """A training run imports only what it uses: never torch._dynamo (torch.optim would pull it in, 2 s of start-up)
-nor matplotlib (the loss plot is drawn with Pillow), and none of the trackers' packages when no tracker is asked."""
+nor matplotlib (the loss plot and an SAE's density histogram are drawn with Pillow), and none of the trackers' packages when no tracker is asked."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+from PIL import Image
+
+from support.datafiles import vectors
 from support.process import SRC
 
 DRIVER = """
@@ -18,15 +23,22 @@ sys.exit(code)
 """
 
 
-def test_train_imports_no_dynamo_and_no_tracker(subset_npz, tmp_path):
+@pytest.mark.parametrize("model", ["ae", "sae"])  # sae on vectors: its feature-density histogram is Pillow's too
+def test_train_imports_no_dynamo_and_no_tracker(model, subset_npz, tmp_path):
     out = tmp_path / "run"
+    data = subset_npz
+    if model == "sae":
+        data = tmp_path / "acts.npy"
+        np.save(data, vectors())
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", DRIVER, "train", "--data", str(subset_npz), "--epochs", "1",
+    done = subprocess.run([sys.executable, "-c", DRIVER, "train", model, "--data", str(data), "--epochs", "1",
                            "--threads", "1", "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     modules = set(done.stdout.split("MODULES", 1)[1].split())
     assert "aelab.training.train" in modules and "torch.optim" in modules  # the run really trained
     assert (out / "model.safetensors").is_file() and (out / "loss.png").is_file()
+    if model == "sae":
+        assert Image.open(out / "density.png").size == (600, 320)
     heavy = {"torch._dynamo", "torch._inductor", "sympy", "matplotlib", "tensorboard", "mlflow"} & modules
     assert not heavy, heavy
 

@@ -546,25 +546,16 @@ class SparseAutoencoder(Autoencoder):
 
 
 def density_plot(density: np.ndarray) -> np.ndarray:
-    """A histogram of log10 firing frequency per unit (units that never fired in their own bar at the left),
+    """A histogram of log10 firing frequency per unit (units that never fired in their own red bar at the left),
     as an RGB uint8 image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from aelab.reports.report import bar_chart
 
     fired = density[density > 0]
     low = math.floor(min(np.log10(fired).min(), -6)) if len(fired) else -6
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-    ax.hist(np.log10(fired), bins=np.linspace(low, 0, 41), color="#4c72b0")
+    counts, edges = np.histogram(np.log10(fired), bins=np.linspace(low, 0, 41))
+    bars = [(a, b, int(n), (76, 114, 176)) for a, b, n in zip(edges, edges[1:], counts)]
     never = int((density == 0).sum())
     if never:
-        ax.bar(low - 0.4, never, width=0.3, color="#c44e52", label=f"never fired: {never}")
-        ax.legend(loc="upper left")
-    ax.set_xlabel("log10 firing frequency on the test set")
-    ax.set_ylabel("units")
-    fig.tight_layout()
-    fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return image
+        bars.append((low - 0.55, low - 0.25, never, (196, 78, 82)))
+    return bar_chart(bars, "log10 firing frequency on the test set", "units",
+                     (f"never fired: {never}", (196, 78, 82)) if never else None)

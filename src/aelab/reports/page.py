@@ -171,7 +171,9 @@ def top_images(model, data_path: str | None) -> dict | None:
                      f"{described['layer']} of {described['run']}, strongest first"}
 
 
-def run_page_data(run_path: Path, config, model, test, history: list[dict], measures: dict) -> dict:
+def run_page_data(run_path: Path, config, model, test, history: list[dict], measures: dict,
+                  pictures: dict | None = None) -> dict:
+    """What report.html shows of a run; `pictures`: the model's, where they are drawn already (else drawn here)."""
     from aelab.evaluation.evaluate import on_device_of
     from aelab.models import summary
 
@@ -180,8 +182,10 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
     # metrics.jsonl as the page can draw it: a value that is not a finite number becomes null, a gap in its curve
     history = [{k: _finite(v) for k, v in record.items()} for record in history]
     seconds = [r.get("seconds") for r in history]
+    if pictures is None:
+        pictures = model.make_pictures(on_device_of(model, test))
     pictures = [{"name": name, "uri": _uri(picture), "title": model.pictures[name]}
-                for name, picture in model.make_pictures(on_device_of(model, test)).items()]
+                for name, picture in pictures.items()]
     if not images and (top := top_images(model, config.data.path)) is not None:
         pictures.append(top)
     return {
@@ -238,11 +242,11 @@ def render(data: dict) -> str:
 
 
 def write_run_page(run_path: str | Path, config, model, test, history: list[dict], measures: dict,
-                   out: str | Path | None = None) -> Path:
+                   out: str | Path | None = None, pictures: dict | None = None) -> Path:
     """RUN/report.html (or `out`): the run's config and model, its test set (an ImageSet), its metrics.jsonl
-    records and its final test measures."""
+    records, its final test measures and the model's pictures (drawn here unless given)."""
     path = Path(out or RunFolder(run_path).page_path)
-    files.write_text(path, render(run_page_data(Path(run_path), config, model, test, history, measures)))
+    files.write_text(path, render(run_page_data(Path(run_path), config, model, test, history, measures, pictures)))
     return path
 
 

@@ -126,7 +126,7 @@ def finish(run: RunFolder, *, config: RunConfig, trainer: Trainer, test_set, log
     for name, picture in pictures.items():
         save_png(picture, run.picture(name))
     report = write_report(run, config, model, trainer.history, measures, list(pictures))
-    page = write_run_page(run.path, config, model, test_set, trainer.history, measures)
+    page = write_run_page(run.path, config, model, test_set, trainer.history, measures, pictures=pictures)
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in measures.items() if isinstance(v, float)))
     print(f"report: {report} and {page}")
     trackers.finish(loggers, run.path)
