@@ -79,8 +79,8 @@ def status(pid: int) -> dict[str, int]:
 def run_aelab(data: Path, out: Path, args) -> dict[str, float]:
     """`aelab train sae` on `data` for `args.seconds` of training, then killed (if it has not finished): rows per
     second, start-up, memory."""
-    command = [sys.executable, "-m", "aelab", "train", "sae", "--data", str(data), "--epochs", "1",
-               "--latent", str(args.latent), "--set", f"k={args.k}", "--batch-size", str(args.batch),
+    command = [sys.executable, "-m", "aelab", "train", "sae", "--data", str(data), "--set", "data.read=file",
+               "--epochs", "1", "--latent", str(args.latent), "--set", f"k={args.k}", "--batch-size", str(args.batch),
                "--threads", "1", "--out", str(out), "--overwrite"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     leader, follower = pty.openpty()  # tqdm draws its bar only on a terminal, and one of some rows

@@ -263,7 +263,7 @@ def cmd_eval(args) -> int:
     run = RunFolder.open(args.run)
     config = run.config()
     _, test = load_dataset(args.data or config.data.path, config.data.grey, config.data.test_fraction, config.data.kind,
-                           config.data.vector_scale)
+                           config.data.vector_scale, config.data.read)
     if test.shape != tuple(model.config.in_shape):
         raise UserError(f"the test data are {'x'.join(map(str, test.shape))} but {args.run} takes "
                         f"{'x'.join(map(str, model.config.in_shape))}; give --data of that size")

@@ -1,5 +1,5 @@
 """The sets: uint8 images made float one batch at a time, batches that cover every image once, and vectors read
-from their file without the file entering the process's resident memory."""
+from their file without the file entering the process's resident memory, or from memory where the file fits."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from aelab.data.datasets import gather
 from aelab.data.load import load_dataset
 from aelab.data.readers import open_npy
+from aelab.errors import UserError
 
 
 def test_floats_and_batches_are_pixels_over_255_and_cover_every_image_once(fashion):
@@ -56,7 +57,7 @@ def big_vectors(tmp_path):
 
 def test_loading_and_an_epoch_of_shuffled_batches_keep_the_vector_file_out_of_resident_memory(big_vectors):
     bound = 64 / 8  # MB: an eighth of the file; through its map, the load pass alone would leave all 64 resident
-    train, test = load_dataset(big_vectors, kind="vectors")
+    train, test = load_dataset(big_vectors, kind="vectors", read="file")  # "auto" would read 64 MB into memory
     assert mapped_mb(big_vectors) < bound
     open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS now, so it measures the epoch's peak alone
     before, count = memory_mb("VmRSS"), 0
@@ -72,3 +73,19 @@ def test_loading_and_an_epoch_of_shuffled_batches_keep_the_vector_file_out_of_re
     assert np.allclose(test.floats(slice(0, 3)).numpy() * test.std.numpy(), whole[held_out[:3]], atol=1e-6)
     rows = np.array([0, 1, 2, 10, 11, 500, 131_071])  # runs of consecutive rows, one read each
     assert np.array_equal(gather(open_npy(big_vectors), rows), whole[rows])
+
+
+def test_vectors_that_fit_are_read_into_memory_and_give_the_files_batches(tmp_path, monkeypatch):
+    from aelab.data import load
+
+    path = tmp_path / "acts.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((3000, 24)).astype(np.float16))
+    sets = {read: load_dataset(path, read=read)[0] for read in ("auto", "memory", "file")}
+    assert isinstance(sets["file"].data, np.memmap)
+    assert type(sets["memory"].data) is np.ndarray and type(sets["auto"].data) is np.ndarray  # 144 kB fits
+    index = torch.randperm(len(sets["file"]), generator=torch.Generator().manual_seed(0))[:256]
+    assert torch.equal(sets["memory"].floats(index), sets["file"].floats(index))
+    monkeypatch.setattr(load, "available_memory", lambda: 4 * 3000 * 24 * 2 - 4)  # the data over a quarter of it
+    assert isinstance(load_dataset(path)[0].data, np.memmap)
+    with pytest.raises(UserError, match="unknown data.read 'ram'; use --set data.read= one of auto, memory, file"):
+        load_dataset(path, read="ram")

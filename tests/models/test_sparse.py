@@ -125,7 +125,7 @@ def test_vectors_are_read_lazily_from_a_memory_map(tmp_path):
     out.flush()
     del out
     before = _rss_anon_mib()
-    train, test = load_dataset(path, vector_scale="standardise")
+    train, test = load_dataset(path, vector_scale="standardise", read="file")  # "auto" would read it into memory
     batches = [train.floats(index) for index in train.index_batches(4096, torch.Generator().manual_seed(0))]
     grown = _rss_anon_mib() - before - sum(b.numel() * 4 for b in batches) / 2**20
     assert isinstance(train, VectorSet) and isinstance(train.data, np.memmap) and str(train.data.filename) == str(path)
