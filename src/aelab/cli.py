@@ -250,9 +250,9 @@ def _parse_set(item: str) -> tuple[str, str]:
 
 
 def cmd_eval(args) -> int:
+    import dataclasses
     import math
 
-    from aelab.data.load import load_dataset
     from aelab.evaluation.evaluate import evaluate
     from aelab.storage.runfolder import RunFolder, load_model
 
@@ -262,8 +262,7 @@ def cmd_eval(args) -> int:
     model = load_model(args.run, args.device)
     run = RunFolder.open(args.run)
     config = run.config()
-    _, test = load_dataset(args.data or config.data.path, config.data.grey, config.data.test_fraction, config.data.kind,
-                           config.data.vector_scale, config.data.read)
+    test = dataclasses.replace(config.data, path=args.data or config.data.path).load_test()
     if test.shape != tuple(model.config.in_shape):
         raise UserError(f"the test data are {'x'.join(map(str, test.shape))} but {args.run} takes "
                         f"{'x'.join(map(str, model.config.in_shape))}; give --data of that size")
@@ -464,7 +463,7 @@ def cmd_export(args) -> int:
     config = RunFolder.open(args.run).config()  # a damaged config.json is refused, as eval refuses it
     paths = export_onnx(model, out)
     try:  # the run's own test images when its data is here; else uniform noise of the same shape
-        images, what = config.data.load()[1].floats(slice(0, 256)), "test images"
+        images, what = config.data.load_test().floats(slice(0, 256)), "test images"
     except UserError:
         images, what = torch.rand(256, *model.config.in_shape, generator=torch.Generator().manual_seed(0)), "random images"
     diff = max_differences(model, out, images)
@@ -515,7 +514,7 @@ def _image_or_test_index(run: str, item: str):
     from aelab.storage.runfolder import RunFolder
 
     if item.isdigit() and not Path(item).exists():
-        test = RunFolder.open(run).config().data.load()[1]
+        test = RunFolder.open(run).config().data.load_test()
         if int(item) >= len(test):
             raise UserError(f"test index {item} is out of range: the run's test set holds {len(test)} images")
         return test.images[int(item):int(item) + 1]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from aelab.data.datasets import gather
-from aelab.data.load import load_dataset
+from aelab.data.load import DataConfig, load_dataset
 from aelab.data.readers import open_npy
 from aelab.errors import UserError
 
@@ -89,3 +89,6 @@ def test_vectors_that_fit_are_read_into_memory_and_give_the_files_batches(tmp_pa
     assert isinstance(load_dataset(path)[0].data, np.memmap)
     with pytest.raises(UserError, match="unknown data.read 'ram'; use --set data.read= one of auto, memory, file"):
         load_dataset(path, read="ram")
+    held_out = load_dataset(path)[1].floats()
+    monkeypatch.setattr(np, "load", lambda *_, **__: pytest.fail("the test split alone read the training vectors"))
+    assert torch.equal(DataConfig(str(path)).load_test().floats(), held_out)  # as eval, report and export load it

@@ -64,6 +64,10 @@ class DataConfig:
     def load(self) -> tuple["ImageSet | VectorSet", "ImageSet | VectorSet"]:
         return load_dataset(self.path, self.grey, self.test_fraction, self.kind, self.vector_scale, self.read)
 
+    def load_test(self) -> "ImageSet | VectorSet":
+        """The test split alone: training vectors are left in their file, whatever `read` says."""
+        return load_dataset(self.path, self.grey, self.test_fraction, self.kind, self.vector_scale, "file")[1]
+
 
 # ---------------------------------------------------------------------------------------------- idx folders
 
@@ -255,6 +259,8 @@ def load_vectors(path: Path, test_fraction: float, scale: str = "norm", read: st
     if n < 2 or data.shape[1] < 1:
         raise UserError(f"{path} holds {n} vectors of {data.shape[1]} values; training needs at least 2 (one is "
                         "held out for testing) of at least 1")
+    if read == "memory" or (read == "auto" and data.nbytes <= available_memory() / 4):
+        data = np.load(path)  # one sequential read, before the statistics' pass, which then reads memory
     n_test = min(VECTOR_TEST_MAX, n - 1, max(1, round(n * test_fraction)))
     test_rows = np.sort(np.random.default_rng(0).choice(n, n_test, replace=False))  # fixed: the split never changes
     keep = np.ones(n, dtype=bool)
@@ -266,8 +272,6 @@ def load_vectors(path: Path, test_fraction: float, scale: str = "norm", read: st
         raise UserError(f"{path}: its held-out test split ({n_test} of {n} vectors) does not vary, so the fraction "
                         "of variance explained cannot be measured; give more varied vectors or a larger "
                         "data.test_fraction")
-    if read == "memory" or (read == "auto" and data.nbytes <= available_memory() / 4):
-        data = np.load(path)  # one sequential read; the header is open_npy's, checked above
     return VectorSet(data, torch.from_numpy(np.flatnonzero(keep)), mean, std), test
 
 

@@ -136,7 +136,7 @@ def write_page(path: str | Path, out: str | Path | None = None) -> Path:
     """report.html of a finished run, older runs included (`aelab report`)."""
     run, model = RunFolder.open(path), load_model(path)
     config = run.config()
-    test = config.data.load()[1]
+    test = config.data.load_test()
     measures = run.measures() or evaluate(model, test)
     return write_run_page(run.path, config, model, test, run.metrics(), measures, out)
 
