@@ -203,6 +203,27 @@ def test_the_decoder_gradient_is_orthogonal_to_each_unit_atom():
     assert grad.abs().sum() > 0 and (grad * atoms).sum(0).abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("sparsity", ["l1", "jumprelu"])
+def test_the_one_layer_encoder_folds_b_dec_into_its_bias_with_the_same_gradients(sparsity):
+    """W_enc x + (b_enc - W_enc b_dec) is W_enc (x - b_dec) + b_enc, value and gradients alike."""
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(3))
+    found = []
+    for folded in (True, False):
+        model = _sae(sparsity=sparsity)
+        with torch.no_grad():
+            model.decoder[0].bias.normal_(generator=torch.Generator().manual_seed(4))
+        assert model.one_layer()
+        if not folded:
+            model.one_layer = lambda: False  # the encoder as a module: x - b_dec first
+        terms = model.loss(x)
+        terms["loss"].backward()
+        found.append((terms["loss"], {name: p.grad for name, p in model.named_parameters()}))
+    (loss, grads), (explicit_loss, explicit_grads) = found
+    assert torch.allclose(loss, explicit_loss, atol=1e-6)
+    for name in grads:
+        assert grads[name].abs().sum() > 0 and torch.allclose(grads[name], explicit_grads[name], atol=1e-5), name
+
+
 @pytest.mark.parametrize("dead", [False, True])
 @pytest.mark.parametrize("sparsity", ["topk", "batchtopk"])
 def test_the_gathered_step_has_the_dense_codes_loss_and_gradients(sparsity, dead):
