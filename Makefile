@@ -15,8 +15,9 @@ $(DATA):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
 
-# the browser the report.html tests drive (playwright, pointed at it); never a browser downloaded at run time
-$(CHROMIUM):
+# the browser the report.html tests drive (playwright, pointed at it); never a browser downloaded at run time.
+# After the data's apt-get, when both are wanted: two at once would contend for dpkg's lock
+$(CHROMIUM): | $(DATA)
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
@@ -47,7 +48,8 @@ $(VENV)/.test-extras: pyproject.toml
 # two workers of one torch thread each: most tests start real processes, and two cores serve two of them best;
 # aelab's bytecode compiled first, so that those hundreds of processes read it instead of compiling the sources
 # each time where PYTHONDONTWRITEBYTECODE is set
-test: $(DATA) $(CHROMIUM) $(VENV)/.test-extras
+test:
+	$(MAKE) -j2 $(DATA) $(CHROMIUM) $(VENV)/.test-extras  # apt-get and pip side by side: each waits on its downloads
 	$(BIN)/python -m compileall -q src
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2
 

@@ -167,10 +167,11 @@ def main() -> None:
     parser.add_argument("--latent", type=int, default=512, help="each SAE's units")
     parser.add_argument("--k", type=int, default=8, help="topk, batchtopk: units kept per input")
     # each library's sparsity coefficient, set so that its L0 lands near k at the default setting (L0 falls as
-    # training goes on: longer runs want smaller coefficients); the two L1 objectives are the same, so one value
+    # training goes on: longer runs want smaller coefficients); the two libraries' L1 objectives are the same, and
+    # so are their JumpReLU ones, so one value each
     parser.add_argument("--aelab-l1", type=float, default=4.0, help="aelab l1: the weight of its L1 penalty")
     parser.add_argument("--saelens-l1", type=float, default=4.0, help="SAELens l1_coefficient")
-    parser.add_argument("--aelab-l0", type=float, default=1.0, help="aelab l0_coefficient: JumpReLU's L0 weight")
+    parser.add_argument("--aelab-l0", type=float, default=0.8, help="aelab l0_coefficient: JumpReLU's L0 weight")
     parser.add_argument("--saelens-l0", type=float, default=0.8, help="SAELens JumpReLU l0_coefficient")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)

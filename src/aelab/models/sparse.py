@@ -17,8 +17,9 @@ Four sparsities, each as its paper trains it:
   and with the gradient's norm clipped;
 - l1: ReLU and the penalty sum_i z_i ||W_dec[:, i]|| over free-norm atoms, its weight warmed up linearly, and the
   gradient's norm clipped (Anthropic, "Circuits Updates", April 2024).
-TopK keeps the atoms at unit norm: their gradient is taken orthogonal to each atom before every step and the atoms
-renormalised after it (OpenAI's sparse_autoencoder); the others' are free and start short (`atom_norm`).
+Every form's atoms are free and start short (`atom_norm`, Anthropic's April 2024 update; SAELens), and every form but
+BatchTopK clips the gradient's norm and takes Adam's epsilon as SAELens does. TopK so recovers far more known features
+than over OpenAI's unit-norm atoms with projected gradients (docs/sae.md).
 `initialise` puts b_dec at the geometric median (or mean) of a sample of the training data, l1's at zero; the encoder
 starts as the decoder's transpose (Gao et al. 2024).
 Reported, as that field does: L0, FVU, shrinkage (||x^|| / ||x||), cosine(x^, x), the dead units (not active over
@@ -42,8 +43,7 @@ from aelab.reports.images import tile
 from aelab.training import distributed
 
 SPARSITIES = ("topk", "batchtopk", "jumprelu", "l1")
-UNIT_NORM = ("topk",)  # the forms whose atoms stay at unit norm; the others' start at atom_norm
-CLIPPED = ("jumprelu", "l1")  # the forms whose gradient norm is clipped at grad_clip
+CLIPPED = ("topk", "jumprelu", "l1")  # the forms whose gradient norm is clipped at grad_clip
 CENTRES = ("auto", "median", "mean", "zero")
 GUESS = 0.8  # batchtopk: a batch's cut is above this share of the running threshold (else it is found the long way)
 THRESHOLD_DECAY = 0.99  # batchtopk: weight of the running threshold against each batch's smallest kept activation
@@ -61,11 +61,10 @@ class SAEConfig(AEConfig):
     aux_coefficient: float = 1 / 32  # topk, batchtopk: weight of the AuxK loss (0: none)
     l1: float = 5.0                  # l1: weight of the penalty (batch mean of sum_i z_i ||W_dec[:, i]||) against the
     #                                  summed squared error: Anthropic's lambda (5), divided by d beside the mean MSE
-    atom_norm: float = 0.1           # l1, jumprelu, batchtopk: every atom's norm at the start (the encoder starts as
-    #                                  their transpose)
+    atom_norm: float = 0.1           # every atom's norm at the start (the encoder starts as their transpose)
     l1_warmup: float = 0.05          # l1: the weight grows linearly from 0 over this fraction of the run's steps
-    grad_clip: float = 1.0           # l1, jumprelu: each step's gradient norm clipped at this for the summed squared
-    #                                  error (grad_clip / d beside the mean); 0: none
+    grad_clip: float = 1.0           # topk, l1, jumprelu: each step's gradient norm clipped at this for the summed
+    #                                  squared error (grad_clip / d beside the mean); 0: none
     l0_coefficient: float = 2.0      # jumprelu: weight of the L0 penalty (batch mean of units active) against the
     #                                  summed squared error (divided by d beside the mean MSE, as l1)
     bandwidth: float = 0.05          # jumprelu: width of the rectangle kernel of the threshold's gradient (SAELens's)
@@ -161,8 +160,8 @@ class _Step(torch.autograd.Function):
 class _ClippedAdam(torch.optim.Adam):
     """aelab's Adam (models.base.adam) that first clips the gradients' global norm at `max_norm`."""
 
-    def __init__(self, params, lr: float, max_norm: float):
-        made = adam(params, lr)
+    def __init__(self, params, lr: float, max_norm: float, eps: float):
+        made = adam(params, lr, eps=eps)
         super().__init__(made.param_groups, **made.defaults)
         self.max_norm = max_norm
 
@@ -239,11 +238,10 @@ class SparseAutoencoder(Autoencoder):
         with torch.no_grad():  # random unit atoms; a one-layer encoder starts as their transpose (Gao et al. 2024)
             atoms = self.decoder[0].weight                                 # (size, latent): one atom per column
             atoms.normal_()
-            self.normalise_atoms()
+            atoms.div_(atoms.norm(dim=0, keepdim=True))
             self.decoder[0].bias.zero_()
-            if config.sparsity not in UNIT_NORM:  # short, so the first codes do not overshoot (Anthropic, 2024)
-                atoms.mul_(config.atom_norm)
-            if not config.hidden and config.arch == "mlp":
+            atoms.mul_(config.atom_norm)  # short, so the first codes do not overshoot (Anthropic, 2024)
+            if self.one_layer():
                 self.encoder[-1].weight.copy_(atoms.T)
         # the inference threshold: jumprelu's learned one per unit; batchtopk's running estimate, a buffer (< 0: not
         # yet estimated); saved with the weights and checkpoints either way
@@ -251,17 +249,21 @@ class SparseAutoencoder(Autoencoder):
             self.threshold = nn.Parameter(torch.full((config.latent,), config.threshold))
         else:
             self.register_buffer("threshold", torch.full((), -1.0))
-        if config.sparsity in UNIT_NORM:
-            atoms.register_hook(self._along_atoms_removed)
         # buffers: saved with the weights and checkpoints, so resume and inference keep them
         self.register_buffer("inputs_since_active", torch.zeros(config.latent, dtype=torch.int64))
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.int64))
         self.register_buffer("l1_warmup_steps", torch.zeros((), dtype=torch.int64))
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
-        if self.config.sparsity in CLIPPED and self.config.grad_clip:
-            return [_ClippedAdam(self.parameters(), lr, self.config.grad_clip / math.prod(self.config.in_shape))]
-        return super().configure_optimizers(lr)
+        """TopK, L1 and JumpReLU train as SAELens trains them: the gradient's norm clipped, and Adam's epsilon torch's
+        1e-8 of the summed squared error (1e-8 / d beside aelab's mean; the chapter's 1e-7 would stand at 1e-7 * d
+        there, damping the small gradients of rarely firing units). BatchTopK keeps the chapter's Adam, unclipped."""
+        if self.config.sparsity not in CLIPPED:
+            return super().configure_optimizers(lr)
+        size = math.prod(self.config.in_shape)
+        if self.config.grad_clip:
+            return [_ClippedAdam(self.parameters(), lr, self.config.grad_clip / size, eps=1e-8 / size)]
+        return [adam(self.parameters(), lr, eps=1e-8 / size)]
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         # a JumpReLU saved when it trained log(threshold): its threshold is exp of that (the scalar buffer it also
@@ -296,22 +298,22 @@ class SparseAutoencoder(Autoencoder):
         if self.config.sparsity == "l1":  # the plan of a new run; a resumed one keeps its own
             self.l1_warmup_steps.fill_(round(self.config.l1_warmup * steps))
 
-    @torch.no_grad()
-    def normalise_atoms(self) -> None:
-        """Every decoder column back to unit norm, so that the code, not the atoms' length, carries the scale."""
-        atoms = self.decoder[0].weight
-        atoms.div_(atoms.norm(dim=0, keepdim=True).clamp_min(1e-12))
-
-    def _along_atoms_removed(self, grad: torch.Tensor) -> torch.Tensor:
-        """The decoder's gradient less its part along each (unit) atom, which renormalising would undo."""
-        atoms = self.decoder[0].weight.detach()
-        return torch.addcmul(grad, atoms, torch.linalg.vecdot(grad, atoms, dim=0), value=-1)
-
     # -- the code -------------------------------------------------------------------------------------------------
 
+    def one_layer(self) -> bool:
+        """Whether the encoder is the usual SAE's single linear map (no hidden widths, no convolutions)."""
+        return not self.config.hidden and self.config.arch == "mlp"
+
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """W_enc (x - b_dec) + b_enc, b_dec as an input (for images: the picture its logits stand for)."""
-        return self.encoder(x - self.output(self.b_dec))
+        """W_enc (x - b_dec) + b_enc, b_dec as an input (for images: the picture its logits stand for). A one-layer
+        encoder computes it as W_enc x + (b_enc - W_enc b_dec): the same map, whose backward gives b_dec its gradient
+        by a matrix-vector product, not by a (batch x latent x d) product through every centred input as SAELens
+        does (a tenth of an L1 step)."""
+        centre = self.output(self.b_dec)
+        if self.one_layer():
+            linear = self.encoder[-1]
+            return F.linear(x.flatten(1), linear.weight, linear.bias - linear.weight @ centre.flatten())
+        return self.encoder(x - centre)
 
     def sparse_code(self, pre: torch.Tensor, batch: bool) -> torch.Tensor:
         """The code (b, latent) from pre-activations; `batch`: batchtopk picks over the batch (training)."""
@@ -361,8 +363,7 @@ class SparseAutoencoder(Autoencoder):
         k / latent of its backward pass; AuxK adds the dead units alone). On the CPU: a GPU keeps the dense code,
         with no host sync and the static shapes a captured CUDA graph needs."""
         c = self.config
-        return (self.training and c.sparsity in ("topk", "batchtopk") and not c.hidden and c.arch == "mlp"
-                and self.device.type == "cpu"
+        return (self.training and c.sparsity in ("topk", "batchtopk") and self.one_layer() and self.device.type == "cpu"
                 and not (c.sparsity == "batchtopk" and distributed.world_size() > 1))  # that picks over all ranks
 
     def picked(self, pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -437,7 +438,8 @@ class SparseAutoencoder(Autoencoder):
             pre = self.pre_activations(x)
             kept = self.sparse_code(pre, batch=self.training)
             out = self.decoder(kept)
-            fired = (kept > 0).float().sum(0)
+            # the code is non-negative: its sign is 1 where a unit fired (a fifth of the time of (kept > 0) summed)
+            fired = kept.detach().sign().sum(0, dtype=torch.float32)
         recon = self.recon_error(out, x)
         terms = {"loss": recon, "recon": recon}
         sparsity, size = self.config.sparsity, math.prod(self.config.in_shape)
@@ -448,9 +450,9 @@ class SparseAutoencoder(Autoencoder):
             terms["l0_penalty"] = _Step.apply(pre, self.threshold, self.config.bandwidth).sum(1).mean()
             terms["loss"] = terms["loss"] + self.config.l0_coefficient / size * terms["l0_penalty"]
         elif sparsity == "l1":
-            # the code is ReLU'd (|f| = f), so summed over inputs first: the same penalty without a (batch, latent)
-            # product and its gradient (a sixth of the step)
-            terms["l1"] = (kept.float().sum(0) * self.decoder[0].weight.norm(dim=0)).sum() / len(x)
+            # the code is ReLU'd (|f| = f): a matrix-vector product, the same penalty without a (batch, latent)
+            # product, whose backward is slower still (a sixth of the step)
+            terms["l1"] = (kept.float() @ self.decoder[0].weight.norm(dim=0)).sum() / len(x)
             warm = ((self.steps_done + 1).float() / self.l1_warmup_steps.clamp_min(1)).clamp(max=1)
             terms["loss"] = terms["loss"] + self.config.l1 / size * warm * terms["l1"]
         terms.update(self.report_card(fired.sum() / len(x), out, x))
@@ -477,11 +479,8 @@ class SparseAutoencoder(Autoencoder):
     def training_steps(self, x: torch.Tensor):
         terms, fired, kept = self.terms_and_firing(x)
         yield 0, terms["loss"]
-        # the trainer has stepped: renormalise and project here, so every saved state (and a resumed run) has unit
-        # atoms and thresholds >= 0 (projected, not clamped in the graph, which would stop the gradient of a
-        # threshold at 0 for good)
-        if self.config.sparsity in UNIT_NORM:
-            self.normalise_atoms()
+        # the trainer has stepped: project here, so every saved state (and a resumed run) has thresholds >= 0
+        # (projected, not clamped in the graph, which would stop the gradient of a threshold at 0 for good)
         if self.config.sparsity == "jumprelu":
             self.threshold.data.clamp_(min=0)
         with torch.no_grad():  # units active anywhere in the global batch, and its size: one sum over the ranks

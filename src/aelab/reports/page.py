@@ -154,7 +154,8 @@ TOP_UNITS, TOP_IMAGES = 16, 10  # units of a code shown with their top-activatin
 
 def top_images(model, data_path: str | None) -> dict | None:
     """For a model trained on activations that `aelab activations` wrote (ACTS.json beside them): its first
-    TOP_UNITS units, one row each, with the TOP_IMAGES source images that activate the unit most. None otherwise."""
+    TOP_UNITS units that fire, one row each, with the TOP_IMAGES source images that activate the unit most. None
+    otherwise."""
     from aelab.data.activations import description, source_images, top_activating
     from aelab.reports.images import tile
 
@@ -162,11 +163,12 @@ def top_images(model, data_path: str | None) -> dict | None:
     inputs = source_images(described) if described else None
     if inputs is None:
         return None
-    rows, values = top_activating(model, data_path, TOP_UNITS, TOP_IMAGES)
+    units, rows, values = top_activating(model, data_path, TOP_UNITS, TOP_IMAGES)
     shown = inputs.images[torch.from_numpy(rows.ravel())]
     shown[torch.from_numpy(values.ravel() <= 0)] = 255  # an image that does not activate the unit is left blank
     return {"name": "top_activating.png", "uri": _uri(tile(shown, len(rows), TOP_IMAGES, pad=2)),
-            "title": f"Units 0-{len(rows) - 1} (one per row) and the {described['split']} images of "
+            "title": f"Units {', '.join(map(str, units))} (one per row: the first that fire) and the "
+                     f"{described['split']} images of "
                      f"{described.get('data') or 'Fashion-MNIST'} that activate each most at layer "
                      f"{described['layer']} of {described['run']}, strongest first"}
 
