@@ -17,9 +17,9 @@ Four sparsities, each as its paper trains it:
   and with the gradient's norm clipped;
 - l1: ReLU and the penalty sum_i z_i ||W_dec[:, i]|| over free-norm atoms, its weight warmed up linearly, and the
   gradient's norm clipped (Anthropic, "Circuits Updates", April 2024).
-Every form's atoms are free and start short (`atom_norm`, Anthropic's April 2024 update; SAELens), and every form but
-BatchTopK clips the gradient's norm and takes Adam's epsilon as SAELens does. TopK so recovers far more known features
-than over OpenAI's unit-norm atoms with projected gradients (docs/sae.md).
+Every form's atoms are free and start short (`atom_norm`, Anthropic's April 2024 update; SAELens), and every form clips
+the gradient's norm and takes Adam's epsilon as SAELens does. TopK so recovers far more known features than over
+OpenAI's unit-norm atoms with projected gradients, and BatchTopK leaves far fewer units dead (docs/sae.md).
 `initialise` puts b_dec at the geometric median (or mean) of a sample of the training data, l1's at zero; the encoder
 starts as the decoder's transpose (Gao et al. 2024).
 Reported, as that field does: L0, FVU, shrinkage (||x^|| / ||x||), cosine(x^, x), the dead units (not active over
@@ -43,7 +43,6 @@ from aelab.reports.images import tile
 from aelab.training import distributed
 
 SPARSITIES = ("topk", "batchtopk", "jumprelu", "l1")
-CLIPPED = ("topk", "jumprelu", "l1")  # the forms whose gradient norm is clipped at grad_clip
 CENTRES = ("auto", "median", "mean", "zero")
 GUESS = 0.8  # batchtopk: a batch's cut is above this share of the running threshold (else it is found the long way)
 THRESHOLD_DECAY = 0.99  # batchtopk: weight of the running threshold against each batch's smallest kept activation
@@ -63,8 +62,8 @@ class SAEConfig(AEConfig):
     #                                  summed squared error: Anthropic's lambda (5), divided by d beside the mean MSE
     atom_norm: float = 0.1           # every atom's norm at the start (the encoder starts as their transpose)
     l1_warmup: float = 0.05          # l1: the weight grows linearly from 0 over this fraction of the run's steps
-    grad_clip: float = 1.0           # topk, l1, jumprelu: each step's gradient norm clipped at this for the summed
-    #                                  squared error (grad_clip / d beside the mean); 0: none
+    grad_clip: float = 1.0           # each step's gradient norm clipped at this for the summed squared error
+    #                                  (grad_clip / d beside the mean); 0: none
     l0_coefficient: float = 2.0      # jumprelu: weight of the L0 penalty (batch mean of units active) against the
     #                                  summed squared error (divided by d beside the mean MSE, as l1)
     bandwidth: float = 0.05          # jumprelu: width of the rectangle kernel of the threshold's gradient (SAELens's)
@@ -255,11 +254,9 @@ class SparseAutoencoder(Autoencoder):
         self.register_buffer("l1_warmup_steps", torch.zeros((), dtype=torch.int64))
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
-        """TopK, L1 and JumpReLU train as SAELens trains them: the gradient's norm clipped, and Adam's epsilon torch's
-        1e-8 of the summed squared error (1e-8 / d beside aelab's mean; the chapter's 1e-7 would stand at 1e-7 * d
-        there, damping the small gradients of rarely firing units). BatchTopK keeps the chapter's Adam, unclipped."""
-        if self.config.sparsity not in CLIPPED:
-            return super().configure_optimizers(lr)
+        """As SAELens trains: the gradient's norm clipped, and Adam's epsilon torch's 1e-8 of the summed squared error
+        (1e-8 / d beside aelab's mean; the chapter's 1e-7 would stand at 1e-7 * d there, damping the small gradients of
+        rarely firing units)."""
         size = math.prod(self.config.in_shape)
         if self.config.grad_clip:
             return [_ClippedAdam(self.parameters(), lr, self.config.grad_clip / size, eps=1e-8 / size)]
