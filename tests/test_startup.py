@@ -1,5 +1,6 @@
 """A training run imports only what it uses: never torch._dynamo (torch.optim would pull it in, 2 s of start-up)
-nor matplotlib (the loss plot and an SAE's density histogram are drawn with Pillow), and none of the trackers' packages when no tracker is asked."""
+nor matplotlib (the loss plot and an SAE's density histogram are drawn with Pillow), and none of the trackers'
+packages when no tracker is asked."""
 
 from __future__ import annotations
 
