@@ -133,24 +133,26 @@ def top_activating(model, acts: str | Path, units: int = 16, per_unit: int = 8, 
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The first `units` code units of an SAE that fire anywhere in `acts` (the first units whatever they do, where
     fewer fire), the rows of `acts` (as numbered in ACTS.index.npy) that activate each most, and those activations:
-    (units,) and two (units, per_unit) arrays, strongest first. One pass over the file, a batch at a time, keeping
-    every unit's best (a larger dictionary leaves many units that never fire, which would show nothing)."""
+    (units,) and two (units, per_unit) arrays, strongest first. One pass over the file, a batch at a time (a larger
+    dictionary leaves many units that never fire, which would show nothing)."""
     from aelab.data.readers import open_npy
 
     data = open_npy(Path(acts))
     index = np.load(sidecar_paths(acts)[0]) if sidecar_paths(acts)[0].is_file() else np.arange(len(data))
     if len(index) != len(data):
         raise UserError(f"{acts} holds {len(data)} rows but its index {len(index)}; write the activations again")
-    size = model.code_size
-    best_values = torch.full((size, 0), -torch.inf)
-    best_rows = torch.zeros((size, 0), dtype=torch.long)
+    kept = model.code_size  # the units still in the running: those past the `units`-th that has fired never are
+    best_values = torch.full((kept, 0), -torch.inf)
+    best_rows = torch.zeros((kept, 0), dtype=torch.long)
     for start in range(0, len(data), batch_size):
         x = torch.from_numpy(np.array(data[start:start + batch_size], dtype=np.float32))
-        codes = torch.as_tensor(model.encode(x)).T.cpu()                           # (size, b)
+        codes = torch.as_tensor(model.encode(x))[:, :kept].T.cpu()                # (kept, b)
         values = torch.cat([best_values, codes], 1)
-        rows = torch.cat([best_rows, torch.arange(start, start + len(x)).expand(size, -1)], 1)
+        rows = torch.cat([best_rows, torch.arange(start, start + len(x)).expand(kept, -1)], 1)
         top = values.topk(min(per_unit, values.shape[1]), dim=1)
-        best_values, best_rows = top.values, rows.gather(1, top.indices)
+        fired = (top.values[:, 0] > 0).nonzero().squeeze(1)
+        kept = int(fired[units - 1]) + 1 if len(fired) >= units else kept
+        best_values, best_rows = top.values[:kept], rows.gather(1, top.indices)[:kept]
     fired = best_values[:, 0] > 0
     shown = torch.cat([fired.nonzero(), (~fired).nonzero()]).squeeze(1)[:units].sort().values
     return shown.numpy(), index[best_rows[shown].numpy()], best_values[shown].numpy()
