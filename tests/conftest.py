@@ -14,7 +14,7 @@ from support.process import aelab
 
 # the modules whose tests each start several training processes (torchrun, kill-and-resume, sweeps): run first, so
 # that two xdist workers end together instead of one finishing a 25-second torchrun test alone at the end
-LONGEST_FIRST = ("training/test_distributed.py", "test_reliability.py", "training/test_sweep.py", "test_fuzz.py",
+LONGEST_FIRST = ("training/test_distributed.py", "test_reliability.py", "experiments/test_sweep.py", "test_fuzz.py",
                  "test_environments.py", "test_nothing_lost.py")
 
 
@@ -88,7 +88,7 @@ def trained_run(subset_npz, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_model(trained_run):
-    from aelab.storage.runfolder import load_model
+    from aelab.runs.runfolder import load_model
 
     return load_model(trained_run)
 

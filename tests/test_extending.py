@@ -26,7 +26,7 @@ import torch
 
 from aelab.errors import UserError
 from aelab.models import AEConfig, Autoencoder, register
-from aelab.reports.images import stacked_rows
+from aelab.pictures.images import stacked_rows
 
 
 @dataclass
@@ -115,8 +115,8 @@ def test_a_variant_in_one_file_goes_everywhere(variant, subset_npz, fashion, tmp
     assert rows["mine"]["bce"] == pytest.approx(measures["bce"], rel=1e-4)  # the run measured as `eval` measures it
 
     assert exported.returncode == 0, exported.stderr[-2000:]
-    from aelab.storage.export import max_differences
-    from aelab.storage.runfolder import load_model
+    from aelab.runs.export import max_differences
+    from aelab.runs.runfolder import load_model
 
     model = load_model(run, "cpu")
     assert type(model).__name__ == "L1CodeAutoencoder" and model.config.penalty == 0.05

@@ -13,8 +13,8 @@ storage for files on disk.
 
 __version__ = "0.1.0"
 
-_CALLS = {"resolve": "aelab.config", "load_dataset": "aelab.data.load", "train": "aelab.training.pipeline",
-          "resume": "aelab.training.pipeline", "load_model": "aelab.storage.runfolder"}
+_CALLS = {"resolve": "aelab.runs.settings", "load_dataset": "aelab.data.load", "train": "aelab.experiments.pipeline",
+          "resume": "aelab.experiments.pipeline", "load_model": "aelab.runs.runfolder"}
 
 
 def __getattr__(name: str):

@@ -217,10 +217,11 @@ def _allocator() -> None:
 
 def cmd_train(args) -> int:
     from aelab import config as cfg
-    from aelab.training import distributed
-    from aelab.training.pipeline import RESUMABLE, resume, train
+    from aelab import devices
+    from aelab.experiments.pipeline import RESUMABLE, resume, train
+    from aelab.runs.settings import resolve
 
-    distributed.check_environment()  # torchrun's variables, before any data is read
+    devices.check_environment()  # torchrun's variables, before any data is read
     sets = dict(_parse_set(item) for item in args.set)
     flags = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
     overrides = {**sets, **flags}
@@ -235,10 +236,10 @@ def cmd_train(args) -> int:
             raise UserError(f"a resumed run keeps its settings; drop {', '.join(changed) or 'the model name'} "
                             "(only --epochs, --lr, --precision and --device may change)")
     if sets.keys() & flags.keys():  # a flag wins, yet a --set value it replaces must still be one that works
-        cfg.resolve(args.model, args.config, sets)
+        resolve(args.model, args.config, sets)
     if args.resume:
         return resume(run_dir, threads=args.threads, changes=overrides, loggers=args.log)
-    config = cfg.resolve(args.model, args.config, overrides)
+    config = resolve(args.model, args.config, overrides)
     return train(config, out=args.out, overwrite=args.overwrite, threads=args.threads, loggers=args.log)
 
 
@@ -254,7 +255,7 @@ def cmd_eval(args) -> int:
     import math
 
     from aelab.evaluation.evaluate import evaluate
-    from aelab.storage.runfolder import RunFolder, load_model
+    from aelab.runs.runfolder import RunFolder, load_model
 
     if args.save and (args.data or not Path(args.run).is_dir()):
         raise UserError("--save writes RUN/eval.json, the measures of a run folder on its own test set; "
@@ -285,14 +286,14 @@ def cmd_eval(args) -> int:
 def cmd_info(args) -> int:
     from aelab import config as cfg
     from aelab.models import build, summary
-    from aelab.storage.runfolder import load_model
+    from aelab.runs.runfolder import load_model
 
     if Path(args.target).exists():
         model = load_model(args.target)
     else:
         overrides = {k: v for k, v in (("model.latent", args.latent), ("model.arch", args.arch),
                                        ("model.hidden", args.hidden)) if v is not None}
-        config = cfg.resolve(args.target, None, overrides)
+        config = resolve(args.target, None, overrides)
         model = build(config.model_name, config.model)
     print(f"Model: {type(model).__name__}")
     print(summary(model))
@@ -310,7 +311,7 @@ def cmd_models(args) -> int:
 def cmd_compare(args) -> int:
     import contextlib
 
-    from aelab.evaluation.compare import compare, markdown_table
+    from aelab.experiments.compare import compare, markdown_table
 
     if args.latent is not None and args.latents:
         raise UserError("give --latent K or --latents K,K,..., not both")
@@ -350,10 +351,10 @@ def cmd_report(args) -> int:
     if not folder.exists():
         raise UserError(f"{folder} does not exist; pass a run folder (`aelab train --out`) or a comparison folder "
                         "(`aelab compare --out`)")
-    from aelab.storage.runfolder import RunFolder
+    from aelab.runs.runfolder import RunFolder
 
     if RunFolder(folder).config_path.is_file():
-        from aelab.training.pipeline import write_page
+        from aelab.experiments.pipeline import write_page
 
         page = write_page(folder, out)
     elif (folder / "compare.json").is_file():
@@ -372,7 +373,7 @@ def cmd_apply(args) -> int:
     import numpy as np
 
     from aelab.data.load import read_codes, read_inputs, read_vectors
-    from aelab.storage.runfolder import load_model
+    from aelab.runs.runfolder import load_model
 
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
@@ -417,8 +418,8 @@ def cmd_sample(args) -> int:
 
 
 def cmd_interpolate(args) -> int:
-    from aelab.reports.images import save_png, tile
-    from aelab.storage.runfolder import load_model
+    from aelab.pictures.images import save_png, tile
+    from aelab.runs.runfolder import load_model
 
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
@@ -441,16 +442,16 @@ def cmd_export(args) -> int:
     run in SAELens's format."""
     import torch
 
+    from aelab.runs.export import export_onnx, max_differences, require_onnx
+    from aelab.runs.runfolder import RunFolder, load_model
     from aelab.storage import files
-    from aelab.storage.export import export_onnx, max_differences, require_onnx
-    from aelab.storage.runfolder import RunFolder, load_model
 
     out = Path(args.out)
     files.refuse_link(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file, and --out takes a folder; pick another --out")
     if args.format == "saelens":
-        from aelab.storage.saelens import export_saelens
+        from aelab.runs.saelens import export_saelens
 
         out = export_saelens(args.run, out, args.overwrite)
         print(f"wrote {out / 'cfg.json'} and {out / 'sae_weights.safetensors'} (SAELens's SAE.load_from_disk reads them)")
@@ -475,7 +476,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from aelab.training.sweep import markdown, parse_grid, sweep
+    from aelab.experiments.sweep import markdown, parse_grid, sweep
 
     overrides = dict(_parse_set(item) for item in args.set)
     overrides["data.path"] = args.data
@@ -500,7 +501,7 @@ def cmd_activations(args) -> int:
 
 def _model_that(run: str, able, cannot: str, device: str):
     """The run's model, or one line saying what it cannot do."""
-    from aelab.storage.runfolder import RunFolder, load_model
+    from aelab.runs.runfolder import RunFolder, load_model
 
     model = load_model(run, device)
     if not able(model):
@@ -511,7 +512,7 @@ def _model_that(run: str, able, cannot: str, device: str):
 def _image_or_test_index(run: str, item: str):
     """The uint8 image (1, c, h, w) named by a file path, or by its index in the run's test set."""
     from aelab.data.load import read_inputs
-    from aelab.storage.runfolder import RunFolder
+    from aelab.runs.runfolder import RunFolder
 
     if item.isdigit() and not Path(item).exists():
         test = RunFolder.open(run).config().data.load_test()
@@ -533,7 +534,7 @@ def _check_new_output(out: Path, overwrite: bool) -> None:
 
 def _write_images(images, out: Path) -> None:
     """Images to FILE.npy, a grid FILE.png (10 a row), or a folder of 00000.png, 00001.png, ..."""
-    from aelab.reports.images import save_images, save_png, tile
+    from aelab.pictures.images import save_images, save_png, tile
 
     if out.suffix == ".npy":
         _write_npy(images, out)

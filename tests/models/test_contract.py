@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from aelab import config as cfg
 from aelab.data.datasets import VectorSet
 from aelab.errors import UserError
 from aelab.evaluation.baselines import BASELINES
@@ -21,7 +20,8 @@ from aelab.evaluation.evaluate import evaluate
 from aelab.models import MODELS, build, picture_names
 from aelab.models.contract import Model, same_kind
 from aelab.models.sparse import planted_dictionary
-from aelab.storage.runfolder import RunFolder, load_model
+from aelab.runs.runfolder import RunFolder, load_model
+from aelab.runs.settings import resolve
 from support.models import arch_cases, stepper, tiny
 from support.process import aelab
 
@@ -38,7 +38,7 @@ VECTOR_SETTINGS = {"sae": {"model.l1": 0.02}, "betavae": {"model.beta": 1.5}}
 
 
 def vector_model(name: str, **settings):
-    config = cfg.resolve(name, None, {"model.latent": 16, "model.hidden": "64", **settings})
+    config = resolve(name, None, {"model.latent": 16, "model.hidden": "64", **settings})
     config.model.in_shape, config.model.recon_loss = (64,), "mse"  # as runs.py sets them from vectors
     torch.manual_seed(0)
     return build(name, config.model)
@@ -124,7 +124,7 @@ def test_one_pass_only_where_the_loss_is_the_reconstruction_error(fashion):
     one_pass = [n for n, c in MODELS.items() if c.loss_is_reconstruction]
     assert one_pass == ["ae", "dropout"]  # the DAE's loss is on corrupted inputs: it needs its own pass
     for name in ("ae", "dropout", "cae"):
-        model = build(name, cfg.resolve(name, None, {"model.latent": 4, "model.hidden": "32"}).model).eval()
+        model = build(name, resolve(name, None, {"model.latent": 4, "model.hidden": "32"}).model).eval()
         terms, values, logits = model.evaluation(x)
         assert next(iter(terms)) == "loss" and torch.equal(values, torch.sigmoid(logits))
         assert torch.allclose(terms["loss"], model.loss(x)["loss"], rtol=1e-6), name
@@ -135,7 +135,7 @@ def test_one_pass_only_where_the_loss_is_the_reconstruction_error(fashion):
 def test_config_resolve_refuses_a_bad_setting_of_every_model(name):
     (key, value), = BAD[name].items()
     with pytest.raises(UserError, match=key if name != "ae" else "latent"):
-        cfg.resolve(name, None, {key: value})
+        resolve(name, None, {key: value})
 
 
 def test_models_that_need_pixels_refuse_vectors_when_built():

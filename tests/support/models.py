@@ -20,10 +20,10 @@ def tiny(name: str, arch: str = "mlp", **extra):
     """(config, model): a seeded small `name` (latent 4, hidden 32-16, channels 4-8) and its resolved config."""
     import torch
 
-    from aelab import config as cfg
     from aelab.models import build
+    from aelab.runs.settings import resolve
 
-    config = cfg.resolve(name, None, {**TINY, "model.arch": arch, **extra})
+    config = resolve(name, None, {**TINY, "model.arch": arch, **extra})
     torch.manual_seed(0)
     return config, build(name, config.model)
 

@@ -157,7 +157,7 @@ def test_a_run_trained_elsewhere_loads_and_resumes_here(trained_run, subset_npz,
     device, so it loads on the CPU, and resumes here with --device cpu."""
     import shutil
 
-    from aelab.storage.runfolder import load_model
+    from aelab.runs.runfolder import load_model
     from support.process import aelab
 
     moved = tmp_path / "from-gpu"
@@ -173,7 +173,7 @@ def test_a_run_trained_elsewhere_loads_and_resumes_here(trained_run, subset_npz,
 
 
 def test_random_draws_land_on_the_device_asked_from_either_generator():
-    from aelab.training.distributed import batch_draw, draw, sharded
+    from aelab.devices import batch_draw, draw, sharded
 
     g = torch.Generator().manual_seed(0)
     a = draw(torch.randn, (3, 2), torch.device("cpu"), g)

@@ -54,7 +54,7 @@ def write_activations(run: str | Path, layer: str, out: str | Path, data: str | 
     """Write the activations of `layer` of the run's model over a split of `data` (default: the run's own data) to
     `out` (.npy) and its sidecars; never more than one batch in memory. Returns the description written."""
     from aelab.data.load import DataConfig
-    from aelab.storage.runfolder import RunFolder, load_model
+    from aelab.runs.runfolder import RunFolder, load_model
 
     out = Path(out)
     if out.suffix != ".npy":

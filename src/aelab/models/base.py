@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from aelab.devices import batch_draw
 from aelab.errors import UserError
 from aelab.models.contract import same_kind
 from aelab.models.losses import bce_mean, bce_per_image, mse_mean, squared_error_per_image
-from aelab.training.distributed import batch_draw
 
 
 @dataclass

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import torch
 
+from aelab.devices import batch_draw, draw
 from aelab.errors import UserError
 from aelab.models.base import AEConfig, Autoencoder
 from aelab.models.losses import gaussian_kl, gaussian_kl_per_dim, iwae_bound, log_normal
-from aelab.reports.images import tile
-from aelab.training.distributed import batch_draw, draw
+from aelab.pictures.images import tile
 
 EVAL_SEED = 1234  # evaluation samples come from their own generator: reproducible, training RNG untouched
 ACTIVE_KL = 0.01  # nats: a code dimension whose mean KL on the test set is above this is in use

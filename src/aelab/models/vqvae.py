@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aelab.devices import all_sum, batch_rows, draw
 from aelab.errors import UserError
 from aelab.models.base import AEConfig, Autoencoder, build_decoder, build_encoder, keras_init_
 from aelab.models.contract import same_kind
-from aelab.training.distributed import all_sum, batch_rows, draw
 
 UPDATES = ("ema", "loss")
 EPS = 1e-5  # Laplace smoothing of the EMA counts, so a rarely chosen code is never divided by zero

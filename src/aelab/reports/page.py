@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from aelab.runs.runfolder import RunFolder
 from aelab.storage import files
-from aelab.storage.runfolder import RunFolder
 
 
 MAP_POINTS = 2000   # test codes on the latent map, with their images for hovering (a 0.8 MB sprite at 28x28)
@@ -100,7 +100,7 @@ def _class_names(config, labels: torch.Tensor) -> list[str]:
 def latent_map(model, test, config) -> dict:
     """The first MAP_POINTS test codes, their images as one sprite, labels, and the map's axes: the code itself
     when it has 2 numbers, else its first two principal axes (point (x, y) <-> mean + x axis0 + y axis1)."""
-    from aelab.reports.images import tile
+    from aelab.pictures.images import tile
 
     n = min(MAP_POINTS, len(test))
     codes = torch.cat([model.encode(x) for x in test.subset(n).batches(1000)]).double().numpy()  # on the CPU
@@ -157,7 +157,7 @@ def top_images(model, data_path: str | None) -> dict | None:
     TOP_UNITS units that fire, one row each, with the TOP_IMAGES source images that activate the unit most. None
     otherwise."""
     from aelab.data.activations import description, source_images, top_activating
-    from aelab.reports.images import tile
+    from aelab.pictures.images import tile
 
     described = description(data_path) if data_path else None
     inputs = source_images(described) if described else None

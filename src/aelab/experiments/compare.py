@@ -72,16 +72,16 @@ def train_model(name: str, latent: int, folder: Path, data: str | None, epochs: 
                 threads: int | None, device: str = "auto") -> Fitted:
     """Train a registered model by the run machinery into folder/NAME-kK; a finished run is reused and an
     unfinished or shorter one resumed (to `epochs`)."""
-    from aelab import config as cfg
-    from aelab.storage.runfolder import RunFolder
-    from aelab.training.pipeline import resume, train
+    from aelab.experiments.pipeline import resume, train
+    from aelab.runs.runfolder import RunFolder
+    from aelab.runs.settings import resolve
 
     run = RunFolder(folder / f"{name}-k{latent}")
     run_dir = run.path
     overrides = {"model.latent": latent, "data.path": data, "train.grid_every": 10, "train.device": device}
     if epochs is not None:
         overrides["train.epochs"] = epochs
-    config = cfg.resolve(name, None, overrides)
+    config = resolve(name, None, overrides)
     if run.checkpoint_path.is_file():
         saved = RunFolder.open(run_dir).config()
         if saved.data.path != data or saved.model.latent != latent:
@@ -102,7 +102,7 @@ def load_run(name: str, run_dir: str | Path, device: str = "auto", shape: tuple 
     method named `name`; one that takes inputs of another `shape` than the data's, or named after a method it is
     not (an `ae` row that holds a VAE), is refused."""
     from aelab.models import MODELS
-    from aelab.storage.runfolder import RunFolder, load_model
+    from aelab.runs.runfolder import RunFolder, load_model
 
     def check(model, model_shape) -> None:
         if shape is not None and tuple(model_shape) != tuple(shape):
@@ -174,7 +174,7 @@ def write_figure(fitted: list[Fitted], real: torch.Tensor, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from aelab.reports.images import stacked_rows
+    from aelab.pictures.images import stacked_rows
 
     rows = [real] + [torch.as_tensor(f.model.reconstruct(real)).reshape(real.shape) for f in fitted]
     labels = ["real test images"] + [f"{LABELS.get(f.name, f.name)}" for f in fitted]

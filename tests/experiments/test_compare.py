@@ -11,8 +11,8 @@ from PIL import Image
 from aelab.cli import main
 from aelab.data.load import load_dataset
 from aelab.evaluation.baselines import PCA
-from aelab.evaluation.compare import Fitted, measure
 from aelab.evaluation.frechet import FeatureNet
+from aelab.experiments.compare import Fitted, measure
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
