@@ -1,0 +1,1 @@
+"""A run as aelab keeps it: the run folder and loading its model back (runfolder), and its exports (ONNX, SAELens)."""
