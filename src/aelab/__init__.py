@@ -2,8 +2,8 @@
 
 The chapter's deep autoencoder, its variants and the PCA baselines, trained on real Fashion-MNIST.
 Importing the package is cheap: torch is loaded by the submodules that need it, and the few calls below are
-looked up on first use. The folders follow the work: data -> models -> training -> evaluation -> reports, with
-storage for files on disk.
+looked up on first use. The folders follow the work, each importing only those below it: files, devices and
+pictures -> data -> models -> evaluation -> training -> runs -> reports -> experiments -> the CLI.
 
     >>> import aelab
     >>> model = aelab.load_model("runs/chapter")

@@ -489,7 +489,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_activations(args) -> int:
-    from aelab.data.activations import sidecar_paths, write_activations
+    from aelab.data.activations import sidecar_paths
+    from aelab.runs.activations import write_activations
 
     described = write_activations(args.run, args.layer, args.out, args.data, args.split, args.dtype,
                                   args.batch_size, args.overwrite)

@@ -27,7 +27,7 @@ from support.process import aelab
 
 CASES = arch_cases(MODELS)
 
-# one setting per model that cannot work: config.resolve refuses it as `aelab train NAME --set KEY=VALUE` does
+# one setting per model that cannot work: settings.resolve refuses it as `aelab train NAME --set KEY=VALUE` does
 BAD = {"ae": {"latent": 0}, "dropout": {"rate": 1.0}, "dae": {"level": -1.0}, "aae": {"prior": "cauchy"},
        "vae": {"beta": -1.0}, "betavae": {"iwae_k": 0}, "cae": {"contraction": -1.0}, "vqvae": {"codebook": 1},
        "sae": {"k": 0}}

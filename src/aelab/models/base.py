@@ -29,8 +29,8 @@ class AEConfig:
     recon_loss: str = "bce"                   # taken from the data: "bce" for pixels in [0, 1], "mse" for vectors
 
     def check(self) -> None:
-        """Refuse values that cannot work, where settings enter (config.resolve, a run's config.json) and again
-        when a model is built. Variants extend this; what depends on the data's size is checked at build."""
+        """Refuse values that cannot work, where settings enter (aelab.runs.settings.resolve, a run's config.json)
+        and again when a model is built. Variants extend this; what depends on the data's size is checked at build."""
         if self.arch not in ("mlp", "conv"):
             raise UserError(f"unknown arch {self.arch!r}; use --arch mlp or --arch conv")
         if self.latent < 1 or any(w < 1 for w in self.hidden + self.channels):
