@@ -31,7 +31,8 @@ CASES = arch_cases(MODELS)
 BAD = {"ae": {"latent": 0}, "dropout": {"rate": 1.0}, "dae": {"level": -1.0}, "aae": {"prior": "cauchy"},
        "vae": {"beta": -1.0}, "betavae": {"iwae_k": 0}, "cae": {"contraction": -1.0}, "vqvae": {"codebook": 1},
        "sae": {"k": 0}, "iwae": {"k": 0}, "vamp": {"components": 0}, "wae": {"encoder": "laplace"},
-       "infovae": {"alpha": 2.0}, "btcvae": {"beta": -1.0}, "rae": {"regulariser": "l1"}}
+       "infovae": {"alpha": 2.0}, "btcvae": {"beta": -1.0}, "rae": {"regulariser": "l1"},
+       "fsq": {"levels": "8,1,5,5"}, "rqvae": {"depth": 0}}
 VECTOR_MODELS = [name for name, cls in MODELS.items() if "vectors" in cls.inputs]
 # at beta = 4 the KL's price is above the variance of every direction of these near-isotropic standardised vectors
 # (at most about 2), so the code rightly carries nothing (FVE 0); at beta = 1.5 it carries them (FVE 0.19 here)
@@ -143,8 +144,9 @@ def test_config_resolve_refuses_a_bad_setting_of_every_model(name):
 def test_models_that_need_pixels_refuse_vectors_when_built():
     for name in sorted(set(MODELS) - set(VECTOR_MODELS)):
         with pytest.raises(UserError, match="images"):
-            vector_model(name, **({"model.arch": "mlp"} if name != "vqvae" else {}))
-    assert set(MODELS) - set(VECTOR_MODELS) == {"dae", "vqvae"}
+            vector_model(name, **({"model.arch": "mlp"} if name not in ("vqvae", "rqvae") else {}),
+                         **({"model.latent": 4} if name == "fsq" else {}))
+    assert set(MODELS) - set(VECTOR_MODELS) == {"dae", "vqvae", "fsq", "rqvae"}
 
 
 @pytest.mark.parametrize("name", VECTOR_MODELS)

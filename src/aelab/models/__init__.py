@@ -13,9 +13,11 @@ from aelab.models.btcvae import BetaTCVAE
 from aelab.models.cae import ContractiveAutoencoder
 from aelab.models.dae import DenoisingAutoencoder
 from aelab.models.dropout import DropoutAutoencoder
+from aelab.models.fsq import FSQAutoencoder
 from aelab.models.infovae import InfoVAE
 from aelab.models.iwae import IWAE
 from aelab.models.rae import RegularisedAutoencoder
+from aelab.models.rqvae import RQVAE
 from aelab.models.sparse import SparseAutoencoder
 from aelab.models.vae import VariationalAutoencoder
 from aelab.models.vamp import VampVAE
@@ -38,6 +40,8 @@ MODELS: dict[str, type[Autoencoder]] = {
     "infovae": InfoVAE,
     "btcvae": BetaTCVAE,
     "rae": RegularisedAutoencoder,
+    "fsq": FSQAutoencoder,
+    "rqvae": RQVAE,
 }
 
 
