@@ -18,7 +18,7 @@ from aelab.models.base import AEConfig, Autoencoder, keras_init_
 from aelab.models.vqvae import grid_coder, grid_shape, usage
 
 MAX_CODES = 1 << 24  # points of the implicit codebook counted by `aelab eval`
-BOUND_EPS = 1e-3     # keeps the tanh's bound inside the outer levels, as the authors' code does
+BOUND_EPS = 1e-3     # widens the bound a little, so that the outer levels are reached (as the authors' code does)
 
 
 @dataclass
@@ -60,7 +60,7 @@ class FSQAutoencoder(Autoencoder):
         gradient straight through the rounding)."""
         shape = (-1, *[1] * (z.ndim - 2))
         levels = self.levels.view(shape).to(z.dtype)
-        half = (levels - 1) * (1 - BOUND_EPS) / 2
+        half = (levels - 1) * (1 + BOUND_EPS) / 2
         offset = (1 - levels % 2) / 2  # an even L's levels sit half a step off zero
         bounded = torch.tanh(z + torch.atanh(offset / half)) * half - offset
         return bounded + (bounded.round() - bounded).detach()
