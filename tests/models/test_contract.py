@@ -125,8 +125,8 @@ def test_same_kind_has_one_meaning():
 def test_one_pass_only_where_the_loss_is_the_reconstruction_error(fashion):
     x = fashion[1].floats(slice(0, 32))
     one_pass = [n for n, c in MODELS.items() if c.loss_is_reconstruction]
-    assert one_pass == ["ae", "dropout"]  # the DAE's loss is on corrupted inputs: it needs its own pass
-    for name in ("ae", "dropout", "cae"):
+    assert one_pass == ["ae", "dropout", "fsq"]  # the DAE's loss is on corrupted inputs: it needs its own pass
+    for name in ("ae", "dropout", "cae", "fsq"):
         model = build(name, cfg.resolve(name, None, {"model.latent": 4, "model.hidden": "32"}).model).eval()
         terms, values, logits = model.evaluation(x)
         assert next(iter(terms)) == "loss" and torch.equal(values, torch.sigmoid(logits))

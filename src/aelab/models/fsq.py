@@ -3,7 +3,7 @@ tanh to (L_i - 1) / 2 either side and rounded to one of L_i levels, the gradient
 through. No codebook, so nothing to learn, collapse or re-seed, and no commitment loss: the loss is the chapter's
 reconstruction alone. The implicit codebook is the grid of prod(L_i) points; on the conv architecture (the default)
 each position of a 7x7 grid is one such point, as in the VQ-VAE, on the MLP the whole image is. `levels` sets L per
-dimension, so `latent` is their number. `aelab eval` reports the fraction of the implicit codebook used on the test
+dimension (one per `latent` dimension; by default 8,5,5,5 for latent 4, else 5 each). `aelab eval` reports the fraction of the implicit codebook used on the test
 set (usage), its perplexity, and the bits of one image's code."""
 
 from __future__ import annotations
@@ -24,16 +24,24 @@ BOUND_EPS = 1e-3     # widens the bound a little, so that the outer levels are r
 @dataclass
 class FSQConfig(AEConfig):
     arch: str = "conv"                      # a grid of codes, as the VQ-VAE's
-    latent: int = 4                         # code dimensions: one per entry of levels
-    levels: tuple[int, ...] = (8, 5, 5, 5)  # L of each dimension: 1000 codes, about 2^10 (Mentzer et al.'s table)
+    latent: int = 4                   # code dimensions
+    levels: tuple[int, ...] = ()      # L of each dimension; (): 8,5,5,5 for latent 4 (1000 codes, about 2^10, from
+    #                                   Mentzer et al.'s table), else 5 for each dimension
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """The levels of each code dimension, the default filled in."""
+        if self.levels:
+            return tuple(self.levels)
+        return (8, 5, 5, 5) if self.latent == 4 else (5,) * self.latent
 
     def check(self) -> None:
         super().check()
-        if len(self.levels) != self.latent or min(self.levels, default=0) < 2:
+        if len(self.grid) != self.latent or min(self.grid) < 2:
             raise UserError(f"levels needs one number of levels >= 2 per code dimension (latent {self.latent}), not "
                             f"{self.levels}; e.g. --set levels=8,5,5,5 --latent 4")
-        if math.prod(self.levels) > MAX_CODES:
-            raise UserError(f"levels make {math.prod(self.levels):,} codes, over the {MAX_CODES:,} aelab counts; "
+        if math.prod(self.grid) > MAX_CODES:
+            raise UserError(f"levels make {math.prod(self.grid):,} codes, over the {MAX_CODES:,} aelab counts; "
                             "use fewer or smaller levels")
 
 
@@ -48,7 +56,7 @@ class FSQAutoencoder(Autoencoder):
         if config.arch == "conv":
             self.encoder, self.decoder = grid_coder(config)
             keras_init_(self)
-        levels = torch.tensor(config.levels)
+        levels = torch.tensor(config.grid)
         self.register_buffer("levels", levels, persistent=False)  # from the config: not in the weights
 
     @property
@@ -78,7 +86,7 @@ class FSQAutoencoder(Autoencoder):
     def indices(self, z: torch.Tensor) -> torch.Tensor:
         """The implicit codebook's number (0 .. prod(L) - 1) of every code vector of z (b, latent, ...), flat."""
         digits = (self.rounded(z).movedim(1, -1).reshape(-1, self.config.latent) + self.levels // 2).long()
-        basis = torch.cumprod(torch.tensor((1, *self.config.levels[:-1]), device=z.device), 0)
+        basis = torch.cumprod(torch.tensor((1, *self.config.grid[:-1]), device=z.device), 0)
         return (digits * basis).sum(1)
 
     @torch.no_grad()
@@ -96,7 +104,7 @@ class FSQAutoencoder(Autoencoder):
         """The implicit codebook on the test set: the fraction of its prod(L) points used, their perplexity, and
         code_bits, one image's code: positions x log2 prod(L)."""
         self.eval()
-        codes = math.prod(self.config.levels)
+        codes = math.prod(self.config.grid)
         counts = sum(torch.bincount(self.indices(self.encoder(x).float()), minlength=codes) for x in test.batches(2500))
         positions = math.prod(self.code_shape[1:])
         return {**usage(counts), "code_bits": positions * math.log2(codes)}

@@ -84,7 +84,8 @@ def mmd2(a: torch.Tensor, b: torch.Tensor, kernel) -> torch.Tensor:
     may come out slightly negative)."""
     n, m = len(a), len(b)
     kaa, kbb = kernel(squared_distances(a, a)), kernel(squared_distances(b, b))
-    return ((kaa.sum() - kaa.diagonal().sum()) / (n * (n - 1)) + (kbb.sum() - kbb.diagonal().sum()) / (m * (m - 1))
+    # a single row has no pairs: its own term is left out (0) rather than divided by zero
+    return ((kaa.sum() - kaa.diagonal().sum()) / max(n * (n - 1), 1) + (kbb.sum() - kbb.diagonal().sum()) / max(m * (m - 1), 1)
             - 2 * kernel(squared_distances(a, b)).mean())
 
 
