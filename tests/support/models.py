@@ -58,3 +58,16 @@ def eval_json(run, capsys) -> dict:
     capsys.readouterr()
     assert main(["eval", str(run), "--json"]) == 0
     return json.loads(capsys.readouterr().out)
+
+
+def refusal(name: str, settings: dict) -> str:
+    """The one-line message with which config.resolve refuses `name` with these model settings."""
+    import pytest
+
+    from aelab import config as cfg
+    from aelab.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        cfg.resolve(name, None, settings)
+    assert "\n" not in str(e.value)
+    return str(e.value)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from aelab.errors import UserError
+from aelab.models.aae import AdversarialAutoencoder
 from aelab.models.base import AEConfig, Autoencoder
 from aelab.models.losses import imq_mmd2
 from aelab.models.vae import EVAL_SEED, VariationalAutoencoder, reparameterise
@@ -42,6 +43,7 @@ class WassersteinAutoencoder(Autoencoder):
     prior_name = "normal"
     pictures = VariationalAutoencoder.pictures
     make_pictures = VariationalAutoencoder.make_pictures
+    sample = AdversarialAutoencoder.sample  # decodes self.prior's draws
 
     @property
     def code_heads(self) -> int:
@@ -61,12 +63,6 @@ class WassersteinAutoencoder(Autoencoder):
         recon = self.recon_error_per_input(self.decoder(z), x).mean()
         mmd = imq_mmd2(z.float(), batch_draw(len(z), self.prior))
         return {"loss": recon + self.config.lambd * mmd, "recon": recon, "mmd": mmd}
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n new inputs decoded from draws of N(0, I): images (n, c, h, w) in [0, 1], or vectors in their units."""
-        self.eval()
-        return self._outputs(self.decoder(self.prior(n, generator)))
 
     @torch.no_grad()
     def measures(self, test) -> dict[str, float]:
