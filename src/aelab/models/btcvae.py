@@ -55,8 +55,8 @@ class BetaTCVAE(VariationalAutoencoder):
         mu, logvar, z, recon = self.drawn(x)
         n = int(self.dataset_size) or len(x)
         mi, tc, dim_kl = (t.mean() for t in decomposed_kl(mu, logvar, z, self.log_prior(z), n))
-        return {"loss": recon + mi + self.kl_weight() * tc + dim_kl, "recon": recon, "kl": self.kl(mu, logvar, z).mean(),
-                "mi": mi, "tc": tc, "dim_kl": dim_kl}
+        return {"loss": recon + mi + self.kl_weight() * tc + dim_kl, "recon": recon,
+                "kl": self.kl(mu, logvar, z).mean(), "mi": mi, "tc": tc, "dim_kl": dim_kl}
 
     @torch.no_grad()
     def measures(self, test) -> dict:

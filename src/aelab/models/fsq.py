@@ -3,8 +3,8 @@ tanh to (L_i - 1) / 2 either side and rounded to one of L_i levels, the gradient
 through. No codebook, so nothing to learn, collapse or re-seed, and no commitment loss: the loss is the chapter's
 reconstruction alone. The implicit codebook is the grid of prod(L_i) points; on the conv architecture (the default)
 each position of a 7x7 grid is one such point, as in the VQ-VAE, on the MLP the whole image is. `levels` sets L per
-dimension (one per `latent` dimension; by default 8,5,5,5 for latent 4, else 5 each). `aelab eval` reports the fraction of the implicit codebook used on the test
-set (usage), its perplexity, and the bits of one image's code."""
+dimension (one per `latent` dimension; by default 8,5,5,5 for latent 4, else 5 each). `aelab eval` reports the
+fraction of the implicit codebook used on the test set (usage), its perplexity, and the bits of one image's code."""
 
 from __future__ import annotations
 

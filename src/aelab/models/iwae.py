@@ -23,7 +23,8 @@ class IWAEConfig(VAEConfig):
     def check(self) -> None:
         super().check()
         if not 1 <= self.k <= 10_000:
-            raise UserError(f"k (importance samples per image) must be between 1 and 10000, not {self.k}; e.g. --set k=5")
+            raise UserError(f"k (importance samples per image) must be between 1 and 10000, not {self.k}; "
+                            "e.g. --set k=5")
         if self.k > 1 and (self.beta != 1 or self.warmup_steps):
             raise UserError("beta and warmup_steps weight the ELBO's KL, which the k-sample bound has not; "
                             "leave them at 1 and 0, or train the vae or betavae")

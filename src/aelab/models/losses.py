@@ -85,8 +85,8 @@ def mmd2(a: torch.Tensor, b: torch.Tensor, kernel) -> torch.Tensor:
     n, m = len(a), len(b)
     kaa, kbb = kernel(squared_distances(a, a)), kernel(squared_distances(b, b))
     # a single row has no pairs: its own term is left out (0) rather than divided by zero
-    return ((kaa.sum() - kaa.diagonal().sum()) / max(n * (n - 1), 1) + (kbb.sum() - kbb.diagonal().sum()) / max(m * (m - 1), 1)
-            - 2 * kernel(squared_distances(a, b)).mean())
+    within = lambda k, size: (k.sum() - k.diagonal().sum()) / max(size * (size - 1), 1)
+    return within(kaa, n) + within(kbb, m) - 2 * kernel(squared_distances(a, b)).mean()
 
 
 def rbf_mmd2(a: torch.Tensor, b: torch.Tensor, bandwidth: float) -> torch.Tensor:

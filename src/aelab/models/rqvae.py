@@ -26,7 +26,8 @@ class RQVAEConfig(VQVAEConfig):
     def check(self) -> None:
         super().check()
         if not 1 <= self.depth <= 64:
-            raise UserError(f"depth (codebooks in depth) must be between 1 and 64, not {self.depth}; e.g. --set depth=4")
+            raise UserError(f"depth (codebooks in depth) must be between 1 and 64, not {self.depth}; "
+                            "e.g. --set depth=4")
 
 
 class Codebook(nn.Module):

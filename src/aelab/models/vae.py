@@ -118,10 +118,10 @@ class VariationalAutoencoder(Autoencoder):
 
     @torch.no_grad()
     def bounds(self, test, k: int, generator: torch.Generator | None = None, chunk: int = 20_000) -> dict:
-        """Test-set means in nats per image: neg_elbo = recon + kl (one sample; the KL analytic for
-        N(0, I), else estimated at that sample), and iwae_nll = -L_k; the KL of each code dimension to N(0, 1), and how many are in use (active_dims: mean KL above ACTIVE_KL): a dimension
-        whose posterior is the prior for every image carries nothing. Images go through in chunks of about `chunk`
-        decoder passes, which bounds the memory used."""
+        """Test-set means in nats per image: neg_elbo = recon + kl (one sample; the KL analytic for N(0, I), else
+        estimated at that sample), and iwae_nll = -L_k; the KL of each code dimension to N(0, 1), and how many are in
+        use (active_dims: mean KL above ACTIVE_KL): a dimension whose posterior is the prior for every image carries
+        nothing. Images go through in chunks of about `chunk` decoder passes, which bounds the memory used."""
         self.eval()
         sums = dict.fromkeys(("recon", "kl", "iwae_nll"), 0.0)
         kl_dims = torch.zeros(self.config.latent, dtype=torch.float64, device=self.device)

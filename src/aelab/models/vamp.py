@@ -58,7 +58,8 @@ class VampVAE(VariationalAutoencoder):
         with torch.no_grad():  # K training inputs drawn at random (with replacement if there are fewer)
             pick = torch.randint(len(sample), (self.config.components,), device=sample.device)
             start = sample[pick].to(self.pseudo)
-            self.pseudo.copy_(torch.logit(start.clamp(0.01, 0.99)) if self.data_kind(self.config) == "images" else start)
+            images = self.data_kind(self.config) == "images"
+            self.pseudo.copy_(torch.logit(start.clamp(0.01, 0.99)) if images else start)
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         return log_mixture(z, *self.posterior(self.pseudo_inputs()))
