@@ -284,9 +284,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from aelab import config as cfg
     from aelab.models import build, summary
     from aelab.runs.runfolder import load_model
+    from aelab.runs.settings import resolve
 
     if Path(args.target).exists():
         model = load_model(args.target)

@@ -30,11 +30,13 @@ CASES = arch_cases(MODELS)
 # one setting per model that cannot work: settings.resolve refuses it as `aelab train NAME --set KEY=VALUE` does
 BAD = {"ae": {"latent": 0}, "dropout": {"rate": 1.0}, "dae": {"level": -1.0}, "aae": {"prior": "cauchy"},
        "vae": {"beta": -1.0}, "betavae": {"iwae_k": 0}, "cae": {"contraction": -1.0}, "vqvae": {"codebook": 1},
-       "sae": {"k": 0}}
+       "sae": {"k": 0}, "iwae": {"k": 0}, "vamp": {"components": 0}, "wae": {"encoder": "laplace"},
+       "infovae": {"alpha": 2.0}, "btcvae": {"beta": -1.0}, "rae": {"regulariser": "l1"},
+       "fsq": {"levels": "8,1,5,5"}, "rqvae": {"depth": 0}}
 VECTOR_MODELS = [name for name, cls in MODELS.items() if "vectors" in cls.inputs]
 # at beta = 4 the KL's price is above the variance of every direction of these near-isotropic standardised vectors
 # (at most about 2), so the code rightly carries nothing (FVE 0); at beta = 1.5 it carries them (FVE 0.19 here)
-VECTOR_SETTINGS = {"sae": {"model.l1": 0.02}, "betavae": {"model.beta": 1.5}}
+VECTOR_SETTINGS = {"sae": {"model.l1": 0.02}, "betavae": {"model.beta": 1.5}, "btcvae": {"model.beta": 1.5}}
 
 
 def vector_model(name: str, **settings):
@@ -61,7 +63,8 @@ def test_every_model_and_baseline_keeps_the_contract():
                                                        "device", "prior_name")), cls
         assert isinstance(cls.generative, bool) and isinstance(cls.denoising, bool), cls
         assert cls.generative == hasattr(cls, "sample"), cls
-    assert [n for n, c in MODELS.items() if c.generative] == ["aae", "vae", "betavae"]
+    assert [n for n, c in MODELS.items() if c.generative] == ["aae", "vae", "betavae", "iwae", "vamp", "wae", "infovae",
+                                                               "btcvae"]
     assert [n for n, c in MODELS.items() if c.denoising] == ["dae"]
     assert picture_names() == {"samples.png", "denoise.png", "atoms.png", "density.png"}
     assert isinstance(build("ae", MODELS["ae"].Config(hidden=(8,), latent=2)), Model)
@@ -106,7 +109,7 @@ def test_save_load_round_trip_is_exact(name, arch, fashion_slice, tmp_path):
 @pytest.mark.parametrize("name,arch", CASES)
 def test_generative_models_sample_the_same_images_from_the_same_seed(name, arch):
     _, model = tiny(name, arch)
-    assert model.generative == (name in ("vae", "betavae", "aae"))
+    assert model.generative == (name in ("vae", "betavae", "aae", "iwae", "vamp", "wae", "infovae", "btcvae"))
     if model.generative:
         a = model.sample(5, torch.Generator().manual_seed(3))
         assert a.shape == (5, 1, 28, 28) and a.min() >= 0 and a.max() <= 1
@@ -122,8 +125,8 @@ def test_same_kind_has_one_meaning():
 def test_one_pass_only_where_the_loss_is_the_reconstruction_error(fashion):
     x = fashion[1].floats(slice(0, 32))
     one_pass = [n for n, c in MODELS.items() if c.loss_is_reconstruction]
-    assert one_pass == ["ae", "dropout"]  # the DAE's loss is on corrupted inputs: it needs its own pass
-    for name in ("ae", "dropout", "cae"):
+    assert one_pass == ["ae", "dropout", "fsq"]  # the DAE's loss is on corrupted inputs: it needs its own pass
+    for name in ("ae", "dropout", "cae", "fsq"):
         model = build(name, resolve(name, None, {"model.latent": 4, "model.hidden": "32"}).model).eval()
         terms, values, logits = model.evaluation(x)
         assert next(iter(terms)) == "loss" and torch.equal(values, torch.sigmoid(logits))
@@ -141,8 +144,9 @@ def test_config_resolve_refuses_a_bad_setting_of_every_model(name):
 def test_models_that_need_pixels_refuse_vectors_when_built():
     for name in sorted(set(MODELS) - set(VECTOR_MODELS)):
         with pytest.raises(UserError, match="images"):
-            vector_model(name, **({"model.arch": "mlp"} if name != "vqvae" else {}))
-    assert set(MODELS) - set(VECTOR_MODELS) == {"dae", "vqvae"}
+            vector_model(name, **({"model.arch": "mlp"} if name not in ("vqvae", "rqvae") else {}),
+                         **({"model.latent": 4} if name == "fsq" else {}))
+    assert set(MODELS) - set(VECTOR_MODELS) == {"dae", "vqvae", "fsq", "rqvae"}
 
 
 @pytest.mark.parametrize("name", VECTOR_MODELS)

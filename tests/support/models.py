@@ -58,3 +58,16 @@ def eval_json(run, capsys) -> dict:
     capsys.readouterr()
     assert main(["eval", str(run), "--json"]) == 0
     return json.loads(capsys.readouterr().out)
+
+
+def refusal(name: str, settings: dict) -> str:
+    """The one-line message with which the settings resolver refuses `name` with these model settings."""
+    import pytest
+
+    from aelab.errors import UserError
+    from aelab.runs.settings import resolve
+
+    with pytest.raises(UserError) as e:
+        resolve(name, None, settings)
+    assert "\n" not in str(e.value)
+    return str(e.value)

@@ -168,7 +168,8 @@ def new_model(config: RunConfig, train_set):
     distributed.setup(devices.parse_device(config.train.device))
     torch.manual_seed(config.train.seed)
     model = build_for(config, train_set)
-    model.initialise(train_set.floats(slice(0, 4096)), config.train.epochs * -(-len(train_set) // config.train.batch_size))
+    steps = config.train.epochs * -(-len(train_set) // config.train.batch_size)
+    model.initialise(train_set.floats(slice(0, 4096)), steps, len(train_set))
     return model
 
 

@@ -11,12 +11,20 @@ from aelab.errors import UserError
 from aelab.models.aae import AdversarialAutoencoder
 from aelab.models.base import AEConfig, Autoencoder, summary
 from aelab.models.betavae import BetaVAE
+from aelab.models.btcvae import BetaTCVAE
 from aelab.models.cae import ContractiveAutoencoder
 from aelab.models.dae import DenoisingAutoencoder
 from aelab.models.dropout import DropoutAutoencoder
+from aelab.models.fsq import FSQAutoencoder
+from aelab.models.infovae import InfoVAE
+from aelab.models.iwae import IWAE
+from aelab.models.rae import RegularisedAutoencoder
+from aelab.models.rqvae import RQVAE
 from aelab.models.sparse import SparseAutoencoder
 from aelab.models.vae import VariationalAutoencoder
+from aelab.models.vamp import VampVAE
 from aelab.models.vqvae import VQVAE
+from aelab.models.wae import WassersteinAutoencoder
 
 MODELS: dict[str, type[Autoencoder]] = {
     "ae": Autoencoder,
@@ -28,6 +36,14 @@ MODELS: dict[str, type[Autoencoder]] = {
     "cae": ContractiveAutoencoder,
     "vqvae": VQVAE,
     "sae": SparseAutoencoder,
+    "iwae": IWAE,
+    "vamp": VampVAE,
+    "wae": WassersteinAutoencoder,
+    "infovae": InfoVAE,
+    "btcvae": BetaTCVAE,
+    "rae": RegularisedAutoencoder,
+    "fsq": FSQAutoencoder,
+    "rqvae": RQVAE,
 }
 
 

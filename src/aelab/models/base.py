@@ -194,9 +194,10 @@ class Autoencoder(nn.Module):
         """Named loss terms for a batch of clean inputs x; "loss" is what the optimiser minimises."""
         return {"loss": self.recon_error(self.decoder(self.code(self.corrupt(x))), x)}
 
-    def initialise(self, sample: torch.Tensor, steps: int) -> None:
+    def initialise(self, sample: torch.Tensor, steps: int, size: int = 0) -> None:
         """Data-dependent initialisation, called once before a new run's first step (never on resume) with a
-        sample of training inputs as the model trains on them and the number of steps the run will take."""
+        sample of training inputs as the model trains on them, the number of steps the run will take and the number
+        of training inputs (0 where unknown)."""
 
     def measures(self, test) -> dict:
         """Measures of this variant beyond reconstruction, for `aelab eval` (test: a set on the model's device)."""

@@ -282,7 +282,7 @@ class SparseAutoencoder(Autoencoder):
         return self.decoder[0].bias.view(self.config.in_shape)
 
     @torch.no_grad()
-    def initialise(self, sample: torch.Tensor, steps: int) -> None:
+    def initialise(self, sample: torch.Tensor, steps: int, size: int = 0) -> None:
         """b_dec at its start (`centre`: of a training sample, as the model sees it, or zero), and the L1 warm-up's
         length."""
         rows, centre = sample.flatten(1).float(), self.config.centre
