@@ -40,6 +40,17 @@ TRAIN_FLAGS = {"epochs": "train.epochs", "latent": "model.latent", "batch_size":
 DEVICE_HELP = "auto (default: the first CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N or mps"
 
 
+def add_sampler_flags(p, several: bool = False) -> None:
+    if several:
+        p.add_argument("--sampler", metavar="NAME,NAME", help="prior, gmm or both (prior,gmm): one row per method "
+                       "and sampler it can use (default: each method's own, prior where it has one, else gmm)")
+    else:
+        p.add_argument("--sampler", help="prior (the model's own: vae, betavae, aae) or gmm (a Gaussian mixture "
+                       "fitted to the training codes once, kept in RUN/gmm.safetensors); default: prior where the "
+                       "model has one, else gmm")
+    p.add_argument("--components", type=int_in(1, 10_000), help="Gaussians in the gmm sampler's mixture (default 10)")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="aelab", description="Autoencoder laboratory: train, evaluate and use autoencoders.")
     parser.add_argument("--version", action="version", version="aelab 0.1.0")
@@ -85,9 +96,11 @@ def build_parser() -> Parser:
 
     sub.add_parser("models", help="list the registered models")
 
-    p = sub.add_parser("sample", help="new images from a generative run (vae, aae): a grid PNG")
+    p = sub.add_parser("sample", help="new images from any run: its prior, or a Gaussian mixture fitted to its "
+                       "training codes; a grid PNG")
     p.add_argument("run")
     p.add_argument("-n", type=int_in(1, 100_000), default=100, help="how many images (default 100)")
+    add_sampler_flags(p)
     p.add_argument("--out", required=True, help="FILE.png (a grid, 10 per row), a folder (one PNG each) or FILE.npy")
     p.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0)
     p.add_argument("--overwrite", action="store_true", help="replace existing output")
@@ -404,15 +417,21 @@ def cmd_apply(args) -> int:
 def cmd_sample(args) -> int:
     import torch
 
+    from aelab.evaluation.samplers import check_sampler, default_sampler, make_sampler
+    from aelab.storage.runfolder import RunFolder, load_model
+
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
-    model = _model_that(args.run, lambda m: m.generative, "which cannot draw new images; sample from a vae or aae run "
-                                                 "(`aelab train vae`)", args.device)
+    model = load_model(args.run, args.device)
+    name = args.sampler or default_sampler(model)
+    what = f"{args.run} is a {RunFolder.open(args.run).config().model_name!r} run that"
+    check_sampler(name, model, args.components, what)
     if model.config.recon_loss == "mse" and out.suffix != ".npy":  # a run trained on vectors samples vectors
         raise UserError(f"{args.run} was trained on vectors; give --out FILE.npy, not {out}")
-    images = model.sample(args.n, torch.Generator().manual_seed(args.seed))
+    sampler = make_sampler(name, model, args.run, args.components, keep=True, what=what)
+    images = sampler.draw(args.n, torch.Generator().manual_seed(args.seed))
     _write_images(images.cpu().numpy(), out)
-    print(f"wrote {args.n} samples to {out}")
+    print(f"wrote {args.n} samples to {out}; sampler {sampler.describe()}")
     return 0
 
 

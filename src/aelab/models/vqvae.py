@@ -146,6 +146,17 @@ class VQVAE(Autoencoder):
         self.reseeded += dead.sum()
 
     @torch.no_grad()
+    def sampling_codes(self, x) -> torch.Tensor:
+        """The encoder's continuous output grid before quantisation, flattened: (n, D * h * w)."""
+        return self.encoder(self._images(x)).float().flatten(1)
+
+    @torch.no_grad()
+    def decode_sampled(self, z: torch.Tensor) -> torch.Tensor:
+        """Each D-vector of a drawn grid snapped to its nearest code, then decoded."""
+        z = torch.as_tensor(z, dtype=torch.float32, device=self.device).view(-1, *self.code_shape)
+        return self._outputs(self.decoder(self.quantise(z)[0]))
+
+    @torch.no_grad()
     def tokens(self, x):
         """The code numbers of images, (n, h, w) in 0..K-1: the image as a grid of tokens."""
         z_e = self.encoder(self._images(x)).float()
