@@ -86,7 +86,10 @@ def build_parser() -> Parser:
     p.add_argument("--data", metavar="PATH", help="evaluate on this data's test split instead of the run's")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--save", action="store_true", help="also write the measures to RUN/eval.json (the run's own "
-                   "test set only); without it eval only reads")
+                   "test set only), and keep a gmm sampler's mixture; without it eval only reads")
+    add_sampler_flags(p)
+    p.add_argument("--samples", type=int_in(0, 100_000), default=10_000, help="samples measured against as many "
+                   "test images (default 10000; 0: no sample measures)")
 
     p = sub.add_parser("info", help="layer and parameter summary of a model or a run")
     p.add_argument("target", nargs="?", default="ae", help="model name or run folder")
@@ -263,10 +266,13 @@ def _parse_set(item: str) -> tuple[str, str]:
 
 
 def cmd_eval(args) -> int:
+    import contextlib
     import dataclasses
     import math
 
     from aelab.evaluation.evaluate import evaluate
+    from aelab.evaluation.generation import measurable, measure_run
+    from aelab.evaluation.samplers import check_sampler, default_sampler
     from aelab.storage.runfolder import RunFolder, load_model
 
     if args.save and (args.data or not Path(args.run).is_dir()):
@@ -275,11 +281,21 @@ def cmd_eval(args) -> int:
     model = load_model(args.run, args.device)
     run = RunFolder.open(args.run)
     config = run.config()
+    if args.sampler or args.components:
+        check_sampler(args.sampler or default_sampler(model), model, args.components,
+                      f"{args.run} is a {config.model_name!r} run that")
     test = dataclasses.replace(config.data, path=args.data or config.data.path).load_test()
     if test.shape != tuple(model.config.in_shape):
         raise UserError(f"the test data are {'x'.join(map(str, test.shape))} but {args.run} takes "
                         f"{'x'.join(map(str, model.config.in_shape))}; give --data of that size")
+    sampled = args.samples > 0 and measurable(test)
+    if (args.sampler or args.components) and not sampled:
+        raise UserError("sample measures need 28x28 grey images (the classifier's features) and --samples above "
+                        "0; drop --sampler and --components")
     metrics = evaluate(model, test)
+    if sampled:  # the classifier, trained on first use, says so on stderr: stdout stays one JSON object
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            metrics.update(measure_run(model, args.run, test, args.sampler, args.components, args.samples, args.save))
     bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:  # JSON has no NaN: refuse rather than write a file no other reader can parse
         raise UserError(f"{args.run} gives non-finite measures ({', '.join(f'{k} {metrics[k]}' for k in bad)}); "

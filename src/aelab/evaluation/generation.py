@@ -1,0 +1,107 @@
+"""How good samples are, in the 128 features of aelab's Fashion-MNIST classifier (evaluation.frechet):
+
+- the Frechet distance of Gaussians fitted to sample and test features (Heusel et al. 2017), with its floor (the test
+  set's distance from the training set);
+- precision and recall of k-nearest-neighbour manifolds (Kynkaanniemi et al. 2019, k = 3): precision is the share
+  of samples inside some real feature's ball (the ball around it reaching its k-th nearest real neighbour), recall
+  the share of real features inside some sample's ball (balls of the samples among themselves);
+- density and coverage (Naeem et al. 2020, k = 5): density counts the real balls each sample falls in, divided by
+  k (about 1 when samples and real data come from one distribution), coverage is the share of real features whose
+  ball holds at least one sample.
+
+Balls are closed (a distance equal to the radius is inside), as the papers define them; distances come from
+matrix products, so "equal" allows a relative 1e-9 of rounding (a point is its neighbour's neighbour exactly).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from aelab.evaluation.frechet import frechet_distance
+
+PR_K, DC_K = 3, 5   # the papers' neighbourhood sizes
+ROUNDING = 1 + 1e-9
+SAMPLES = 10_000    # samples drawn to measure a sampler (never more than the test images they are compared with)
+EVAL_SEED = 1234    # the draws measured come from their own generator: the same figures every time
+
+
+def _distances(a: torch.Tensor, b: torch.Tensor, chunk: int):
+    """(start, distances (c, len(b))) for chunks of a's rows: Euclidean, float64."""
+    for s in range(0, len(a), chunk):
+        yield s, torch.cdist(a[s:s + chunk], b)
+
+
+def knn_radii(x: torch.Tensor, k: int, chunk: int = 1000) -> torch.Tensor:
+    """Each row's distance to its k-th nearest other row, (n,)."""
+    out = torch.empty(len(x), dtype=x.dtype)
+    for s, d in _distances(x, x, chunk):
+        out[s:s + len(d)] = d.kthvalue(k + 1, dim=1).values  # the row itself is the first, at 0
+    return out
+
+
+def _inside(queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+    """For each query, how many of the balls (centres, radii) hold it: (n_queries,)."""
+    counts = torch.empty(len(queries), dtype=torch.int64)
+    for s, d in _distances(queries, centres, chunk):
+        counts[s:s + len(d)] = (d <= radii * ROUNDING).sum(1)
+    return counts
+
+
+def _rows(features) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(features), dtype=torch.float64)
+
+
+def precision_recall(real, fake, k: int = PR_K) -> dict[str, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) of fake features against real ones, (n, f) each."""
+    real, fake = _rows(real), _rows(fake)
+    return {"precision": (_inside(fake, real, knn_radii(real, k)) > 0).double().mean().item(),
+            "recall": (_inside(real, fake, knn_radii(fake, k)) > 0).double().mean().item()}
+
+
+def density_coverage(real, fake, k: int = DC_K) -> dict[str, float]:
+    """Density and coverage (Naeem et al. 2020) of fake features against real ones, (n, f) each."""
+    real, fake = _rows(real), _rows(fake)
+    radii = knn_radii(real, k)
+    nearest = torch.cat([d.min(1).values for _, d in _distances(real, fake, 1000)])
+    return {"density": _inside(fake, real, radii).sum().item() / (k * len(fake)),
+            "coverage": (nearest <= radii * ROUNDING).double().mean().item()}
+
+
+def sample_measures(samples, net, test, train=None) -> dict[str, float]:
+    """The Frechet distance, precision, recall, density and coverage of samples (n, 1, 28, 28) in [0, 1] against
+    the test images, in the classifier's features; with `train`, the Frechet floor (test against train) too."""
+    fake, real = net.features(samples), net.features(test)
+    measures = {"frechet": frechet_distance(fake, real)}
+    if train is not None:
+        measures["frechet_floor"] = frechet_distance(real, net.features(train))
+    return {**measures, **precision_recall(real, fake), **density_coverage(real, fake)}
+
+
+def measurable(data) -> bool:
+    """Whether the classifier can see a data set's images: 28x28 grey."""
+    from aelab.evaluation.frechet import IMAGE_SHAPE
+
+    return data.recon_loss == "bce" and tuple(data.shape) == IMAGE_SHAPE
+
+
+def measure_sampler(sampler, net, test, train=None, samples: int = SAMPLES) -> dict:
+    """A sampler's draws measured against as many test images (up to `samples`), from a fixed seed."""
+    n = min(samples, len(test))
+    drawn = sampler.draw(n, torch.Generator().manual_seed(EVAL_SEED)).detach().float().cpu()
+    return {"sampler": sampler.name, "samples": n, **sample_measures(drawn, net, test.subset(n), train)}
+
+
+def measure_run(model, run, test, sampler: str | None = None, components: int | None = None,
+                samples: int = SAMPLES, keep: bool = False) -> dict:
+    """What `aelab eval` adds for a run whose outputs the classifier can see: its sampler (by default prior where it
+    has one, else gmm) measured against the test images. `keep`: a gmm fitted here is kept in the run folder."""
+    from aelab.evaluation.frechet import feature_classifier
+    from aelab.evaluation.samplers import default_sampler, make_sampler
+
+    chosen = make_sampler(sampler or default_sampler(model), model, run, components, keep=keep)
+    net, _ = feature_classifier()
+    measures = measure_sampler(chosen, net, test, samples=samples)
+    if chosen.name == "gmm":
+        measures["gmm_components"] = chosen.mixture.components
+    return measures
