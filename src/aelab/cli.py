@@ -128,6 +128,9 @@ def build_parser() -> Parser:
     p.add_argument("--epochs", type=int, help="epochs for the models trained here (default: the model's, 100)")
     p.add_argument("--run", action="append", default=[], metavar="NAME=RUN_DIR",
                    help="use this trained run as method NAME instead of training one")
+    add_sampler_flags(p, several=True)
+    p.add_argument("--samples", type=int_in(0, 100_000), default=10_000, help="samples of each row measured "
+                   "against as many test images (default 10000; 0: sample grids only)")
     p.add_argument("--data", metavar="PATH", help="idx folder, image folder or .npy/.npz (default: Fashion-MNIST)")
     p.add_argument("--json", action="store_true", help="print the table as a JSON list of rows (progress to stderr)")
     p.add_argument("--overwrite", action="store_true", help="replace DIR's figures and tables (finished runs are reused)")
@@ -360,7 +363,9 @@ def cmd_compare(args) -> int:
     progress = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with progress:
         rows = compare(methods, latents or ([args.latent] if args.latent is not None else None), args.out, args.data,
-                       args.epochs, runs, args.overwrite, args.threads, device=args.device)
+                       args.epochs, runs, args.overwrite, args.threads, device=args.device,
+                       samplers=args.sampler.split(",") if args.sampler is not None else None,
+                       samples=args.samples, components=args.components)
     if args.json:
         print(json.dumps(rows))
     else:
