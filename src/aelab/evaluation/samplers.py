@@ -202,8 +202,8 @@ def _overrides(cls: type, name: str) -> bool:
 
 
 def _phrase(method) -> str:
-    """The first line of a method's docstring, as a phrase: "The encoder's output." -> "the encoder's output"."""
-    line = (method.__doc__ or method.__name__).strip().splitlines()[0].rstrip(".")
+    """The first paragraph of a method's docstring, as a phrase: "The encoder's output." -> "the encoder's output"."""
+    line = " ".join((method.__doc__ or method.__name__).strip().split("\n\n")[0].split()).rstrip(".")
     return line[:1].lower() + line[1:]
 
 

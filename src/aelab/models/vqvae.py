@@ -147,14 +147,14 @@ class VQVAE(Autoencoder):
 
     @torch.no_grad()
     def sampling_codes(self, x) -> torch.Tensor:
-        """The encoder's continuous output grid before quantisation, flattened: (n, D * h * w)."""
+        """The encoder's continuous output before quantisation, flattened (n, code_size): what an ex-post sampler
+        fits a density to."""
         return self.encoder(self._images(x)).float().flatten(1)
 
     @torch.no_grad()
     def decode_sampled(self, z: torch.Tensor) -> torch.Tensor:
-        """Each D-vector of a drawn grid snapped to its nearest code, then decoded."""
-        z = torch.as_tensor(z, dtype=torch.float32, device=self.device).view(-1, *self.code_shape)
-        return self._outputs(self.decoder(self.quantise(z)[0]))
+        """Images in [0, 1] from codes like sampling_codes' (n, code_size): quantised, then decoded."""
+        return self._outputs(self.decoder(self.quantise(z.float().to(self.device).view(-1, *self.code_shape))[0]))
 
     @torch.no_grad()
     def tokens(self, x):
