@@ -53,4 +53,6 @@ def test_feature_classifier_is_cached_and_separates_real_from_noise(tmp_path, fa
     floor = frechet_floor(net, test, train)
     assert real["frechet"] < 3 * floor + 1 and noise["frechet"] > 10 * real["frechet"]
     assert real["precision"] > 0.6 and real["recall"] > 0.6 and real["coverage"] > 0.8
-    assert max(noise["precision"], noise["recall"], noise["coverage"]) < 0.01
+    # noise lands on one spot of feature space that a few far real outliers' large balls hold: precision is fooled
+    # (Naeem et al.'s case against it), density, which counts the balls, and coverage and recall are not
+    assert noise["recall"] < 0.01 and noise["coverage"] < 0.05 and noise["density"] < 0.5 * real["density"]

@@ -32,47 +32,60 @@ def _distances(a: torch.Tensor, b: torch.Tensor, chunk: int):
         yield s, torch.cdist(a[s:s + chunk], b)
 
 
-def knn_radii(x: torch.Tensor, k: int, chunk: int = 1000) -> torch.Tensor:
-    """Each row's distance to its k-th nearest other row, (n,)."""
-    out = torch.empty(len(x), dtype=x.dtype)
+def knn_radii(x: torch.Tensor, ks: tuple[int, ...] | int, chunk: int = 1000) -> dict[int, torch.Tensor] | torch.Tensor:
+    """Each row's distance to its k-th nearest other row, (n,), for each k of `ks` (one pass for all)."""
+    several = isinstance(ks, tuple)
+    ks = ks if several else (ks,)
+    out = {k: torch.empty(len(x), dtype=x.dtype) for k in ks}
     for s, d in _distances(x, x, chunk):
-        out[s:s + len(d)] = d.kthvalue(k + 1, dim=1).values  # the row itself is the first, at 0
-    return out
-
-
-def _inside(queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
-    """For each query, how many of the balls (centres, radii) hold it: (n_queries,)."""
-    counts = torch.empty(len(queries), dtype=torch.int64)
-    for s, d in _distances(queries, centres, chunk):
-        counts[s:s + len(d)] = (d <= radii * ROUNDING).sum(1)
-    return counts
+        nearest = d.topk(max(ks) + 1, dim=1, largest=False).values  # sorted; the row itself is the first, at 0
+        for k in ks:
+            out[k][s:s + len(d)] = nearest[:, k]
+    return out if several else out[ks[0]]
 
 
 def _rows(features) -> torch.Tensor:
     return torch.as_tensor(np.asarray(features), dtype=torch.float64)
 
 
-def precision_recall(real, fake, k: int = PR_K) -> dict[str, float]:
-    """Improved precision and recall (Kynkaanniemi et al. 2019) of fake features against real ones, (n, f) each."""
+def manifold_measures(real, fake, pr_k: int = PR_K, dc_k: int = DC_K, chunk: int = 1000) -> dict[str, float]:
+    """Precision and recall (Kynkaanniemi et al. 2019, k = pr_k) and density and coverage (Naeem et al. 2020,
+    k = dc_k) of fake features against real ones, (n, f) each: the radii of each set in one pass over it, then
+    one pass over the fake x real distances for all four."""
     real, fake = _rows(real), _rows(fake)
-    return {"precision": (_inside(fake, real, knn_radii(real, k)) > 0).double().mean().item(),
-            "recall": (_inside(real, fake, knn_radii(fake, k)) > 0).double().mean().item()}
+    r_real = {k: v * ROUNDING for k, v in knn_radii(real, (pr_k, dc_k), chunk).items()}
+    r_fake = knn_radii(fake, pr_k, chunk) * ROUNDING
+    precise = torch.empty(len(fake), dtype=torch.bool)
+    dense = torch.empty(len(fake), dtype=torch.int64)
+    recalled = torch.zeros(len(real), dtype=torch.bool)
+    nearest = torch.full((len(real),), torch.inf, dtype=torch.float64)
+    for s, d in _distances(fake, real, chunk):                      # (c fakes, n real)
+        precise[s:s + len(d)] = (d <= r_real[pr_k]).any(1)
+        dense[s:s + len(d)] = (d <= r_real[dc_k]).sum(1)
+        recalled |= (d <= r_fake[s:s + len(d), None]).any(0)
+        nearest = torch.minimum(nearest, d.min(0).values)
+    return {"precision": precise.double().mean().item(), "recall": recalled.double().mean().item(),
+            "density": dense.sum().item() / (dc_k * len(fake)),
+            "coverage": (nearest <= r_real[dc_k]).double().mean().item()}
+
+
+def precision_recall(real, fake, k: int = PR_K) -> dict[str, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) of fake features against real ones."""
+    measures = manifold_measures(real, fake, pr_k=k)
+    return {key: measures[key] for key in ("precision", "recall")}
 
 
 def density_coverage(real, fake, k: int = DC_K) -> dict[str, float]:
-    """Density and coverage (Naeem et al. 2020) of fake features against real ones, (n, f) each."""
-    real, fake = _rows(real), _rows(fake)
-    radii = knn_radii(real, k)
-    nearest = torch.cat([d.min(1).values for _, d in _distances(real, fake, 1000)])
-    return {"density": _inside(fake, real, radii).sum().item() / (k * len(fake)),
-            "coverage": (nearest <= radii * ROUNDING).double().mean().item()}
+    """Density and coverage (Naeem et al. 2020) of fake features against real ones."""
+    measures = manifold_measures(real, fake, dc_k=k)
+    return {key: measures[key] for key in ("density", "coverage")}
 
 
 def sample_measures(samples, net, test) -> dict[str, float]:
     """The Frechet distance, precision, recall, density and coverage of samples (n, 1, 28, 28) in [0, 1] against
     the test images, in the classifier's features."""
     fake, real = net.features(samples), net.features(test)
-    return {"frechet": frechet_distance(fake, real), **precision_recall(real, fake), **density_coverage(real, fake)}
+    return {"frechet": frechet_distance(fake, real), **manifold_measures(real, fake)}
 
 
 def frechet_floor(net, test, train) -> float:
