@@ -274,7 +274,8 @@ def cmd_eval(args) -> int:
     import math
 
     from aelab.evaluation.evaluate import evaluate
-    from aelab.evaluation.generation import measurable, measure_run
+    from aelab.evaluation.frechet import feature_classifier
+    from aelab.evaluation.generation import measurable, measure_sampler
     from aelab.evaluation.samplers import check_sampler, default_sampler
     from aelab.storage.runfolder import RunFolder, load_model
 
@@ -298,7 +299,10 @@ def cmd_eval(args) -> int:
     metrics = evaluate(model, test)
     if sampled:  # the classifier, trained on first use, says so on stderr: stdout stays one JSON object
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-            metrics.update(measure_run(model, args.run, test, args.sampler, args.components, args.samples, args.save))
+            sampler = _sampler(args.run, model, args.sampler, args.components, args.save)
+            metrics.update(measure_sampler(sampler, feature_classifier()[0], test, args.samples))
+            if sampler.name == "gmm":
+                metrics["gmm_components"] = sampler.mixture.components
     bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:  # JSON has no NaN: refuse rather than write a file no other reader can parse
         raise UserError(f"{args.run} gives non-finite measures ({', '.join(f'{k} {metrics[k]}' for k in bad)}); "
@@ -438,22 +442,34 @@ def cmd_apply(args) -> int:
 def cmd_sample(args) -> int:
     import torch
 
-    from aelab.evaluation.samplers import check_sampler, default_sampler, make_sampler
+    from aelab.evaluation.samplers import check_sampler, default_sampler
     from aelab.storage.runfolder import RunFolder, load_model
 
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
     model = load_model(args.run, args.device)
-    name = args.sampler or default_sampler(model)
     what = f"{args.run} is a {RunFolder.open(args.run).config().model_name!r} run that"
-    check_sampler(name, model, args.components, what)
+    check_sampler(args.sampler or default_sampler(model), model, args.components, what)
     if model.config.recon_loss == "mse" and out.suffix != ".npy":  # a run trained on vectors samples vectors
         raise UserError(f"{args.run} was trained on vectors; give --out FILE.npy, not {out}")
-    sampler = make_sampler(name, model, args.run, args.components, keep=True, what=what)
+    sampler = _sampler(args.run, model, args.sampler, args.components, keep=True)
     images = sampler.draw(args.n, torch.Generator().manual_seed(args.seed))
     _write_images(images.cpu().numpy(), out)
     print(f"wrote {args.n} samples to {out}; sampler {sampler.describe()}")
     return 0
+
+
+def _sampler(run: str, model, name: str | None, components: int | None, keep: bool):
+    """The run's sampler `name` (by default its own): a gmm reuses the mixture the run folder keeps, or fits one
+    to the training codes of the run's data and, with `keep`, keeps it there."""
+    from aelab.evaluation.samplers import default_sampler, make_sampler
+    from aelab.storage.runfolder import RunFolder
+
+    folder = RunFolder.open(run)
+    stored = not folder.path.is_file()  # a weights file alone fits its mixture each time, keeping nothing
+    return make_sampler(name or default_sampler(model), model, lambda: folder.config().data.load()[0], components,
+                        folder.sampler_path if stored else None, folder.weights_epoch() if stored else None, keep,
+                        f"{run} is a {folder.config().model_name!r} run that")
 
 
 def cmd_interpolate(args) -> int:

@@ -73,8 +73,10 @@ def test_sample_on_an_ae_run_keeps_its_mixture_and_draws_the_same_images(ae_run,
     # the kept mixture, loaded in this process, draws what the command drew
     from aelab.storage.runfolder import load_model
 
-    model = load_model(ae_run)
-    sampler = make_sampler("gmm", model, ae_run)
+    from aelab.storage.runfolder import RunFolder
+
+    model, folder = load_model(ae_run), RunFolder(ae_run)
+    sampler = make_sampler("gmm", model, None, kept=folder.sampler_path, epoch=folder.weights_epoch())
     assert "kept in" in sampler.note
     assert in_process(["sample", ae_run, "-n", "20", "--out", tmp_path / "a.npy", "--seed", "5"], capsys).returncode == 0
     assert np.array_equal(np.load(tmp_path / "a.npy"), sampler.draw(20, torch.Generator().manual_seed(5)).numpy())

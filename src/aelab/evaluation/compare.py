@@ -176,12 +176,15 @@ def sample_rows(fitted: Fitted, row: dict, samplers: list[str] | None, train: Im
     method can use none of them."""
     from aelab.evaluation.samplers import SAMPLERS, default_sampler, make_sampler
     from aelab.reports.images import save_png, tile
+    from aelab.storage.runfolder import RunFolder
 
     model = fitted.model
     usable = [name for name in (samplers or [default_sampler(model)]) if SAMPLERS[name].cannot(model) is None]
     rows = []
     for name in usable:
-        sampler = make_sampler(name, model, fitted.run, components if name == "gmm" else None, train, fitted.keep)
+        folder = RunFolder(fitted.run) if fitted.run is not None else None
+        sampler = make_sampler(name, model, train, components if name == "gmm" else None,
+                               folder and folder.sampler_path, folder and folder.weights_epoch(), fitted.keep)
         print(f"compare: sampling {fitted.name} at {fitted.latent} by {sampler.describe()}", flush=True)
         save_png(tile(sampler.draw(100, torch.Generator().manual_seed(EVAL_SEED)).cpu(), 10, 10),
                  out / sample_grid_name(fitted.name, fitted.latent, name))

@@ -105,18 +105,3 @@ def measure_sampler(sampler, net, test, samples: int = SAMPLES) -> dict:
     n = min(samples, len(test))
     drawn = sampler.draw(n, torch.Generator().manual_seed(EVAL_SEED)).detach().float().cpu()
     return {"sampler": sampler.name, "samples": n, **sample_measures(drawn, net, test.subset(n))}
-
-
-def measure_run(model, run, test, sampler: str | None = None, components: int | None = None,
-                samples: int = SAMPLES, keep: bool = False) -> dict:
-    """What `aelab eval` adds for a run whose outputs the classifier can see: its sampler (by default prior where it
-    has one, else gmm) measured against the test images. `keep`: a gmm fitted here is kept in the run folder."""
-    from aelab.evaluation.frechet import feature_classifier
-    from aelab.evaluation.samplers import default_sampler, make_sampler
-
-    chosen = make_sampler(sampler or default_sampler(model), model, run, components, keep=keep)
-    net, _ = feature_classifier()
-    measures = measure_sampler(chosen, net, test, samples=samples)
-    if chosen.name == "gmm":
-        measures["gmm_components"] = chosen.mixture.components
-    return measures

@@ -251,35 +251,27 @@ def kept_mixture(path: Path, components: int, epoch: int | None) -> GaussianMixt
         raise UserError(f"{path} holds covariances that are not positive definite; it is damaged: {fix}") from None
 
 
-def make_sampler(name: str, model, run: str | Path | None = None, components: int | None = None,
-                 train=None, keep: bool = False, what: str = "this model") -> Sampler:
-    """The sampler `name` for a trained model. gmm reuses the mixture a run folder keeps (RUN/gmm.safetensors) when
-    it was fitted to these weights with these components; otherwise it fits one to the training codes (`train`, or
-    the run's own training set) and, with `keep`, keeps it in the run folder."""
+def make_sampler(name: str, model, train, components: int | None = None, kept: Path | None = None,
+                 epoch: int | None = None, keep: bool = False, what: str = "this model") -> Sampler:
+    """The sampler `name` for a trained model. gmm reuses the mixture kept at `kept` (a run folder's
+    gmm.safetensors) when it was fitted to the weights of `epoch` with these components; otherwise it fits one to
+    the codes of `train` (a data set, or a function that loads it: called only then) and, with `keep`, keeps it
+    there."""
     check_sampler(name, model, components, what)
     if name == "prior":
         return PriorSampler(model)
-    from aelab.storage.runfolder import RunFolder
-
     components = components or COMPONENTS
-    folder = RunFolder(run) if run is not None and Path(run).is_dir() else None
-    epoch = folder.weights_epoch() if folder else None
-    path = folder.sampler_path if folder else None
-    mixture = kept_mixture(path, components, epoch) if path is not None else None
+    mixture = kept_mixture(kept, components, epoch) if kept is not None else None
     if mixture is not None:
-        return MixtureSampler(model, mixture, f" (the mixture kept in {path})")
-    if train is None:
-        if folder is None:
-            raise UserError(f"{run} is a weights file alone; --sampler gmm fits its mixture to the run's training "
-                            "codes: pass the run folder")
-        train, _ = folder.config().data.load()
+        return MixtureSampler(model, mixture, f" (the mixture kept in {kept})")
+    train = train() if callable(train) else train
     mixture = GaussianMixture(components).fit(training_codes(model, train))
     note = f" ({len(train)} training codes)"
-    if keep and path is not None:
-        files.refuse_link(path)
-        files.write_safetensors(path, {k: v.contiguous() for k, v in mixture.tensors().items()},
+    if keep and kept is not None:
+        files.refuse_link(kept)
+        files.write_safetensors(kept, {k: v.contiguous() for k, v in mixture.tensors().items()},
                                 {"format": FORMAT, "components": str(components), "weights_epoch": str(epoch),
                                  "codes": str(len(train)), "log_likelihood": f"{mixture.log_likelihood_:.6f}",
                                  "iterations": str(mixture.iterations_), "converged": str(mixture.converged_)})
-        note = f" ({len(train)} training codes; kept in {path})"
+        note = f" ({len(train)} training codes; kept in {kept})"
     return MixtureSampler(model, mixture, note)
