@@ -47,6 +47,25 @@ def fashion():
     return load_dataset(FASHION_DIR)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache(tmp_path_factory, fashion):
+    """AELAB_CACHE, for this session and the processes it starts, holds a feature classifier trained for one epoch
+    on 1024 real images (a second; the real one takes minutes), so that sample measures never train one."""
+    import os
+
+    from aelab.evaluation.frechet import feature_classifier
+
+    cache, before = tmp_path_factory.mktemp("cache"), os.environ.get("AELAB_CACHE")
+    train, test = fashion
+    feature_classifier(train.subset(1024), test.subset(256), cache=cache, epochs=1)
+    os.environ["AELAB_CACHE"] = str(cache)
+    yield cache
+    if before is None:
+        os.environ.pop("AELAB_CACHE")
+    else:
+        os.environ["AELAB_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def fashion_slice(fashion):
     """(train, test) ImageSets: the first 1024 train and 256 test images, for models trained in-process."""

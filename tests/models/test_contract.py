@@ -116,6 +116,17 @@ def test_generative_models_sample_the_same_images_from_the_same_seed(name, arch)
         assert torch.equal(a, model.sample(5, torch.Generator().manual_seed(3)))
 
 
+@pytest.mark.parametrize("name,arch", CASES)
+def test_decoding_the_sampling_codes_of_an_image_reconstructs_it(name, arch, fashion_slice):
+    """What an ex-post sampler fits (sampling_codes) and how its draws become images (decode_sampled) meet at the
+    data: a quantised model quantises the continuous codes it was given, as it quantises its own."""
+    _, model = tiny(name, arch)
+    x = fashion_slice[1].floats(slice(0, 6))
+    codes = model.eval().sampling_codes(x)
+    assert codes.dtype == torch.float32 and codes.ndim == 2 and len(codes) == 6
+    assert torch.allclose(model.decode_sampled(codes), model.reconstruct(x), atol=1e-6)
+
+
 def test_same_kind_has_one_meaning():
     result = torch.ones(2)
     assert isinstance(same_kind(np.zeros(1), result), np.ndarray) and isinstance(same_kind([0], result), np.ndarray)

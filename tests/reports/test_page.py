@@ -255,12 +255,19 @@ def test_comparison_page_sorts_its_table(browser, subset_npz, tmp_path):
     out = tmp_path / "cmp"
     assert main(["compare", "pca", "--latents", "2,5", "--data", str(subset_npz), "--out", str(out)]) == 0
     page = Page(browser, out / "report.html")
-    latents = "Array.from(document.querySelectorAll('#leaderboard tbody tr')).map(r => +r.children[1].textContent)"
+    column = "Array.from(document.querySelectorAll('#leaderboard th')).findIndex(h => h.dataset.key === 'latent')"
+    latents = f"Array.from(document.querySelectorAll('#leaderboard tbody tr')).map(r => +r.children[{column}].textContent)"
     assert page.js(latents) == [2, 5]
     page.page.click("#leaderboard th[data-key=latent]")
     page.page.click("#leaderboard th[data-key=latent]")  # the second click sorts descending
     assert page.js(latents) == [5, 2]
-    assert page.js("document.querySelectorAll('img').length") == 3  # figure 12.3 at 2 and 5, error against size
+    # figure 12.3 at 2 and 5, error against size, and PCA's samples by its default sampler at each size
+    assert page.js("document.querySelectorAll('img').length") == 5
+    grids = page.js("Array.from(document.querySelectorAll('#sample-grids img')).map(i => [i.alt, i.naturalWidth])")
+    assert grids == [["pca samples by gmm", 280], ["pca samples by gmm", 280]]
+    assert page.js("Array.from(document.querySelectorAll('#leaderboard th')).map(h => h.dataset.key)")[:3] == \
+        ["method", "sampler", "latent"]
+    assert page.screenshot("#sample-grids figure:first-child img").std() > 10  # drawn, not blank
     page.assert_offline_and_clean()
 
 

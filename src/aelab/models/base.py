@@ -283,6 +283,14 @@ class Autoencoder(nn.Module):
         """Reconstructions (probabilities in [0, 1]) of clean images."""
         return same_kind(x, self._outputs(self.decoder(self.code_eval(self._images(x)))))
 
+    def sampling_codes(self, x) -> torch.Tensor:
+        """The codes `encode` gives, (n, code_size) float: what an ex-post sampler fits its density to."""
+        return torch.as_tensor(self.encode(x)).float()
+
+    def decode_sampled(self, z: torch.Tensor) -> torch.Tensor:
+        """`decode` of codes drawn in the space of `sampling_codes`."""
+        return self.decode(z)
+
     @torch.no_grad()
     def interpolate(self, a, b, steps: int = 10) -> torch.Tensor:
         """Images decoded from `steps` codes evenly spaced on the line from the code of image a to that of b."""

@@ -216,6 +216,8 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
 # ---------------------------------------------------------------------------------------------- a comparison
 
 def compare_page_data(folder: Path) -> dict:
+    from aelab.experiments.compare import sample_grid_name
+
     rows = json.loads((folder / "compare.json").read_text())
     notes_path = folder / "compare.md"
     notes = notes_path.read_text().split("\n\n")[1:] if notes_path.is_file() else []
@@ -224,7 +226,10 @@ def compare_page_data(folder: Path) -> dict:
         page = RunFolder(folder / "runs" / f"{row['method']}-k{row['latent']}").page_path
         row["page"] = str(page.relative_to(folder)) if page.is_file() else None
     error_plot = folder / "error_vs_latent.png"
-    return {"kind": "compare", "title": f"Comparison: {', '.join(dict.fromkeys(r['method'] for r in rows))}",
+    grids = [(r, folder / sample_grid_name(r["method"], r["latent"], r["sampler"])) for r in rows if r.get("sampler")]
+    samples = [{"method": r["method"], "latent": r["latent"], "sampler": r["sampler"], "uri": _file_uri(path)}
+               for r, path in grids if path.is_file()]
+    return {"kind": "compare", "samples": samples, "title": f"Comparison: {', '.join(dict.fromkeys(r['method'] for r in rows))}",
             "rows": rows, "notes": [n.strip() for n in notes if n.strip()],
             "figures": [{"latent": int(p.stem.split("_k")[1]), "uri": _file_uri(p)} for p in figures],
             "error_vs_latent": _file_uri(error_plot) if error_plot.is_file() else None}

@@ -7,6 +7,7 @@ here is a pickle:
     RUN/metrics.jsonl           one JSON object per epoch: every train/test loss term and the seconds taken
     RUN/grids/epoch_NNN.png     the 10x10 test grid (real | reconstruction) after that epoch; grids.gif plays them
     RUN/eval.json, loss.png, report.md, report.html, the models' pictures, tensorboard/: written after training
+    RUN/gmm.safetensors         the Gaussian mixture fitted to the training codes, for `aelab sample --sampler gmm`
     RUN/.aelab-run              made with the folder: --overwrite replaces only folders aelab made
     RUN/.aelab-lock             locked by the one process training the run; holds its PID
 
@@ -64,6 +65,7 @@ class RunFolder:
     metrics_path, eval_path, grids_path, gif_path = _paths("metrics.jsonl", "eval.json", "grids", "grids.gif")
     loss_plot_path, report_path, page_path = _paths("loss.png", "report.md", "report.html")
     tensorboard_path, marker_path, lock_path = _paths("tensorboard", ".aelab-run", ".aelab-lock")
+    sampler_path, = _paths("gmm.safetensors")  # the ex-post Gaussian mixture of `aelab sample --sampler gmm`
 
     def picture(self, name: str) -> Path:
         """Where a model's picture (a name from model.make_pictures) goes."""
