@@ -350,19 +350,21 @@ def cmd_report(args) -> int:
     if not folder.exists():
         raise UserError(f"{folder} does not exist; pass a run folder (`aelab train --out`) or a comparison folder "
                         "(`aelab compare --out`)")
+    from aelab.storage.folders import CompareFolder
     from aelab.storage.runfolder import RunFolder
 
     if RunFolder(folder).config_path.is_file():
         from aelab.training.pipeline import write_page
 
         page = write_page(folder, out)
-    elif (folder / "compare.json").is_file():
+    elif CompareFolder(folder).json_path.is_file():
         from aelab.reports.page import write_compare_page
 
         page = write_compare_page(folder, out)
     else:
-        raise UserError(f"{folder} is neither a run folder (no config.json) nor a comparison folder (no "
-                        "compare.json); pass a folder written by `aelab train --out` or `aelab compare --out`")
+        raise UserError(f"{folder} is neither a run folder (no {RunFolder(folder).config_path.name}) nor a comparison "
+                        f"folder (no {CompareFolder(folder).json_path.name}); pass a folder written by `aelab train "
+                        "--out` or `aelab compare --out`")
     print(f"report: {page}")
     return 0
 
