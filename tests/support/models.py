@@ -23,7 +23,10 @@ def tiny(name: str, arch: str = "mlp", **extra):
     from aelab import config as cfg
     from aelab.models import build
 
-    config = cfg.resolve(name, None, {**TINY, "model.arch": arch, **extra})
+    from aelab.models import MODELS
+
+    small_k = {"model.k": 2} if "k" in MODELS[name].Config.__dataclass_fields__ else {}  # at most latent 4
+    config = cfg.resolve(name, None, {**TINY, **small_k, "model.arch": arch, **extra})
     torch.manual_seed(0)
     return config, build(name, config.model)
 
