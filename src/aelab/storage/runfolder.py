@@ -269,6 +269,10 @@ class RunFolder(Owned):
             if not isinstance(record, dict) or type(record.get("epoch")) is not int:
                 raise UserError(f"{self.metrics_path} line {number} is not an epoch's record ({line[:60]!r}); the file "
                                 "is damaged: restore it, or delete that line and the ones after it")
+            text = next((k for k, v in record.items() if type(v) not in (int, float) and v is not None), None)
+            if text is not None:  # NaN and Infinity are numbers (a diverged epoch); text is not a measure
+                raise UserError(f"{self.metrics_path} line {number} holds {text} {str(record[text])[:40]!r}, not a "
+                                "number; the file is damaged: restore it, or delete that line and the ones after it")
             records.append(record)
         return records
 
