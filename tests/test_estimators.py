@@ -31,7 +31,8 @@ SMALL = {"latent": 2, "hidden": (8,)}
 
 
 def tiny(model: str) -> Autoencoder:
-    return Autoencoder(model, settings={**SMALL, **({"disc_hidden": (8,)} if model == "aae" else {})}, **TINY)
+    extra = {"aae": {"disc_hidden": (8,)}, "sae": {"k": 2}}.get(model, {})  # an SAE's k: at most latent
+    return Autoencoder(model, settings={**SMALL, **extra}, **TINY)
 
 
 # Every check passes, so no expected_failed_checks are listed. What made them pass: floats outside [0, 1] train

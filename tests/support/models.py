@@ -25,7 +25,7 @@ def tiny(name: str, arch: str = "mlp", **extra):
 
     from aelab.models import MODELS
 
-    small_k = {"model.k": 2} if "k" in MODELS[name].Config.__dataclass_fields__ else {}  # at most latent 4
+    small_k = {"model.k": 4} if "k" in MODELS[name].Config.__dataclass_fields__ else {}  # k at most latent
     config = cfg.resolve(name, None, {**TINY, **small_k, "model.arch": arch, **extra})
     torch.manual_seed(0)
     return config, build(name, config.model)

@@ -182,6 +182,7 @@ def test_a_stopped_sweep_is_continued_by_the_same_command(vectors, tmp_path, cap
     assert not (out / "sweep.md").exists()
     assert resume(out / "k6-latent32") == 0  # finished alone, as a user might
     (out / ".fvu_vs_l0.png.99999999.aelab-tmp").write_bytes(b"a kill left it")
+    (out / "sweep.csv").write_text("run,l0\n")  # as if killed while writing the leaderboard: rewritten
     again = sweep("sae", grid, out, shared)
     assert "(1 finished already, 1 resumed)" in capsys.readouterr().out
     assert again == [{**row, "train_seconds": again[i]["train_seconds"]} for i, row in enumerate(straight)]

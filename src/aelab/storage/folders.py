@@ -83,7 +83,7 @@ class Owned:
         if not taken:
             return []
         said = self.job()
-        if said is not None and said.get("finished") is False and said.get("job") == job:
+        if said is not None and said.get("finished") is False and said.get("job") == json.loads(json.dumps(job)):
             return []  # the same job, stopped: it rewrites its files
         names = ", ".join(p.name for p in taken[:4]) + (f" and {len(taken) - 4} more" if len(taken) > 4 else "")
         if not overwrite:
