@@ -341,7 +341,7 @@ def cases() -> list[Case]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=2, help="cases run at once (default 2)")
-    parser.add_argument("--only", help="one surface, e.g. trackers")
+    parser.add_argument("--only", help="surfaces, comma separated, e.g. trackers,sweep")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
     args = parser.parse_args()
     sys.path.insert(0, str(SRC))
@@ -349,7 +349,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     prepare(work)
-    chosen = [c for c in cases() if args.only in (None, c.surface)]
+    chosen = [c for c in cases() if args.only is None or c.surface in args.only.split(",")]
     print(f"{len(chosen)} cases, material ready in {time.monotonic() - started:.0f} s", file=sys.stderr)
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda c: run_case(c, work), chosen))
