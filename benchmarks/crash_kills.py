@@ -135,7 +135,10 @@ def kill_jobs(jobs: list[str], chains: int, kills: int, seed: int) -> None:
                         raise SystemExit(f"{job} chain {chain + 1} ({'; '.join(said)}): exit {code}: {err[-2000:]}")
                     counts["killed writing" if what.startswith("killed writing") else what.split(" at ")[0]] += 1
                     said.append(what)
-                what, code, err = signal_at(job_command(job, data, out), out, ("after", 1e9))
+                    if what == "finished":  # the job is done: the same command again would be refused
+                        break
+                else:
+                    what, code, err = signal_at(job_command(job, data, out), out, ("after", 1e9))
                 if code != 0:
                     raise SystemExit(f"{job} chain {chain + 1} ({'; '.join(said)}): the rerun failed: {err[-2000:]}")
                 found = job_differences(job, out, reference)

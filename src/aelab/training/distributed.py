@@ -148,9 +148,11 @@ def _store(seconds: float):
     deadline = time.monotonic() + seconds
     while True:
         try:
-            return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                                 int(os.environ["WORLD_SIZE"]), False,
-                                 timeout=timedelta(seconds=max(0.1, min(1.0, deadline - time.monotonic()))))
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                  int(os.environ["WORLD_SIZE"]), False,
+                                  timeout=timedelta(seconds=max(0.1, min(1.0, deadline - time.monotonic()))))
+            store.set_timeout(timedelta(seconds=seconds))
+            return dist.PrefixStore("default_pg", store)  # as init_process_group names the store it makes
         except Exception:  # noqa: BLE001  torch's connection errors have no common class
             if time.monotonic() >= deadline:
                 raise
