@@ -152,6 +152,7 @@ def test_links_and_a_users_files_are_never_written_through_or_replaced(vectors, 
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "k4").symlink_to(tmp_path / "linked_run", target_is_directory=True)
     assert_user_error(in_process(_sweep_args(vectors, tmp_path / "runs", "k=4"), capsys), "symbolic link", "k4")
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["k4"]  # no marker either
     assert snapshot(mine) == before and not any((tmp_path / "linked_run").iterdir())
 
 

@@ -120,7 +120,7 @@ def _check_memory(made: dict, train_set) -> None:
     need, free = sum(sizes.values()), available_bytes()
     if need > free:
         largest = max(sizes, key=sizes.get)
-        raise UserError(f"the sweep's {len(sizes)} runs need about {need / 2 ** 30:.1f} GiB together (weights, "
+        raise UserError(f"the sweep's {len(sizes)} run{'s' if len(sizes) > 1 else ''} need about {need / 2 ** 30:.1f} GiB together (weights, "
                         f"gradients and Adam's moments; {largest} alone {sizes[largest] / 2 ** 30:.1f} GiB), more "
                         f"than the {max(free, 0) / 2 ** 30:.1f} GiB this process may still take; give smaller "
                         "latent values or fewer combinations")
@@ -144,6 +144,8 @@ def sweep(model_name: str, grid: dict[str, list[str]], out: str | Path, override
     main = distributed.is_main()
     if main:
         folder.claim(overwrite, job)
+        for name in made:  # the runs' own folders, before the sweep's marker is written
+            files.refuse_link(folder.path / name)
     first = next(iter(made.values()))
     first.train.check()
     train_set, test_set = first.data.load()
