@@ -129,7 +129,7 @@ def kill_jobs(jobs: list[str], chains: int, kills: int, seed: int) -> None:
                 said = []
                 for i in range(kills):
                     instant = (("writing", rng.choice(JOB_FILES[job])) if i % 2 else
-                               ("after", round(rng.uniform(1.0, seconds), 2)))
+                               ("after", round(rng.uniform(1.0, 0.6 * seconds), 2)))  # a loaded machine
                     what, code, err = signal_at(job_command(job, data, out), out, instant)
                     if what == "finished" and code != 0:
                         raise SystemExit(f"{job} chain {chain + 1} ({'; '.join(said)}): exit {code}: {err[-2000:]}")
