@@ -91,3 +91,27 @@ def test_models_that_sample_get_a_frechet_distance(small):
     row = measure(Fitted("sampling_pca", 10, SamplingPCA(10).fit(train), 0.0), train, test, FeatureNet())
     assert row["frechet"] > 0 and row["frechet_floor"] >= 0
     assert measure(Fitted("pca", 10, PCA(10).fit(train), 0.0), train, test, FeatureNet())["frechet"] is None
+
+
+def test_a_stopped_comparison_run_again_gives_every_measure_of_an_uninterrupted_one(small, tmp_path, capsys):
+    """As if killed in the AE run's end-of-run writing (every epoch saved, no report yet, no table): the same command
+    finishes that run and measures everything as the uninterrupted comparison did, the linear probe included."""
+    import shutil
+
+    args = ["compare", "ae", "pca", "--latent", "8", "--data", str(small), "--epochs", "2", "--threads", "1", "--json",
+            "--out"]
+    assert main([*args, str(tmp_path / "straight")]) == 0
+    straight = json.loads(capsys.readouterr().out)
+    stopped = tmp_path / "stopped"
+    shutil.copytree(tmp_path / "straight", stopped)
+    for name in ("compare.md", "compare.csv", "compare.json", "report.html", "runs/ae-k8/report.html",
+                 "runs/ae-k8/report.md", "runs/ae-k8/eval.json"):
+        (stopped / name).unlink()
+    marker = json.loads((stopped / ".aelab-compare").read_text())
+    (stopped / ".aelab-compare").write_text(json.dumps({**marker, "finished": False}))  # as the kill left it
+    torch.manual_seed(12345)  # whatever random state the process is in
+    assert main([*args, str(stopped)]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert [{k: v for k, v in r.items() if k != "train_seconds"} for r in again] == \
+        [{k: v for k, v in r.items() if k != "train_seconds"} for r in straight]
+    assert (stopped / "runs" / "ae-k8" / "report.html").is_file()
