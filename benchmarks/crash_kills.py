@@ -28,6 +28,7 @@ run's weights) and hold no temporary file.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import tempfile
@@ -88,8 +89,6 @@ def job_command(job: str, data: Path, out: Path) -> list[str]:
 def job_differences(job: str, out: Path, reference: Path) -> list[str]:
     """What differs between two finished folders of `job`: table rows (but the seconds), each run's weights,
     temporary files left."""
-    import json
-
     from safetensors.torch import load_file
 
     table = "sweep.json" if job == "sweep" else "compare.json"
@@ -135,8 +134,11 @@ def kill_jobs(jobs: list[str], chains: int, kills: int, seed: int) -> None:
                         raise SystemExit(f"{job} chain {chain + 1} ({'; '.join(said)}): exit {code}: {err[-2000:]}")
                     counts["killed writing" if what.startswith("killed writing") else what.split(" at ")[0]] += 1
                     said.append(what)
-                    if what == "finished":  # the job is done: the same command again would be refused
-                        break
+                    marker = out / (".aelab-sweep" if job == "sweep" else ".aelab-compare")
+                    if what == "finished" or (marker.is_file() and json.loads(marker.read_text())["finished"]):
+                        said[-1] += " (after the job was done)" if what != "finished" else ""
+                        code = 0
+                        break  # the job is done: the same command again would be refused
                 else:
                     what, code, err = signal_at(job_command(job, data, out), out, ("after", 1e9))
                 if code != 0:
