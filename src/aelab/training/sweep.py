@@ -172,11 +172,11 @@ def sweep(model_name: str, grid: dict[str, list[str]], out: str | Path, override
                      else ""), flush=True)
         try:
             _train(trainers, {name: t for name, t in trainers.items() if not done[name]}, read, len(train_set))
+            rows = distributed.on_main(lambda: _finish(made, runs, trainers, done, test_set, folder, job)) or []
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (cli.main turns it into one)
             held = ", ".join(f"{name} epoch {runs[name].saved_epoch}" for name in made)
             raise UserError(f"interrupted: the runs hold {held} of {first.train.epochs}; continue the sweep by "
                             f"running {again} again") from None
-        rows = distributed.on_main(lambda: _finish(made, runs, trainers, done, test_set, folder, job)) or []
     finally:
         for run in runs.values():
             run.close()
