@@ -17,11 +17,18 @@ the middle two alternating when a chain has fewer than four kills.
     nice python benchmarks/crash_kills.py [--models ae,dae,vae,aae] [--chains 3] [--kills-per-chain 3] [--seed 0]
 
 Killing a variant registered from outside the package (AELAB_PLUGINS, docs/extending.md) needs no edit here.
+
+`--jobs sweep,compare` kills the two commands that are jobs of several runs instead: `aelab sweep sae` (two SAEs on
+2000 planted vectors, 2 epochs) and `aelab compare ae pca` (600/200 images, 2 epochs), each killed in chains at
+random instants and in the middle of writing its leaderboard or figure, every kill followed by the same command
+again; the finished folder must equal the uninterrupted one's (every row of its table but the seconds taken, every
+run's weights) and hold no temporary file.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import tempfile
@@ -33,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the driver the reliability tests use
 
-from support.crashes import command, crash_and_resume, differences, start  # noqa: E402
+from support.crashes import command, crash_and_resume, differences, signal_at, start  # noqa: E402
 
 
 EPOCH_FILES = ("checkpoint.safetensors", "model.safetensors", "metrics.jsonl", "config.json", "epoch_*.png")
@@ -66,6 +73,86 @@ def chain_instants(rng: random.Random, n: int, chain: int, made: float, first: f
     return kinds
 
 
+JOB_FILES = {"sweep": ("sweep.json", "sweep.md", "fvu_vs_l0.png"),
+             "compare": ("compare.json", "compare.md", "reconstructions_k8.png", "report.html")}
+
+
+def job_command(job: str, data: Path, out: Path) -> list[str]:
+    head = [sys.executable, "-m", "aelab", job]
+    if job == "sweep":
+        return head + ["sae", "--data", str(data), "--grid", "k=2,6", "--set", "latent=32", "--epochs", "2",
+                       "--batch-size", "256", "--threads", "1", "--out", str(out)]
+    return head + ["ae", "pca", "--latent", "8", "--epochs", "2", "--data", str(data), "--threads", "1",
+                   "--out", str(out)]
+
+
+def job_differences(job: str, out: Path, reference: Path) -> list[str]:
+    """What differs between two finished folders of `job`: table rows (but the seconds), each run's weights,
+    temporary files left."""
+    from safetensors.torch import load_file
+
+    table = "sweep.json" if job == "sweep" else "compare.json"
+    rows = [[{k: v for k, v in r.items() if k != "train_seconds"} for r in json.loads((f / table).read_text())]
+            for f in (out, reference)]
+    found = [] if rows[0] == rows[1] else [table]
+    for weights in sorted(reference.rglob("model.safetensors")):
+        mine = load_file(out / weights.relative_to(reference))
+        if any(not (mine[k] == v).all() for k, v in load_file(weights).items()):
+            found.append(str(weights.relative_to(reference)))
+    found += [p.name for p in out.rglob("*.aelab-tmp")]
+    return found
+
+
+def kill_jobs(jobs: list[str], chains: int, kills: int, seed: int) -> None:
+    """The --jobs series (see the module's docstring)."""
+    from aelab.data.load import load_dataset
+    from aelab.models.sparse import planted_dictionary
+
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / "vectors.npy", planted_dictionary(2000, d=32, atoms=64, active=4)[0])
+        train, test = load_dataset()
+        np.savez(tmp / "images.npz", x_train=train.images[:600, 0].numpy(), y_train=train.labels[:600].numpy(),
+                 x_test=test.images[:200, 0].numpy(), y_test=test.labels[:200].numpy())
+        for job in jobs:
+            data = tmp / ("vectors.npy" if job == "sweep" else "images.npz")
+            reference = tmp / f"{job}-straight"
+            began = time.monotonic()
+            what, code, err = signal_at(job_command(job, data, reference), reference, ("after", 1e9))
+            assert code == 0, err[-2000:]
+            seconds = time.monotonic() - began
+            counts, identical = Counter(), 0
+            for chain in range(chains):
+                out = tmp / f"{job}-killed-{chain}"
+                said = []
+                for i in range(kills):
+                    instant = (("writing", rng.choice(JOB_FILES[job])) if i % 2 else
+                               ("after", round(rng.uniform(1.0, 0.6 * seconds), 2)))  # a loaded machine
+                    what, code, err = signal_at(job_command(job, data, out), out, instant)
+                    if what == "finished" and code != 0:
+                        raise SystemExit(f"{job} chain {chain + 1} ({'; '.join(said)}): exit {code}: {err[-2000:]}")
+                    counts["killed writing" if what.startswith("killed writing") else what.split(" at ")[0]] += 1
+                    said.append(what)
+                    marker = out / (".aelab-sweep" if job == "sweep" else ".aelab-compare")
+                    if what == "finished" or (marker.is_file() and json.loads(marker.read_text())["finished"]):
+                        said[-1] += " (after the job was done)" if what != "finished" else ""
+                        code = 0
+                        break  # the job is done: the same command again would be refused
+                else:
+                    what, code, err = signal_at(job_command(job, data, out), out, ("after", 1e9))
+                if code != 0:
+                    raise SystemExit(f"{job} chain {chain + 1} ({'; '.join(said)}): the rerun failed: {err[-2000:]}")
+                found = job_differences(job, out, reference)
+                identical += sum(w.startswith("killed") for w in said) if not found else 0
+                print(f"{job} chain {chain + 1} (uninterrupted {seconds:.1f} s): {'; '.join(said)} -> "
+                      f"{'identical' if not found else 'DIFFERENT: ' + ', '.join(found)}", flush=True)
+            killed = sum(v for k, v in counts.items() if k.startswith("killed"))
+            print(f"{job}: {killed} kills ({counts['killed']} at random instants, {counts['killed writing']} in the "
+                  f"middle of writing its table or figure; {counts['finished']} instants fell after the end), "
+                  f"{identical} continued identically", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", help="registered models, e.g. ae,dae,vae,aae (default: all built on the MLP)")
@@ -73,7 +160,10 @@ def main() -> None:
     parser.add_argument("--kills-per-chain", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", help="sweep,compare: kill those jobs instead of `aelab train` runs")
     args = parser.parse_args()
+    if args.jobs:
+        return kill_jobs(args.jobs.split(","), args.chains, args.kills_per_chain, args.seed)
     from aelab.data.load import load_dataset
     from aelab.models import MODELS
 

@@ -125,6 +125,15 @@ def prepare(work: Path) -> None:
     (work / "taken.txt").write_text("a file")
     (work / "elsewhere").mkdir()
     (work / "link").symlink_to(work / "elsewhere")
+    for folder, names in (("mine_sweep", ("sweep.md", "fvu_vs_l0.png")), ("mine_cmp", ("compare.md",)),
+                          ("sw_linkrun", ()), ("cmp_linkruns", ())):
+        (work / folder).mkdir()
+        for name in names:
+            (work / folder / name).write_text("the user's own")
+    (work / "sw_linkrun" / "k4").symlink_to(work / "elsewhere")
+    (work / "cmp_linkruns" / "runs").symlink_to(work / "elsewhere")
+    (work / "acts_link.npy").symlink_to(work / "exists.npy")
+    np.save(work / "user_acts.npy", np.ones(4))
     with gzip.open(work / "garbage.gz", "wb") as f:
         f.write(os.urandom(1000))
 
@@ -137,7 +146,7 @@ def prepare(work: Path) -> None:
     for i, job in enumerate(jobs):
         done = subprocess.run(job, cwd=work, env=env, check=True, capture_output=True, text=True, timeout=300)
         (work / "logs" / f"material_{i}.err").write_text(done.stderr)
-    for name in ("ckpt_cut", "weights_cut", "config_list", "metrics_bad", "fresh", "report_nan"):
+    for name in ("ckpt_cut", "weights_cut", "config_list", "metrics_bad", "fresh", "report_nan", "report_text"):
         shutil.copytree(work / "run", work / name)
     for name, target in (("ckpt_cut", "checkpoint.safetensors"), ("weights_cut", "model.safetensors")):
         path = work / name / target
@@ -145,6 +154,7 @@ def prepare(work: Path) -> None:
     (work / "config_list" / "config.json").write_text("[]")
     (work / "metrics_bad" / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 0.3}\nnot json\n')
     (work / "report_nan" / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": NaN, "test_loss": Infinity}\n')
+    (work / "report_text" / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": "abc"}\n')
     for extra in ("checkpoint.safetensors", "model.safetensors", "metrics.jsonl", "eval.json"):  # as if killed
         (work / "fresh" / extra).unlink(missing_ok=True)
     (work / "estimator.safetensors").write_bytes(b"")
@@ -164,6 +174,49 @@ def free_port() -> int:
 
 def exists(*names):
     return lambda work: all((work / name).exists() for name in names)
+
+
+def folder_cases(tiny: list) -> list[Case]:
+    """The folders that are not run folders (a sweep's, a comparison's, the activations' files), links into each,
+    and what a sweep must check before it trains."""
+    vectors = ["--data", "vectors.npy", "--epochs", "1", "--threads", "1"]
+    cases = [Case("sweep", name, ["sweep", "sae", *vectors, *args], timeout=120) for name, args in (
+        ("--out a link", ["--grid", "k=4", "--out", "link"]),
+        ("--out a link, --overwrite", ["--grid", "k=4", "--out", "link", "--overwrite"]),
+        ("--out a folder with the user's sweep.md", ["--grid", "k=4", "--out", "mine_sweep"]),
+        ("the same, --overwrite", ["--grid", "k=4", "--out", "mine_sweep", "--overwrite"]),
+        ("a run folder k4 that is a link", ["--grid", "k=4", "--out", "sw_linkrun"]),
+        ("k 40 over latent 32", ["--set", "latent=32", "--grid", "k=4,40", "--out", "sw1"]),
+        ("22 500 combinations", ["--grid", "k=" + ",".join(map(str, range(1, 151))), "--grid",
+                                 "latent=" + ",".join(map(str, range(200, 350))), "--out", "sw2"]),
+        ("--data and --set data.path", ["--set", "data.path=/etc/passwd", "--grid", "k=4", "--out", "sw3"]))]
+    limited = ("import resource, sys\nresource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))\n"
+               "from aelab.cli import main\nsys.exit(main(['sweep', 'sae', '--data', 'vectors.npy', '--grid', "
+               "'latent=1500000', '--epochs', '1', '--threads', '1', '--out', 'sw4']))\n")
+    cases.append(Case("sweep", "latent=1500000 under a 6 GB address-space limit", ["-c", limited], timeout=120))
+    cases.append(Case("sweep", "images", ["sweep", "sae", "--data", "small.npz", "--epochs", "1", "--threads", "1",
+                                          "--grid", "k=4", "--set", "latent=16", "--out", "sw5"], expect="ok",
+                      timeout=180, check=lambda w: "| bce |" in (w / "sw5" / "sweep.md").read_text()
+                      and (w / "sw5" / "bce_vs_l0.png").is_file()))
+    compare = ["compare", "pca", "--latent", "2", "--data", "small.npz", "--threads", "1"]
+    cases += [Case("compare folders", name, [*compare, *args]) for name, args in (
+        ("--out a link, --overwrite", ["--out", "link", "--overwrite"]),
+        ("--out a folder with the user's compare.md", ["--out", "mine_cmp"]),
+        ("the same, --overwrite", ["--out", "mine_cmp", "--overwrite"]),
+        ("--out a run folder (its report.html)", ["--out", "run", "--overwrite"]),
+        ("runs/ a link", ["--out", "cmp_linkruns"]))]
+    acts = ["activations", "run", "--layer", "encoder.6", "--split", "test"]
+    cases += [Case("activations", name, args) for name, args in (
+        ("--out a link, --overwrite", [*acts, "--out", "acts_link.npy", "--overwrite"]),
+        ("--out the user's .npy, --overwrite", [*acts, "--out", "user_acts.npy", "--overwrite"]),
+        ("--out in a linked folder", [*acts, "--out", "link/acts.npy"]),
+        ("an SAE's encoder.0", ["activations", "vec", "--layer", "encoder.0", "--out", "a1.npy"]))]
+    cases.append(Case("activations", "a layer's activations", [*acts, "--out", "a2.npy"], expect="ok",
+                      check=exists("a2.npy", "a2.index.npy", "a2.json")))
+    cases.append(Case("report", "a measure that is text", ["report", "report_text"]))
+    cases.append(Case("train", "--data and --set data.path", ["train", *tiny, "--set", "data.path=/etc/passwd",
+                                                              "--out", "new_set"]))
+    return cases
 
 
 def cases() -> list[Case]:
@@ -250,6 +303,7 @@ def cases() -> list[Case]:
         Case("vectors", "encode vectors", ["encode", "vec", "vectors.npy", "--out", "v.npy"], expect="ok",
              check=exists("v.npy")),
     ]
+    cs += folder_cases(tiny)
     for uri in ("http://127.0.0.1:9", "file:///proc/x", "bogus://x"):
         cs.append(train(f"--log mlflow at {uri}", "--log", "mlflow", env={"MLFLOW_TRACKING_URI": uri},
                         timeout=120))
@@ -287,7 +341,7 @@ def cases() -> list[Case]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=2, help="cases run at once (default 2)")
-    parser.add_argument("--only", help="one surface, e.g. trackers")
+    parser.add_argument("--only", help="surfaces, comma separated, e.g. trackers,sweep")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
     args = parser.parse_args()
     sys.path.insert(0, str(SRC))
@@ -295,7 +349,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     prepare(work)
-    chosen = [c for c in cases() if args.only in (None, c.surface)]
+    chosen = [c for c in cases() if args.only is None or c.surface in args.only.split(",")]
     print(f"{len(chosen)} cases, material ready in {time.monotonic() - started:.0f} s", file=sys.stderr)
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda c: run_case(c, work), chosen))

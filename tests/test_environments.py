@@ -96,6 +96,21 @@ def test_a_rendezvous_that_cannot_complete_ends_in_one_line_within_the_timeout(r
     assert not (tmp_path / "run").exists()
 
 
+def test_a_lone_rank_gives_up_at_the_timeout_not_twice_it(clean_env):
+    """torch's store client, given the whole timeout, waits about twice it (192 s for the 90 s default, measured):
+    the join itself, in this process, ends within a second of the 4 s asked for."""
+    from aelab.errors import UserError
+    from aelab.training import distributed
+
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+                        "AELAB_DIST_TIMEOUT": "4"}.items():
+        clean_env.setenv(name, value)
+    started = time.monotonic()
+    with pytest.raises(UserError, match="rank 1 of 2 could not meet the others .* within 4 s"):
+        distributed._join("gloo")
+    assert 3.9 < time.monotonic() - started < 5.5
+
+
 @pytest.mark.parametrize("uri, words", [
     ("http://127.0.0.1:9", ["http://127.0.0.1:9", "ConnectionRefusedError"]),
     ("file:///proc/x", ["file:///proc/x"]),

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = dict(epochs=2, batch_size=16)
 SMALL = {"latent": 2, "hidden": (8,)}
-OWN = {"aae": {"disc_hidden": (8,)}, "fsq": {"arch": "mlp"}}  # fsq's default grid needs images of a side of 4n
+# an SAE's k is at most its latent; fsq's default grid needs images of a side of 4n
+OWN = {"aae": {"disc_hidden": (8,)}, "fsq": {"arch": "mlp"}, "sae": {"k": 2}}
 
 
 def tiny(model: str) -> Autoencoder:
@@ -237,3 +238,14 @@ def test_conv_only_models_fit_and_code_real_images(fashion):
     back = est.inverse_transform(codes)
     assert back.shape == (8, 28, 28) and 0 <= back.min() and back.max() <= 1
     assert np.isfinite(est.score(x[:32]))
+
+
+@pytest.mark.parametrize("model, settings, words", [(None, None, ["model is a registered model's name", "None"]),
+                                                     ("sae", {"latent": 8, "k": 20}, ["k (units kept", "20", "8"])])
+def test_settings_that_cannot_work_are_one_line_before_fitting(model, settings, words):
+    from aelab.errors import UserError
+    from aelab.estimators import Autoencoder
+
+    with pytest.raises(UserError) as refused:
+        Autoencoder(model, settings=settings, epochs=1).fit(np.zeros((8, 16), np.float32))
+    assert all(w in str(refused.value) for w in words) and "\n" not in str(refused.value)

@@ -181,7 +181,11 @@ def test_every_refusal_is_one_line(trained_run, vector_run, subset_npz, tmp_path
         "in_shape by hand": (["train", "--data", subset_npz, "--set", "model.in_shape=1,2,3", "--out",
                               tmp_path / "r1"], ["in_shape", "data"]),
         "a --set a flag replaces": (["train", "--set", "train.epochs=abc", "--epochs", 1, "--out", tmp_path / "r2"],
-                                    ["train.epochs", "abc"]),
+                                    ["--epochs", "--set train.epochs=", "give it once"]),
+        "a flag and a --set of one setting": (["train", "--data", subset_npz, "--set", "data.path=/etc/passwd", "--out",
+                                               tmp_path / "r4"], ["--data", "data.path", "give it once"]),
+        "the same in a sweep": (["sweep", "sae", "--data", vectors, "--set", "path=/etc/passwd", "--grid", "k=4",
+                                 "--out", tmp_path / "r5"], ["--data", "--set path=", "give it once"]),
         "a negative grid_every a flag replaces": (["train", "--set", "train.grid_every=-1", "--grid-every", 2,
                                                    "--out", tmp_path / "r3"], ["grid_every"]),
     }
@@ -191,7 +195,7 @@ def test_every_refusal_is_one_line(trained_run, vector_run, subset_npz, tmp_path
         except AssertionError as e:
             raise AssertionError(name) from e
     assert_user_error(aelab(*cases["a vector run on images"][0]), *cases["a vector run on images"][1])
-    assert not any((tmp_path / f"r{i}").exists() for i in (1, 2, 3))
+    assert not any((tmp_path / f"r{i}").exists() for i in (1, 2, 3, 4, 5))
 
 
 def test_outputs_that_are_files_and_runs_that_are_not_the_method_are_refused_before_any_work(trained_run, subset_npz,

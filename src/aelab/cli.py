@@ -198,6 +198,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else map(str, argv))  # a stopped sweep says how to go on
     _signals()
     _allocator()
     try:
@@ -235,15 +236,12 @@ def _allocator() -> None:
 
 
 def cmd_train(args) -> int:
-    from aelab import config as cfg
     from aelab import devices
     from aelab.experiments.pipeline import RESUMABLE, resume, train
     from aelab.runs.settings import resolve
 
     devices.check_environment()  # torchrun's variables, before any data is read
-    sets = dict(_parse_set(item) for item in args.set)
-    flags = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
-    overrides = {**sets, **flags}
+    overrides = _overrides(args, TRAIN_FLAGS)
     if args.rgb:
         overrides["data.grey"] = False
     if args.resume:
@@ -254,12 +252,23 @@ def cmd_train(args) -> int:
         if changed or args.model:
             raise UserError(f"a resumed run keeps its settings; drop {', '.join(changed) or 'the model name'} "
                             "(only --epochs, --lr, --precision and --device may change)")
-    if sets.keys() & flags.keys():  # a flag wins, yet a --set value it replaces must still be one that works
-        resolve(args.model, args.config, sets)
     if args.resume:
         return resume(run_dir, threads=args.threads, changes=overrides, loggers=args.log)
     config = resolve(args.model, args.config, overrides)
     return train(config, out=args.out, overwrite=args.overwrite, threads=args.threads, loggers=args.log)
+
+
+def _overrides(args, flags) -> dict[str, object]:
+    """The settings of --set and of the command's flags (each named in TRAIN_FLAGS); a flag and a --set of the same
+    setting (bare or qualified) is refused, whatever their values: which one was meant cannot be known."""
+    sets = dict(_parse_set(item) for item in args.set)
+    given = {TRAIN_FLAGS[flag]: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
+    for key in sets:
+        setting = next((s for s in given if key in (s, s.split(".", 1)[1])), None)
+        if setting is not None:
+            flag = next(f for f, s in TRAIN_FLAGS.items() if s == setting)
+            raise UserError(f"--{flag.replace('_', '-')} and --set {key}= both set {setting}; give it once")
+    return {**sets, **given}
 
 
 def _parse_set(item: str) -> tuple[str, str]:
@@ -389,19 +398,21 @@ def cmd_report(args) -> int:
     if not folder.exists():
         raise UserError(f"{folder} does not exist; pass a run folder (`aelab train --out`) or a comparison folder "
                         "(`aelab compare --out`)")
+    from aelab.storage.folders import CompareFolder
     from aelab.runs.runfolder import RunFolder
 
     if RunFolder(folder).config_path.is_file():
         from aelab.experiments.pipeline import write_page
 
         page = write_page(folder, out)
-    elif (folder / "compare.json").is_file():
+    elif CompareFolder(folder).json_path.is_file():
         from aelab.reports.page import write_compare_page
 
         page = write_compare_page(folder, out)
     else:
-        raise UserError(f"{folder} is neither a run folder (no config.json) nor a comparison folder (no "
-                        "compare.json); pass a folder written by `aelab train --out` or `aelab compare --out`")
+        raise UserError(f"{folder} is neither a run folder (no {RunFolder(folder).config_path.name}) nor a comparison "
+                        f"folder (no {CompareFolder(folder).json_path.name}); pass a folder written by `aelab train "
+                        "--out` or `aelab compare --out`")
     print(f"report: {page}")
     return 0
 
@@ -532,15 +543,15 @@ def cmd_export(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    import shlex
+
     from aelab.experiments.sweep import markdown, parse_grid, sweep
 
-    overrides = dict(_parse_set(item) for item in args.set)
-    overrides["data.path"] = args.data
-    overrides.update({key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items()
-                      if flag in ("epochs", "batch_size", "lr", "seed", "device") and getattr(args, flag) is not None})
-    if sweep(args.model, parse_grid(args.grid), args.out, overrides, args.overwrite, args.threads):  # rank 0's
-        print(markdown(args.out))
-        print(f"leaderboard and fvu_vs_l0.png in {args.out}")
+    overrides = _overrides(args, ("data", "epochs", "batch_size", "lr", "seed", "device"))
+    again = f"`aelab {shlex.join(args.argv)}`"
+    if sweep(args.model, parse_grid(args.grid), args.out, overrides, args.overwrite, args.threads, again=again):
+        print(markdown(args.out))  # rank 0's
+        print(f"leaderboard and its plot against L0 in {args.out}")
     return 0
 
 

@@ -276,6 +276,8 @@ class Autoencoder(_ImageTransformer):
 
     def run_config(self) -> RunConfig:
         """The aelab configuration these parameters make (what `aelab train` would run)."""
+        if not isinstance(self.model, str):
+            raise UserError(f"model is a registered model's name (see `aelab models`), e.g. 'ae', not {self.model!r}")
         if self.settings is not None and not isinstance(self.settings, Mapping):
             raise UserError(f"settings is a dict of the model's settings, e.g. {{'latent': 30}}, not "
                             f"{type(self.settings).__name__}")

@@ -43,8 +43,8 @@ def test_float16_and_test_split(trained_run, tmp_path, capsys):
     assert result.returncode == 0, result.stderr[-2000:]
     data = np.load(out)
     assert data.dtype == np.float16 and data.shape == (1000, 20)
-    assert_user_error(in_process(["activations", trained_run, "--layer", "encoder.7", "--out", out], capsys), "exists",
-                      "overwrite")
+    assert_user_error(in_process(["activations", trained_run, "--layer", "encoder.7", "--out", out], capsys),
+                      "already holds", "half.npy", "overwrite")
 
 
 def test_wrong_layer_lists_the_layers(trained_run, tmp_path, capsys):
@@ -80,3 +80,44 @@ def test_sae_report_shows_top_activating_images(acts, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     page = (run / "report.html").read_text()
     assert "top_activating.png" in page and "layer encoder.6" in page
+
+
+def test_the_files_are_aelabs_alone(trained_run, tmp_path, capsys):
+    """A link among the three files, or a file aelab did not write, is never replaced, even with --overwrite; a set
+    aelab wrote is (cheap: every refusal comes before a batch is read)."""
+    from support.folders import snapshot
+
+    args = ["activations", trained_run, "--layer", "encoder.7", "--split", "test", "--overwrite", "--out"]
+    np.save(tmp_path / "target.npy", np.zeros(3))
+    for name in ("acts.npy", "acts.index.npy", "acts.json"):
+        folder = tmp_path / name.replace(".", "_")
+        folder.mkdir()
+        (folder / name).symlink_to(tmp_path / "target.npy")
+        assert_user_error(in_process([*args, folder / "acts.npy"], capsys), "symbolic link", name)
+        assert (folder / name).is_symlink()
+    (tmp_path / "linked").symlink_to(tmp_path / "acts_npy", target_is_directory=True)
+    assert_user_error(in_process([*args, tmp_path / "linked" / "acts.npy"], capsys), "symbolic link", "linked")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    np.save(mine / "acts.npy", np.ones(5))  # the user's own file: no acts.json of aelab's beside it
+    before = snapshot(mine)
+    assert_user_error(in_process([*args, mine / "acts.npy"], capsys), "acts.json", "will not replace")
+    assert snapshot(mine) == before and np.load(tmp_path / "target.npy").tolist() == [0, 0, 0]
+    assert in_process([*args[:-2], "--out", tmp_path / "ours.npy"], capsys).returncode == 0
+    assert in_process([*args, tmp_path / "ours.npy"], capsys).returncode == 0  # aelab's own set: replaced
+    assert np.load(tmp_path / "ours.npy").shape == (1000, 20)
+    assert not list(tmp_path.glob(".*aelab-tmp"))
+
+
+def test_a_layer_the_forward_pass_never_calls_is_one_line(tmp_path, capsys, one_thread):
+    """An SAE codes with its encoder's weights directly: its encoder.0 has no activations to hook."""
+    from aelab.experiments.pipeline import train
+    from aelab.runs.settings import resolve
+    from support.datafiles import vectors
+
+    np.save(tmp_path / "v.npy", vectors(300, 8))
+    settings = {"data.path": str(tmp_path / "v.npy"), "latent": 16, "k": 2, "epochs": 1, "train_eval_size": 0}
+    assert train(resolve("sae", None, settings), out=tmp_path / "sae") == 0
+    line = assert_user_error(in_process(["activations", tmp_path / "sae", "--layer", "encoder.0", "--out",
+                                         tmp_path / "x.npy"], capsys), "encoder.0", "not called")
+    assert "IndexError" not in line and not list(tmp_path.glob("x*"))

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from aelab.cli import main
@@ -98,3 +99,27 @@ def test_compare_puts_each_method_and_sampler_in_a_row(small, tmp_path, capsys):
         capsys.readouterr()
         assert main(["compare", "pca", "--data", str(small), "--out", str(tmp_path / "x"), *bad]) == 2
         assert words in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_a_stopped_comparison_run_again_gives_every_measure_of_an_uninterrupted_one(small, tmp_path, capsys):
+    """As if killed in the AE run's end-of-run writing (every epoch saved, no report yet, no table): the same command
+    finishes that run and measures everything as the uninterrupted comparison did, the linear probe included."""
+    import shutil
+
+    args = ["compare", "ae", "pca", "--latent", "8", "--data", str(small), "--epochs", "2", "--threads", "1", "--json",
+            "--out"]
+    assert main([*args, str(tmp_path / "straight")]) == 0
+    straight = json.loads(capsys.readouterr().out)
+    stopped = tmp_path / "stopped"
+    shutil.copytree(tmp_path / "straight", stopped)
+    for name in ("compare.md", "compare.csv", "compare.json", "report.html", "runs/ae-k8/report.html",
+                 "runs/ae-k8/report.md", "runs/ae-k8/eval.json"):
+        (stopped / name).unlink()
+    marker = json.loads((stopped / ".aelab-compare").read_text())
+    (stopped / ".aelab-compare").write_text(json.dumps({**marker, "finished": False}))  # as the kill left it
+    torch.manual_seed(12345)  # whatever random state the process is in
+    assert main([*args, str(stopped)]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert [{k: v for k, v in r.items() if k != "train_seconds"} for r in again] == \
+        [{k: v for k, v in r.items() if k != "train_seconds"} for r in straight]
+    assert (stopped / "runs" / "ae-k8" / "report.html").is_file()

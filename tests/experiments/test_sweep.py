@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from aelab.errors import UserError
 from support.process import aelab, assert_user_error, in_process
 
 N, BATCH, EPOCHS = 2000, 256, 2
@@ -109,3 +110,99 @@ def test_sweep_under_torchrun_trains_what_one_process_does(vectors, tmp_path, on
             assert torch.allclose(one[key], two[key], rtol=0, atol=1e-5), (run, key)
     assert [r["fvu"] for r in json.loads((tmp_path / "two" / "sweep.json").read_text())] == pytest.approx(
         [r["fvu"] for r in json.loads((tmp_path / "one" / "sweep.json").read_text())], rel=1e-4)
+
+
+def _sweep_args(vectors, out, *grid):
+    return ["sweep", "sae", "--data", vectors, *(a for g in grid for a in ("--grid", g)), "--epochs", 1,
+            "--batch-size", BATCH, "--threads", 1, "--out", out]
+
+
+def test_the_whole_grid_is_checked_before_anything_is_written(vectors, tmp_path, capsys, monkeypatch):
+    """k over latent, an absurd grid, a grid too large for memory: one line each, no folder made."""
+    from aelab.experiments import sweep
+
+    out = tmp_path / "x"
+    cases = [(["k=4,40"], ["--set", "latent=32"], ["k (units kept per input) is 40", "latent"]),
+             (["k=" + ",".join(map(str, range(1, 151))), "latent=" + ",".join(map(str, range(200, 350)))], [],
+              ["22,500 combinations", f"at most {sweep.MAX_RUNS}"]),
+             (["k=4,4"], [], ["repeats a value"])]
+    for grid, extra, words in cases:
+        assert_user_error(in_process([*_sweep_args(vectors, out, *grid), *extra], capsys), *words)
+    monkeypatch.setattr(sweep, "available_bytes", lambda: 6 << 30)  # as under `ulimit -v 6000000`
+    line = assert_user_error(in_process(_sweep_args(vectors, out, "latent=1500000"), capsys), "latent1500000",
+                             "GiB", "smaller latent")
+    assert "allocate" not in line
+    assert not out.exists()
+
+
+def test_links_and_a_users_files_are_never_written_through_or_replaced(vectors, tmp_path, capsys):
+    from support.folders import snapshot
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("sweep.md", "sweep.csv", "fvu_vs_l0.png"):
+        (mine / name).write_text("the user's own")
+    (tmp_path / "link").symlink_to(mine, target_is_directory=True)
+    before = snapshot(mine)
+    for out, extra, words in ((tmp_path / "link", [], ["symbolic link"]), (tmp_path / "link", ["--overwrite"],
+                              ["symbolic link"]), (mine, [], ["already holds", "sweep.md", "--overwrite"]),
+                              (mine, ["--overwrite"], [".aelab-sweep", "will not replace"])):
+        assert_user_error(in_process([*_sweep_args(vectors, out, "k=4"), *extra], capsys), *words)
+    (tmp_path / "linked_run").mkdir()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "k4").symlink_to(tmp_path / "linked_run", target_is_directory=True)
+    assert_user_error(in_process(_sweep_args(vectors, tmp_path / "runs", "k=4"), capsys), "symbolic link", "k4")
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["k4"]  # no marker either
+    assert snapshot(mine) == before and not any((tmp_path / "linked_run").iterdir())
+
+
+def test_a_stopped_sweep_is_continued_by_the_same_command(vectors, tmp_path, capsys, one_thread):
+    """Interrupted in its second epoch, then one run finished alone by `train --resume`: the same command reuses
+    that run, resumes the other from its checkpoint and rebuilds the leaderboard, all as an uninterrupted sweep."""
+    from aelab.runs.runfolder import load_model
+    from aelab.experiments.pipeline import resume
+    from aelab.experiments.sweep import sweep
+
+    shared = {"data.path": str(vectors), "train.epochs": EPOCHS, "train.batch_size": BATCH}
+    grid = {"k": ["2", "6"], "latent": ["32"]}
+    straight = sweep("sae", grid, tmp_path / "straight", shared)
+    reads = []
+
+    def stopping(floats):
+        def read(index):
+            reads.append(1)
+            if len(reads) == 10:  # in the second epoch (8 batches each)
+                raise KeyboardInterrupt
+            return floats(index)
+        return read
+
+    out = tmp_path / "stopped"
+    with pytest.raises(UserError, match="interrupted: the runs hold k2-latent32 epoch 1, k6-latent32 epoch 1 of 2; "
+                                        "continue the sweep by running the same command again"):
+        sweep("sae", grid, out, shared, reader=stopping)
+    assert not (out / "sweep.md").exists()
+    assert resume(out / "k6-latent32") == 0  # finished alone, as a user might
+    (out / ".fvu_vs_l0.png.99999999.aelab-tmp").write_bytes(b"a kill left it")
+    (out / "sweep.csv").write_text("run,l0\n")  # as if killed while writing the leaderboard: rewritten
+    again = sweep("sae", grid, out, shared)
+    assert "(1 finished already, 1 resumed)" in capsys.readouterr().out
+    assert again == [{**row, "train_seconds": again[i]["train_seconds"]} for i, row in enumerate(straight)]
+    for run in ("k2-latent32", "k6-latent32"):
+        a, b = load_model(out / run).state_dict(), load_model(tmp_path / "straight" / run).state_dict()
+        assert all(torch.equal(a[name], b[name]) for name in a), run
+    assert not list(out.glob(".*aelab-tmp")) and (out / "fvu_vs_l0.png").is_file()
+    with pytest.raises(UserError, match="already holds"):  # a finished sweep is replaced only when asked
+        sweep("sae", grid, out, shared)
+
+
+def test_images_are_named_images_and_ranked_by_their_loss(fashion_slice, tmp_path, capsys, one_thread):
+    from aelab.experiments.sweep import markdown, sweep
+
+    train, test = fashion_slice
+    np.savez(tmp_path / "images.npz", x_train=train.images[:300, 0].numpy(), x_test=test.images[:100, 0].numpy())
+    rows = sweep("sae", {"k": ["4"]}, tmp_path / "sw", {"data.path": str(tmp_path / "images.npz"), "latent": 16,
+                                                        "train.epochs": 1})
+    assert "on 300 images 1x28x28" in capsys.readouterr().out
+    assert rows[0]["bce"] > 0 and rows[0]["fvu"] is None
+    assert markdown(tmp_path / "sw").startswith("| run | l0 | bce | mse |")
+    assert (tmp_path / "sw" / "bce_vs_l0.png").is_file() and not (tmp_path / "sw" / "fvu_vs_l0.png").exists()

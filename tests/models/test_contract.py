@@ -36,7 +36,7 @@ BAD = {"ae": {"latent": 0}, "dropout": {"rate": 1.0}, "dae": {"level": -1.0}, "a
 VECTOR_MODELS = [name for name, cls in MODELS.items() if "vectors" in cls.inputs]
 # at beta = 4 the KL's price is above the variance of every direction of these near-isotropic standardised vectors
 # (at most about 2), so the code rightly carries nothing (FVE 0); at beta = 1.5 it carries them (FVE 0.19 here)
-VECTOR_SETTINGS = {"sae": {"model.l1": 0.02}, "betavae": {"model.beta": 1.5}, "btcvae": {"model.beta": 1.5}}
+VECTOR_SETTINGS = {"sae": {"model.l1": 0.02, "model.k": 16}, "betavae": {"model.beta": 1.5}, "btcvae": {"model.beta": 1.5}}
 
 
 def vector_model(name: str, **settings):

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_onnxruntime_reproduces_codes_and_images(name, arch, fashion, tmp_path):
     import onnxruntime as ort
 
-    settings = {"model.latent": 6, "model.hidden": "32,16", "model.channels": "4,8", "model.arch": arch}
+    settings = {"model.latent": 6, "model.hidden": "32,16", "model.channels": "4,8", "model.arch": arch,
+                **({"model.k": 6} if name == "sae" else {})}  # k at most latent
     config = resolve(name, None, settings)
     torch.manual_seed(0)
     model = build(name, config.model).eval()  # eval: dropout off; a trained model differs only in its numbers

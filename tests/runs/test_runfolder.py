@@ -206,3 +206,21 @@ def test_a_run_saved_before_vector_scale_existed_reads_as_standardised(tmp_path)
     saved["data"]["vector_scale"] = "none"  # a run that names its scale keeps it
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert RunFolder(tmp_path).config().data.vector_scale == "none"
+
+
+@pytest.mark.parametrize("bad, said", [("abc", "'abc'"), ([1], "'[1]'")], ids=["text", "list"])
+def test_a_measure_that_is_not_a_number_is_refused_by_report(trained_run, tmp_path, capsys, bad, said):
+    import shutil
+
+    from support.folders import snapshot
+    from support.process import assert_user_error, in_process
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns(".aelab-lock"))
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[1] = json.dumps({**json.loads(lines[1]), "train_loss": bad})
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    before = snapshot(run)
+    assert_user_error(in_process(["report", run, "--out", tmp_path / "page.html"], capsys), "line 2", "train_loss", said,
+                      "not a number")
+    assert snapshot(run) == before and not (tmp_path / "page.html").exists()

@@ -23,7 +23,10 @@ def tiny(name: str, arch: str = "mlp", **extra):
     from aelab.models import build
     from aelab.runs.settings import resolve
 
-    config = resolve(name, None, {**TINY, "model.arch": arch, **extra})
+    from aelab.models import MODELS
+
+    small_k = {"model.k": 4} if "k" in MODELS[name].Config.__dataclass_fields__ else {}  # k at most latent
+    config = resolve(name, None, {**TINY, **small_k, "model.arch": arch, **extra})
     torch.manual_seed(0)
     return config, build(name, config.model)
 

@@ -1,9 +1,6 @@
 """A trained run's activations at one layer, as training data for a sparse autoencoder (aelab.runs.activations
-writes them; this module reads them back):
-
-    ACTS.npy        (n, width) float32 or float16, written through a memory map one batch at a time
-    ACTS.index.npy  (n,) int64: the row of each activation in its source data set's split
-    ACTS.json       where they came from: the source run, its data and split, the layer
+writes them; this module reads them back): ACTS.npy, ACTS.index.npy and ACTS.json (storage.folders.ActivationFiles
+says what each holds, and what --overwrite may replace).
 
 An SAE trained with `--data ACTS.npy` finds ACTS.json beside its data, so its report can show the source images
 that activate each unit most (`top_activating`).
@@ -18,6 +15,7 @@ import numpy as np
 import torch
 
 from aelab.errors import UserError
+from aelab.storage.folders import ActivationFiles
 
 SPLITS = ("train", "test")
 DTYPES = ("float32", "float16")
@@ -25,8 +23,8 @@ DTYPES = ("float32", "float16")
 
 def sidecar_paths(acts: str | Path) -> tuple[Path, Path]:
     """(index, description) beside an activations file: ACTS.index.npy and ACTS.json."""
-    acts = Path(acts)
-    return acts.with_suffix(".index.npy"), acts.with_suffix(".json")
+    owner = ActivationFiles(acts)
+    return owner.index_path, owner.marker_path
 
 
 def description(acts: str | Path) -> dict | None:

@@ -111,11 +111,15 @@ def knn_accuracy(train_codes: torch.Tensor, train_labels: torch.Tensor, test_cod
 
 def linear_probe_accuracy(train_codes: torch.Tensor, train_labels: torch.Tensor, test_codes: torch.Tensor,
                           test_labels: torch.Tensor, weight_decay: float = 1e-4, max_iter: int = 200) -> float:
-    """Test accuracy of multinomial logistic regression on standardised codes (full-batch L-BFGS)."""
+    """Test accuracy of multinomial logistic regression on standardised codes (full-batch L-BFGS from zero weights:
+    the answer depends on the codes alone, never on the random state a run or a resumed one left behind)."""
     mean, std = train_codes.float().mean(0), train_codes.float().std(0).clamp_min(1e-8)
     xs, xt = (train_codes.float() - mean) / std, (test_codes.float() - mean) / std
     classes = int(max(train_labels.max(), test_labels.max())) + 1
     linear = torch.nn.Linear(xs.shape[1], classes)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.zero_()
     optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure():

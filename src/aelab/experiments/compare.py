@@ -1,13 +1,7 @@
 """The chapter's figure 12.3 and one leaderboard for every method: autoencoders from the registry, PCA and
-logistic PCA, at one or several code sizes.
-
-    OUT/runs/NAME-kK/            a trained model's run folder (reused, or resumed to more epochs, next time)
-    OUT/runs/NAME-kK.safetensors a fitted baseline (reused next time)
-    OUT/reconstructions_kK.png   real test images, then one labelled row of reconstructions per method
-    OUT/samples_NAME-kK-SAMPLER.png  100 samples of a method by one sampler (prior, gmm), 10 a row
-    OUT/compare.md|csv|json      the table: errors, size, training time, code quality, sample quality
-    OUT/error_vs_latent.png      with several code sizes: test error against code size
-    OUT/report.html              all of it as one page, the table sortable (`aelab report OUT` rebuilds it)
+logistic PCA, at one or several code sizes, written into a comparison folder (storage.folders.CompareFolder says
+what it holds). A comparison stopped part way is finished by the same command: finished runs and fits are reused,
+unfinished runs resumed, and every measure comes out as an uninterrupted comparison's.
 """
 
 from __future__ import annotations
@@ -29,6 +23,7 @@ from aelab.evaluation.generation import EVAL_SEED, SAMPLES, frechet_floor, measu
 from aelab.reports import report as reports
 from aelab.reports.page import write_compare_page
 from aelab.storage import files
+from aelab.storage.folders import CompareFolder
 
 DEFAULT_METHODS = ("ae", "logistic_pca", "pca")
 LABELS = {"ae": "autoencoder", "logistic_pca": "logistic PCA", "pca": "PCA"}
@@ -36,7 +31,6 @@ COLUMNS = ("method", "sampler", "latent", "sse_per_image", "mse", "bce", "nll", 
            "precision", "recall", "density", "coverage", "parameters", "train_seconds", "epochs", "knn_accuracy",
            "probe_accuracy")
 SAMPLE_MEASURES = ("frechet", "precision", "recall", "density", "coverage")
-TABLES = ("compare.md", "compare.csv", "compare.json")
 
 
 def method_names() -> list[str]:
@@ -58,15 +52,11 @@ class Fitted:
     keep: bool = False       # whether a mixture fitted here is kept there (compare's own runs, not the user's)
 
 
-def sample_grid_name(method: str, latent: int, sampler: str) -> str:
-    return f"samples_{method}-k{latent}-{sampler}.png"
-
-
 # ---------------------------------------------------------------------------------------------- training
 
-def fit_baseline(name: str, latent: int, train: ImageSet, folder: Path, data_key: str) -> Fitted:
-    """Fit PCA or logistic PCA, or reuse the fit saved in folder from the same data."""
-    path = folder / f"{name}-k{latent}.safetensors"
+def fit_baseline(name: str, latent: int, train: ImageSet, folder: CompareFolder, data_key: str) -> Fitted:
+    """Fit PCA or logistic PCA, or reuse the fit saved in the folder from the same data."""
+    path = folder.baseline(name, latent)
     if path.is_file():
         model, meta = load_baseline(path)
         if meta.get("data") == data_key:
@@ -80,15 +70,15 @@ def fit_baseline(name: str, latent: int, train: ImageSet, folder: Path, data_key
     return Fitted(name, latent, model, seconds)
 
 
-def train_model(name: str, latent: int, folder: Path, data: str | None, epochs: int | None,
+def train_model(name: str, latent: int, folder: CompareFolder, data: str | None, epochs: int | None,
                 threads: int | None, device: str = "auto") -> Fitted:
-    """Train a registered model by the run machinery into folder/NAME-kK; a finished run is reused and an
-    unfinished or shorter one resumed (to `epochs`)."""
+    """Train a registered model by the run machinery into the folder's runs/NAME-kK; a finished run is reused and
+    an unfinished or shorter one resumed (to `epochs`), its end-of-run files included."""
     from aelab.experiments.pipeline import resume, train
     from aelab.runs.runfolder import RunFolder
     from aelab.runs.settings import resolve
 
-    run = RunFolder(folder / f"{name}-k{latent}")
+    run = RunFolder(folder.run(name, latent))
     run_dir = run.path
     overrides = {"model.latent": latent, "data.path": data, "train.grid_every": 10, "train.device": device}
     if epochs is not None:
@@ -100,7 +90,7 @@ def train_model(name: str, latent: int, folder: Path, data: str | None, epochs: 
             raise UserError(f"{run_dir} was trained on other data or another code size; "
                             "remove it or pick another --out")
         done = run.metrics()
-        if not done or done[-1]["epoch"] < config.train.epochs:
+        if not done or done[-1]["epoch"] < config.train.epochs or not run.page_path.is_file():  # report.html: last
             resume(run_dir, epochs=config.train.epochs, threads=threads, device=device)
         else:
             print(f"compare: reusing {run_dir} ({done[-1]['epoch']} epochs)", flush=True)
@@ -169,8 +159,8 @@ def measure(fitted: Fitted, train: ImageSet, test: ImageSet) -> dict:
     return row
 
 
-def sample_rows(fitted: Fitted, row: dict, samplers: list[str] | None, train: ImageSet, test: ImageSet, out: Path,
-                classifier=None, samples: int = SAMPLES, components: int | None = None) -> list[dict]:
+def sample_rows(fitted: Fitted, row: dict, samplers: list[str] | None, train: ImageSet, test: ImageSet,
+                out: CompareFolder, classifier=None, samples: int = SAMPLES, components: int | None = None) -> list[dict]:
     """One row per sampler the method can use (of `samplers`, or its own default), each with its measures against
     the test images when there is a classifier, and a 10x10 grid of its samples in `out`; the row as it is when the
     method can use none of them."""
@@ -187,7 +177,7 @@ def sample_rows(fitted: Fitted, row: dict, samplers: list[str] | None, train: Im
                                folder and folder.sampler_path, folder and folder.weights_epoch(), fitted.keep)
         print(f"compare: sampling {fitted.name} at {fitted.latent} by {sampler.describe()}", flush=True)
         save_png(tile(sampler.draw(100, torch.Generator().manual_seed(EVAL_SEED)).cpu(), 10, 10),
-                 out / sample_grid_name(fitted.name, fitted.latent, name))
+                 out.samples(fitted.name, fitted.latent, name))
         measured = measure_sampler(sampler, classifier, test, samples=samples) if classifier is not None else {}
         rows.append({**row, "sampler": name, **{k: measured.get(k) for k in SAMPLE_MEASURES}})
     return rows or [row]
@@ -304,18 +294,13 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
                         f"--sampler {','.join(SAMPLERS)}")
     if components is not None and samplers is not None and "gmm" not in samplers:
         raise UserError("--components sets the mixture of the gmm sampler; add gmm to --sampler, or drop it")
-    out = Path(out)
-    files.refuse_link(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file, and --out takes a folder; pick another --out")
-    taken = [name for name in TABLES if (out / name).exists()] + \
-        [p.name for pattern in ("reconstructions_k*.png", "samples_*.png") for p in out.glob(pattern)]
-    if taken and not overwrite:
-        raise UserError(f"{out} already holds {', '.join(taken)}; pick another --out or pass --overwrite "
-                        "(finished runs there are reused either way)")
+    data = str(Path(data).resolve()) if data else None
+    out = CompareFolder(out)
+    job = {"methods": methods, "latents": latents, "data": data, "epochs": epochs, "runs": runs, "samplers": samplers,
+           "samples": samples, "components": components}
+    out.claim(overwrite, job)
     if threads:
         torch.set_num_threads(threads)
-    data = str(Path(data).resolve()) if data else None
     train, test = DataConfig(data).load()
     if train.recon_loss != "bce":  # the figure, the classifier probes and PCA's BCE are of images
         raise UserError(f"compare measures images, and {data} holds vectors; give --data of images, and measure a "
@@ -325,12 +310,11 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
         if asked and fitted.latent not in asked:
             raise UserError(f"--run {name}={runs[name]} has codes of {fitted.latent} numbers, not "
                             f"{' or '.join(map(str, asked))}; give --latent {fitted.latent}, or a run of that size")
-    folder = out / "runs"
-    files.refuse_link(folder)
+    out.begin(overwrite, job)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        out.runs_path.mkdir(exist_ok=True)
     except OSError as e:
-        raise files.write_error(e, folder) from None
+        raise files.write_error(e, out.runs_path) from None
 
     classifier, notes = None, []
     by_latent: dict[int, list[Fitted]] = {}
@@ -340,9 +324,9 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
             continue
         for k in latents:
             if name in BASELINES:
-                fitted = fit_baseline(name, k, train, folder, data or "fashion-mnist")
+                fitted = fit_baseline(name, k, train, out, data or "fashion-mnist")
             else:
-                fitted = train_model(name, k, folder, data, epochs, threads, device)
+                fitted = train_model(name, k, out, data, epochs, threads, device)
             by_latent.setdefault(k, []).append(fitted)
     if sample_quality and samples and train.shape == IMAGE_SHAPE:  # the classifier learns from Fashion-MNIST
         classifier, accuracy = feature_classifier()
@@ -362,18 +346,19 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
             if classifier is not None:
                 row["frechet_floor"] = floor
             rows += sample_rows(fitted, row, samplers, train, test, out, classifier, samples, components)
-        write_figure(by_latent[k], figure_images(test), out / f"reconstructions_k{k}.png")
+        write_figure(by_latent[k], figure_images(test), out.figure(k))
     ks = sorted({r["nll_k"] for r in rows if r["nll_k"] is not None})
     if ks:
         notes.append(f"`nll`: the importance-weighted bound of Burda et al. on -log p(x), nats per test image, with "
                      f"K = {', '.join(map(str, ks))} samples (`nll_k`), for the methods with a likelihood.")
     if len(by_latent) > 1:
-        plot_error_vs_latent(rows, out / "error_vs_latent.png")
+        plot_error_vs_latent(rows, out.error_plot_path)
     notes.insert(0, f"{len(test)} test images. `sse_per_image`: squared error summed over an image's pixels "
                     "(PCA's reconstructions are not clipped to [0, 1]); `mse` and `bce` are per pixel (PCA's BCE "
                     "on its values clipped to [1e-6, 1 - 1e-6]). `knn_accuracy`: 5-nearest-neighbour label "
                     "accuracy of the test codes among the training codes; `probe_accuracy`: a logistic "
                     "regression on the training codes.")
-    reports.write_table(out, "compare", rows, COLUMNS, _cell, notes)
-    write_compare_page(out)
+    reports.write_table(out.tables(), rows, COLUMNS, _cell, notes)
+    write_compare_page(out.path)
+    out.mark(job)
     return rows

@@ -106,16 +106,22 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None
         # checkpoint starts again exactly as it began
         trainer = _trainer(run, config, new_model(config, train_set), train_set, test_set, loggers,
                            config_saved=config.to_dict() == run.config().to_dict())
-        run.load_checkpoint(trainer)
-        if config.train.epochs < trainer.epoch:
-            raise UserError(f"{run.path} already holds {trainer.epoch} epochs; --epochs must be at least that")
-        if devices.is_main():  # only now that everything is checked: the folder as its checkpoint left it
-            run.write_metrics(trainer.history)
-            run.forget_after(trainer.epoch)
-            if trainer.epoch and run.weights_epoch() != trainer.epoch:  # a later epoch's, from a process killed
-                run.save_weights(trainer.model, config, trainer.epoch)  # before its checkpoint
+        restore(run, config, trainer)
         _say(f"resuming {run.path} after epoch {trainer.epoch} of {config.train.epochs}")
         return _fit(run, config, trainer, test_set, loggers)
+
+
+def restore(run: RunFolder, config: RunConfig, trainer: Trainer) -> None:
+    """The trainer as the run's checkpoint left it, then (rank 0, once that is checked) the folder too: metrics and
+    grids of later epochs dropped, the weights of its epoch."""
+    run.load_checkpoint(trainer)
+    if config.train.epochs < trainer.epoch:
+        raise UserError(f"{run.path} already holds {trainer.epoch} epochs; --epochs must be at least that")
+    if devices.is_main():
+        run.write_metrics(trainer.history)
+        run.forget_after(trainer.epoch)
+        if trainer.epoch and run.weights_epoch() != trainer.epoch:  # a later epoch's, from a process killed
+            run.save_weights(trainer.model, config, trainer.epoch)  # before its checkpoint
 
 
 def finish(run: RunFolder, *, config: RunConfig, trainer: Trainer, test_set, loggers=()) -> None:

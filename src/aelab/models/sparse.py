@@ -84,6 +84,9 @@ class SAEConfig(AEConfig):
             raise UserError(f"unknown centre {self.centre!r}; use --set centre= one of {', '.join(CENTRES)}")
         if self.k < 1 or self.k_aux < 0 or self.dead_window < 1:
             raise UserError("k and dead_window must be at least 1, and k_aux at least 0 (0: half the input's size)")
+        if self.sparsity in ("topk", "batchtopk") and self.k > self.latent:
+            raise UserError(f"k (units kept per input) is {self.k}, more than the dictionary's {self.latent} units "
+                            f"(latent); give k at most {self.latent}, e.g. --set k={max(1, self.latent // 8)}")
         if min(self.l1, self.l0_coefficient, self.aux_coefficient, self.grad_clip) < 0:
             raise UserError("l1, l0_coefficient, aux_coefficient and grad_clip must not be negative")
         if not 0 <= self.l1_warmup <= 1:

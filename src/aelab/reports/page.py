@@ -20,6 +20,7 @@ from torch import nn
 
 from aelab.runs.runfolder import RunFolder
 from aelab.storage import files
+from aelab.storage.folders import CompareFolder
 
 
 MAP_POINTS = 2000   # test codes on the latent map, with their images for hovering (a 0.8 MB sprite at 28x28)
@@ -215,23 +216,19 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
 
 # ---------------------------------------------------------------------------------------------- a comparison
 
-def compare_page_data(folder: Path) -> dict:
-    from aelab.experiments.compare import sample_grid_name
-
-    rows = json.loads((folder / "compare.json").read_text())
-    notes_path = folder / "compare.md"
-    notes = notes_path.read_text().split("\n\n")[1:] if notes_path.is_file() else []
-    figures = sorted(folder.glob("reconstructions_k*.png"), key=lambda p: int(p.stem.split("_k")[1]))
+def compare_page_data(folder: CompareFolder) -> dict:
+    rows = json.loads(folder.json_path.read_text())
+    notes = folder.md_path.read_text().split("\n\n")[1:] if folder.md_path.is_file() else []
     for row in rows:  # link each trained model's row to its own page
-        page = RunFolder(folder / "runs" / f"{row['method']}-k{row['latent']}").page_path
-        row["page"] = str(page.relative_to(folder)) if page.is_file() else None
-    error_plot = folder / "error_vs_latent.png"
-    grids = [(r, folder / sample_grid_name(r["method"], r["latent"], r["sampler"])) for r in rows if r.get("sampler")]
+        page = RunFolder(folder.run(row["method"], row["latent"])).page_path
+        row["page"] = str(page.relative_to(folder.path)) if page.is_file() else None
+    error_plot = folder.error_plot_path
+    grids = [(r, folder.samples(r["method"], r["latent"], r["sampler"])) for r in rows if r.get("sampler")]
     samples = [{"method": r["method"], "latent": r["latent"], "sampler": r["sampler"], "uri": _file_uri(path)}
                for r, path in grids if path.is_file()]
     return {"kind": "compare", "samples": samples, "title": f"Comparison: {', '.join(dict.fromkeys(r['method'] for r in rows))}",
             "rows": rows, "notes": [n.strip() for n in notes if n.strip()],
-            "figures": [{"latent": int(p.stem.split("_k")[1]), "uri": _file_uri(p)} for p in figures],
+            "figures": [{"latent": folder.figure_latent(p), "uri": _file_uri(p)} for p in folder.figures()],
             "error_vs_latent": _file_uri(error_plot) if error_plot.is_file() else None}
 
 
@@ -259,6 +256,7 @@ def write_run_page(run_path: str | Path, config, model, test, history: list[dict
 
 def write_compare_page(folder: str | Path, out: str | Path | None = None) -> Path:
     """FOLDER/report.html (or `out`) for a folder written by `aelab compare`."""
-    path = Path(out or Path(folder) / "report.html")
-    files.write_text(path, render(compare_page_data(Path(folder))))
+    folder = CompareFolder(folder)
+    path = Path(out or folder.page_path)
+    files.write_text(path, render(compare_page_data(folder)))
     return path

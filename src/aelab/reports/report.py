@@ -94,15 +94,17 @@ def write_report(run: RunFolder, config, model, history: list[dict], metrics: di
     return write_text(run.report_path, "\n\n".join(parts) + "\n")
 
 
-def write_table(out: Path, stem: str, rows: list[dict], columns: tuple[str, ...], cell, notes=()) -> None:
-    """A leaderboard three ways: OUT/STEM.json, STEM.csv and STEM.md (markdown_table, then the notes)."""
-    write_text(out / f"{stem}.json", json.dumps(rows, indent=2) + "\n")
+def write_table(paths: tuple[Path, Path, Path], rows: list[dict], columns: tuple[str, ...], cell, notes=()) -> None:
+    """A leaderboard three ways, at the (markdown, csv, json) paths its folder declares: markdown_table then the
+    notes, the columns as CSV, the rows as JSON."""
+    md, csv_path, json_path = paths
+    write_text(json_path, json.dumps(rows, indent=2) + "\n")
     table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(table, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    write_text(out / f"{stem}.csv", table.getvalue())
-    write_text(out / f"{stem}.md", "\n\n".join([markdown_table(rows, columns, cell), *notes]) + "\n")
+    write_text(csv_path, table.getvalue())
+    write_text(md, "\n\n".join([markdown_table(rows, columns, cell), *notes]) + "\n")
 
 
 def markdown_table(rows: list[dict], columns: tuple[str, ...], cell) -> str:

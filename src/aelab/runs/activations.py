@@ -4,17 +4,17 @@ the run's model over a split of its data, one batch at a time."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from aelab.data.activations import DTYPES, SPLITS, sidecar_paths
+from aelab.data.activations import DTYPES, SPLITS
 from aelab.data.load import DataConfig
 from aelab.errors import UserError
 from aelab.runs.runfolder import RunFolder, load_model
 from aelab.storage import files
+from aelab.storage.folders import ActivationFiles
 
 
 def layers(model) -> dict[str, torch.nn.Module]:
@@ -31,8 +31,20 @@ def _layer(model, name: str) -> torch.nn.Module:
 
 
 def _forward(model, x: torch.Tensor) -> None:
-    """Run x through the encoder and the decoder, as evaluation does: every layer sees it."""
+    """Run x through the encoder and the decoder, as evaluation does."""
     model.evaluation(x)
+
+
+def _run_layers(model, x: torch.Tensor) -> list[str]:
+    """The layers a forward pass of x calls as modules (an SAE computes its code from the weights directly)."""
+    called = []
+    hooks = [m.register_forward_hook(lambda m, a, o, name=name: called.append(name)) for name, m in layers(model).items()]
+    try:
+        _forward(model, x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return list(dict.fromkeys(called))
 
 
 @torch.no_grad()
@@ -40,15 +52,11 @@ def write_activations(run: str | Path, layer: str, out: str | Path, data: str | 
                       dtype: str = "float32", batch_size: int = 1000, overwrite: bool = False) -> dict:
     """Write the activations of `layer` of the run's model over a split of `data` (default: the run's own data) to
     `out` (.npy) and its sidecars; never more than one batch in memory. Returns the description written."""
-    out = Path(out)
-    if out.suffix != ".npy":
-        raise UserError(f"activations are written as a .npy file; give --out FILE.npy, not {out}")
+    owner = ActivationFiles(out)
+    out, index_path, json_path = owner.path, owner.index_path, owner.marker_path
     if split not in SPLITS or dtype not in DTYPES:
         raise UserError(f"--split takes {' or '.join(SPLITS)} and --dtype {' or '.join(DTYPES)}")
-    index_path, json_path = sidecar_paths(out)
-    taken = [p for p in (out, index_path, json_path) if p.exists()]
-    if taken and not overwrite:
-        raise UserError(f"{taken[0]} already exists; choose another --out or pass --overwrite")
+    owner.claim(overwrite)
     model = load_model(run, "cpu")
     module = _layer(model, layer)
     source = RunFolder.open(run).config().data
@@ -59,30 +67,33 @@ def write_activations(run: str | Path, layer: str, out: str | Path, data: str | 
         raise UserError(f"the data are {'x'.join(map(str, inputs.shape))} but {run} takes "
                         f"{'x'.join(map(str, model.config.in_shape))}; give --data of that size")
 
+    first = inputs.floats(slice(0, 1))
+    if layer not in _run_layers(model, first):
+        raise UserError(f"layer {layer!r} is not called in {run}'s forward pass (its weights are used directly), so "
+                        f"it has no activations; give --layer one of: {', '.join(_run_layers(model, first))}")
     seen: list[torch.Tensor] = []
     hook = module.register_forward_hook(lambda m, args, output: seen.append(output.flatten(1)))
-    tmp = out.with_name(f".{out.name}.{os.getpid()}{files.TMP_SUFFIX}")
     try:
-        _forward(model, inputs.floats(slice(0, 1)))
+        _forward(model, first)
         width = seen.pop().shape[1]
-        acts = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(inputs), width))
-        start = 0
-        for x in inputs.batches(batch_size):
-            _forward(model, x)
-            acts[start:start + len(x)] = seen.pop().numpy()
-            start += len(x)
-        acts.flush()
-        del acts
-        os.replace(tmp, out)
+        owner.begin(overwrite)  # the description before the activations: it marks the set as aelab's
+        with files.atomic(index_path) as f:
+            np.save(f, np.arange(len(inputs), dtype=np.int64))
+        described = {"run": str(Path(run).resolve()), "layer": layer, "data": source.path, "grey": source.grey,
+                     "test_fraction": source.test_fraction, "kind": source.kind, "split": split,
+                     "rows": len(inputs), "width": int(width), "dtype": dtype}
+        files.write_text(json_path, json.dumps(described, indent=2) + "\n")
+        with files.atomic(out):  # through a memory map of its temporary file, one batch at a time
+            acts = np.lib.format.open_memmap(files.temporary(out), mode="w+", dtype=dtype, shape=(len(inputs), width))
+            start = 0
+            for x in inputs.batches(batch_size):
+                _forward(model, x)
+                acts[start:start + len(x)] = seen.pop().numpy()
+                start += len(x)
+            acts.flush()
+            del acts
     except OSError as e:
         raise files.write_error(e, out) from None
     finally:
         hook.remove()
-        tmp.unlink(missing_ok=True)
-    with files.atomic(index_path) as f:
-        np.save(f, np.arange(len(inputs), dtype=np.int64))
-    described = {"run": str(Path(run).resolve()), "layer": layer, "data": source.path, "grey": source.grey,
-                 "test_fraction": source.test_fraction, "kind": source.kind, "split": split,
-                 "rows": len(inputs), "width": int(width), "dtype": dtype}
-    files.write_text(json_path, json.dumps(described, indent=2) + "\n")
     return described

@@ -30,6 +30,7 @@ from aelab.errors import UserError
 from aelab.models import build, picture_names
 from aelab.runs.settings import from_dict
 from aelab.storage import files, tensorfile
+from aelab.storage.folders import Owned, entries
 from aelab.training.train import Trainer
 
 FORMAT = "aelab/1"
@@ -37,35 +38,23 @@ GRID = re.compile(r"epoch_\d{3,}\.png")  # a grid's name in grids/
 MAX_MEASURES_BYTES = 1 << 20  # eval.json holds a few hundred bytes of measures
 
 
-class _Entry:
-    """A file or folder of the run folder, as a class attribute: on a RunFolder, its path there."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __get__(self, run, owner=None):
-        return self if run is None else run.path / self.name
-
-
-def _paths(*names: str) -> tuple[_Entry, ...]:
-    return tuple(map(_Entry, names))
-
-
-class RunFolder:
+class RunFolder(Owned):
     """A run folder. Every file in it is written whole (aelab.storage.files); `lock` makes this process its one trainer.
     Each *_path attribute is a path in it, and those are all that aelab writes there (with the models' pictures)."""
 
+    kind = "run folder"
+
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        super().__init__(path)
         self._lock = None       # the held lock file, while this process trains the run
         self.saved_epoch = 0    # the epoch the checkpoint on disk holds, as this process last wrote or read it
 
     # every path aelab writes in a run folder, besides the models' pictures and grids/epoch_NNN.png
-    config_path, weights_path, checkpoint_path = _paths("config.json", "model.safetensors", "checkpoint.safetensors")
-    metrics_path, eval_path, grids_path, gif_path = _paths("metrics.jsonl", "eval.json", "grids", "grids.gif")
-    loss_plot_path, report_path, page_path = _paths("loss.png", "report.md", "report.html")
-    tensorboard_path, marker_path, lock_path = _paths("tensorboard", ".aelab-run", ".aelab-lock")
-    sampler_path, = _paths("gmm.safetensors")  # the ex-post Gaussian mixture of `aelab sample --sampler gmm`
+    config_path, weights_path, checkpoint_path = entries("config.json", "model.safetensors", "checkpoint.safetensors")
+    metrics_path, eval_path, grids_path, gif_path = entries("metrics.jsonl", "eval.json", "grids", "grids.gif")
+    loss_plot_path, report_path, page_path = entries("loss.png", "report.md", "report.html")
+    tensorboard_path, marker_path, lock_path = entries("tensorboard", ".aelab-run", ".aelab-lock")
+    sampler_path, = entries("gmm.safetensors")  # the ex-post Gaussian mixture of `aelab sample --sampler gmm`
 
     def picture(self, name: str) -> Path:
         """Where a model's picture (a name from model.make_pictures) goes."""
@@ -99,7 +88,7 @@ class RunFolder:
 
     def own_names(self) -> set[str]:
         """The names of what aelab writes in the folder: --overwrite deletes these and nothing else."""
-        return {entry.name for entry in vars(RunFolder).values() if isinstance(entry, _Entry)} | picture_names()
+        return self.declared_names() | picture_names()
 
     def _own(self, name: str, in_grids: bool, own_names: set[str]) -> bool:
         if name.startswith(".") and name.endswith(files.TMP_SUFFIX):
@@ -283,6 +272,10 @@ class RunFolder:
             if not isinstance(record, dict) or type(record.get("epoch")) is not int:
                 raise UserError(f"{self.metrics_path} line {number} is not an epoch's record ({line[:60]!r}); the file "
                                 "is damaged: restore it, or delete that line and the ones after it")
+            text = next((k for k, v in record.items() if type(v) not in (int, float) and v is not None), None)
+            if text is not None:  # NaN and Infinity are numbers (a diverged epoch); text is not a measure
+                raise UserError(f"{self.metrics_path} line {number} holds {text} {str(record[text])[:40]!r}, not a "
+                                "number; the file is damaged: restore it, or delete that line and the ones after it")
             records.append(record)
         return records
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from datetime import timedelta
 
 import torch
@@ -21,7 +22,11 @@ def _join(backend: str) -> None:
     where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
     try:
         with _quiet_stderr():
-            dist.init_process_group(backend, timeout=timedelta(seconds=seconds))
+            if int(os.environ["RANK"]) == 0:
+                dist.init_process_group(backend, timeout=timedelta(seconds=seconds))
+            else:
+                dist.init_process_group(backend, store=_store(seconds), rank=int(os.environ["RANK"]),
+                                        world_size=int(os.environ["WORLD_SIZE"]), timeout=timedelta(seconds=seconds))
     except Exception as e:  # noqa: BLE001  torch's store and rendezvous errors have no common class
         reason = " ".join(str(e).split())[:160]
         raise UserError(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} could not meet the others at "
@@ -30,6 +35,22 @@ def _join(backend: str) -> None:
     from torch.distributed import constants
     patience = (backend == "nccl" and constants.default_pg_nccl_timeout) or constants.default_pg_timeout
     dist.distributed_c10d._set_pg_timeout(patience)
+
+
+def _store(seconds: float):
+    """A client of rank 0's store, found within `seconds`. torch's own client, given the whole timeout, waits about
+    twice that before it gives up (192 s for 90 measured); tries of a second each keep to the deadline."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                  int(os.environ["WORLD_SIZE"]), False,
+                                  timeout=timedelta(seconds=max(0.1, min(1.0, deadline - time.monotonic()))))
+            store.set_timeout(timedelta(seconds=seconds))
+            return dist.PrefixStore("default_pg", store)  # as init_process_group names the store it makes
+        except Exception:  # noqa: BLE001  torch's connection errors have no common class
+            if time.monotonic() >= deadline:
+                raise
 
 
 @contextlib.contextmanager
