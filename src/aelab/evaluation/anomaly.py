@@ -122,3 +122,55 @@ def average_precision(scores_: np.ndarray, positive: np.ndarray) -> float:
 def labelled_measures(scores_: np.ndarray, positive: np.ndarray) -> dict[str, float]:
     return {"auroc": auroc(scores_, positive), "average_precision": average_precision(scores_, positive),
             "anomalies": int(positive.sum()), "normal": int(len(positive) - positive.sum())}
+
+
+# -- a scoring: scores, flags and the most anomalous inputs, kept for the report: scored.safetensors -----------------
+
+def score_inputs(model, data, kind: str, reference: dict, train_scores: np.ndarray | None, contamination: float,
+                 threshold_: float | None = None, positive: np.ndarray | None = None, top: int = 10) -> dict:
+    """Scores of a set's inputs, their ranks (1: the most anomalous), flags above the threshold (`threshold_`, or
+    the training scores' quantile at `contamination`), the `top` most anomalous inputs' indices and, with
+    `positive` (True for an anomaly), the measures of the scoring."""
+    values = scores(model, data, kind, reference)
+    limit = threshold(train_scores, contamination) if threshold_ is None else float(threshold_)
+    order = np.argsort(-values, kind="stable")
+    ranks = np.empty(len(values), np.int64)
+    ranks[order] = np.arange(1, len(values) + 1)
+    result = {"kind": kind, "scores": values, "ranks": ranks, "flags": values > limit, "threshold": limit,
+              "contamination": None if threshold_ is not None else contamination, "top": order[:top],
+              "train_scores": train_scores, "positive": positive}
+    if positive is not None:
+        result["measures"] = labelled_measures(values, positive)
+    return result
+
+
+def write_scored(run, result: dict, source: str) -> None:
+    tensors = {"scores": torch.from_numpy(result["scores"]), "top": torch.from_numpy(result["top"])}
+    if result["positive"] is not None:
+        tensors["positive"] = torch.from_numpy(result["positive"].astype(np.uint8))
+    meta = {"format": FORMAT, "kind": result["kind"], "threshold": repr(result["threshold"]), "source": source,
+            "contamination": json.dumps(result["contamination"]), "measures": json.dumps(result.get("measures"))}
+    files.write_safetensors(run.scored_path, tensors, meta)
+
+
+def read_scored(run) -> dict | None:
+    """The last scoring kept in the run (with the training scores of its kind), or None."""
+    path = run.scored_path
+    if not path.is_file():
+        return None
+    fix = f"score again with `aelab score`, or delete {path}"
+    meta = tensorfile.metadata(path, fix=fix)
+    names = {"scores": None, "top": None}
+    try:
+        tensors, _ = tensorfile.load(path, names, exact=False, fix=fix)
+        train = tensorfile.load(run.anomaly_path, {f"train.{meta['kind']}": None}, exact=False, fix=fix)[0] \
+            if run.anomaly_path.is_file() else {}
+        result = {"kind": meta["kind"], "threshold": float(meta["threshold"]), "source": meta["source"],
+                  "contamination": json.loads(meta["contamination"]), "measures": json.loads(meta["measures"])}
+    except (KeyError, ValueError) as e:
+        raise UserError(f"{path} is damaged ({e.__class__.__name__}); {fix}") from None
+    positive = tensorfile.load(path, {"positive": None}, exact=False, fix=fix)[0]["positive"].bool().numpy() \
+        if result["measures"] else None
+    train_scores = train.get(f"train.{meta['kind']}")
+    return {**result, "scores": tensors["scores"].double().numpy(), "top": tensors["top"].numpy(),
+            "positive": positive, "train_scores": None if train_scores is None else train_scores.double().numpy()}

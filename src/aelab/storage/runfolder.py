@@ -9,7 +9,7 @@ here is a pickle:
     RUN/eval.json, loss.png, report.md, report.html, the models' pictures, tensorboard/: written after training
     RUN/anomaly.safetensors     the training inputs' anomaly scores and what the scores need (`aelab score`)
     RUN/scored.safetensors      the last `aelab score`: scores, threshold, labels, the most anomalous inputs
-    RUN/anomaly_scores.png, anomaly_top.png: its pictures, in report.md and report.html
+    RUN/anomaly_scores.png, anomaly_curves.png, anomaly_top.png: its pictures, in report.md and report.html
     RUN/.aelab-run              made with the folder: --overwrite replaces only folders aelab made
     RUN/.aelab-lock             locked by the one process training the run; holds its PID
 
@@ -68,7 +68,8 @@ class RunFolder:
     tensorboard_path, marker_path, lock_path = _paths("tensorboard", ".aelab-run", ".aelab-lock")
     # anomaly scoring (`aelab score`): the training scores and what they need, kept; the last scoring, for the report
     anomaly_path, scored_path = _paths("anomaly.safetensors", "scored.safetensors")
-    anomaly_plot_path, anomaly_top_path = _paths("anomaly_scores.png", "anomaly_top.png")
+    anomaly_plot_path, anomaly_curves_path, anomaly_top_path = _paths("anomaly_scores.png", "anomaly_curves.png",
+                                                                      "anomaly_top.png")
 
     def picture(self, name: str) -> Path:
         """Where a model's picture (a name from model.make_pictures) goes."""
