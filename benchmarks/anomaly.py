@@ -62,7 +62,7 @@ def aelab_detectors(epochs: int):
     return [("ae", {"model": "ae"}, ("recon", "mahalanobis", "recon+mahalanobis")),
             ("dae", {"model": "dae"}, ("recon", "mahalanobis")),
             ("vae", {"model": "vae"}, ("elbo", "mahalanobis")),
-            ("conv ae", {"model": "ae", "settings": {"arch": "conv"}}, ("recon", "mahalanobis", "recon+mahalanobis"))]
+            ("conv ae", {"model": "ae", "settings": {"arch": "conv", "channels": (16, 32)}}, ("recon", "mahalanobis", "recon+mahalanobis"))]
 
 
 def run_aelab(params: dict, kinds, x, x_test, seed: int, epochs: int) -> dict[str, np.ndarray]:

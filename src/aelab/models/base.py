@@ -274,8 +274,8 @@ class Autoencoder(nn.Module):
         entropy (BCE = H(x) + KL), 0 for vectors. Scores subtract it: an image of many grey pixels is not strange
         for that, and the raw cross-entropy ranks by it (one-class AUROC on Fashion-MNIST's T-shirts: 0.64 raw,
         0.90 above the floor, as Serra et al. 2020 correct likelihoods by the input's complexity)."""
-        if self.config.recon_loss == "bce":
-            return entropy_per_image(x).to(x.dtype)
+        if self.config.recon_loss == "bce":  # clamped: floats outside [0, 1] still train, and score finite
+            return entropy_per_image(x.clamp(0, 1)).to(x.dtype)
         return torch.zeros(len(x), device=x.device)
 
     @torch.no_grad()

@@ -391,7 +391,7 @@
           style: "width:min(100%, 560px)" })));
     }
     return section("Anomaly scores",
-      `The last \`aelab score\`: ${A.n.toLocaleString("en")} inputs (${A.source}) by the ${A.kind} score; ` +
+      `The last aelab score: ${A.n.toLocaleString("en")} inputs (${A.source}) by the ${A.kind} score; ` +
       `${A.flagged.toLocaleString("en")} flagged above the threshold ${fmt(A.threshold)} (${rule}).` +
       (A.measures ? ` With labels: AUROC ${fmt(A.measures.auroc, 4)}, average precision ` +
         `${fmt(A.measures.average_precision, 4)}.` : ""), ...kids);

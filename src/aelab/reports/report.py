@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aelab.reports.images import save_gif, save_png, side_by_side, stacked_rows
+from aelab.reports.images import save_gif, save_png, side_by_side, stacked_rows, to_uint8
 from aelab.storage.files import atomic, write_text
 from aelab.storage.runfolder import RunFolder
 from aelab.training.train import Callback, Trainer
@@ -218,10 +218,12 @@ def anomaly_curves(scores: np.ndarray, positive: np.ndarray, measures: dict) -> 
 def anomaly_top(inputs, reconstructions, errors, cols: int = 10) -> np.ndarray:
     """The most anomalous inputs, most anomalous first, `cols` a row, each over its reconstruction and its per-pixel
     error map (bright: a large error)."""
+    cols = min(cols, len(inputs))
     strips = []
     for start in range(0, len(inputs), cols):
-        part = slice(start, start + cols)
-        strips += [inputs[part], reconstructions[part], errors[part]]
+        for row in (inputs, reconstructions, errors):
+            part = to_uint8(row[start:start + cols])  # a short last row is padded with white: rows stay aligned
+            strips.append(np.concatenate([part, np.full((cols - len(part), *part.shape[1:]), 255, np.uint8)]))
     return stacked_rows(strips)
 
 
