@@ -236,3 +236,41 @@ def test_conv_only_models_fit_and_code_real_images(fashion):
     back = est.inverse_transform(codes)
     assert back.shape == (8, 28, 28) and 0 <= back.min() and back.max() <= 1
     assert np.isfinite(est.score(x[:32]))
+
+
+def one_class(fashion, cls: int = 1):
+    """2000 training images of one class (trousers), and the first 1000 test images of every class."""
+    train, test = fashion
+    return train.images[train.labels == cls][:2000, 0].numpy(), test.subset(1000)
+
+
+def test_outlier_surface_follows_scikit_learns_conventions_on_one_class_of_fashion(fashion):
+    """Trained on trousers only: score_samples is minus the model's score, decision_function less offset_, and
+    predict flags about `contamination` of the training images; other classes score as stranger."""
+    trousers, test = one_class(fashion)
+    est = Autoencoder(epochs=3, batch_size=64, contamination=0.1, settings={"latent": 4, "hidden": (32,)})
+    flags = est.fit_predict(trousers)
+    assert set(np.unique(flags)) == {-1, 1} and abs((flags == -1).mean() - 0.1) < 0.02
+    assert est.offset_ == pytest.approx(np.percentile(est.score_samples(trousers), 10))
+    X = test.images[:, 0].numpy()
+    assert np.allclose(est.decision_function(X), est.score_samples(X) - est.offset_)
+    assert (est.predict(X) == np.where(est.decision_function(X) < 0, -1, 1)).all()
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(test.labels.numpy() != 1, -est.score_samples(X)) > 0.9
+    with pytest.raises(ValueError, match="contamination"):
+        Autoencoder(contamination=0.6).fit(trousers)
+
+
+def test_grid_search_picks_a_score_by_auroc_on_labelled_validation_images(fashion):
+    from sklearn.metrics import make_scorer, roc_auc_score
+    from sklearn.model_selection import GridSearchCV, PredefinedSplit
+
+    normal, test = one_class(fashion)  # trousers to train on
+    X = np.concatenate([normal, test.images[:, 0].numpy()])
+    y = np.r_[np.ones(len(normal)), np.where(test.labels.numpy() == 1, 1, -1)]  # labels of the validation fold
+    fold = PredefinedSplit(np.r_[-np.ones(len(normal)), np.zeros(len(test))])  # train on trousers, score the rest
+    auroc = make_scorer(roc_auc_score, response_method="decision_function")
+    search = GridSearchCV(Autoencoder(epochs=3, batch_size=64, settings={"latent": 4, "hidden": (32,)}),
+                          {"anomaly_score": ["recon", "mahalanobis"]}, scoring=auroc, cv=fold).fit(X, y)
+    assert search.best_score_ == max(search.cv_results_["mean_test_score"]) > 0.8
