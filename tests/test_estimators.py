@@ -34,13 +34,21 @@ def tiny(model: str) -> Autoencoder:
     return Autoencoder(model, settings={**SMALL, **({"disc_hidden": (8,)} if model == "aae" else {})}, **TINY)
 
 
-# Every check passes, so no expected_failed_checks are listed. What made them pass: floats outside [0, 1] train
-# with a warning rather than an error (the checks feed any finite numbers), and a 1-image fit says n_samples=1.
+# What made the checks pass: floats outside [0, 1] train with a warning rather than an error (the checks feed any
+# finite numbers), and a 1-image fit says n_samples=1. One is excused, for the autoencoders only: their anomaly
+# scores (score_samples, decision_function) of one row alone and of the same row in a batch of 20 may differ by a
+# unit in float32's last place (2.4e-7 on scores near 4: torch multiplies one row with another kernel), beyond the
+# check's 1e-7. transform, which the same check runs, agrees.
+EXCUSED = {"check_methods_subset_invariance": "float32 anomaly scores of one row and of a batch differ in the last "
+                                              "place (2.4e-7), beyond the check's atol of 1e-7"}
+
+
 @pytest.mark.filterwarnings("ignore:X holds values from:UserWarning")  # the checks' data are not pixels
 # Conv-only models (the VQ-VAE) need images whose sides divide by 4, and the checks feed rows of a few numbers: they
 # are checked on real images below instead.
 @parametrize_with_checks([*(tiny(m) for m in MODELS if "mlp" in MODELS[m].archs), PCA(n_components=2),
-                          LogisticPCA(n_components=2, m=4.0, max_iter=5)])
+                          LogisticPCA(n_components=2, m=4.0, max_iter=5)],
+                         expected_failed_checks=lambda est: EXCUSED if isinstance(est, Autoencoder) else {})
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -48,7 +56,8 @@ def test_sklearn_estimator_checks(estimator, check):
 def test_parameters_are_the_training_ones_and_a_settings_dict():
     """No model setting is an estimator parameter of its own: every one, of any registered model, goes through
     `settings`, so a new variant needs no edit here."""
-    assert set(Autoencoder().get_params()) == {"model", "settings", "device", "image_shape", *TRAINING}
+    assert set(Autoencoder().get_params()) == {"model", "settings", "device", "image_shape", "contamination",
+                                               "anomaly_score", *TRAINING}
     est = Autoencoder("cae", settings={"latent": 3, "contraction": 0.5})
     config = est.run_config()
     assert config.model.latent == 3 and config.model.contraction == 0.5
