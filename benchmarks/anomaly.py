@@ -20,7 +20,7 @@ stopped; the table (mean AUROC over classes, its spread over seeds, per class, s
 written beside it as .md. A vector case follows: breast cancer (scikit-learn's copy), benign as normal, through the
 command line (`aelab train` on vectors, `aelab score --labels`).
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/anomaly.py [--seeds 3] [--epochs 20] [--classes 0,1,...]
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/anomaly.py [--seeds 3] [--epochs 10] [--classes 0,1,...]
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def vector_case(epochs: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=20, help="aelab's training epochs, and PyOD's at the same budget")
+    parser.add_argument("--epochs", type=int, default=10, help="aelab's training epochs, and PyOD's at the same budget")
     parser.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9")
     parser.add_argument("--skip", default="", help="detectors (comma separated, by their first word) to leave out")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/anomaly-results.jsonl"))
