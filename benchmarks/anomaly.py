@@ -63,7 +63,8 @@ def aelab_detectors(epochs: int):
     return [("ae", {"model": "ae"}, ("recon", "mahalanobis", "recon+mahalanobis")),
             ("dae", {"model": "dae"}, ("recon", "mahalanobis")),
             ("vae", {"model": "vae"}, ("elbo", "mahalanobis")),
-            ("conv ae", {"model": "ae", "settings": {"arch": "conv", "channels": (16, 32)}}, ("recon", "mahalanobis", "recon+mahalanobis"))]
+            ("conv ae", {"model": "ae", "settings": {"arch": "conv", "channels": (16, 32)}},
+             ("recon", "mahalanobis", "recon+mahalanobis"))]
 
 
 def run_aelab(params: dict, kinds, x, x_test, seed: int, epochs: int) -> dict[str, np.ndarray]:
@@ -110,7 +111,7 @@ def run_pyod(python: str, name: str, x, x_test, seed: int, epochs: str) -> np.nd
 
 def table(rows: list[dict], methods: list[str]) -> str:
     """Mean AUROC over classes (spread over seeds), per class (mean over seeds), seconds per class."""
-    lines = ["| detector | mean AUROC | spread (seeds) | seeds | " + " | ".join(str(c) for c in range(10)) + " | s/class |",
+    lines = ["| detector | mean AUROC | spread (seeds) | seeds | " + " | ".join(map(str, range(10))) + " | s/class |",
              "|---|---|---|---|" + "---|" * 10 + "---|"]
     for method in methods:
         mine = [r for r in rows if r["method"] == method]

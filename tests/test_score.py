@@ -116,7 +116,8 @@ def test_inputs_that_do_not_fit_the_run_are_refused(run, tmp_path, capsys):
     np.save(tmp_path / "small.npy", np.zeros((4, 10, 10), np.uint8))
     np.save(tmp_path / "vectors.npy", np.zeros((4, 7)))
     before = snapshot(run)
-    for inputs, words in ((tmp_path / "small.npy", ["(1, 10, 10)", "1x28x28"]), (tmp_path / "nothing", ["does not exist"])):
+    for inputs, words in ((tmp_path / "small.npy", ["(1, 10, 10)", "1x28x28"]),
+                          (tmp_path / "nothing", ["does not exist"])):
         assert_user_error(in_process(["score", run, inputs, "--out", tmp_path / "s.csv"], capsys), *words)
     assert_user_error(in_process(["score", run, tmp_path / "small.npy", "--out", tmp_path / "s.txt"], capsys), "csv")
     assert_user_error(in_process(["score", tmp_path / "norun", tmp_path / "small.npy", "--out", tmp_path / "s.csv"],

@@ -402,5 +402,6 @@ def test_after_aelab_score_the_page_draws_the_histogram_roc_pr_and_the_strangest
     assert colour_pixels(roc, SCORED, 30) > 100
     top = page.screenshot("#anomaly-top")
     assert top.std() > 10  # the strangest images, drawn
-    assert f"AUROC {data['measures']['auroc']:.4f}" in page.page.locator("section", has_text="Anomaly scores").inner_text()
+    lead = page.page.locator("section", has_text="Anomaly scores").inner_text()
+    assert f"AUROC {data['measures']['auroc']:.4f}" in lead
     page.assert_offline_and_clean()

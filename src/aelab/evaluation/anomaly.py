@@ -48,7 +48,8 @@ def scores(model, data, kind: str, reference: dict[str, torch.Tensor]) -> np.nda
 def fit(model, train, kind: str) -> tuple[dict[str, torch.Tensor], np.ndarray]:
     """What the scores need from the training set, and the training inputs' own scores."""
     model.eval()
-    reference = {k: v.cpu() for k, v in model.anomaly_reference(x.to(model.device) for x in train.batches(BATCH)).items()}
+    fitted = model.anomaly_reference(x.to(model.device) for x in train.batches(BATCH))
+    reference = {k: v.cpu() for k, v in fitted.items()}
     return reference, scores(model, train, kind, reference)
 
 

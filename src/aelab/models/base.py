@@ -267,7 +267,8 @@ class Autoencoder(nn.Module):
         if kind == "mahalanobis":
             d = self.code_eval(x).flatten(1).float() - reference["code_mean"]
             return ((d @ reference["code_precision"]) * d).sum(1)
-        raise UserError(f"{type(self).__name__} has no anomaly score {kind!r}; use one of {', '.join(self.anomaly_kinds)}")
+        raise UserError(f"{type(self).__name__} has no anomaly score {kind!r}; use one of "
+                        f"{', '.join(self.anomaly_kinds)}")
 
     def recon_floor(self, x: torch.Tensor) -> torch.Tensor:
         """The least reconstruction error any model can reach on each input, (b,): for grey pixels their binary

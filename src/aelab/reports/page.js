@@ -223,9 +223,10 @@
           ctx.fillStyle = s.color;
           ctx.beginPath(); ctx.arc(X(x), Y(at[j].get(x)), 3.5, 0, 2 * Math.PI); ctx.fill();
         });
-        tip.replaceChildren(el("div", { text: `${xname} ${xname === "epoch" ? x : fmt(x)}` }), series.map((s, j) => el("div", {},
-          el("span", { class: "dot", style: `background:${s.color}` }),
-          `${s.name}: ${at[j].has(x) ? fmt(at[j].get(x)) : "\u2014"}`)));
+        tip.replaceChildren(el("div", { text: `${xname} ${xname === "epoch" ? x : fmt(x)}` }),
+          series.map((s, j) => el("div", {},
+            el("span", { class: "dot", style: `background:${s.color}` }),
+            `${s.name}: ${at[j].has(x) ? fmt(at[j].get(x)) : "\u2014"}`)));
         tip.style.display = "block";
         const left = X(x) + 14, right = left + tip.offsetWidth > W;
         tip.style.left = (right ? X(x) - tip.offsetWidth - 6 : left) + "px";
@@ -354,7 +355,8 @@
       ctx.textAlign = "center"; ctx.textBaseline = "top";
       for (const t of niceTicks(lo, hi, 6)) ctx.fillText(fmt(t), X(t), H - m.b + 6);
       let drawn = 0;
-      const halves = A.train.length ? [[A.train, TRAIN_COLOR, 0], [A.scored, SCORED_COLOR, 0.5]] : [[A.scored, SCORED_COLOR, 0]];
+      const halves = A.train.length ? [[A.train, TRAIN_COLOR, 0], [A.scored, SCORED_COLOR, 0.5]]
+        : [[A.scored, SCORED_COLOR, 0]];
       for (const [shares, color, offset] of halves) {
         ctx.fillStyle = color;
         shares.forEach((v, i) => {
@@ -381,7 +383,8 @@
     const kids = [el("div", { class: "charts", id: "anomaly-charts" }, histogramChart(A),
       A.roc ? lineChart(`ROC (AUROC ${fmt(A.measures.auroc, 3)})`, [
         { name: "this model", color: SCORED_COLOR, points: A.roc },
-        { name: "chance", color: "#9aa4b2", dash: true, points: [[0, 0], [1, 1]] }], null, "false positive rate") : null,
+        { name: "chance", color: "#9aa4b2", dash: true, points: [[0, 0], [1, 1]] }],
+        null, "false positive rate") : null,
       A.pr ? lineChart(`precision-recall (AP ${fmt(A.measures.average_precision, 3)})`, [
         { name: "this model", color: SCORED_COLOR, points: A.pr }], null, "recall") : null)];
     if (A.top) {

@@ -307,7 +307,8 @@ def anomaly_section(run: RunFolder) -> list[str]:
     if scored["measures"]:
         m = scored["measures"]
         parts += [f"With labels ({m['anomalies']} anomalies, {m['normal']} normal): AUROC {m['auroc']:.4f}, "
-                  f"average precision {m['average_precision']:.4f}.", f"![ROC and precision-recall]({run.anomaly_curves_path.name})"]
+                  f"average precision {m['average_precision']:.4f}.",
+                  f"![ROC and precision-recall]({run.anomaly_curves_path.name})"]
     if run.anomaly_top_path.is_file():
         parts += ["The most anomalous inputs, most anomalous first: each over its reconstruction and its per-pixel "
                   "error map.", f"![most anomalous]({run.anomaly_top_path.name})"]
