@@ -424,8 +424,6 @@ def cmd_apply(args) -> int:
 
 def cmd_score(args) -> int:
     """Anomaly scores of inputs; every check before anything is written."""
-    import numpy as np
-
     from aelab.data.datasets import ImageSet
     from aelab.data.load import read_inputs, read_vectors
     from aelab.evaluation import anomaly
@@ -452,7 +450,7 @@ def cmd_score(args) -> int:
         raise UserError(f"{args.run} was trained on vectors, which have no pictures; drop --out-images")
     inputs = read_vectors(args.inputs) if vectors else read_inputs(args.inputs, grey=not args.rgb).images
     data = ImageSet(model.prepare(inputs).cpu())  # the model's own floats; a wrong shape is refused here
-    positive = _anomaly_labels(args, len(data), np)
+    positive = _anomaly_labels(args, len(data))
     run = RunFolder.open(args.run)
     if run.path.is_file():
         raise UserError(f"{run.path} is a weights file; score with its run folder, which keeps the training scores")
@@ -480,8 +478,10 @@ def cmd_score(args) -> int:
     return 0
 
 
-def _anomaly_labels(args, n: int, np):
+def _anomaly_labels(args, n: int):
     """True for each input that is an anomaly, from --labels and --normal-class; None without either."""
+    import numpy as np
+
     from aelab.data.readers import read_array_file
 
     if args.labels is None and args.normal_class is None:
@@ -505,7 +505,7 @@ def _anomaly_labels(args, n: int, np):
             raise UserError("--normal-class needs labels: give --labels FILE, or one .npz input that holds y_test, "
                             "labels or y")
         labels, source = arrays[key], f"{npz[0]}[{key}]"
-    labels = np.asarray(labels).reshape(-1) if np.asarray(labels).ndim <= 1 else np.asarray(labels)
+    labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != n:
         raise UserError(f"{source} holds {labels.size} labels for {n} inputs; give one label per input, in order")
     if not np.isfinite(labels.astype(np.float64)).all():
