@@ -165,11 +165,11 @@ def speed() -> str:
 
     import torch
 
-    from aelab.config import resolve
+    from aelab.runs.settings import resolve
     from aelab.data.load import load_dataset
     from aelab.evaluation import anomaly
     from aelab.evaluation.evaluate import evaluate
-    from aelab.training.pipeline import build_for
+    from aelab.experiments.pipeline import build_for
 
     torch.set_num_threads(1)
     train, test = load_dataset()

@@ -33,7 +33,7 @@ def test_score_writes_scores_ranks_flags_measures_pictures_and_the_report(run, s
     from aelab.data.datasets import ImageSet
     from aelab.data.load import read_inputs
     from aelab.evaluation import anomaly
-    from aelab.storage.runfolder import RunFolder, load_model
+    from aelab.runs.runfolder import RunFolder, load_model
 
     out, top = tmp_path / "scores.csv", tmp_path / "top.png"
     result = in_process(["score", run, subset_npz, "--normal-class", 7, "--top", 12, "--out", out,

@@ -10,6 +10,7 @@ here is a pickle:
     RUN/anomaly.safetensors     the training inputs' anomaly scores and what the scores need (`aelab score`)
     RUN/scored.safetensors      the last `aelab score`: scores, threshold, labels, the most anomalous inputs
     RUN/anomaly_scores.png, anomaly_curves.png, anomaly_top.png: its pictures, in report.md and report.html
+    RUN/gmm.safetensors         the Gaussian mixture fitted to the training codes, for `aelab sample --sampler gmm`
     RUN/.aelab-run              made with the folder: --overwrite replaces only folders aelab made
     RUN/.aelab-lock             locked by the one process training the run; holds its PID
 
@@ -26,11 +27,12 @@ from pathlib import Path
 
 import torch
 
+from aelab import devices
 from aelab.config import RunConfig, parse_settings
 from aelab.errors import UserError
 from aelab.models import build, picture_names
+from aelab.runs.settings import from_dict
 from aelab.storage import files, tensorfile
-from aelab.training import distributed
 from aelab.training.train import Trainer
 
 FORMAT = "aelab/1"
@@ -70,6 +72,7 @@ class RunFolder:
     anomaly_path, scored_path = _paths("anomaly.safetensors", "scored.safetensors")
     anomaly_plot_path, anomaly_curves_path, anomaly_top_path = _paths("anomaly_scores.png", "anomaly_curves.png",
                                                                       "anomaly_top.png")
+    sampler_path, = _paths("gmm.safetensors")  # the ex-post Gaussian mixture of `aelab sample --sampler gmm`
 
     def picture(self, name: str) -> Path:
         """Where a model's picture (a name from model.make_pictures) goes."""
@@ -259,7 +262,7 @@ class RunFolder:
             for group, lr in zip(optimizer.param_groups, lrs):
                 group["lr"] = lr
         self.saved_epoch = trainer.epoch
-        if distributed.is_main():
+        if devices.is_main():
             # the checkpoint's epoch is the truth: metrics of a later epoch were written by a process killed
             # before its checkpoint, and that epoch is trained again
             trainer.history = list({r["epoch"]: r for r in self.metrics() if r["epoch"] <= trainer.epoch}.values())
@@ -316,7 +319,7 @@ def _checked_config(d, source: str) -> RunConfig:
         # a run saved before data.vector_scale existed trained its vectors standardised per feature
         d = {**d, "data": {**d["data"], "vector_scale": "standardise"}}
     try:
-        return RunConfig.from_dict(d)
+        return from_dict(d)
     except UserError as e:
         raise UserError(f"{source} holds settings that cannot work ({e}); restore it or retrain") from None
 
@@ -364,4 +367,4 @@ def load_model(path: str | Path, device: str = "auto"):
     model = build(config.model_name, config.model)
     tensors, _ = load_state(weights, model)
     model.load_state_dict(tensors)  # safetensors load on the CPU, then move
-    return model.to(distributed.resolve_device(distributed.parse_device(device))).eval()
+    return model.to(devices.resolve_device(devices.parse_device(device))).eval()
