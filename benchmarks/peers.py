@@ -103,13 +103,13 @@ def idx_images(split: str) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=16).reshape(-1, 28, 28)
 
 
-def venv_python(venv: Path) -> str:
-    """The peers' interpreter, the venv made first if missing."""
+def venv_python(venv: Path, packages: tuple[str, ...] = PEERS) -> str:
+    """The peers' interpreter, the venv made first if missing: the CPU torch wheel, then `packages`."""
     python = venv / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *PEERS], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
     return str(python)
 
 

@@ -36,13 +36,21 @@ def tiny(model: str) -> Autoencoder:
     return Autoencoder(model, settings={**SMALL, **OWN.get(model, {})}, **TINY)
 
 
-# Every check passes, so no expected_failed_checks are listed. What made them pass: floats outside [0, 1] train
-# with a warning rather than an error (the checks feed any finite numbers), and a 1-image fit says n_samples=1.
+# What made the checks pass: floats outside [0, 1] train with a warning rather than an error (the checks feed any
+# finite numbers), and a 1-image fit says n_samples=1. One is excused, for the autoencoders only: their anomaly
+# scores (score_samples, decision_function) of one row alone and of the same row in a batch of 20 may differ by a
+# unit in float32's last place (2.4e-7 on scores near 4: torch multiplies one row with another kernel), beyond the
+# check's 1e-7. transform, which the same check runs, agrees.
+EXCUSED = {"check_methods_subset_invariance": "float32 anomaly scores of one row and of a batch differ in the last "
+                                              "place (2.4e-7), beyond the check's atol of 1e-7"}
+
+
 @pytest.mark.filterwarnings("ignore:X holds values from:UserWarning")  # the checks' data are not pixels
 # Conv-only models (the VQ-VAE) need images whose sides divide by 4, and the checks feed rows of a few numbers: they
 # are checked on real images below instead.
 @parametrize_with_checks([*(tiny(m) for m in MODELS if "mlp" in MODELS[m].archs), PCA(n_components=2),
-                          LogisticPCA(n_components=2, m=4.0, max_iter=5)])
+                          LogisticPCA(n_components=2, m=4.0, max_iter=5)],
+                         expected_failed_checks=lambda est: EXCUSED if isinstance(est, Autoencoder) else {})
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -50,7 +58,8 @@ def test_sklearn_estimator_checks(estimator, check):
 def test_parameters_are_the_training_ones_and_a_settings_dict():
     """No model setting is an estimator parameter of its own: every one, of any registered model, goes through
     `settings`, so a new variant needs no edit here."""
-    assert set(Autoencoder().get_params()) == {"model", "settings", "device", "image_shape", *TRAINING}
+    assert set(Autoencoder().get_params()) == {"model", "settings", "device", "image_shape", "contamination",
+                                               "anomaly_score", *TRAINING}
     est = Autoencoder("cae", settings={"latent": 3, "contraction": 0.5})
     config = est.run_config()
     assert config.model.latent == 3 and config.model.contraction == 0.5
@@ -249,3 +258,41 @@ def test_settings_that_cannot_work_are_one_line_before_fitting(model, settings, 
     with pytest.raises(UserError) as refused:
         Autoencoder(model, settings=settings, epochs=1).fit(np.zeros((8, 16), np.float32))
     assert all(w in str(refused.value) for w in words) and "\n" not in str(refused.value)
+
+
+def one_class(fashion, cls: int = 1):
+    """2000 training images of one class (trousers), and the first 1000 test images of every class."""
+    train, test = fashion
+    return train.images[train.labels == cls][:2000, 0].numpy(), test.subset(1000)
+
+
+def test_outlier_surface_follows_scikit_learns_conventions_on_one_class_of_fashion(fashion):
+    """Trained on trousers only: score_samples is minus the model's score, decision_function less offset_, and
+    predict flags about `contamination` of the training images; other classes score as stranger."""
+    trousers, test = one_class(fashion)
+    est = Autoencoder(epochs=3, batch_size=64, contamination=0.1, settings={"latent": 4, "hidden": (32,)})
+    flags = est.fit_predict(trousers)
+    assert set(np.unique(flags)) == {-1, 1} and abs((flags == -1).mean() - 0.1) < 0.02
+    assert est.offset_ == pytest.approx(np.percentile(est.score_samples(trousers), 10))
+    X = test.images[:, 0].numpy()
+    assert np.allclose(est.decision_function(X), est.score_samples(X) - est.offset_)
+    assert (est.predict(X) == np.where(est.decision_function(X) < 0, -1, 1)).all()
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(test.labels.numpy() != 1, -est.score_samples(X)) > 0.9
+    with pytest.raises(ValueError, match="contamination"):
+        Autoencoder(contamination=0.6).fit(trousers)
+
+
+def test_grid_search_picks_a_score_by_auroc_on_labelled_validation_images(fashion):
+    from sklearn.metrics import make_scorer, roc_auc_score
+    from sklearn.model_selection import GridSearchCV, PredefinedSplit
+
+    normal, test = one_class(fashion)  # trousers to train on
+    X = np.concatenate([normal, test.images[:, 0].numpy()])
+    y = np.r_[np.ones(len(normal)), np.where(test.labels.numpy() == 1, 1, -1)]  # labels of the validation fold
+    fold = PredefinedSplit(np.r_[-np.ones(len(normal)), np.zeros(len(test))])  # train on trousers, score the rest
+    auroc = make_scorer(roc_auc_score, response_method="decision_function")
+    search = GridSearchCV(Autoencoder(epochs=3, batch_size=64, settings={"latent": 4, "hidden": (32,)}),
+                          {"anomaly_score": ["recon", "mahalanobis"]}, scoring=auroc, cv=fold).fit(X, y)
+    assert search.best_score_ == max(search.cv_results_["mean_test_score"]) > 0.8

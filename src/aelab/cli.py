@@ -178,6 +178,27 @@ def build_parser() -> Parser:
     p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=1000)
     p.add_argument("--overwrite", action="store_true", help="replace existing output")
 
+    p = sub.add_parser("score", help="anomaly scores of inputs through a trained run (higher: stranger): a CSV of "
+                       "score, rank and flag; the run's report and page gain the scores")
+    p.add_argument("run")
+    p.add_argument("inputs", nargs="+", help="image files, folders, .npy/.npz (a run trained on vectors: .npy vectors)")
+    p.add_argument("--out", required=True, metavar="FILE.csv", help="one row per input: index, score, rank, flag")
+    p.add_argument("--score", metavar="KIND", help="which score: recon (default), mahalanobis; a VAE's elbo "
+                   "(default) or iwae (see docs/anomaly.md)")
+    p.add_argument("--contamination", type=float, help="the share of training inputs above the threshold, in "
+                   "(0, 0.5] (default 0.01)")
+    p.add_argument("--threshold", type=float, help="flag scores above this instead")
+    p.add_argument("--labels", metavar="FILE", help=".npy or text, one per input: 1 for an anomaly, 0 for normal "
+                   "(with --normal-class: class numbers); adds AUROC and average precision")
+    p.add_argument("--normal-class", type=int, metavar="K", help="inputs of class K are normal, the rest anomalies "
+                   "(labels from --labels or from the .npz input's y_test / labels / y)")
+    p.add_argument("--top", type=int_in(1, 1000), default=10, help="how many of the most anomalous to show (10)")
+    p.add_argument("--out-images", metavar="FILE.png", help="the --top most anomalous inputs over their "
+                   "reconstructions and per-pixel error maps")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--rgb", action="store_true", help="keep colour images in colour")
+
     for name, help_text, inputs_help in (
             ("reconstruct", "reconstruct images (or vectors) through a trained run",
              "image files, folders, .npy/.npz (a run trained on vectors: .npy vectors)"),
@@ -451,6 +472,130 @@ def cmd_apply(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    """Anomaly scores of inputs; every check before anything is written."""
+    from aelab.data.datasets import ImageSet
+    from aelab.data.load import read_inputs, read_vectors
+    from aelab.evaluation import anomaly
+    from aelab.storage import files
+    from aelab.runs.runfolder import RunFolder, load_model
+
+    out, pictures = Path(args.out), args.out_images and Path(args.out_images)
+    if out.suffix != ".csv":
+        raise UserError(f"aelab score writes a CSV; give --out FILE.csv, not {out}")
+    for path in filter(None, (out, pictures)):
+        files.refuse_link(path)
+        if path.exists() and not args.overwrite:
+            raise UserError(f"{path} already exists; choose another path or pass --overwrite")
+    if pictures and pictures.suffix != ".png":
+        raise UserError(f"--out-images writes one PNG; give FILE.png, not {pictures}")
+    if args.threshold is not None and args.contamination is not None:
+        raise UserError("give --contamination (a share of the training inputs) or --threshold (a score), not both")
+    contamination = anomaly.check_contamination(args.contamination if args.contamination is not None
+                                                else anomaly.CONTAMINATION)
+    model = load_model(args.run, args.device)
+    kind = anomaly.kind_of(model, args.score)
+    vectors = model.config.recon_loss == "mse"
+    if vectors and pictures:
+        raise UserError(f"{args.run} was trained on vectors, which have no pictures; drop --out-images")
+    inputs = read_vectors(args.inputs) if vectors else read_inputs(args.inputs, grey=not args.rgb).images
+    data = ImageSet(model.prepare(inputs).cpu())  # the model's own floats; a wrong shape is refused here
+    positive = _anomaly_labels(args, len(data))
+    run = RunFolder.open(args.run)
+    if run.path.is_file():
+        raise UserError(f"{run.path} is a weights file; score with its run folder, which keeps the training scores")
+    reference, train_scores = anomaly.kept(run, model, kind)
+    result = anomaly.score_inputs(model, data, kind, reference, train_scores, contamination, args.threshold,
+                                  positive, args.top)
+    _write_scores_csv(out, result)
+    top = None if vectors else _top_picture(model, data, result["top"])
+    if pictures:
+        from aelab.pictures.images import save_png
+
+        save_png(top, pictures)
+    from aelab.experiments.pipeline import write_scored_reports
+
+    report = write_scored_reports(run, result, top, " ".join(args.inputs)[:300])
+    flagged = int(result["flags"].sum())
+    rule = f"contamination {contamination:g} of the training scores" if args.threshold is None else "--threshold"
+    print(f"scored {len(data)} inputs by {kind}: {flagged} flagged above {result['threshold']:.4g} ({rule}); "
+          f"wrote {out}" + (f" and {pictures}" if pictures else ""))
+    if positive is not None:
+        m = result["measures"]
+        print(f"AUROC {m['auroc']:.4f}, average precision {m['average_precision']:.4f} "
+              f"({m['anomalies']} anomalies, {m['normal']} normal)")
+    print(f"report: {report}")
+    return 0
+
+
+def _anomaly_labels(args, n: int):
+    """True for each input that is an anomaly, from --labels and --normal-class; None without either."""
+    import numpy as np
+
+    from aelab.data.readers import read_array_file
+
+    if args.labels is None and args.normal_class is None:
+        return None
+    if args.labels is not None:
+        path = Path(args.labels)
+        if not path.is_file():
+            raise UserError(f"--labels {path} does not exist; give a .npy or text file with one label per input")
+        try:
+            labels = (read_array_file(path)["images"] if path.suffix == ".npy"
+                      else np.loadtxt(path, dtype=np.float64, ndmin=1))
+        except (ValueError, KeyError) as e:
+            raise UserError(f"--labels {path} is not a list of numbers ({str(e)[:100]}); give one label per input, "
+                            "a .npy or one per line") from None
+        source = f"--labels {path}"
+    else:
+        npz = [p for p in args.inputs if Path(p).suffix == ".npz"]
+        arrays = read_array_file(Path(npz[0])) if len(npz) == 1 == len(args.inputs) else {}
+        key = next((k for k in ("y_test", "labels", "y") if k in arrays), None)
+        if key is None:
+            raise UserError("--normal-class needs labels: give --labels FILE, or one .npz input that holds y_test, "
+                            "labels or y")
+        labels, source = arrays[key], f"{npz[0]}[{key}]"
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != n:
+        raise UserError(f"{source} holds {labels.size} labels for {n} inputs; give one label per input, in order")
+    if not np.isfinite(labels.astype(np.float64)).all():
+        raise UserError(f"{source} holds values that are not numbers; give one label per input")
+    if args.normal_class is not None:
+        if args.normal_class not in set(labels.tolist()):
+            raise UserError(f"class {args.normal_class} is not among the labels of {source} "
+                            f"({', '.join(map(str, sorted(set(labels.tolist()))[:12]))}); pick one of them")
+        positive = labels != args.normal_class
+    else:
+        if not set(labels.tolist()) <= {0, 1}:
+            raise UserError(f"{source} holds labels other than 0 and 1; mark anomalies 1 and normal inputs 0, or give "
+                            "class numbers with --normal-class K")
+        positive = labels == 1
+    if positive.all() or not positive.any():
+        raise UserError(f"{source} marks {'every' if positive.all() else 'no'} input as an anomaly; AUROC needs both")
+    return positive
+
+
+def _write_scores_csv(out: Path, result: dict) -> None:
+    from aelab.storage import files
+
+    label = result["positive"]
+    rows = ["index,score,rank,flag" + (",label" if label is not None else "")]
+    for i, (score, rank, flag) in enumerate(zip(result["scores"], result["ranks"], result["flags"])):
+        rows.append(f"{i},{score:.7g},{rank},{int(flag)}" + (f",{int(label[i])}" if label is not None else ""))
+    files.write_text(out, "\n".join(rows) + "\n")
+
+
+def _top_picture(model, data, top):
+    """The most anomalous inputs over their reconstructions and error maps."""
+    import torch
+
+    from aelab.reports.report import anomaly_top
+
+    x = data.floats(torch.as_tensor(top)).to(model.device)
+    recon, error = model.anomaly_details(x)
+    return anomaly_top(x.cpu(), recon.cpu(), error.clamp(0, 1).cpu())
+
+
 def cmd_sample(args) -> int:
     import torch
 
@@ -626,4 +771,4 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cm
             "report": cmd_report,
             "reconstruct": cmd_apply, "encode": cmd_apply, "decode": cmd_apply,
             "sample": cmd_sample, "interpolate": cmd_interpolate, "denoise": cmd_apply, "export": cmd_export,
-            "activations": cmd_activations, "sweep": cmd_sweep}
+            "activations": cmd_activations, "sweep": cmd_sweep, "score": cmd_score}

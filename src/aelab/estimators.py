@@ -6,6 +6,7 @@
     codes = ae.transform(X)                 # (n, 30) float32: the codes (a VAE's posterior mean)
     images = ae.inverse_transform(codes)    # float32 in [0, 1], laid out as the X given to fit
     ae.score(X)                             # minus the squared error per image: higher is better
+    ae.predict(X)                           # +1 inlier, -1 outlier (contamination=0.01 of the training images)
 
 X holds pixels: uint8 (0-255) or floats in [0, 1], numpy, torch or anything array-like. Rows that are not images
 of a known shape are read as square grey images (or square colour ones, h*w*3), else as one row of pixels; pass
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 try:
-    from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+    from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, OutlierMixin, TransformerMixin
     from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 except ImportError:
     raise ImportError("aelab.estimators needs scikit-learn 1.6 or later; install it with "
@@ -35,7 +36,7 @@ except ImportError:
 from aelab.config import RunConfig
 from aelab.data.datasets import ImageSet
 from aelab.errors import UserError
-from aelab.evaluation import baselines
+from aelab.evaluation import anomaly, baselines
 from aelab.evaluation.evaluate import reconstruction_metrics
 from aelab.experiments.pipeline import build_for
 from aelab.models import build
@@ -254,10 +255,15 @@ TRAINING = {"epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "t
             "precision": "train.precision"}
 
 
-class Autoencoder(_ImageTransformer):
+class Autoencoder(OutlierMixin, _ImageTransformer):
     """Any registered aelab model (`aelab models`) as a transformer, trained by aelab's Trainer in memory.
     transform gives the deterministic code (a VAE's posterior mean), inverse_transform the decoder's pixel
     probabilities.
+
+    It is also an outlier detector, as scikit-learn's are: score_samples (higher is more normal: minus the model's
+    anomaly score, `anomaly_score` naming which, None for its default), decision_function (score_samples less
+    offset_, negative for outliers), predict (+1 inlier, -1 outlier), fit_predict. offset_ puts the share
+    `contamination` of the training images below zero.
 
     `settings` holds the model's own settings, the fields of its Config (aelab.models.MODELS[model].Config), e.g.
     {"latent": 30, "hidden": (128, 64), "beta": 2.0} for a VAE; they are checked as `aelab train --set` checks
@@ -266,13 +272,16 @@ class Autoencoder(_ImageTransformer):
     images (needed by arch="conv" for rows that are not square images).
 
     Fitted: model_ (the torch module, eval mode, CPU), config_ (aelab's RunConfig), history_ (the training loss
-    terms of every epoch), n_features_in_, image_shape_ (c, h, w)."""
+    terms of every epoch), n_features_in_, image_shape_ (c, h, w), offset_, reference_ (what the score needs
+    from the training images: the mean and precision of their codes)."""
 
     def __init__(self, model: str = "ae", *, settings=None, epochs=None, batch_size=None, lr=None, seed=None,
-                 device: str = "auto", precision=None, image_shape=None):
+                 device: str = "auto", precision=None, image_shape=None, contamination: float = 0.01,
+                 anomaly_score=None):
         self.model, self.settings = model, settings
         self.epochs, self.batch_size, self.lr, self.seed = epochs, batch_size, lr, seed
         self.device, self.precision, self.image_shape = device, precision, image_shape
+        self.contamination, self.anomaly_score = contamination, anomaly_score
 
     def run_config(self) -> RunConfig:
         """The aelab configuration these parameters make (what `aelab train` would run)."""
@@ -288,12 +297,33 @@ class Autoencoder(_ImageTransformer):
 
     def _fit(self, images: torch.Tensor) -> None:
         config = self.run_config()
+        anomaly.check_contamination(self.contamination)  # before training: a bad value costs nothing
         with torch.random.fork_rng(devices=[]):  # seeded like `aelab train`, the caller's RNG left as it was
             torch.manual_seed(config.train.seed)
             model = build_for(config, ImageSet(images))
+            anomaly.kind_of(model, self.anomaly_score)
             trainer = Trainer(model, ImageSet(images), ImageSet(images[:0]), config.train)
             self.history_ = trainer.fit()
         self.model_, self.config_ = model.cpu().eval(), config
+        self.reference_, train_scores = anomaly.fit(self.model_, ImageSet(images), self._kind)
+        self.offset_ = float(np.percentile(-train_scores, 100 * self.contamination))
+
+    @property
+    def _kind(self) -> str:
+        return anomaly.kind_of(self.model_, self.anomaly_score)
+
+    def score_samples(self, X) -> np.ndarray:
+        """Minus the model's anomaly score of each image (n,): higher is more normal."""
+        check_is_fitted(self)
+        return -anomaly.scores(self.model_, ImageSet(self._images(X, reset=False)), self._kind, self.reference_)
+
+    def decision_function(self, X) -> np.ndarray:
+        """score_samples less offset_: negative for outliers."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X) -> np.ndarray:
+        """+1 for inliers, -1 for outliers."""
+        return np.where(self.decision_function(X) < 0, -1, 1)
 
     @property
     def _n_features_out(self) -> int:
@@ -306,14 +336,15 @@ class Autoencoder(_ImageTransformer):
         return self.model_.decode(z)
 
     def _tensors(self):
-        return self.model_.state_dict()
+        return {**self.model_.state_dict(), **{f"anomaly.{k}": v for k, v in self.reference_.items()}}
 
     def _fitted_meta(self):
-        return {"config": self.config_.to_dict(), "history": self.history_}
+        return {"config": self.config_.to_dict(), "history": self.history_, "offset_": self.offset_,
+                "reference": {k: list(v.shape) for k, v in self.reference_.items()}}
 
     def _restore(self, read, fitted, source):
         self.config_ = from_dict(fitted["config"])
-        self.history_ = fitted["history"]
+        self.history_, self.offset_ = fitted["history"], float(fitted["offset_"])
         try:
             expected = self.run_config()
         except UserError as e:
@@ -326,7 +357,11 @@ class Autoencoder(_ImageTransformer):
             raise UserError(f"{source} holds parameters its model was not trained with ({', '.join(changed)}); "
                             f"it is damaged: {FIX}")
         self.model_ = build(self.config_.model_name, self.config_.model)
-        self.model_.load_state_dict(read(self.model_.state_dict()))
+        like = {**self.model_.state_dict(),
+                **{f"anomaly.{k}": torch.empty(shape) for k, shape in fitted["reference"].items()}}
+        tensors = read(like)
+        self.reference_ = {k.removeprefix("anomaly."): v for k, v in tensors.items() if k.startswith("anomaly.")}
+        self.model_.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("anomaly.")})
         self.model_.eval()
 
 

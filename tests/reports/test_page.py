@@ -380,3 +380,35 @@ def test_a_diverged_run_builds_its_page_without_warnings(subset_npz, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Warning" not in result.stderr, result.stderr  # every code equal: no 0/0 in the map's variance shares
     assert page_data(tmp_path / "run" / "report.html")["map"]["n"] == 1000
+
+
+SCORED, THRESHOLD = "#e8773a", "#d62728"  # page.js's colours for the scored inputs and the threshold
+
+
+def test_after_aelab_score_the_page_draws_the_histogram_roc_pr_and_the_strangest(browser, trained_run, subset_npz,
+                                                                                 tmp_path, capsys):
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    result = in_process(["score", run, subset_npz, "--normal-class", 0, "--out", tmp_path / "s.csv"], capsys)
+    assert result.returncode == 0, result.stderr
+    data = page_data(run / "report.html")["anomaly"]
+    page = Page(browser, run / "report.html")
+    counts = "Array.from(document.querySelectorAll('#anomaly-charts .chart')).map(e => e.dataset.drawn)"
+    for _ in range(50):
+        drawn = page.js(counts)
+        if None not in drawn:
+            break
+        page.page.wait_for_timeout(100)
+    bars = sum(v > 0 for v in data["train"] + data["scored"])
+    threshold_shown = data["edges"][0] <= data["threshold"] <= data["edges"][-1]
+    # every bar with a share and the threshold line; the ROC and PR curves' points and the ROC's chance diagonal
+    assert [int(d) for d in drawn] == [bars + threshold_shown, len(data["roc"]) + 2, len(data["pr"])]
+    histogram = page.screenshot("#anomaly-histogram canvas")[8:-24, 44:-12]
+    for colour in (TRAIN, SCORED) + ((THRESHOLD,) if threshold_shown else ()):
+        assert colour_pixels(histogram, colour, 30) > 20, colour
+    roc = page.screenshot("#anomaly-charts .chart:nth-child(2) canvas")[8:-24, 54:-12]
+    assert colour_pixels(roc, SCORED, 30) > 100
+    top = page.screenshot("#anomaly-top")
+    assert top.std() > 10  # the strangest images, drawn
+    lead = page.page.locator("section", has_text="Anomaly scores").inner_text()
+    assert f"AUROC {data['measures']['auroc']:.4f}" in lead
+    page.assert_offline_and_clean()

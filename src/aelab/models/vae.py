@@ -17,6 +17,7 @@ from aelab.pictures.images import tile
 
 EVAL_SEED = 1234  # evaluation samples come from their own generator: reproducible, training RNG untouched
 ACTIVE_KL = 0.01  # nats: a code dimension whose mean KL on the test set is above this is in use
+ANOMALY_K = 16  # importance samples per input for the "iwae" anomaly score
 
 
 @dataclass
@@ -50,6 +51,7 @@ class VariationalAutoencoder(Autoencoder):
     generative = True
     prior_name = "normal"
     pictures = {"samples.png": "Samples from the prior, fixed seed"}
+    anomaly_kinds = ("elbo", "iwae", "recon", "mahalanobis")
     analytic_kl = True  # worked out: the KL has a closed form while log_prior is the standard normal's
 
     def __init_subclass__(cls, **kwargs):
@@ -137,6 +139,20 @@ class VariationalAutoencoder(Autoencoder):
         return {"neg_elbo": means["recon"] + means["kl"], "recon": means["recon"], "kl": means["kl"],
                 "iwae_nll": means["iwae_nll"], "iwae_k": k, "active_dims": sum(v > ACTIVE_KL for v in kl_per_dim),
                 "kl_per_dim": [round(v, 4) for v in kl_per_dim]}
+
+    @torch.no_grad()
+    def anomaly_scores(self, x: torch.Tensor, kind: str, reference: dict | None = None) -> torch.Tensor:
+        """"elbo": the negative ELBO in nats, its reconstruction term taken at the posterior mean so that an input
+        always gets the same score; "iwae": -L_k with ANOMALY_K importance samples (a tighter bound on -log p(x),
+        drawn from a fixed seed per batch); both less the input's recon_floor. "recon" and "mahalanobis" as every
+        model has them."""
+        if kind == "elbo":
+            mu, logvar = self.posterior(x)
+            return self.recon_error_per_input(self.decoder(mu), x) + gaussian_kl(mu, logvar) - self.recon_floor(x)
+        if kind == "iwae":
+            bound = iwae_bound(self.log_weights(x, ANOMALY_K, torch.Generator().manual_seed(EVAL_SEED)))
+            return -bound.float() - self.recon_floor(x)
+        return super().anomaly_scores(x, kind, reference)
 
     def measures(self, test) -> dict:
         return self.bounds(test, self.config.iwae_k, torch.Generator().manual_seed(EVAL_SEED))

@@ -41,16 +41,18 @@ def plot_losses(history: list[dict], path: Path) -> Path | None:
     return Path(path)
 
 
-def _panel(draw, font, x0: int, title: str, curves: list) -> None:
-    """One panel at x offset x0: axes, grid, ticks, the curves (colour, style, label, [(epoch, value)]), a legend."""
+def _panel(draw, font, x0: int, title: str, curves: list, xlabel: str = "epoch") -> None:
+    """One panel at x offset x0: axes, grid, ticks, the curves (colour, style, label, [(x, y)]), a legend. Against
+    epochs the x ticks are whole numbers."""
     left, top, right, bottom = x0 + 62, 30, x0 + PANEL_W - 14, PANEL_H - 42
     xs = [x for c in curves for x, _ in c[3]]
     ys = [y for c in curves for _, y in c[3]]
     xlo, xhi = _limits(min(xs), max(xs), 0.0)
     ylo, yhi = _limits(min(ys), max(ys), 0.05)
+    epochs = xlabel == "epoch"
     px = lambda x: left + (x - xlo) / (xhi - xlo) * (right - left)  # noqa: E731
     py = lambda y: bottom - (y - ylo) / (yhi - ylo) * (bottom - top)  # noqa: E731
-    for t in _ticks(xlo, xhi, integer=True):
+    for t in _ticks(xlo, xhi, integer=epochs):
         draw.line([(px(t), top), (px(t), bottom)], fill=(235, 235, 235))
         draw.text((px(t), bottom + 4), f"{t:g}", fill="black", font=font, anchor="mt")
     for t in _ticks(ylo, yhi):
@@ -58,7 +60,7 @@ def _panel(draw, font, x0: int, title: str, curves: list) -> None:
         draw.text((left - 4, py(t)), f"{t:.4g}", fill="black", font=font, anchor="rm")
     draw.rectangle([left, top, right, bottom], outline="black")
     draw.text(((left + right) / 2, top - 6), title, fill="black", font=font, anchor="md")
-    draw.text(((left + right) / 2, PANEL_H - 6), "epoch", fill="black", font=font, anchor="md")
+    draw.text(((left + right) / 2, PANEL_H - 6), xlabel, fill="black", font=font, anchor="md")
     for colour, style, _, points in curves:
         _curve(draw, [(px(x), py(y)) for x, y in points], colour, style)
     # the legend in the top right corner, or the bottom right where a curve ends under it (PSNR rises)

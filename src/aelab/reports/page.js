@@ -147,7 +147,7 @@
   // Each series' points are [epoch, value] for the epochs it was measured on (the eval-mode train series only every
   // few epochs): its line joins them. A value that is not a finite number is a gap in the line; a point with no
   // neighbour is a dot. The axes span the finite values only. data-drawn counts the points drawn.
-  function lineChart(title, series, floor) {
+  function lineChart(title, series, floor, xname = "epoch") {
     const canvas = el("canvas"), tip = el("div", { class: "tip" });
     const swatch = (color, style, name) => el("span", {},
       el("span", { class: "swatch", style: `border-color:${color};border-top-style:${style}` }), name);
@@ -187,7 +187,9 @@
         ctx.fillText(big ? (t ? t.toExponential(1) : "0") : fmt(t, digits), m.l - 6, Y(t));
       }
       ctx.textAlign = "center"; ctx.textBaseline = "top";
-      for (const t of niceTicks(xlo, xhi, 6).filter(Number.isInteger)) ctx.fillText(t, X(t), H - m.b + 6);
+      for (const t of niceTicks(xlo, xhi, 6).filter((t) => xname !== "epoch" || Number.isInteger(t))) {
+        ctx.fillText(t, X(t), H - m.b + 6);
+      }
       if (floor != null) {
         ctx.strokeStyle = "#999"; ctx.setLineDash([2, 3]);
         ctx.beginPath(); ctx.moveTo(m.l, Y(floor)); ctx.lineTo(W - m.r, Y(floor)); ctx.stroke();
@@ -221,9 +223,10 @@
           ctx.fillStyle = s.color;
           ctx.beginPath(); ctx.arc(X(x), Y(at[j].get(x)), 3.5, 0, 2 * Math.PI); ctx.fill();
         });
-        tip.replaceChildren(el("div", { text: `epoch ${x}` }), series.map((s, j) => el("div", {},
-          el("span", { class: "dot", style: `background:${s.color}` }),
-          `${s.name}: ${at[j].has(x) ? fmt(at[j].get(x)) : "\u2014"}`)));
+        tip.replaceChildren(el("div", { text: `${xname} ${xname === "epoch" ? x : fmt(x)}` }),
+          series.map((s, j) => el("div", {},
+            el("span", { class: "dot", style: `background:${s.color}` }),
+            `${s.name}: ${at[j].has(x) ? fmt(at[j].get(x)) : "\u2014"}`)));
         tip.style.display = "block";
         const left = X(x) + 14, right = left + tip.offsetWidth > W;
         tip.style.left = (right ? X(x) - tip.offsetWidth - 6 : left) + "px";
@@ -312,6 +315,7 @@
     if (D.grids) page.append(gridSection(D.grids));
     if (D.map) page.append(explorerSection(decode, shape));  // runs on vectors have no images to explore
     if (M.generative) page.append(samplesSection(decode, shape));
+    if (D.anomaly) page.append(anomalySection(D.anomaly));
     for (const p of D.pictures) {
       page.append(section(p.title, null, el("div", { class: "picture" },
         el("img", { class: "pix", src: p.uri, alt: p.name, style: "width:min(100%, 560px)" }))));
@@ -321,6 +325,79 @@
       el("details", {}, el("summary", { text: "Configuration" }),
         el("pre", { text: JSON.stringify(D.config, null, 2) })),
       el("p", { class: "caption", text: `Run folder: ${D.run}. Rebuild this page with \`aelab report ${D.run}\`.` })));
+  }
+
+  // -- anomaly scores (`aelab score`) --------------------------------------------------------------------------
+
+  const TRAIN_COLOR = "#2f6fdf", SCORED_COLOR = "#e8773a", THRESHOLD_COLOR = "#d62728";
+
+  // The share of the training inputs (blue) and of the scored ones (orange) in each bin, side by side in it, and the
+  // threshold as a red line. data-drawn counts the bars drawn (and 1 for the line).
+  function histogramChart(A) {
+    const canvas = el("canvas"), box = el("div", { class: "chart", id: "anomaly-histogram" },
+      el("div", { class: "title", text: `${A.kind} score: % of each set` }), canvas,
+      el("div", { class: "legend" }, [["training inputs", TRAIN_COLOR], ["scored inputs", SCORED_COLOR],
+        ["threshold", THRESHOLD_COLOR]].map(([name, color]) => el("span", {},
+        el("span", { class: "swatch", style: `border-color:${color}` }), name))));
+    const edges = A.edges, lo = edges[0], hi = edges[edges.length - 1];
+    const top = Math.max(...A.train, ...A.scored) * 1.08 || 1;
+    const m = { l: 44, r: 12, t: 8, b: 24 };
+    function draw() {
+      const [ctx, W, H] = hiDpi(canvas);
+      const X = (x) => m.l + (x - lo) / (hi - lo) * (W - m.l - m.r), Y = (y) => m.t + (top - y) / top * (H - m.t - m.b);
+      ctx.font = "11px system-ui, sans-serif";
+      ctx.fillStyle = "#5f6b7a"; ctx.strokeStyle = "#edf0f4"; ctx.lineWidth = 1;
+      ctx.textAlign = "right"; ctx.textBaseline = "middle";
+      for (const t of niceTicks(0, top, 4)) {
+        ctx.beginPath(); ctx.moveTo(m.l, Y(t)); ctx.lineTo(W - m.r, Y(t)); ctx.stroke();
+        ctx.fillText(fmt(t), m.l - 6, Y(t));
+      }
+      ctx.textAlign = "center"; ctx.textBaseline = "top";
+      for (const t of niceTicks(lo, hi, 6)) ctx.fillText(fmt(t), X(t), H - m.b + 6);
+      let drawn = 0;
+      const halves = A.train.length ? [[A.train, TRAIN_COLOR, 0], [A.scored, SCORED_COLOR, 0.5]]
+        : [[A.scored, SCORED_COLOR, 0]];
+      for (const [shares, color, offset] of halves) {
+        ctx.fillStyle = color;
+        shares.forEach((v, i) => {
+          if (!(v > 0)) return;
+          const a = edges[i] + offset * (edges[i + 1] - edges[i]), b = a + (edges[i + 1] - edges[i]) / halves.length;
+          ctx.fillRect(X(a), Y(v), Math.max(1, X(b) - X(a) - 0.5), Y(0) - Y(v));
+          drawn++;
+        });
+      }
+      if (A.threshold >= lo && A.threshold <= hi) {
+        ctx.strokeStyle = THRESHOLD_COLOR; ctx.lineWidth = 2;
+        ctx.beginPath(); ctx.moveTo(X(A.threshold), m.t); ctx.lineTo(X(A.threshold), H - m.b); ctx.stroke();
+        drawn++;
+      }
+      box.dataset.drawn = drawn;
+    }
+    requestAnimationFrame(draw);
+    window.addEventListener("resize", draw);
+    return box;
+  }
+
+  function anomalySection(A) {
+    const rule = A.contamination != null ? `the training scores' ${fmt(1 - A.contamination)} quantile` : "given";
+    const kids = [el("div", { class: "charts", id: "anomaly-charts" }, histogramChart(A),
+      A.roc ? lineChart(`ROC (AUROC ${fmt(A.measures.auroc, 3)})`, [
+        { name: "this model", color: SCORED_COLOR, points: A.roc },
+        { name: "chance", color: "#9aa4b2", dash: true, points: [[0, 0], [1, 1]] }],
+        null, "false positive rate") : null,
+      A.pr ? lineChart(`precision-recall (AP ${fmt(A.measures.average_precision, 3)})`, [
+        { name: "this model", color: SCORED_COLOR, points: A.pr }], null, "recall") : null)];
+    if (A.top) {
+      kids.push(el("p", { class: "caption", text: "The most anomalous inputs, most anomalous first: each over its " +
+        "reconstruction and its per-pixel error map (bright: a large error)." }),
+        el("div", { class: "picture" }, el("img", { class: "pix", id: "anomaly-top", src: A.top, alt: "most anomalous",
+          style: "width:min(100%, 560px)" })));
+    }
+    return section("Anomaly scores",
+      `The last aelab score: ${A.n.toLocaleString("en")} inputs (${A.source}) by the ${A.kind} score; ` +
+      `${A.flagged.toLocaleString("en")} flagged above the threshold ${fmt(A.threshold)} (${rule}).` +
+      (A.measures ? ` With labels: AUROC ${fmt(A.measures.auroc, 4)}, average precision ` +
+        `${fmt(A.measures.average_precision, 4)}.` : ""), ...kids);
   }
 
   function gridSection(G) {

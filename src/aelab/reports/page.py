@@ -174,6 +174,35 @@ def top_images(model, data_path: str | None) -> dict | None:
                      f"{described['layer']} of {described['run']}, strongest first"}
 
 
+CURVE_POINTS = 400  # ROC and precision-recall points kept for the page's charts
+
+
+def _thinned(x: np.ndarray, y: np.ndarray) -> list[list[float]]:
+    keep = np.unique(np.r_[np.linspace(0, len(x) - 1, min(len(x), CURVE_POINTS)).round().astype(int), len(x) - 1])
+    return [[float(a), float(b)] for a, b in zip(x[keep], y[keep])]
+
+
+def anomaly_data(run: RunFolder) -> dict | None:
+    """The last `aelab score` as the page draws it: the score histogram of training and scored inputs with the
+    threshold, the ROC and precision-recall curves where labels were given, the most anomalous inputs."""
+    from aelab.evaluation.anomaly import pr_curve, read_scored, roc_curve
+    from aelab.reports.report import score_bins
+
+    scored = read_scored(run)
+    if scored is None:
+        return None
+    edges, train, inputs = score_bins(scored["train_scores"], scored["scores"])
+    data = {"kind": scored["kind"], "threshold": scored["threshold"], "contamination": scored["contamination"],
+            "source": scored["source"], "n": len(scored["scores"]),
+            "flagged": int((scored["scores"] > scored["threshold"]).sum()),
+            "edges": edges.tolist(), "train": train, "scored": inputs, "measures": scored["measures"],
+            "top": _file_uri(run.anomaly_top_path) if run.anomaly_top_path.is_file() else None}
+    if scored["positive"] is not None:
+        data["roc"] = _thinned(*roc_curve(scored["scores"], scored["positive"]))
+        data["pr"] = _thinned(*pr_curve(scored["scores"], scored["positive"]))
+    return data
+
+
 def run_page_data(run_path: Path, config, model, test, history: list[dict], measures: dict,
                   pictures: dict | None = None) -> dict:
     """What report.html shows of a run; `pictures`: the model's, where they are drawn already (else drawn here)."""
@@ -209,6 +238,7 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
         "map": latent_map(model, test, config) if images else None,
         "decoder": decoder_program(model.decoder, model.code_shape) if images else None,
         "pictures": pictures,
+        "anomaly": anomaly_data(RunFolder(run_path)),
         "summary": summary(model),
         "config": config.to_dict(),
     }

@@ -8,9 +8,11 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from aelab.pictures.images import save_gif, save_png, side_by_side
+from aelab.pictures.charts import PANEL_H, PANEL_W, _panel, bar_chart
+from aelab.pictures.images import save_gif, save_png, side_by_side, stacked_rows, to_uint8
 from aelab.runs.runfolder import RunFolder
 from aelab.storage.files import write_text
 from aelab.training.train import Callback, Trainer
@@ -45,6 +47,69 @@ def reconstruction_grid(model, real: torch.Tensor):
     grid = side_by_side(real, model.reconstruct(real), GRID_ROWS, GRID_COLS)
     model.train()
     return grid
+
+
+# -- anomaly scoring (`aelab score`) ------------------------------------------------------------------------------
+
+TRAIN_COLOUR, SCORED_COLOUR, THRESHOLD_COLOUR = (31, 119, 180), (255, 127, 14), (214, 39, 40)
+
+
+def score_bins(train: np.ndarray | None, scored: np.ndarray, bins: int = 40) -> tuple[np.ndarray, list, list]:
+    """Shared bin edges (over the central 99.8% of both sets: a few huge scores do not flatten the rest, the last
+    bin holds them) and the percentage of each set in each bin."""
+    both = np.concatenate([scored, train if train is not None else []])
+    lo, hi = np.quantile(both, [0.001, 0.999])
+    edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
+    share = lambda v: (100 * np.histogram(np.clip(v, edges[0], edges[-1]), edges)[0] / len(v)).tolist()  # noqa: E731
+    return edges, share(train) if train is not None else [], share(scored)
+
+
+def anomaly_histogram(train: np.ndarray | None, scored: np.ndarray, threshold: float) -> np.ndarray:
+    """The histogram of the training scores (blue) and the scored inputs' (orange), as percentages of each set, with
+    the threshold as a red line: an RGB uint8 image."""
+    edges, train_share, scored_share = score_bins(train, scored)
+    bars = []
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        if train_share:
+            bars.append((lo, (lo + hi) / 2, train_share[i], TRAIN_COLOUR))
+        bars.append(((lo + hi) / 2 if train_share else lo, hi, scored_share[i], SCORED_COLOUR))
+    if edges[0] <= threshold <= edges[-1]:
+        width = (edges[-1] - edges[0]) / 400
+        bars.append((threshold - width, threshold + width, max(train_share + scored_share), THRESHOLD_COLOUR))
+    return bar_chart(bars, "anomaly score (higher: stranger)", "% of each set",
+                     ("training inputs (blue), scored (orange), threshold (red)", (90, 90, 90)))
+
+
+def anomaly_curves(scores: np.ndarray, positive: np.ndarray, measures: dict) -> np.ndarray:
+    """The ROC and precision-recall curves of a labelled scoring, side by side: an RGB uint8 image."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from aelab.evaluation.anomaly import pr_curve, roc_curve
+
+    image = Image.new("RGB", (2 * PANEL_W, PANEL_H), "white")
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default(size=11)
+    fpr, tpr = roc_curve(scores, positive)
+    recall, precision = pr_curve(scores, positive)
+    chance = positive.mean()
+    _panel(draw, font, 0, f"ROC: true against false positive rate (AUROC {measures['auroc']:.3f})",
+           [(SCORED_COLOUR, "solid", "this model", list(zip(fpr, tpr))),
+            ((128, 128, 128), "dashed", "chance", [(0, 0), (1, 1)])], "false positive rate")
+    _panel(draw, font, PANEL_W, f"precision against recall (AP {measures['average_precision']:.3f})",
+           [(SCORED_COLOUR, "solid", "this model", list(zip(recall, precision))),
+            ((128, 128, 128), "dashed", "chance", [(0, chance), (1, chance)])], "recall")
+    return np.asarray(image)
+
+
+def anomaly_top(inputs, reconstructions, errors, cols: int = 10) -> np.ndarray:
+    """The most anomalous inputs, most anomalous first, `cols` a row, each over its reconstruction and its per-pixel
+    error map (bright: a large error)."""
+    cols = min(cols, len(inputs))
+    strips = []
+    for start in range(0, len(inputs), cols):
+        for row in (inputs, reconstructions, errors):
+            part = to_uint8(row[start:start + cols])  # a short last row is padded with white: rows stay aligned
+            strips.append(np.concatenate([part, np.full((cols - len(part), *part.shape[1:]), 255, np.uint8)]))
+    return stacked_rows(strips)
 
 
 def _table(rows: list[tuple]) -> str:
@@ -89,9 +154,35 @@ def write_report(run: RunFolder, config, model, history: list[dict], metrics: di
     if pictures:
         parts += [f"## {type(model).__name__}'s pictures",
                   *(f"{model.pictures[name]}:\n\n![{name}]({name})" for name in pictures)]
+    parts += anomaly_section(run)
     parts += ["## Model", "```\n" + summary(model) + "\n```",
               "## Configuration", "```json\n" + json.dumps(config.to_dict(), indent=2) + "\n```"]
     return write_text(run.report_path, "\n\n".join(parts) + "\n")
+
+
+def anomaly_section(run: RunFolder) -> list[str]:
+    """report.md's part on the last `aelab score`, if there was one."""
+    from aelab.evaluation.anomaly import read_scored
+
+    scored = read_scored(run)
+    if scored is None:
+        return []
+    flagged = int((scored["scores"] > scored["threshold"]).sum())
+    rule = (f"the training scores' {1 - scored['contamination']:.3g} quantile" if scored["contamination"] is not None
+            else "given by --threshold")
+    parts = ["## Anomaly scores",
+             f"`aelab score` of {len(scored['scores'])} inputs ({scored['source']}) by the `{scored['kind']}` score: "
+             f"{flagged} flagged above the threshold {scored['threshold']:.4g} ({rule}).",
+             f"![anomaly scores]({run.anomaly_plot_path.name})"]
+    if scored["measures"]:
+        m = scored["measures"]
+        parts += [f"With labels ({m['anomalies']} anomalies, {m['normal']} normal): AUROC {m['auroc']:.4f}, "
+                  f"average precision {m['average_precision']:.4f}.",
+                  f"![ROC and precision-recall]({run.anomaly_curves_path.name})"]
+    if run.anomaly_top_path.is_file():
+        parts += ["The most anomalous inputs, most anomalous first: each over its reconstruction and its per-pixel "
+                  "error map.", f"![most anomalous]({run.anomaly_top_path.name})"]
+    return parts
 
 
 def write_table(paths: tuple[Path, Path, Path], rows: list[dict], columns: tuple[str, ...], cell, notes=()) -> None:

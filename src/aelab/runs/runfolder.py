@@ -7,6 +7,9 @@ here is a pickle:
     RUN/metrics.jsonl           one JSON object per epoch: every train/test loss term and the seconds taken
     RUN/grids/epoch_NNN.png     the 10x10 test grid (real | reconstruction) after that epoch; grids.gif plays them
     RUN/eval.json, loss.png, report.md, report.html, the models' pictures, tensorboard/: written after training
+    RUN/anomaly.safetensors     the training inputs' anomaly scores and what the scores need (`aelab score`)
+    RUN/scored.safetensors      the last `aelab score`: scores, threshold, labels, the most anomalous inputs
+    RUN/anomaly_scores.png, anomaly_curves.png, anomaly_top.png: its pictures, in report.md and report.html
     RUN/gmm.safetensors         the Gaussian mixture fitted to the training codes, for `aelab sample --sampler gmm`
     RUN/.aelab-run              made with the folder: --overwrite replaces only folders aelab made
     RUN/.aelab-lock             locked by the one process training the run; holds its PID
@@ -54,6 +57,10 @@ class RunFolder(Owned):
     metrics_path, eval_path, grids_path, gif_path = entries("metrics.jsonl", "eval.json", "grids", "grids.gif")
     loss_plot_path, report_path, page_path = entries("loss.png", "report.md", "report.html")
     tensorboard_path, marker_path, lock_path = entries("tensorboard", ".aelab-run", ".aelab-lock")
+    # anomaly scoring (`aelab score`): the training scores and what they need, kept; the last scoring, for the report
+    anomaly_path, scored_path = entries("anomaly.safetensors", "scored.safetensors")
+    anomaly_plot_path, anomaly_curves_path, anomaly_top_path = entries("anomaly_scores.png", "anomaly_curves.png",
+                                                                      "anomaly_top.png")
     sampler_path, = entries("gmm.safetensors")  # the ex-post Gaussian mixture of `aelab sample --sampler gmm`
 
     def picture(self, name: str) -> Path:
