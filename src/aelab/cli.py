@@ -74,6 +74,8 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--data", metavar="PATH", help="evaluate on this data's test split instead of the run's")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--probe", action="store_true", help="insist on the label-based measures (sparse probing, TPP), "
+                   "which labelled activations get anyway: refuse data without labels")
     p.add_argument("--save", action="store_true", help="also write the measures to RUN/eval.json (the run's own "
                    "test set only); without it eval only reads")
 
@@ -254,6 +256,7 @@ def cmd_eval(args) -> int:
     import math
 
     from aelab.evaluation.evaluate import evaluate
+    from aelab.evaluation.probing import measures_if_labelled
     from aelab.storage.runfolder import RunFolder, load_model
 
     if args.save and (args.data or not Path(args.run).is_dir()):
@@ -262,11 +265,16 @@ def cmd_eval(args) -> int:
     model = load_model(args.run, args.device)
     run = RunFolder.open(args.run)
     config = run.config()
-    test = dataclasses.replace(config.data, path=args.data or config.data.path).load_test()
+    data = dataclasses.replace(config.data, path=args.data or config.data.path)
+    train, test = data.load() if data.path and data.path.endswith(".npy") else (None, data.load_test())
     if test.shape != tuple(model.config.in_shape):
         raise UserError(f"the test data are {'x'.join(map(str, test.shape))} but {args.run} takes "
                         f"{'x'.join(map(str, model.config.in_shape))}; give --data of that size")
+    if args.probe and train is None:
+        measures_if_labelled(model, data.path, train, test, required=True)  # one line: no labels
     metrics = evaluate(model, test)
+    if train is not None:
+        metrics.update(measures_if_labelled(model, data.path, train, test, required=args.probe))
     bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:  # JSON has no NaN: refuse rather than write a file no other reader can parse
         raise UserError(f"{args.run} gives non-finite measures ({', '.join(f'{k} {metrics[k]}' for k in bad)}); "

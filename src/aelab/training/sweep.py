@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from aelab.errors import UserError
+from aelab.evaluation.probing import PROBING
 from aelab.reports import report as reports
 from aelab.storage import files
 from aelab.training import distributed
@@ -159,6 +160,7 @@ def _row(name: str, run, trainer) -> dict:
     fve = measures.get("fve")
     return {"run": name, "l0": measures.get("l0"), "fvu": None if fve is None else 1 - fve, "fve": fve,
             "mse": measures.get("mse"), "dead_fraction": measures.get("dead_fraction"),
+            **{k: measures[k] for k in PROBING if k in measures},  # labelled activations: sparse probing, TPP
             "train_seconds": round(sum(r["seconds"] for r in trainer.history), 2)}
 
 
@@ -171,7 +173,8 @@ def write_leaderboard(rows: list[dict], out: Path) -> None:
 
     rows = sorted(rows, key=lambda r: (r["fvu"] is None, r["fvu"]))
     cell = lambda v, _: "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    reports.write_table(out, "sweep", rows, COLUMNS, cell, ["fvu: 1 - the fraction of variance explained on the "
+    columns = COLUMNS + tuple(k for k in PROBING if any(k in r for r in rows))
+    reports.write_table(out, "sweep", rows, columns, cell, ["fvu: 1 - the fraction of variance explained on the "
                         "test split (standardised units); l0: mean active units per test vector."])
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for r in rows:
