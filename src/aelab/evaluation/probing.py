@@ -91,7 +91,14 @@ def _chosen(values: torch.Tensor, labels: torch.Tensor, c: int, k: int, signed: 
 def label_measures(model, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                    test_y: torch.Tensor) -> dict[str, float]:
     """Sparse probing at each k of KS and TPP, of the model's code and of the raw inputs (b, d) in the data's own
-    units: probe_k1, probe_raw_k1, ..., tpp, tpp_raw."""
+    units: probe_k1, probe_raw_k1, ..., tpp, tpp_raw. The probes start from a fixed seed: the same answer every
+    time, whatever the global random state."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return _label_measures(model, train_x, train_y, test_x, test_y)
+
+
+def _label_measures(model, train_x, train_y, test_x, test_y) -> dict[str, float]:
     model.eval()
     classes = sorted(set(train_y.tolist()) & set(test_y.tolist()))
     if len(classes) < 2:

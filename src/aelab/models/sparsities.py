@@ -204,12 +204,16 @@ class BatchTopK(KeepsK):
     """`threshold` is the running estimate (a buffer, < 0 until the first step) of the smallest kept pre-activation
     times its atom's norm."""
 
+    def scale(self, sae) -> torch.Tensor:
+        """(latent,): what each unit's pre-activation is multiplied by to rank it: its atom's norm."""
+        return sae.atom_norms()
+
     def code(self, sae, pre, batch):
         k = min(sae.config.k, sae.config.latent)
         if batch and distributed.world_size() > 1:
-            return _global_batch_top(pre, pre.detach() * sae.atom_norms(), k)
+            return _global_batch_top(pre, pre.detach() * self.scale(sae), k)
         if batch:
-            top = _largest((pre.detach() * sae.atom_norms()).flatten(), k * len(pre), sae.threshold * GUESS)
+            top = _largest((pre.detach() * self.scale(sae)).flatten(), k * len(pre), sae.threshold * GUESS)
             flat = pre.flatten()
             return torch.zeros_like(flat).scatter_(0, top, torch.relu(flat[top])).view_as(pre)
         return pre * (pre > self.unit_thresholds(sae))
@@ -219,13 +223,13 @@ class BatchTopK(KeepsK):
 
     def pick(self, sae, pre, k):
         b, arange = len(pre), torch.arange(len(pre), device=pre.device)
-        flat = _largest((pre * sae.atom_norms()).flatten(), k * b, sae.threshold * GUESS)
+        flat = _largest((pre * self.scale(sae)).flatten(), k * b, sae.threshold * GUESS)
         rows = flat // pre.shape[1]
         return rows, flat % pre.shape[1], torch.searchsorted(rows, arange)
 
     def before_step(self, sae, code, cols):
         """The kept activations times their atoms' norms, without gradient: what the running threshold follows."""
-        return code.detach() * (sae.atom_norms()[cols] if cols is not None else sae.atom_norms())
+        return code.detach() * (self.scale(sae)[cols] if cols is not None else self.scale(sae))
 
     def after_step(self, sae, seen):
         # the global batch's smallest kept activation times its atom's norm, EMA over batches
@@ -236,7 +240,7 @@ class BatchTopK(KeepsK):
     def unit_thresholds(self, sae):
         """A unit is kept where its pre-activation passes the running threshold over its atom's norm; < 0 (never
         estimated) reads as 0: plain ReLU."""
-        return sae.threshold.clamp_min(0) / sae.atom_norms().clamp_min(1e-12)
+        return sae.threshold.clamp_min(0) / self.scale(sae).clamp_min(1e-12)
 
 
 # -- JumpReLU ---------------------------------------------------------------------------------------------------------
