@@ -56,8 +56,8 @@ def main() -> int:
     args = parser.parse_args()
     sys.path[:0] = [str(SRC), str(SRC.parent / "tests")]  # this checkout's aelab, and the tests' planted dictionary
     from aelab.models.sparsities import SPARSITIES
+    from aelab.runs.runfolder import load_model
     from support.planted import planted_dictionary
-    from aelab.storage.runfolder import load_model
 
     python = venv_python(args.venv)
     args.work.mkdir(parents=True, exist_ok=True)

@@ -21,10 +21,10 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / p) for p in ("src", "tests")]  # this checkout's aelab; the
 # tests' planted dictionary
 
-from aelab import config as cfg  # noqa: E402
+from aelab.experiments import pipeline  # noqa: E402
 from aelab.models.sparsities import SPARSITIES  # noqa: E402
-from aelab.storage.runfolder import load_model  # noqa: E402
-from aelab.training import pipeline  # noqa: E402
+from aelab.runs.runfolder import load_model  # noqa: E402
+from aelab.runs.settings import resolve  # noqa: E402
 from support.planted import planted_dictionary, recovered  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def main() -> None:
     vectors, atoms = planted_dictionary(args.n, args.dim, args.atoms, args.active, args.noise, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "planted.npy", vectors)
-        config = cfg.resolve("sae", None, {
+        config = resolve("sae", None, {
             "data.path": str(Path(tmp) / "planted.npy"), "latent": args.latent, "sparsity": args.sparsity,
             "k": args.k or args.active, "epochs": args.epochs, "batch_size": args.batch_size,
             "lr": args.lr, "seed": args.seed, **dict(item.split("=", 1) for item in args.set)})

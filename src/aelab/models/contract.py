@@ -46,6 +46,14 @@ class Model(Protocol):
     def reconstruct(self, x: Any) -> Any:
         """decode(encode(x)), in x's kind."""
 
+    def sampling_codes(self, x: Any) -> torch.Tensor:
+        """The continuous codes (n, d) of inputs, as a float tensor, to which a density is fitted to sample ex post
+        (aelab.evaluation.samplers): the code `encode` gives, or a quantised model's code before quantisation."""
+
+    def decode_sampled(self, z: torch.Tensor) -> torch.Tensor:
+        """Outputs (images in [0, 1], or vectors in their units) from codes drawn in the space of `sampling_codes`:
+        `decode`, or a quantised model's quantisation and decode."""
+
     def evaluation(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """For a clean float batch: the eval-mode loss terms ("loss" first), the clean reconstruction as the model
         outputs it (probabilities for images, standardised vectors for vectors) and its logits (None for vectors,
@@ -69,16 +77,19 @@ def same_kind(like, result: torch.Tensor):
     return result.to(like.device) if isinstance(like, torch.Tensor) else result.cpu().numpy()
 
 
-def register_in(table: dict[str, type], name: str, cls: type, base: type, noun: str, base_name: str) -> type:
+def register_in(table: dict[str, type], name: str, cls: type, base: type, noun: str, base_name: str,
+                reserved: frozenset[str] = frozenset(), why_reserved: str = "") -> type:
     """Enter `cls` in a registry `table` under `name` (a model, a sparsity): a word, a subclass of `base` (known to
     users as `base_name`), a name not taken by another class (the same class again is harmless: a plugin imported
-    twice)."""
+    twice), and none of `reserved` (refused with `why_reserved`, which may name {name!r})."""
     from aelab.errors import UserError
 
     if not isinstance(name, str) or not name.isidentifier():
         raise UserError(f"a {noun}'s name is a word of letters, digits and underscores, not {name!r}")
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise UserError(f"register {name!r} with a subclass of {base_name}, not {cls!r}")
+    if name in reserved:
+        raise UserError(why_reserved.format(name=name))
     if table.get(name, cls) is not cls:
         raise UserError(f"the {noun} name {name!r} is taken by {table[name].__name__}; register yours under another")
     table[name] = cls

@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aelab import devices
 from aelab.errors import UserError
 from aelab.models.base import AEConfig, Autoencoder, ClippedAdam, adam
 from aelab.models.sparsities import SPARSITIES, gathered
-from aelab.reports.images import tile
-from aelab.training import distributed
+from aelab.pictures.images import tile
 
 CENTRES = ("auto", "median", "mean", "zero")
 
@@ -140,7 +140,7 @@ class SparseAutoencoder(Autoencoder):
         return self.decoder[0].bias.view(self.config.in_shape)
 
     @torch.no_grad()
-    def initialise(self, sample: torch.Tensor, steps: int) -> None:
+    def initialise(self, sample: torch.Tensor, steps: int, size: int = 0) -> None:
         """b_dec at its start (`centre`: of a training sample, as the model sees it, or zero), and the L1 warm-up's
         length."""
         rows, centre = sample.flatten(1).float(), self.config.centre
@@ -254,7 +254,7 @@ class SparseAutoencoder(Autoencoder):
         yield 0, terms["loss"]
         with torch.no_grad():  # the trainer has stepped
             self.sparsity.after_step(self, seen)  # units active anywhere in the global batch, and its size: one sum over the ranks
-            counts = distributed.all_sum(torch.cat([(fired > 0).long(), torch.tensor([len(x)], device=fired.device)]))
+            counts = devices.all_sum(torch.cat([(fired > 0).long(), torch.tensor([len(x)], device=fired.device)]))
             self.inputs_since_active.add_(counts[-1]).masked_fill_(counts[:-1] > 0, 0)
             self.steps_done.add_(1)
         return terms
@@ -311,7 +311,7 @@ class SparseAutoencoder(Autoencoder):
 def density_plot(density: np.ndarray) -> np.ndarray:
     """A histogram of log10 firing frequency per unit (units that never fired in their own red bar at the left),
     as an RGB uint8 image."""
-    from aelab.reports.report import bar_chart
+    from aelab.pictures.charts import bar_chart
 
     fired = density[density > 0]
     low = math.floor(min(np.log10(fired).min(), -6)) if len(fired) else -6

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aelab import devices
 from aelab.models.contract import register_in
-from aelab.training import distributed
 
 GUESS = 0.8  # batchtopk: a batch's cut is above this share of the running threshold (else it is found the long way)
 THRESHOLD_DECAY = 0.99  # batchtopk: weight of the running threshold against each batch's smallest kept activation
@@ -133,7 +133,7 @@ def aux_loss(sae, pre: torch.Tensor, out: torch.Tensor, x: torch.Tensor, centred
     with_aux = live + F.linear(z_aux, atoms).view_as(live)
     # relative to the live code's error over the global batch: under torchrun the ranks' shares then add up to the
     # single process's loss, where a ratio per rank would weigh each rank's own error
-    error = distributed.global_mean(sae.recon_error(live, x), len(x))
+    error = devices.global_mean(sae.recon_error(live, x), len(x))
     ratio = sae.recon_error(with_aux, x) / error.clamp_min(1e-12)
     return ratio * dead.any()
 
@@ -172,9 +172,9 @@ class TopK(KeepsK):
 
 def _every_rank(t: torch.Tensor) -> torch.Tensor:
     """(world, *t.shape): row r is rank r's t (one all-reduce of rows that are zero but the rank's own)."""
-    rows = t.new_zeros((distributed.world_size(), *t.shape))
-    rows[distributed.rank()] = t
-    return distributed.all_sum(rows)
+    rows = t.new_zeros((devices.world_size(), *t.shape))
+    rows[devices.rank()] = t
+    return devices.all_sum(rows)
 
 
 def _largest(values: torch.Tensor, n: int, below: torch.Tensor) -> torch.Tensor:
@@ -193,7 +193,7 @@ def _global_batch_top(pre: torch.Tensor, ranked: torch.Tensor, k: int) -> torch.
     `ranked` (pre times the atoms' norms) is among the k * (global batch) largest of all ranks. Each rank's own
     largest k * (global batch) hold every kept one, so the cut, the k * B-th largest of them all, is what one process
     taking the whole batch would find."""
-    kept = k * distributed.batch_rows(len(pre))[1]
+    kept = k * devices.batch_rows(len(pre))[1]
     mine = ranked.detach().reshape(-1).topk(min(kept, pre.numel())).values
     candidates = torch.cat([mine, mine.new_full((kept - len(mine),), -torch.inf)])  # the same length on every rank
     cut = _every_rank(candidates).reshape(-1).topk(kept).values[-1]
@@ -210,7 +210,7 @@ class BatchTopK(KeepsK):
 
     def code(self, sae, pre, batch):
         k = min(sae.config.k, sae.config.latent)
-        if batch and distributed.world_size() > 1:
+        if batch and devices.world_size() > 1:
             return _global_batch_top(pre, pre.detach() * self.scale(sae), k)
         if batch:
             top = _largest((pre.detach() * self.scale(sae)).flatten(), k * len(pre), sae.threshold * GUESS)
@@ -219,7 +219,7 @@ class BatchTopK(KeepsK):
         return pre * (pre > self.unit_thresholds(sae))
 
     def gathers(self, sae):
-        return super().gathers(sae) and distributed.world_size() == 1  # under torchrun it picks over all ranks
+        return super().gathers(sae) and devices.world_size() == 1  # under torchrun it picks over all ranks
 
     def pick(self, sae, pre, k):
         b, arange = len(pre), torch.arange(len(pre), device=pre.device)
