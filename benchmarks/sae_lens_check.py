@@ -54,9 +54,10 @@ def main() -> int:
     parser.add_argument("--venv", type=Path, default=Path("/tmp/aelab-saelens-venv"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/aelab-saelens-check"))
     args = parser.parse_args()
-    sys.path.insert(0, str(SRC))
-    from aelab.models.sparse import SPARSITIES, planted_dictionary
+    sys.path[:0] = [str(SRC), str(SRC.parent / "tests")]  # this checkout's aelab, and the tests' planted dictionary
+    from aelab.models.sparsities import SPARSITIES
     from aelab.runs.runfolder import load_model
+    from support.planted import planted_dictionary
 
     python = venv_python(args.venv)
     args.work.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,10 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aelab.experiments import pipeline
-from aelab.models.sparse import SPARSITIES, planted_dictionary, recovered
-from aelab.runs.runfolder import load_model
-from aelab.runs.settings import resolve
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / p) for p in ("src", "tests")]  # this checkout's aelab; the
+# tests' planted dictionary
+
+from aelab.experiments import pipeline  # noqa: E402
+from aelab.models.sparsities import SPARSITIES  # noqa: E402
+from aelab.runs.runfolder import load_model  # noqa: E402
+from aelab.runs.settings import resolve  # noqa: E402
+from support.planted import planted_dictionary, recovered  # noqa: E402
 
 
 def main() -> None:

@@ -159,6 +159,66 @@ def test_register_refuses_a_taken_name_and_a_class_that_is_no_model(variant):
     assert models.MODELS["l1code"].__name__ == "L1CodeAutoencoder"
 
 
+# The worked example of docs/extending.md's second part: a fifth sparsity, one class and one entry.
+SPARSITY = '''
+"""The tanh sparsity penalty (Anthropic, "Circuits Updates", February 2025): ReLU, and l1 / d times the batch mean
+of sum_i tanh(z_i ||W_dec[:, i]||)."""
+
+import math
+
+import torch
+
+from aelab.models.sparsities import Sparsity, register_sparsity
+
+
+class Tanh(Sparsity):
+    centre = "zero"  # as l1
+
+    def terms(self, sae, pre, code, out, x, centred):
+        tanh = torch.tanh(code * sae.decoder[0].weight.norm(dim=0)).sum(1).mean()
+        return {"tanh": tanh}, sae.config.l1 / math.prod(sae.config.in_shape) * tanh
+
+
+register_sparsity("tanh", Tanh)
+'''
+
+
+def test_a_fifth_sparsity_in_one_class_trains_saves_and_encodes(tmp_path, monkeypatch, request):
+    import numpy as np
+
+    from aelab.cli import main
+    from aelab.models.sparsities import SPARSITIES, register_sparsity
+    from aelab.runs.runfolder import load_model
+
+    path = tmp_path / "tanh.py"
+    path.write_text(SPARSITY)
+    monkeypatch.setattr(models, "_loaded_files", set())
+    request.addfinalizer(lambda: SPARSITIES.pop("tanh", None))  # no other test sees it
+    models.load_plugins(str(path))
+    assert SPARSITIES["tanh"].__name__ == "Tanh"
+    from support.planted import planted_dictionary
+
+    np.save(tmp_path / "v.npy", planted_dictionary(800, d=16, atoms=32, active=3)[0])
+    l0 = {}
+    for penalty in (0, 20):
+        out = tmp_path / f"run{penalty}"
+        assert main(["train", "sae", "--data", str(tmp_path / "v.npy"), "--set", "sparsity=tanh", "--set",
+                     f"l1={penalty}", "--latent", "32", "--epochs", "2", "--batch-size", "64", "--threads", "1",
+                     "--out", str(out)]) == 0
+        l0[penalty] = json.loads((out / "eval.json").read_text())["l0"]
+        assert "train_tanh" in (out / "metrics.jsonl").read_text()
+    assert l0[20] < 0.8 * l0[0], l0  # the penalty prices the code
+    model = load_model(tmp_path / "run20", "cpu")
+    x = torch.from_numpy(np.load(tmp_path / "v.npy")[:50])
+    pre = model.pre_activations((x - model.in_mean) / model.in_std)
+    assert type(model.sparsity).__name__ == "Tanh" and torch.equal(model.encode(x), torch.relu(pre).detach())
+    with pytest.raises(UserError, match="taken by Tanh"):
+        register_sparsity("tanh", type("Other", (SPARSITIES["topk"],), {}))
+    with pytest.raises(UserError, match="tanh"):  # a name the table lacks: the one line lists the table
+        from aelab.runs.settings import resolve
+        resolve("sae", None, {"sparsity": "sigmoid"})
+
+
 def _plugin(tmp_path, monkeypatch, body: str):
     """A plugin file with `body`, and the registry restored afterwards; returns its path."""
     path = tmp_path / "broken.py"

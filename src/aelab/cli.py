@@ -85,6 +85,8 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--data", metavar="PATH", help="evaluate on this data's test split instead of the run's")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--probe", action="store_true", help="insist on the label-based measures (sparse probing, TPP), "
+                   "which labelled activations get anyway: refuse data without labels")
     p.add_argument("--save", action="store_true", help="also write the measures to RUN/eval.json (the run's own "
                    "test set only), and keep a gmm sampler's mixture; without it eval only reads")
     add_sampler_flags(p)
@@ -307,6 +309,7 @@ def cmd_eval(args) -> int:
     from aelab.evaluation.evaluate import evaluate
     from aelab.evaluation.frechet import feature_classifier
     from aelab.evaluation.generation import measurable, measure_sampler
+    from aelab.evaluation.probing import measures_if_labelled
     from aelab.evaluation.samplers import check_sampler, default_sampler
     from aelab.runs.runfolder import RunFolder, load_model
 
@@ -319,15 +322,20 @@ def cmd_eval(args) -> int:
     if args.sampler or args.components:
         check_sampler(args.sampler or default_sampler(model), model, args.components,
                       f"{args.run} is a {config.model_name!r} run that")
-    test = dataclasses.replace(config.data, path=args.data or config.data.path).load_test()
+    data = dataclasses.replace(config.data, path=args.data or config.data.path)
+    train, test = data.load() if data.path and data.path.endswith(".npy") else (None, data.load_test())
     if test.shape != tuple(model.config.in_shape):
         raise UserError(f"the test data are {'x'.join(map(str, test.shape))} but {args.run} takes "
                         f"{'x'.join(map(str, model.config.in_shape))}; give --data of that size")
+    if args.probe and train is None:
+        measures_if_labelled(model, data.path, train, test, required=True)  # one line: no labels
     sampled = args.samples > 0 and measurable(test)
     if (args.sampler or args.components) and not sampled:
         raise UserError("sample measures need 28x28 grey images (the classifier's features) and --samples above "
                         "0; drop --sampler and --components")
     metrics = evaluate(model, test)
+    if train is not None:
+        metrics.update(measures_if_labelled(model, data.path, train, test, required=args.probe))
     if sampled:  # the classifier, trained on first use, says so on stderr: stdout stays one JSON object
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
             sampler = _sampler(args.run, model, args.sampler, args.components, args.save)

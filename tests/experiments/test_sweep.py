@@ -16,7 +16,7 @@ N, BATCH, EPOCHS = 2000, 256, 2
 
 @pytest.fixture(scope="module")
 def vectors(tmp_path_factory):
-    from aelab.models.sparse import planted_dictionary
+    from support.planted import planted_dictionary
 
     path = tmp_path_factory.mktemp("vectors") / "planted.npy"
     np.save(path, planted_dictionary(N, d=32, atoms=64, active=4)[0])

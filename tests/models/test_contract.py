@@ -19,10 +19,10 @@ from aelab.evaluation.baselines import BASELINES
 from aelab.evaluation.evaluate import evaluate
 from aelab.models import MODELS, build, picture_names
 from aelab.models.contract import Model, same_kind
-from aelab.models.sparse import planted_dictionary
 from aelab.runs.runfolder import RunFolder, load_model
 from aelab.runs.settings import resolve
 from support.models import arch_cases, stepper, tiny
+from support.planted import planted_dictionary
 from support.process import aelab
 
 CASES = arch_cases(MODELS)

@@ -19,10 +19,11 @@ from aelab.data.load import load_dataset
 from aelab.errors import UserError
 from aelab.experiments import pipeline
 from aelab.models import build
-from aelab.models.sparse import _largest, planted_dictionary, recovered
+from aelab.models.sparsities import _largest, aux_loss
 from aelab.runs.runfolder import load_model
 from aelab.runs.settings import resolve
 from support.models import stepper
+from support.planted import planted_dictionary, recovered
 from support.process import aelab
 
 PLANTED_ACTIVE = 5
@@ -250,7 +251,7 @@ def test_auxk_on_the_dead_units_alone_is_auxk_over_every_unit_with_the_live_ones
         z_aux = torch.zeros_like(pre).scatter_(1, top.indices, torch.relu(top.values).nan_to_num(0, 0, 0))
         live = out.detach()
         want = model.recon_error(live + F.linear(z_aux, model.decoder[0].weight), x) / model.recon_error(live, x)
-        assert torch.allclose(model.aux_loss(pre, out, x), want, atol=1e-6)
+        assert torch.allclose(aux_loss(model, pre, out, x), want, atol=1e-6)
 
 
 @pytest.mark.parametrize("sparsity", ["topk", "batchtopk"])

@@ -14,7 +14,7 @@ from support.process import aelab, assert_user_error
 
 @pytest.fixture(scope="module", params=["topk", "batchtopk", "jumprelu", "l1"])
 def sae_run(request, tmp_path_factory):
-    from aelab.models.sparse import planted_dictionary
+    from support.planted import planted_dictionary
 
     folder = tmp_path_factory.mktemp(request.param)
     vectors = planted_dictionary(1500, d=24, atoms=48, active=3)[0] * 7 + 3  # far from standardised

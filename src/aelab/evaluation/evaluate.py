@@ -109,14 +109,14 @@ def knn_accuracy(train_codes: torch.Tensor, train_labels: torch.Tensor, test_cod
     return correct / len(test_codes)
 
 
-def linear_probe_accuracy(train_codes: torch.Tensor, train_labels: torch.Tensor, test_codes: torch.Tensor,
-                          test_labels: torch.Tensor, weight_decay: float = 1e-4, max_iter: int = 200) -> float:
-    """Test accuracy of multinomial logistic regression on standardised codes (full-batch L-BFGS from zero weights:
-    the answer depends on the codes alone, never on the random state a run or a resumed one left behind)."""
-    mean, std = train_codes.float().mean(0), train_codes.float().std(0).clamp_min(1e-8)
-    xs, xt = (train_codes.float() - mean) / std, (test_codes.float() - mean) / std
-    classes = int(max(train_labels.max(), test_labels.max())) + 1
-    linear = torch.nn.Linear(xs.shape[1], classes)
+def logistic_probe(codes: torch.Tensor, labels: torch.Tensor, classes: int | None = None, weight_decay: float = 1e-4,
+                   max_iter: int = 200):
+    """Multinomial logistic regression on standardised codes (full-batch L-BFGS from zero weights: the answer
+    depends on the codes alone, never on the random state a run or a resumed one left behind), as a function from
+    codes to predicted labels; `classes` outputs (default: the largest label + 1)."""
+    mean, std = codes.float().mean(0), codes.float().std(0).clamp_min(1e-8)
+    xs = (codes.float() - mean) / std
+    linear = torch.nn.Linear(xs.shape[1], classes or int(labels.max()) + 1)
     with torch.no_grad():
         linear.weight.zero_()
         linear.bias.zero_()
@@ -124,10 +124,17 @@ def linear_probe_accuracy(train_codes: torch.Tensor, train_labels: torch.Tensor,
 
     def closure():
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(linear(xs), train_labels) + weight_decay * linear.weight.pow(2).sum()
+        loss = torch.nn.functional.cross_entropy(linear(xs), labels) + weight_decay * linear.weight.pow(2).sum()
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    with torch.no_grad():
-        return (linear(xt).argmax(1) == test_labels).float().mean().item()
+    return torch.no_grad()(lambda x: linear((x.float() - mean) / std).argmax(1))
+
+
+def linear_probe_accuracy(train_codes: torch.Tensor, train_labels: torch.Tensor, test_codes: torch.Tensor,
+                          test_labels: torch.Tensor, weight_decay: float = 1e-4, max_iter: int = 200) -> float:
+    """Test accuracy of a logistic probe (logistic_probe) trained on the training codes."""
+    classes = int(max(train_labels.max(), test_labels.max())) + 1
+    predict = logistic_probe(train_codes, train_labels, classes, weight_decay, max_iter)
+    return (predict(test_codes) == test_labels).float().mean().item()

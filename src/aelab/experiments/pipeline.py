@@ -17,6 +17,7 @@ from aelab import devices
 from aelab.config import RunConfig, set_value
 from aelab.errors import UserError
 from aelab.evaluation.evaluate import evaluate
+from aelab.evaluation.probing import measures_if_labelled
 from aelab.models import build
 from aelab.pictures.charts import plot_losses
 from aelab.pictures.images import save_png
@@ -129,6 +130,7 @@ def finish(run: RunFolder, *, config: RunConfig, trainer: Trainer, test_set, log
     report.html; then the trackers hear the run finished."""
     model = trainer.model
     measures = evaluate(model, test_set)
+    measures.update(measures_if_labelled(model, config.data.path, trainer.train_set, test_set))  # labelled activations
     run.write_measures(measures)
     pictures = model.make_pictures(trainer.test_set)
     for name, picture in pictures.items():

@@ -27,6 +27,7 @@ import torch
 
 from aelab import devices
 from aelab.errors import UserError
+from aelab.evaluation.probing import PROBING
 from aelab.reports import report as reports
 from aelab.storage import files
 from aelab.storage.folders import SweepFolder
@@ -282,6 +283,7 @@ def _row(name: str, run, trainer) -> dict:
     fve = measures.get("fve")
     return {"run": name, "l0": measures.get("l0"), "fvu": None if fve is None else 1 - fve, "fve": fve,
             "bce": measures.get("bce"), "mse": measures.get("mse"), "dead_fraction": measures.get("dead_fraction"),
+            **{k: measures[k] for k in PROBING if k in measures},  # labelled activations: sparse probing, TPP
             "train_seconds": round(sum(r["seconds"] for r in trainer.history), 2)}
 
 
@@ -301,7 +303,8 @@ def write_leaderboard(rows: list[dict], folder: SweepFolder, measure: str = "fvu
 
     rows = sorted(rows, key=lambda r: (r[measure] is None, r[measure]))
     cell = lambda v, _: "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    reports.write_table(folder.tables(), rows, COLUMNS, cell, [NOTES[measure]])
+    columns = COLUMNS + tuple(k for k in PROBING if any(k in r for r in rows))
+    reports.write_table(folder.tables(), rows, columns, cell, [NOTES[measure]])
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for r in rows:
         if r[measure] is not None and r["l0"] is not None:

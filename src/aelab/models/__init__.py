@@ -13,6 +13,7 @@ from aelab.models.base import AEConfig, Autoencoder, summary
 from aelab.models.betavae import BetaVAE
 from aelab.models.btcvae import BetaTCVAE
 from aelab.models.cae import ContractiveAutoencoder
+from aelab.models.contract import register_in
 from aelab.models.dae import DenoisingAutoencoder
 from aelab.models.dropout import DropoutAutoencoder
 from aelab.models.fsq import FSQAutoencoder
@@ -60,18 +61,9 @@ def build(name: str, config: AEConfig) -> Autoencoder:
 def register(name: str, cls: type[Autoencoder]) -> type[Autoencoder]:
     """Add a variant under `name`: `aelab train NAME`, the estimator, reports, `aelab compare` and export then take
     it with no other edit. Call it from a module named in AELAB_PLUGINS so that every `aelab` process has it."""
-
-    if not isinstance(name, str) or not name.isidentifier():
-        raise UserError(f"a model's name is a word of letters, digits and underscores, not {name!r}")
-    if not (isinstance(cls, type) and issubclass(cls, Autoencoder)):
-        raise UserError(f"register {name!r} with a subclass of aelab.models.Autoencoder, not {cls!r}")
-    if name in RESERVED:
-        raise UserError(f"the model name {name!r} is a baseline's (`aelab compare {name}` runs it); register yours "
-                        "under another")
-    if MODELS.get(name, cls) is not cls:
-        raise UserError(f"the model name {name!r} is taken by {MODELS[name].__name__}; register yours under another")
-    MODELS[name] = cls
-    return cls
+    return register_in(MODELS, name, cls, Autoencoder, "model", "aelab.models.Autoencoder", RESERVED,
+                       "the model name {name!r} is a baseline's (`aelab compare {name}` runs it); register yours "
+                       "under another")
 
 
 # the baselines' names (aelab.evaluation.baselines.BASELINES): `aelab compare` takes them, so no model may

@@ -6,6 +6,7 @@ Encoder 784-256-128-64-20 with ReLU and a linear code, decoder 20-64-128-256-784
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -109,6 +110,23 @@ def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: floa
     """Adam as the chapter's Keras code ran it: epsilon 1e-7, not torch's 1e-8. Measured over 3 seeds, 10 epochs:
     test BCE 0.2913 vs 0.2922 and MSE 0.0161 vs 0.0165. fused: one kernel for every parameter (~10% of an epoch)."""
     return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=True)
+
+
+class ClippedAdam(torch.optim.Adam):
+    """aelab's Adam (`adam`) that first clips the gradients' global norm at `max_norm`."""
+
+    def __init__(self, params, lr: float, max_norm: float, eps: float):
+        made = adam(params, lr, eps=eps)
+        super().__init__(made.param_groups, **made.defaults)
+        self.max_norm = max_norm
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        torch.nn.utils.clip_grad_norm_([p for group in self.param_groups for p in group["params"]], self.max_norm)
+        return _ADAM_STEP(self, closure)
+
+
+_ADAM_STEP = inspect.unwrap(torch.optim.Adam.step)  # without its wrappers, as train.eager_optimizers steps
 
 
 def keras_init_(module: nn.Module) -> None:

@@ -92,3 +92,22 @@ class Model(Protocol):
 def same_kind(like, result: torch.Tensor):
     """`result` as the kind of `like`: a tensor on like's device, or a numpy array for anything else."""
     return result.to(like.device) if isinstance(like, torch.Tensor) else result.cpu().numpy()
+
+
+def register_in(table: dict[str, type], name: str, cls: type, base: type, noun: str, base_name: str,
+                reserved: frozenset[str] = frozenset(), why_reserved: str = "") -> type:
+    """Enter `cls` in a registry `table` under `name` (a model, a sparsity): a word, a subclass of `base` (known to
+    users as `base_name`), a name not taken by another class (the same class again is harmless: a plugin imported
+    twice), and none of `reserved` (refused with `why_reserved`, which may name {name!r})."""
+    from aelab.errors import UserError
+
+    if not isinstance(name, str) or not name.isidentifier():
+        raise UserError(f"a {noun}'s name is a word of letters, digits and underscores, not {name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise UserError(f"register {name!r} with a subclass of {base_name}, not {cls!r}")
+    if name in reserved:
+        raise UserError(why_reserved.format(name=name))
+    if table.get(name, cls) is not cls:
+        raise UserError(f"the {noun} name {name!r} is taken by {table[name].__name__}; register yours under another")
+    table[name] = cls
+    return cls

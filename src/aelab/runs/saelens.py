@@ -40,10 +40,9 @@ def saelens_tensors(model) -> dict[str, torch.Tensor]:
     tensors = {"W_enc": w_enc / std[:, None], "b_enc": encoder.bias.detach().double().cpu(),
                "W_dec": w_dec * std[None, :], "b_dec": mean + std * b}
     # the threshold compares pre-activations, which the fold leaves in aelab's units: no rescaling
-    if model.config.sparsity == "jumprelu":
-        tensors["threshold"] = model.threshold.detach().double().cpu()
-    elif model.config.sparsity == "batchtopk":  # < 0 (never estimated) reads as 0 in aelab: plain ReLU
-        tensors["threshold"] = model.unit_thresholds().double().cpu()
+    thresholds = model.unit_thresholds()  # jumprelu's learned ones; batchtopk's running one over each atom's norm
+    if thresholds is not None:
+        tensors["threshold"] = thresholds.double().cpu()
     return {k: v.float().contiguous() for k, v in tensors.items()}
 
 
@@ -62,6 +61,9 @@ def check_exportable(model, name: str) -> None:
     config = model.config
     if name != "sae":
         raise UserError(f"SAELens reads sparse autoencoders; this is a {name!r} run: export an `aelab train sae` run")
+    if config.sparsity not in ARCHITECTURES:
+        raise UserError(f"SAELens has no form of the sparsity {config.sparsity!r}; export a run trained with one of "
+                        f"{', '.join(ARCHITECTURES)}")
     if config.recon_loss != "mse" or config.hidden or config.arch != "mlp":
         raise UserError("SAELens's SAEs are one linear layer each way on activation vectors; this run was trained "
                         "on images or with hidden layers: train the SAE on vectors with no --hidden")
