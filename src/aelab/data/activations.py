@@ -111,7 +111,7 @@ def description(acts: str | Path) -> dict | None:
         return None
     try:
         described = json.loads(path.read_text())
-        if not isinstance(described, dict) or not {"layer", "split", "rows"} <= described.keys():
+        if not isinstance(described, dict) or not {"layer", "rows"} <= described.keys():
             raise ValueError("not a description of activations")
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is damaged ({e}); write the activations again with `aelab activations`") from None
@@ -119,9 +119,11 @@ def description(acts: str | Path) -> dict | None:
 
 
 def source_images(described: dict):
-    """The split of the data set the activations were taken from (an ImageSet), or None for vectors."""
+    """The split of the data set the activations were taken from (an ImageSet), or None for vectors and text."""
     from aelab.data.load import DataConfig
 
+    if "split" not in described:  # a transformer's, over text (aelab.data.text)
+        return None
     config = DataConfig(described.get("data"), described.get("grey", True), described.get("test_fraction", 0.1),
                         described.get("kind", "auto"))
     inputs = dict(zip(SPLITS, config.load()))[described["split"]]
@@ -132,15 +134,12 @@ def source_images(described: dict):
 def top_activating(model, acts: str | Path, units: int = 16, per_unit: int = 8, batch_size: int = 4096
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The first `units` code units of an SAE that fire anywhere in `acts` (the first units whatever they do, where
-    fewer fire), the rows of `acts` (as numbered in ACTS.index.npy) that activate each most, and those activations:
+    fewer fire), the rows of `acts` that activate each most, and those activations:
     (units,) and two (units, per_unit) arrays, strongest first. One pass over the file, a batch at a time (a larger
     dictionary leaves many units that never fire, which would show nothing)."""
     from aelab.data.readers import open_npy
 
     data = open_npy(Path(acts))
-    index = np.load(sidecar_paths(acts)[0]) if sidecar_paths(acts)[0].is_file() else np.arange(len(data))
-    if len(index) != len(data):
-        raise UserError(f"{acts} holds {len(data)} rows but its index {len(index)}; write the activations again")
     kept = model.code_size  # the units still in the running: those past the `units`-th that has fired never are
     best_values = torch.full((kept, 0), -torch.inf)
     best_rows = torch.zeros((kept, 0), dtype=torch.long)
@@ -155,4 +154,4 @@ def top_activating(model, acts: str | Path, units: int = 16, per_unit: int = 8, 
         best_values, best_rows = top.values[:kept], rows.gather(1, top.indices)[:kept]
     fired = best_values[:, 0] > 0
     shown = torch.cat([fired.nonzero(), (~fired).nonzero()]).squeeze(1)[:units].sort().values
-    return shown.numpy(), index[best_rows[shown].numpy()], best_values[shown].numpy()
+    return shown.numpy(), best_rows[shown].numpy(), best_values[shown].numpy()

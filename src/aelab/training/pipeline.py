@@ -19,7 +19,7 @@ from aelab.evaluation.evaluate import evaluate
 from aelab.models import build
 from aelab.reports import trackers
 from aelab.reports.images import save_png
-from aelab.reports.page import write_run_page
+from aelab.reports.page import text_contexts, write_run_page
 from aelab.reports.report import GridWriter, plot_losses, write_report
 from aelab.storage import files
 from aelab.storage.runfolder import RunFolder, load_model
@@ -125,8 +125,10 @@ def finish(run: RunFolder, *, config: RunConfig, trainer: Trainer, test_set, log
     pictures = model.make_pictures(trainer.test_set)
     for name, picture in pictures.items():
         save_png(picture, run.picture(name))
-    report = write_report(run, config, model, trainer.history, measures, list(pictures))
-    page = write_run_page(run.path, config, model, test_set, trainer.history, measures, pictures=pictures)
+    contexts = None if model.config.recon_loss == "bce" else text_contexts(model, config.data.path)
+    report = write_report(run, config, model, trainer.history, measures, list(pictures), contexts)
+    page = write_run_page(run.path, config, model, test_set, trainer.history, measures, pictures=pictures,
+                          contexts=contexts)
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in measures.items() if isinstance(v, float)))
     print(f"report: {report} and {page}")
     trackers.finish(loggers, run.path)
