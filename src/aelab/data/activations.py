@@ -48,6 +48,34 @@ def _forward(model, x: torch.Tensor) -> None:
     model.evaluation(x)
 
 
+def write_streamed(module: torch.nn.Module, out: Path, rows: int, dtype: str, batches, forward, take) -> int:
+    """Write `rows` activations of `module` to `out` (.npy) through a memory map, one batch at a time: forward(batch)
+    runs the model, take(module's output, batch) gives that batch's rows (b, width) as numpy. Written to a temporary
+    file first, so that `out` appears whole or not at all. Returns the width."""
+    seen: list[torch.Tensor] = []
+    hook = module.register_forward_hook(lambda m, args, output: seen.append(output))
+    tmp = out.with_name(f".{out.name}.{os.getpid()}{files.TMP_SUFFIX}")
+    try:
+        acts, start = None, 0
+        for batch in batches:
+            forward(batch)
+            taken = take(seen.pop(), batch)
+            if acts is None:
+                acts = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(rows, taken.shape[1]))
+            acts[start:start + len(taken)] = taken
+            start += len(taken)
+        width = acts.shape[1]
+        acts.flush()
+        del acts
+        os.replace(tmp, out)
+    except OSError as e:
+        raise files.write_error(e, out) from None
+    finally:
+        hook.remove()
+        tmp.unlink(missing_ok=True)
+    return width
+
+
 @torch.no_grad()
 def write_activations(run: str | Path, layer: str, out: str | Path, data: str | None = None, split: str = "train",
                       dtype: str = "float32", batch_size: int = 1000, overwrite: bool = False) -> dict:
@@ -75,26 +103,8 @@ def write_activations(run: str | Path, layer: str, out: str | Path, data: str | 
         raise UserError(f"the data are {'x'.join(map(str, inputs.shape))} but {run} takes "
                         f"{'x'.join(map(str, model.config.in_shape))}; give --data of that size")
 
-    seen: list[torch.Tensor] = []
-    hook = module.register_forward_hook(lambda m, args, output: seen.append(output.flatten(1)))
-    tmp = out.with_name(f".{out.name}.{os.getpid()}{files.TMP_SUFFIX}")
-    try:
-        _forward(model, inputs.floats(slice(0, 1)))
-        width = seen.pop().shape[1]
-        acts = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(inputs), width))
-        start = 0
-        for x in inputs.batches(batch_size):
-            _forward(model, x)
-            acts[start:start + len(x)] = seen.pop().numpy()
-            start += len(x)
-        acts.flush()
-        del acts
-        os.replace(tmp, out)
-    except OSError as e:
-        raise files.write_error(e, out) from None
-    finally:
-        hook.remove()
-        tmp.unlink(missing_ok=True)
+    width = write_streamed(module, out, len(inputs), dtype, inputs.batches(batch_size), lambda x: _forward(model, x),
+                           lambda output, x: output.flatten(1).numpy())
     with files.atomic(index_path) as f:
         np.save(f, np.arange(len(inputs), dtype=np.int64))
     described = {"run": str(Path(run).resolve()), "layer": layer, "data": source.path, "grey": source.grey,

@@ -12,7 +12,6 @@ contexts that fire an SAE's units. Beside ACTS.npy (n_tokens, width), written on
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +107,7 @@ def write_text_activations(model_dir: str | Path, layer: str, text: str | Path, 
     tokens (default: the model's positions, at most 1024) are seen in consecutive stretches of that many.
     `batch_size` stretches go through the model at a time, and only their activations are held in memory. Returns
     the description written."""
-    from aelab.data.activations import DTYPES, sidecar_paths
+    from aelab.data.activations import DTYPES, sidecar_paths, write_streamed
 
     model_dir, text, out = Path(model_dir), Path(text), Path(out)
     if out.suffix != ".npy":
@@ -140,39 +139,23 @@ def write_text_activations(model_dir: str | Path, layer: str, text: str | Path, 
     windows = _windows(documents, context)
     rows = sum(len(d) for d in documents)
 
-    seen: list[torch.Tensor] = []
-    def keep(module, args, output):
-        seen.append(output[0] if isinstance(output, tuple) else output)
-    hook = module.register_forward_hook(keep)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}{files.TMP_SUFFIX}")
-    try:
-        acts, row = None, 0
-        for first in range(0, len(windows), batch_size):
-            batch = windows[first:first + batch_size]
-            longest = max(len(t) for *_, t in batch)
-            ids = torch.zeros((len(batch), longest), dtype=torch.long)
-            mask = torch.zeros((len(batch), longest), dtype=torch.long)
-            for i, (*_, t) in enumerate(batch):  # padded on the right: a causal model's tokens never see it
-                ids[i, :len(t)], mask[i, :len(t)] = torch.from_numpy(t), 1
-            model(input_ids=ids, attention_mask=mask)
-            output = seen.pop()
-            if output.dim() != 3 or output.shape[:2] != ids.shape:
-                raise UserError(f"module {layer} gives {tuple(output.shape)}, not one vector per token (batch, "
-                                "tokens, width); give --layer a module that does, e.g. a block")
-            if acts is None:
-                acts = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(rows, output.shape[2]))
-            taken = output[mask.bool()].float().numpy()  # (tokens of the batch, width), in document order
-            acts[row:row + len(taken)] = taken
-            row += len(taken)
-        width = acts.shape[1]
-        acts.flush()
-        del acts
-        os.replace(tmp, out)
-    except OSError as e:
-        raise files.write_error(e, out) from None
-    finally:
-        hook.remove()
-        tmp.unlink(missing_ok=True)
+    def padded(batch):  # (ids, mask) (b, longest), padded on the right: a causal model's tokens never see it
+        ids = torch.zeros((len(batch), max(len(t) for *_, t in batch)), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, (*_, t) in enumerate(batch):
+            ids[i, :len(t)], mask[i, :len(t)] = torch.from_numpy(t), 1
+        return ids, mask
+
+    def take(output, batch):
+        output, (ids, mask) = output[0] if isinstance(output, tuple) else output, batch
+        if output.dim() != 3 or output.shape[:2] != ids.shape:
+            raise UserError(f"module {layer} gives {tuple(output.shape)}, not one vector per token (batch, tokens, "
+                            "width); give --layer a module that does, e.g. a block")
+        return output[mask.bool()].float().numpy()  # (tokens of the batch, width), in document order
+
+    batches = (padded(windows[first:first + batch_size]) for first in range(0, len(windows), batch_size))
+    width = write_streamed(module, out, rows, dtype, batches,
+                           lambda b: model(input_ids=b[0], attention_mask=b[1]), take)
     index = np.concatenate([np.stack([np.full(len(t), d), np.arange(start, start + len(t))], 1)
                             for d, start, t in windows]).astype(np.int64)
     tokens = np.concatenate(documents).astype(np.int32)
