@@ -140,7 +140,7 @@ def score(atoms: np.ndarray, codes: np.ndarray, recon: np.ndarray, x: np.ndarray
 def train_aelab(sparsity: str, data: Path, work: Path, args, x_eval: np.ndarray):
     """`aelab train sae` as a process, as a user runs it: (atoms, codes, reconstructions, seconds of the steps alone
     (its epochs' own clocks), seconds of the whole command, start-up included)."""
-    from aelab.storage.runfolder import load_model
+    from aelab.runs.runfolder import load_model
 
     settings = {"latent": args.latent, "sparsity": sparsity, "k": args.k, "epochs": args.epochs,
                 "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "grid_every": 0, "l1": args.aelab_l1,
