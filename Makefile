@@ -38,11 +38,11 @@ chapter: setup
 compare: setup
 	$(BIN)/aelab compare --out runs/compare --overwrite
 
-# aelab with the optional extras the tests exercise (scikit-learn, TensorBoard, MLflow, ONNX), kept out of
+# aelab with the optional extras the tests exercise (scikit-learn, TensorBoard, MLflow, ONNX, transformers), kept out of
 # `make chapter`; one install, which also stands for `make setup`'s
 $(VENV)/.test-extras: pyproject.toml
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
-	$(INSTALL) '.[test,sklearn,tensorboard,mlflow,onnx]'
+	$(INSTALL) '.[test,sklearn,tensorboard,mlflow,onnx,hf]'
 	touch $(BIN)/aelab $@
 
 # two workers of one torch thread each: most tests start real processes, and two cores serve two of them best;

@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +51,11 @@ torch.set_num_threads(a["threads"])
 data = torch.from_numpy(np.load(a["data"], mmap_mode="r")[a["train_rows"]].astype(np.float32))
 steps = a["samples"] // a["batch"]
 common = dict(d_in=data.shape[1], d_sae=a["latent"])
-sae = {"topk": lambda: TopKTrainingSAE(TopKTrainingSAEConfig(k=a["k"], **common)),
-       "batchtopk": lambda: BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(k=a["k"], **common)),
+recipe = a["recipe"]  # aelab's recipe where a SAELens setting expresses it; else SAELens's defaults
+aux = dict(aux_loss_coefficient=a["aux"]) if recipe else {}
+sae = {"topk": lambda: TopKTrainingSAE(TopKTrainingSAEConfig(
+           k=a["k"], **aux, **({"rescale_acts_by_decoder_norm": False} if recipe else {}), **common)),
+       "batchtopk": lambda: BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(k=a["k"], **aux, **common)),
        "jumprelu": lambda: JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(l0_coefficient=a["l0"], **common)),
        "l1": lambda: StandardTrainingSAE(StandardTrainingSAEConfig(
            l1_coefficient=a["l1"], l1_warm_up_steps=steps // 20, **common))}[a["sparsity"]]()
@@ -63,8 +67,16 @@ def batches():
             if len(rows) == a["batch"]:
                 yield data[rows]
 
+if recipe and a["sparsity"] != "l1":  # b_dec from the geometric median of the first 4096 rows, as aelab starts it
+    x, m = data[:4096].double(), data[:4096].double().mean(0)
+    for _ in range(20):  # Weiszfeld, as aelab's geometric_median
+        w = 1 / (x - m).norm(dim=1).clamp_min(1e-8)
+        m = (w[:, None] * x).sum(0) / w.sum()
+    with torch.no_grad():
+        sae.b_dec.copy_(m.float())
+window = {"dead_feature_window": max(1, a["window"] // a["batch"])} if recipe else {}
 config = SAETrainerConfig(total_training_samples=steps * a["batch"], train_batch_size_samples=a["batch"],
-                          lr=a["lr"], lr_end=a["lr"], logger=LoggingConfig(log_to_wandb=False))
+                          lr=a["lr"], lr_end=a["lr"], logger=LoggingConfig(log_to_wandb=False), **window)
 start = time.perf_counter()
 SAETrainer(config, sae, batches()).fit()
 seconds = time.perf_counter() - start
@@ -131,34 +143,44 @@ def score(atoms: np.ndarray, codes: np.ndarray, recon: np.ndarray, x: np.ndarray
 
 
 def train_aelab(sparsity: str, data: Path, work: Path, args, x_eval: np.ndarray):
-    from aelab.experiments import pipeline
+    """`aelab train sae` as a process, as a user runs it: (atoms, codes, reconstructions, seconds of the steps alone
+    (its epochs' own clocks), seconds of the whole command, start-up included)."""
     from aelab.runs.runfolder import load_model
-    from aelab.runs.settings import resolve
 
-    config = resolve("sae", None, {
-        "data.path": str(data), "latent": args.latent, "sparsity": sparsity, "k": args.k, "epochs": args.epochs,
-        "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "grid_every": 0, "l1": args.aelab_l1,
-        "l0_coefficient": args.aelab_l0, **dict(kv.split("=", 1) for kv in args.set)})
-    pipeline.train(config, out=work / f"aelab-{sparsity}", overwrite=True, threads=args.threads)
-    records = [json.loads(line) for line in (work / f"aelab-{sparsity}" / "metrics.jsonl").read_text().splitlines()]
-    model = load_model(work / f"aelab-{sparsity}", "cpu")
+    settings = {"latent": args.latent, "sparsity": sparsity, "k": args.k, "epochs": args.epochs,
+                "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "grid_every": 0, "l1": args.aelab_l1,
+                "l0_coefficient": args.aelab_l0, **dict(kv.split("=", 1) for kv in args.set)}
+    out = work / f"aelab-{sparsity}"
+    command = [sys.executable, "-m", "aelab", "train", "sae", "--data", str(data), "--out", str(out), "--overwrite",
+               "--threads", str(args.threads), *sum((["--set", f"{k}={v}"] for k, v in settings.items()), [])]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(args.threads)})
+    whole = time.perf_counter() - start
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    model = load_model(out, "cpu")
     codes = model.encode(x_eval)
-    return model.atoms().numpy(), codes, np.asarray(model.decode(codes)), sum(r["seconds"] for r in records)
+    return model.atoms().numpy(), codes, np.asarray(model.decode(codes)), sum(r["seconds"] for r in records), whole
 
 
 def train_saelens(sparsity: str, data: Path, eval_path: Path, work: Path, args, train_rows: np.ndarray,
-                  python: Path):
+                  python: Path, recipe: bool):
+    """SAELens's SAETrainer in a process: (atoms, codes, reconstructions, seconds of fit() alone, seconds of the
+    whole process, start-up included, samples)."""
     rows_path = work / "train_rows.npy"
     np.save(rows_path, train_rows)
     out = work / f"saelens-{sparsity}.npz"
     spec = {"sparsity": sparsity, "data": str(data), "eval": str(eval_path), "out": str(out), "seed": args.seed,
             "threads": args.threads, "latent": args.latent, "k": args.k, "l1": args.saelens_l1, "l0": args.saelens_l0,
-            "lr": args.lr, "batch": args.batch_size, "samples": len(train_rows) * args.epochs}
+            "lr": args.lr, "batch": args.batch_size, "samples": len(train_rows) * args.epochs, "recipe": recipe,
+            "aux": args.saelens_aux, "window": args.dead_window}
     driver = DRIVER.replace('a["train_rows"]', f'np.load({str(rows_path)!r})')
+    start = time.perf_counter()
     subprocess.run([str(python), "-c", driver, json.dumps(spec)], check=True,
                    env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    whole = time.perf_counter() - start
     found = np.load(out)
-    return found["atoms"], found["codes"], found["recon"], float(found["seconds"]), int(found["samples"])
+    return found["atoms"], found["codes"], found["recon"], float(found["seconds"]), whole, int(found["samples"])
 
 
 def main() -> None:
@@ -180,6 +202,12 @@ def main() -> None:
     parser.add_argument("--saelens-l1", type=float, default=4.0, help="SAELens l1_coefficient")
     parser.add_argument("--aelab-l0", type=float, default=0.8, help="aelab l0_coefficient: JumpReLU's L0 weight")
     parser.add_argument("--saelens-l0", type=float, default=0.8, help="SAELens JumpReLU l0_coefficient")
+    # aelab's AuxK in SAELens's terms: aelab weighs the dead units' error 1/32 relative to the live code's error;
+    # SAELens's coefficient weighs it absolutely (summed over d), where the live error is about 0.15 (FVU 0.13 of a
+    # mean squared norm of d): 1/32 / 0.15 = 0.2. aelab's dead window is 100 000 inputs
+    parser.add_argument("--saelens-aux", type=float, default=0.2, help="SAELens aux_loss_coefficient, its recipe run")
+    parser.add_argument("--dead-window", type=int, default=100_000, help="inputs without firing before a unit is "
+                        "dead, SAELens's recipe run (aelab's default)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-3, help="both trainers")
@@ -215,24 +243,30 @@ def main() -> None:
         train_set, _ = load_dataset(work / "acts.npy")  # SAELens trains on the rows aelab trains on
         train_rows = train_set.rows.numpy()
         trainers = args.trainer or ("aelab", "saelens")
-        for sparsity in args.sparsity or SPARSITIES:
-            if "aelab" in trainers:
-                atoms, codes, recon, seconds = train_aelab(sparsity, work / "acts.npy", work, args, x_eval)
-                rows.append({"trainer": "aelab", "sparsity": sparsity, **score(
-                    atoms, codes, recon, x_eval, truth.atoms, true_codes, seconds, len(train_set) * args.epochs)})
+        for number, sparsity in enumerate(args.sparsity or SPARSITIES):
+            # SAELens at its defaults, and at aelab's recipe where its settings express one (L1's is its default)
+            runs = [("aelab", None)] if "aelab" in trainers else []
+            if "saelens" in trainers:
+                runs += [("SAELens", False)] + ([("SAELens", True)] if sparsity != "l1" else [])
+            if (number + args.seed) % 2:  # which library goes first alternates
+                runs.reverse()
+            for trainer, recipe in runs:
+                if trainer == "aelab":
+                    atoms, codes, recon, seconds, whole = train_aelab(sparsity, work / "acts.npy", work, args, x_eval)
+                    samples, name = len(train_set) * args.epochs, "aelab"
+                else:
+                    atoms, codes, recon, seconds, whole, samples = train_saelens(
+                        sparsity, work / "acts.npy", work / "eval.npy", work, args, train_rows, python, recipe)
+                    name = "SAELens, aelab's recipe" if recipe else "SAELens, defaults"
+                rows.append({"trainer": name, "sparsity": sparsity, **score(
+                    atoms, codes, recon, x_eval, truth.atoms, true_codes, seconds, samples), "whole_s": whole,
+                    "steps_s": seconds})
                 print(json.dumps(rows[-1]), flush=True)
-            if "saelens" not in trainers:
-                continue
-            atoms, codes, recon, seconds, samples = train_saelens(sparsity, work / "acts.npy", work / "eval.npy", work,
-                                                                  args, train_rows, python)
-            rows.append({"trainer": "SAELens", "sparsity": sparsity, **score(
-                atoms, codes, recon, x_eval, truth.atoms, true_codes, seconds, samples)})
-            print(json.dumps(rows[-1]), flush=True)
-    print("\n| sparsity | trainer | recovery | matched > 0.9 | MCC | F1 | FVU | L0 | dead | samples/s |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| sparsity | trainer | recovery | matched > 0.9 | MCC | F1 | FVU | L0 | dead | samples/s (steps) | whole command (s) |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['sparsity']} | {r['trainer']} | {r['recovery']:.3f} | {r['matched']:.1%} | {r['mcc']:.3f} | {r['f1']:.3f} | "
-              f"{r['fvu']:.3f} | {r['l0']:.1f} | {r['dead']:.1%} | {r['samples_per_s']:,.0f} |")
+              f"{r['fvu']:.3f} | {r['l0']:.1f} | {r['dead']:.1%} | {r['samples_per_s']:,.0f} | {r['whole_s']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -168,16 +168,24 @@ def build_parser() -> Parser:
     p.add_argument("--threads", type=THREADS, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--overwrite", action="store_true", help="replace existing run folders")
 
-    p = sub.add_parser("activations", help="a layer's activations of a trained run over a data set, as .npy for "
-                       "`aelab train sae --data`")
-    p.add_argument("run")
-    p.add_argument("--layer", required=True, help="a layer's name, e.g. encoder.6 (a wrong name lists them)")
+    p = sub.add_parser("activations", help="a layer's activations of a trained run over a data set, or of a Hugging "
+                       "Face transformer over text, as .npy for `aelab train sae --data`")
+    p.add_argument("run", nargs="?", help="a run folder (or --hf and --text instead)")
+    p.add_argument("--layer", required=True, help="a layer's name, e.g. encoder.6, or with --hf a module's, e.g. "
+                   "h.3 (a block's output: the residual stream); a wrong name lists some")
     p.add_argument("--out", required=True, metavar="FILE.npy", help="the activations (n, width); FILE.index.npy "
-                   "and FILE.json beside it say which inputs and where from")
+                   "and FILE.json beside it say which inputs and where from (with --hf: FILE.tokens.npy too)")
     p.add_argument("--data", metavar="PATH", help="take the inputs from this data set (default: the run's own)")
     p.add_argument("--split", choices=("train", "test"), default="train", help="which split (default train)")
+    p.add_argument("--hf", metavar="MODEL_DIR", help="a local Hugging Face model folder (save_pretrained's, with its "
+                   "tokenizer): its activations at every token of --text (needs aelab[hf])")
+    p.add_argument("--text", metavar="FILE", help="with --hf: a UTF-8 text file, one document a line, or a .npy of "
+                   "token ids (tokens,) or (documents, tokens)")
+    p.add_argument("--context", type=int_in(1, 1_000_000), help="with --hf: tokens the model sees at once; longer "
+                   "documents are cut (default: its positions, at most 1024)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
-    p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=1000)
+    p.add_argument("--batch-size", type=int_in(1, 1_000_000), help="inputs a batch (default 1000), with --hf "
+                   "stretches of text (default 8)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output")
 
     p = sub.add_parser("score", help="anomaly scores of inputs through a trained run (higher: stranger): a CSV of "
@@ -710,10 +718,23 @@ def cmd_sweep(args) -> int:
 
 def cmd_activations(args) -> int:
     from aelab.data.activations import sidecar_paths
-    from aelab.runs.activations import write_activations
 
-    described = write_activations(args.run, args.layer, args.out, args.data, args.split, args.dtype,
-                                  args.batch_size, args.overwrite)
+    if (args.run is None) == (args.hf is None) or (args.hf is None) != (args.text is None):
+        raise UserError("give a run folder, or --hf MODEL_DIR with --text FILE, not both")
+    if args.hf is not None:
+        if args.data is not None or args.split != "train":
+            raise UserError("--data and --split choose a run's inputs; with --hf, --text gives them")
+        from aelab.data.text import write_text_activations
+
+        described = write_text_activations(args.hf, args.layer, args.text, args.out, args.dtype,
+                                           args.batch_size or 8, args.context, args.overwrite)
+    else:
+        if args.context is not None:
+            raise UserError("--context goes with --hf")
+        from aelab.runs.activations import write_activations
+
+        described = write_activations(args.run, args.layer, args.out, args.data, args.split, args.dtype,
+                                      args.batch_size or 1000, args.overwrite)
     index, about = sidecar_paths(args.out)
     print(f"wrote {described['rows']} activations of width {described['width']} ({described['dtype']}) at "
           f"{described['layer']} to {args.out}, with {index} and {about}")

@@ -92,3 +92,25 @@ def test_vectors_that_fit_are_read_into_memory_and_give_the_files_batches(tmp_pa
     held_out = load_dataset(path)[1].floats()
     monkeypatch.setattr(np, "load", lambda *_, **__: pytest.fail("the test split alone read the training vectors"))
     assert torch.equal(DataConfig(str(path)).load_test().floats(), held_out)  # as eval, report and export load it
+
+
+def test_a_large_file_takes_its_statistics_from_a_sample_and_refuses_a_bad_row_when_read(tmp_path, monkeypatch,
+                                                                                           capsys):
+    from aelab.data import load
+    from support.process import assert_user_error, in_process
+
+    path = tmp_path / "acts.npy"
+    x = np.random.default_rng(0).standard_normal((20_000, 64)).astype(np.float32) * 3 + 1
+    x[17_123, 5] = np.nan  # deep in the file, in no sampled chunk
+    np.save(path, x)
+    monkeypatch.setattr(load, "STATS_SAMPLE_CHUNKS", 4)  # 4 chunks of 2 048 rows (1 MB as float64): 10 MB is "large"
+    train, test = load_dataset(path, read="file", vector_scale="standardise")
+    assert not train.checked and test.floats().isfinite().all()
+    np.testing.assert_allclose(train.std.numpy(), np.nanstd(x, 0), rtol=0.05)  # a sample's, close to the whole's
+    with pytest.raises(UserError, match=r"NaN or infinite values in row 17123 .*checked batch by batch"):
+        for _ in train.batches(512, torch.Generator().manual_seed(0)):
+            pass
+    with pytest.raises(UserError, match="the first in row 17123"):  # read into memory: every value checked on loading
+        load_dataset(path, read="memory")
+    assert_user_error(in_process(["train", "sae", "--data", path, "--set", "data.read=file", "--epochs", 1,
+                                  "--threads", 1, "--out", tmp_path / "run"], capsys), "row 17123", "NaN")

@@ -51,7 +51,8 @@ def gather(data: np.ndarray, rows: np.ndarray) -> np.ndarray:
                 done, offset = done + got, offset + got
     finally:
         os.close(fd)
-    return raw.astype(np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf, which the caller refuses
+        return raw.astype(np.float32)
 
 
 class Batches:
@@ -120,6 +121,7 @@ class VectorSet(Batches):
     mean: torch.Tensor                # (d,) float32, of the training split
     std: torch.Tensor                 # (d,) float32, of the training split (1 where a feature is constant)
     device: torch.device = torch.device("cpu")  # where floats() delivers; the data stays in its file
+    checked: bool = True              # every value checked on loading; False: each batch's as it is read
     labels = None
     recon_loss = "mse"  # real values of any scale: squared error
     index_device = torch.device("cpu")  # row numbers index the file
@@ -135,12 +137,31 @@ class VectorSet(Batches):
         """Standardised float32 vectors (b, d) of the rows picked by `index`, on the set's device. A gather reads
         the file in ascending row order (see gather), then puts the rows back in the order asked."""
         if self.rows is None and isinstance(index, slice):
-            x = torch.from_numpy(gather(self.data, np.arange(*index.indices(len(self.data)))))
+            rows = np.arange(*index.indices(len(self.data)))
+            raw = gather(self.data, rows)
+            x = torch.from_numpy(raw)
         else:
             rows, order = (index.cpu() if self.rows is None else self.rows[index]).sort()
+            rows = rows.numpy()
+            raw = gather(self.data, rows)
             x = torch.empty((len(rows), self.shape[0]))
-            x[order] = torch.from_numpy(gather(self.data, rows.numpy()))
+            x[order] = torch.from_numpy(raw)
+        if not self.checked:
+            self._check(raw, rows)
         return x.to(self.device, non_blocking=True).sub_(self.mean).div_(self.std)
+
+    def _check(self, raw: np.ndarray, rows: np.ndarray) -> None:
+        """Refuse a batch (float32) holding a value that is not finite or too large (as data.load.check_values
+        does on loading), naming its row in the file: for a set whose file was not checked whole on loading."""
+        from aelab.data.load import FLOAT32_SQRT_MAX
+
+        big = max(raw.max(), -raw.min())  # one pass over the batch; NaN or inf if any value is
+        if not big <= FLOAT32_SQRT_MAX:
+            bad = int(np.flatnonzero(~(np.abs(raw) <= FLOAT32_SQRT_MAX).all(1))[0])
+            what = "values whose squares overflow float32" if np.isfinite(raw[bad]).all() else "NaN or infinite values"
+            raise UserError(f"{getattr(self.data, 'filename', 'the vectors')} holds {what} in row {rows[bad]} (a file "
+                            "this large is checked batch by batch as training reads it); clean, rescale or drop "
+                            "those vectors first")
 
     def to(self, device: torch.device | str) -> "VectorSet":
         device = torch.device(device)

@@ -33,6 +33,9 @@ VECTOR_SCALES = ("norm", "standardise", "none")
 READS = ("auto", "memory", "file")
 VECTOR_TEST_MAX = 10_000  # held-out vectors, loaded into memory: enough for stable measures, whatever the file's size
 FLOAT32_SQRT_MAX = float(np.finfo(np.float32).max) ** 0.5  # 1.8e19: the largest vector value whose square float32 holds
+# a vectors file read from disk and larger than this many 1 MB chunks (as float64) takes its statistics from that
+# many chunks spread over it (a pass over 12 GB would cost some 16 s of start-up) and checks each batch as read
+STATS_SAMPLE_CHUNKS = 256
 
 
 @dataclass
@@ -167,19 +170,21 @@ def _check_vectors(array: np.ndarray, source: str) -> None:
                         "one 2-d numeric array (n, width)")
 
 
-def _row_chunks(data: np.ndarray, step: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(start, rows) of `data`, `step` rows at a time, in its own dtype. A map of a C-order file as open_npy returns
-    is read with plain reads into one reused buffer: the page cache serves them and nothing is mapped into the
-    process (a pass through the map would leave every page of the file in its resident memory)."""
+def _row_chunks(data: np.ndarray, step: int, starts=None) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, rows) of `data`, `step` rows at a time from each of `starts` (default: every row, in order), in its
+    own dtype. A map of a C-order file as open_npy returns is read with plain reads into one reused buffer: the page
+    cache serves them and nothing is mapped into the process (a pass through the map would leave every page of the
+    file in its resident memory)."""
+    starts = range(0, len(data), step) if starts is None else starts
     if not (isinstance(data, np.memmap) and data.flags.c_contiguous):
-        for start in range(0, len(data), step):
+        for start in starts:
             yield start, data[start:start + step]
             release(data)
         return
     buffer = np.empty((min(step, len(data)), data.shape[1]), data.dtype)
     with open(data.filename, "rb") as f:
-        f.seek(data.offset)
-        for start in range(0, len(data), step):
+        for start in starts:
+            f.seek(data.offset + start * data.strides[0])
             rows = buffer[:min(step, len(data) - start)]
             if f.readinto(rows.reshape(-1).view(np.uint8)) != rows.nbytes:
                 raise UserError(f"{data.filename} ended early, at row {start} of {len(data)}; was it changed while "
@@ -187,21 +192,30 @@ def _row_chunks(data: np.ndarray, step: int) -> Iterator[tuple[int, np.ndarray]]
             yield start, rows
 
 
-def _checked_rows(data: np.ndarray, source: str, chunk_bytes: int = 1 << 20) -> Iterator[tuple[int, np.ndarray]]:
+def check_values(x: np.ndarray, first_row: int, source: str) -> None:
+    """Refuse rows (b, d) that hold a value not finite or over FLOAT32_SQRT_MAX in size (the models square values
+    in float32: their losses, the FVE's variance); `first_row`: the file's row number of x[0]."""
+    big = max(x.max(), -x.min())  # NaN if any value is NaN, inf if any is infinite
+    if not np.isfinite(big):
+        finite = np.isfinite(x)
+        raise UserError(f"{source} holds {int((~finite).sum())} NaN or infinite values, the first in row "
+                        f"{first_row + np.flatnonzero(~finite.all(1))[0]}; clean or drop those vectors first")
+    if big > FLOAT32_SQRT_MAX:
+        raise UserError(f"{source} holds values as large as {big:.3g}, whose squares overflow float32 (over "
+                        f"{FLOAT32_SQRT_MAX:.3g}); rescale the vectors first, e.g. divide them by {_tens(big)}")
+
+
+def _checked_rows(data: np.ndarray, source: str, chunk_bytes: int = 1 << 20, sample: int | None = None
+                  ) -> Iterator[tuple[int, np.ndarray]]:
     """(start, rows) of `data` as float64, about `chunk_bytes` at a time (small enough for the passes over a chunk
-    to find it in the CPU's cache: twice as fast as 16 MB), each checked: every value finite and at most
-    FLOAT32_SQRT_MAX in size, since the models square values in float32 (their losses, the FVE's variance)."""
-    for start, raw in _row_chunks(data, max(1, chunk_bytes // (8 * data.shape[1]))):
+    to find it in the CPU's cache: twice as fast as 16 MB), each checked (check_values); every chunk, or `sample`
+    chunks evenly spread over the file."""
+    step = max(1, chunk_bytes // (8 * data.shape[1]))
+    starts = None if sample is None else np.unique(np.linspace(0, max(0, len(data) - step), sample).astype(int))
+    for start, raw in _row_chunks(data, step, starts):
         with np.errstate(over="ignore"):  # a long double beyond float64 becomes inf, refused just below
             x = raw.astype(np.float64)
-        big = max(x.max(), -x.min())  # NaN if any value is NaN, inf if any is infinite
-        if not np.isfinite(big):
-            finite = np.isfinite(x)
-            raise UserError(f"{source} holds {int((~finite).sum())} NaN or infinite values, the first in row "
-                            f"{start + np.flatnonzero(~finite.all(1))[0]}; clean or drop those vectors first")
-        if big > FLOAT32_SQRT_MAX:
-            raise UserError(f"{source} holds values as large as {big:.3g}, whose squares overflow float32 (over "
-                            f"{FLOAT32_SQRT_MAX:.3g}); rescale the vectors first, e.g. divide them by {_tens(big)}")
+        check_values(x, start, source)
         yield start, x
 
 
@@ -211,15 +225,15 @@ def _tens(big: float) -> str:
 
 
 def _feature_stats(data: np.ndarray, keep: np.ndarray, source: str, scale: str = "standardise",
-                   chunk_bytes: int = 1 << 20):
+                   chunk_bytes: int = 1 << 20, sample: int | None = None):
     """The shift and divisor (each (d,) float32) that scale the rows where `keep` is true, in one pass over the file
-    (plain reads, about 1.3 s per GB of float16 on one core; docs/sae.md) in chunks of about `chunk_bytes` (every
-    row checked by _checked_rows), combining chunks as Chan, Golub & LeVeque (1979) do: exact at any offset or
-    scale. "standardise": each feature's mean and std (a constant feature gets std 1: it is only shifted);
+    (plain reads, about 1.3 s per GB of float16 on one core; docs/sae.md) in chunks of about `chunk_bytes` (each
+    row read checked by _checked_rows), or over `sample` chunks spread evenly over it, combining chunks as Chan,
+    Golub & LeVeque (1979) do: exact at any offset or scale. "standardise": each feature's mean and std (a constant feature gets std 1: it is only shifted);
     "norm": no shift, and one divisor s with mean ||x / s||^2 = d; "none": 0 and 1. All features constant is
     refused whatever the scale: there is nothing to learn."""
     count, mean, m2 = 0, np.zeros(data.shape[1]), np.zeros(data.shape[1])
-    for start, x in _checked_rows(data, source, chunk_bytes):
+    for start, x in _checked_rows(data, source, chunk_bytes, sample):
         x = x[keep[start:start + len(x)]]
         if not len(x):
             continue
@@ -265,14 +279,17 @@ def load_vectors(path: Path, test_fraction: float, scale: str = "norm", read: st
     test_rows = np.sort(np.random.default_rng(0).choice(n, n_test, replace=False))  # fixed: the split never changes
     keep = np.ones(n, dtype=bool)
     keep[test_rows] = False
-    mean, std = _feature_stats(data, keep, str(path), scale)
+    # a large file left in its file: statistics from a sample, and each batch's values checked as it is read
+    sampled = isinstance(data, np.memmap) and data.size * 8 > STATS_SAMPLE_CHUNKS << 20
+    mean, std = _feature_stats(data, keep, str(path), scale, sample=STATS_SAMPLE_CHUNKS if sampled else None)
     test = VectorSet(gather(data, test_rows), None, mean, std)
+    check_values(test.data, 0, f"{path} (its held-out rows)")
     x = test.floats()
     if (x == x[0]).all():  # the FVE divides by the test vectors' variance
         raise UserError(f"{path}: its held-out test split ({n_test} of {n} vectors) does not vary, so the fraction "
                         "of variance explained cannot be measured; give more varied vectors or a larger "
                         "data.test_fraction")
-    return VectorSet(data, torch.from_numpy(np.flatnonzero(keep)), mean, std), test
+    return VectorSet(data, torch.from_numpy(np.flatnonzero(keep)), mean, std, checked=not sampled), test
 
 
 def available_memory() -> int:

@@ -22,7 +22,7 @@ from aelab.models import build
 from aelab.pictures.charts import plot_losses
 from aelab.pictures.images import save_png
 from aelab.reports import trackers
-from aelab.reports.page import write_run_page
+from aelab.reports.page import text_contexts, write_run_page
 from aelab.reports.report import GridWriter, write_report
 from aelab.runs.runfolder import RunFolder, load_model
 from aelab.storage import files
@@ -135,8 +135,10 @@ def finish(run: RunFolder, *, config: RunConfig, trainer: Trainer, test_set, log
     pictures = model.make_pictures(trainer.test_set)
     for name, picture in pictures.items():
         save_png(picture, run.picture(name))
-    report = write_report(run, config, model, trainer.history, measures, list(pictures))
-    page = write_run_page(run.path, config, model, test_set, trainer.history, measures, pictures=pictures)
+    contexts = None if model.config.recon_loss == "bce" else text_contexts(model, config.data.path)
+    report = write_report(run, config, model, trainer.history, measures, list(pictures), contexts)
+    page = write_run_page(run.path, config, model, test_set, trainer.history, measures, pictures=pictures,
+                          contexts=contexts)
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in measures.items() if isinstance(v, float)))
     print(f"report: {report} and {page}")
     trackers.finish(loggers, run.path)

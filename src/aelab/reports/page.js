@@ -320,6 +320,13 @@
       page.append(section(p.title, null, el("div", { class: "picture" },
         el("img", { class: "pix", src: p.uri, alt: p.name, style: "width:min(100%, 560px)" }))));
     }
+    if (D.contexts) {
+      page.append(section("Top-activating contexts", D.contexts.title, el("div", { class: "contexts" },
+        ...D.contexts.units.map((u) => el("div", { class: "unit" }, el("b", { text: `unit ${u.unit}` }),
+          ...u.contexts.map((c) => el("div", { class: "context", title: `document ${c.document}, token ${c.position}` },
+            el("span", { class: "v", text: c.value.toFixed(3) + "  " }), el("span", { text: c.before }),
+            el("mark", { text: c.token }), el("span", { text: c.after }))))))));
+    }
     page.append(section("Model and configuration", null,
       el("details", { open: "" }, el("summary", { text: "Layers" }), el("pre", { text: D.summary })),
       el("details", {}, el("summary", { text: "Configuration" }),

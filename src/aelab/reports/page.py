@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aelab.errors import UserError
 from aelab.runs.runfolder import RunFolder
 from aelab.storage import files
 from aelab.storage.folders import CompareFolder
@@ -157,7 +158,7 @@ def top_images(model, data_path: str | None) -> dict | None:
     """For a model trained on activations that `aelab activations` wrote (ACTS.json beside them): its first
     TOP_UNITS units that fire, one row each, with the TOP_IMAGES source images that activate the unit most. None
     otherwise."""
-    from aelab.data.activations import description, source_images, top_activating
+    from aelab.data.activations import description, sidecar_paths, source_images, top_activating
     from aelab.pictures.images import tile
 
     described = description(data_path) if data_path else None
@@ -165,7 +166,11 @@ def top_images(model, data_path: str | None) -> dict | None:
     if inputs is None:
         return None
     units, rows, values = top_activating(model, data_path, TOP_UNITS, TOP_IMAGES)
-    shown = inputs.images[torch.from_numpy(rows.ravel())]
+    index = np.load(sidecar_paths(data_path)[0])
+    if len(index) != described["rows"]:
+        raise UserError(f"{data_path}'s index holds {len(index)} rows, not {described['rows']}; write the "
+                        "activations again")
+    shown = inputs.images[torch.from_numpy(index[rows.ravel()])]
     shown[torch.from_numpy(values.ravel() <= 0)] = 255  # an image that does not activate the unit is left blank
     return {"name": "top_activating.png", "uri": _uri(tile(shown, len(rows), TOP_IMAGES, pad=2)),
             "title": f"Units {', '.join(map(str, units))} (one per row: the first that fire) and the "
@@ -203,9 +208,25 @@ def anomaly_data(run: RunFolder) -> dict | None:
     return data
 
 
+def text_contexts(model, data_path: str | None) -> dict | None:
+    """For a model trained on a transformer's activations over text (aelab.data.text): its first TOP_UNITS units
+    that fire, each with the contexts that activate it most, the firing token apart. None otherwise."""
+    from aelab.data.activations import description
+    from aelab.data.text import top_contexts
+
+    described = description(data_path) if data_path else None
+    if not described or "hf" not in described:
+        return None
+    found = top_contexts(model, data_path, described)
+    return {"title": f"Units {', '.join(str(u['unit']) for u in found)} (the first that fire) and the tokens of {described['text']} that activate each most at "
+                     f"module {described['layer']} of {described['hf']}, strongest first, each in its context",
+            "units": found}
+
+
 def run_page_data(run_path: Path, config, model, test, history: list[dict], measures: dict,
-                  pictures: dict | None = None) -> dict:
-    """What report.html shows of a run; `pictures`: the model's, where they are drawn already (else drawn here)."""
+                  pictures: dict | None = None, contexts: dict | None = None) -> dict:
+    """What report.html shows of a run; `pictures`: the model's, where they are drawn already (else drawn here);
+    `contexts`: text_contexts, where found already."""
     from aelab.evaluation.evaluate import on_device_of
     from aelab.models import summary
 
@@ -239,6 +260,7 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
         "decoder": decoder_program(model.decoder, model.code_shape) if images else None,
         "pictures": pictures,
         "anomaly": anomaly_data(RunFolder(run_path)),
+        "contexts": contexts or (None if images else text_contexts(model, config.data.path)),
         "summary": summary(model),
         "config": config.to_dict(),
     }
@@ -276,11 +298,12 @@ def render(data: dict) -> str:
 
 
 def write_run_page(run_path: str | Path, config, model, test, history: list[dict], measures: dict,
-                   out: str | Path | None = None, pictures: dict | None = None) -> Path:
+                   out: str | Path | None = None, pictures: dict | None = None, contexts: dict | None = None) -> Path:
     """RUN/report.html (or `out`): the run's config and model, its test set (an ImageSet), its metrics.jsonl
     records, its final test measures and the model's pictures (drawn here unless given)."""
     path = Path(out or RunFolder(run_path).page_path)
-    files.write_text(path, render(run_page_data(Path(run_path), config, model, test, history, measures, pictures)))
+    files.write_text(path, render(run_page_data(Path(run_path), config, model, test, history, measures, pictures,
+                                                    contexts)))
     return path
 
 

@@ -118,9 +118,11 @@ def _table(rows: list[tuple]) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in body])
 
 
-def write_report(run: RunFolder, config, model, history: list[dict], metrics: dict, pictures=()) -> Path:
+def write_report(run: RunFolder, config, model, history: list[dict], metrics: dict, pictures=(),
+                 contexts: dict | None = None) -> Path:
     """report.md: what was trained, how the losses went, the test measures and the pictures (`pictures`: names
-    of the model's own pictures in the run folder, from model.make_pictures; their captions from model.pictures)."""
+    of the model's own pictures in the run folder, from model.make_pictures; their captions from model.pictures),
+    and for an SAE on text, its units' top-activating contexts (`contexts`, from reports.page.text_contexts)."""
     from aelab.models import summary
 
     grids = [p.relative_to(run.path) for p in run.grids()]
@@ -155,6 +157,11 @@ def write_report(run: RunFolder, config, model, history: list[dict], metrics: di
         parts += [f"## {type(model).__name__}'s pictures",
                   *(f"{model.pictures[name]}:\n\n![{name}]({name})" for name in pictures)]
     parts += anomaly_section(run)
+    if contexts:
+        from aelab.data.text import contexts_markdown
+
+        parts += ["## Top-activating contexts", contexts["title"] + "; the firing token in bold:",
+                  contexts_markdown(contexts["units"])]
     parts += ["## Model", "```\n" + summary(model) + "\n```",
               "## Configuration", "```json\n" + json.dumps(config.to_dict(), indent=2) + "\n```"]
     return write_text(run.report_path, "\n\n".join(parts) + "\n")

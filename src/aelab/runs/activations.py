@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aelab.data.activations import DTYPES, SPLITS
+from aelab.data.activations import DTYPES, SPLITS, write_streamed
 from aelab.data.load import DataConfig
 from aelab.errors import UserError
 from aelab.runs.runfolder import RunFolder, load_model
@@ -71,29 +71,13 @@ def write_activations(run: str | Path, layer: str, out: str | Path, data: str | 
     if layer not in _run_layers(model, first):
         raise UserError(f"layer {layer!r} is not called in {run}'s forward pass (its weights are used directly), so "
                         f"it has no activations; give --layer one of: {', '.join(_run_layers(model, first))}")
-    seen: list[torch.Tensor] = []
-    hook = module.register_forward_hook(lambda m, args, output: seen.append(output.flatten(1)))
-    try:
-        _forward(model, first)
-        width = seen.pop().shape[1]
-        owner.begin(overwrite)  # the description before the activations: it marks the set as aelab's
-        with files.atomic(index_path) as f:
-            np.save(f, np.arange(len(inputs), dtype=np.int64))
-        described = {"run": str(Path(run).resolve()), "layer": layer, "data": source.path, "grey": source.grey,
-                     "test_fraction": source.test_fraction, "kind": source.kind, "split": split,
-                     "rows": len(inputs), "width": int(width), "dtype": dtype}
-        files.write_text(json_path, json.dumps(described, indent=2) + "\n")
-        with files.atomic(out):  # through a memory map of its temporary file, one batch at a time
-            acts = np.lib.format.open_memmap(files.temporary(out), mode="w+", dtype=dtype, shape=(len(inputs), width))
-            start = 0
-            for x in inputs.batches(batch_size):
-                _forward(model, x)
-                acts[start:start + len(x)] = seen.pop().numpy()
-                start += len(x)
-            acts.flush()
-            del acts
-    except OSError as e:
-        raise files.write_error(e, out) from None
-    finally:
-        hook.remove()
+    owner.begin(overwrite)  # the description's file before the activations: it marks the set as aelab's
+    width = write_streamed(module, out, len(inputs), dtype, inputs.batches(batch_size), lambda x: _forward(model, x),
+                           lambda output, x: output.flatten(1).numpy())
+    with files.atomic(index_path) as f:
+        np.save(f, np.arange(len(inputs), dtype=np.int64))
+    described = {"run": str(Path(run).resolve()), "layer": layer, "data": source.path, "grey": source.grey,
+                 "test_fraction": source.test_fraction, "kind": source.kind, "split": split,
+                 "rows": len(inputs), "width": int(width), "dtype": dtype}
+    files.write_text(json_path, json.dumps(described, indent=2) + "\n")
     return described
