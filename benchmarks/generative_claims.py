@@ -3,8 +3,9 @@
 Every run is `aelab train MODEL --latent 16 --epochs E --batch-size 512 --lr 1e-3 --seed S --data DATA [--set ...]`
 (DATA: the first --train training images and all 10 000 test images, as a .npz; the full set with --train 60000);
 its test measures come from RUN/eval.json (NLL: the importance-weighted bound with K = 100, `iwae_nll`) and, where a
-claim is about samples, from `aelab eval RUN --json --sampler prior|gmm --components 10` (10 000 samples against
-the 10 000 test images: Frechet distance, precision, recall, density, coverage in aelab's classifier features).
+claim is about samples, from what `aelab eval RUN --json --sampler prior|gmm --components 10` adds (10 000 samples
+against the 10 000 test images: Frechet distance, precision, recall, density, coverage in aelab's classifier
+features), computed in this process by the same function.
 Runs and measures are kept under --out and reused, so a second call only prints. Each table gives mean ± standard
 deviation over the seeds and says whether the claim holds on the means.
 
@@ -91,31 +92,31 @@ def train_run(folder: Path, label: str, seed: int, data: Path, epochs: int, late
 
 
 def measures(out: Path, sampler: str | None = None) -> dict:
-    """RUN/eval.json; with a sampler, what `aelab eval --json --sampler` prints; with "normal", the same sample
-    measures of N(0, I) codes decoded by a model that has no prior (the chapter's AE). Cached beside the run."""
+    """RUN/eval.json; with a sampler, the sample measures `aelab eval RUN --sampler S --components 10` adds (its
+    measure_run, called here so that the test NLL is not computed again); with "normal", the same measures of N(0, I)
+    codes decoded by a model that has no prior (the chapter's AE). Cached beside the run."""
     if sampler is None:
         return json.loads((out / "eval.json").read_text())
     cached = out.parent / f"{out.name}.{sampler}.json"
     if not cached.exists():
-        cached.write_text(run([*AELAB, "eval", str(out), "--json", "--sampler", sampler,
-                               *(["--components", str(COMPONENTS)] if sampler == "gmm" else [])])
-                          if sampler != "normal" else json.dumps(normal_measures(out)))
+        cached.write_text(json.dumps({**measures(out), **sample_measures(out, sampler)}))
     return json.loads(cached.read_text())
 
 
-def normal_measures(out: Path) -> dict:
-    """aelab's sample measures of 10 000 draws of N(0, I) through a run's decoder, in this process."""
+def sample_measures(out: Path, sampler: str) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
     from aelab.evaluation.frechet import feature_classifier
-    from aelab.evaluation.generation import EVAL_SEED, SAMPLES, sample_measures
+    from aelab.evaluation.generation import EVAL_SEED, SAMPLES, measure_run, sample_measures
     from aelab.storage.runfolder import RunFolder, load_model
 
     torch.set_num_threads(1)
     model = load_model(out, "cpu")
-    codes = torch.randn(SAMPLES, model.code_size, generator=torch.Generator().manual_seed(EVAL_SEED))
     test = RunFolder.open(out).config().data.load_test()
+    if sampler != "normal":
+        return measure_run(model, out, test, sampler, COMPONENTS if sampler == "gmm" else None, keep=True)
+    codes = torch.randn(SAMPLES, model.code_size, generator=torch.Generator().manual_seed(EVAL_SEED))
     return {"sampler": "normal", **sample_measures(model.decode(codes), feature_classifier()[0], test)}
 
 

@@ -234,10 +234,10 @@ def print_table(rows: dict[tuple[str, str], list[dict]]) -> None:
                "recall_gmm", "density_gmm", "coverage_gmm")
     print(f"\n| model | library | {' | '.join(columns)} | s/epoch |\n|---|---|" + "---|" * (len(columns) + 1))
     for (model, library), found in rows.items():
-        cells = [spread([row[c] for row in found], 4 if c == "bce" else 2 if c in ("nll",) or "frechet" in c else 3) if c in found[0] else "-" for c in columns]
+        cells = [spread([row[c] for row in found], 4 if c == "bce" else 2 if c == "nll" or "frechet" in c else 3)
+                 if c in found[0] else "-" for c in columns]
         speed = statistics.median(s for row in found for s in row["seconds"])
         print(f"| {model} | {library} | {' | '.join(cells)} | {speed:.2f} |")
-
 
 
 def main() -> None:
@@ -286,13 +286,15 @@ def main() -> None:
         for r in range(args.rounds):
             order = ("pythae", "aelab") if r % 2 == 0 else ("aelab", "pythae")
             for library in order:
-                out = folder / f"{library}-{model}-{r}"
-                began = time.monotonic()
-                if library == "pythae":
-                    row = pythae_round(python, model, folder, args.epochs, r, args.latent, out)
+                out = folder / f"{library}-{model}-e{args.epochs}-z{args.latent}-n{len(train)}-s{r}"
+                began, kept = time.monotonic(), out / "row.json"
+                if kept.exists():  # a round finished before, with these settings (the folder names them)
+                    row = json.loads(kept.read_text())
                 else:
-                    row = aelab_round(model, data, args.epochs, r, args.latent, out)
-                row |= sampled(out, net, test_images)
+                    row = (pythae_round(python, model, folder, args.epochs, r, args.latent, out) if library == "pythae"
+                           else aelab_round(model, data, args.epochs, r, args.latent, out))
+                    row |= sampled(out, net, test_images)
+                    kept.write_text(json.dumps(row))
                 rows.setdefault((model, library), []).append(row)
                 print(f"  {model} round {r + 1} {library}: " + "  ".join(
                     f"{k} {statistics.median(v) if k == 'seconds' else v:.3f}" for k, v in row.items()) +
