@@ -75,10 +75,14 @@ def prepare_data(folder: Path, n_train: int) -> Path:
     return data
 
 
+def run_name(label: str) -> str:
+    return label.replace(" ", "_").replace("=", "").replace(",", "")
+
+
 def train_run(folder: Path, label: str, seed: int, data: Path, epochs: int, latent: int,
               settings: list[str] | None = None) -> tuple[Path, float]:
     """RUN folder of `label` at `seed` (trained unless it has finished before) and the wall seconds spent."""
-    out = folder / f"{label.replace(' ', '_').replace('=', '')}-s{seed}"
+    out = folder / f"{run_name(label)}-s{seed}"
     if (out / "eval.json").exists():
         return out, 0.0
     model, sets = RUNS[label] if settings is None else (label, settings)
@@ -129,13 +133,13 @@ def spread(values: list[float], digits: int) -> str:
 
 def table(rows: list[tuple[str, list[dict]]], columns: list[tuple[str, str, int]]) -> str:
     """Markdown: one row per (name, per-seed measure dicts); columns are (header, key, digits)."""
-    lines = ["| run | " + " | ".join(h for h, _, _ in columns) + " |", "|---|" + "---|" * len(columns)]
+    lines = ["| run | seeds | " + " | ".join(h for h, _, _ in columns) + " |", "|---|---|" + "---|" * len(columns)]
     for name, found in rows:
         cells = []
         for _, key, digits in columns:
             values = [m[key] for m in found if key in m]
             cells.append(spread(values, digits) if values else "-")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {len(found)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -236,6 +240,7 @@ def main() -> None:
     parser.add_argument("--latent", type=int, default=16)
     parser.add_argument("--train", type=int, default=12_000, help="the first N training images (60000: all)")
     parser.add_argument("--out", type=Path, default=Path("runs/generative"))
+    parser.add_argument("--print-only", action="store_true", help="train nothing: the tables of the seeds that finished")
     args = parser.parse_args()
     claims = args.claims.split(",")
     if unknown := set(claims) - set(CLAIMS):
@@ -245,8 +250,8 @@ def main() -> None:
     data = prepare_data(args.out, args.train)
     print(f"{cpu_name()}, {os.cpu_count()} CPUs; first {args.train} training images, 10 000 test images; latent "
           f"{args.latent}, {args.epochs} epochs, batch 512, lr 1e-3, 1 thread; seeds 0-{args.seeds - 1}", flush=True)
-    for name in claims:  # train and measure first, claim by claim, so what finished is kept if time runs out
-        for label, sampler in CLAIMS[name][1]:
+    for name in claims if not args.print_only else []:  # trained and measured claim by claim, so that what
+        for label, sampler in CLAIMS[name][1]:            # finished is kept if time runs out
             for seed in range(args.seeds):
                 out, seconds = train_run(folder, label, seed, data, args.epochs, args.latent)
                 measures(out, sampler)
@@ -255,13 +260,21 @@ def main() -> None:
                           flush=True)
 
     def get(label: str, sampler: str | None = None) -> list[dict]:
-        return [measures(train_run(folder, label, seed, data, args.epochs, args.latent)[0], sampler)
-                for seed in range(args.seeds)]
+        """The measures of the seeds of `label` that finished (all of them unless --print-only)."""
+        outs = [folder / f"{run_name(label)}-s{seed}" for seed in range(args.seeds)]
+        found = [measures(out, sampler) for out in outs
+                 if (out.parent / (f"{out.name}.{sampler}.json" if sampler else f"{out.name}/eval.json")).exists()]
+        if not found:
+            raise LookupError(f"{label} ({sampler or 'eval.json'}) has no finished run")
+        return found
 
     for name in claims:
-        shown, held = CLAIMS[name][0](get)
+        try:
+            shown, held = CLAIMS[name][0](get)
+        except LookupError as missing:
+            print(f"\n{name}: not run at this budget ({missing})")
+            continue
         print(f"\n{name}: {held}\n{shown}", flush=True)
-
 
 if __name__ == "__main__":
     main()
