@@ -76,7 +76,7 @@ def prepare_data(folder: Path, n_train: int) -> Path:
 
 
 def run_name(label: str) -> str:
-    return label.replace(" ", "_").replace("=", "").replace(",", "")
+    return label.replace(" ", "_").replace("=", "")
 
 
 def train_run(folder: Path, label: str, seed: int, data: Path, epochs: int, latent: int,

@@ -197,6 +197,12 @@ def aelab_round(model: str, data: Path | None, epochs: int, seed: int, latent: i
     seconds = [json.loads(line)["seconds"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     measures = json.loads((out / "eval.json").read_text())
     for sampler in ("prior", "gmm"):
+        if sampler == "prior" and model == "rae":  # no prior of its own: N(0, I) codes decoded, as pythae's NormalSampler
+            codes = np.random.default_rng(seed).standard_normal((N_SAMPLES, latent)).astype(np.float32)
+            np.save(out / "normal_codes.npy", codes)
+            run([*aelab, "decode", str(out), str(out / "normal_codes.npy"), "--overwrite", "--out",
+                 str(out / "samples_prior.npy")], env)
+            continue
         run([*aelab, "sample", str(out), "-n", str(N_SAMPLES), "--seed", str(seed), "--sampler", sampler,
              *(["--components", str(COMPONENTS)] if sampler == "gmm" else []),
              "--overwrite", "--out", str(out / f"samples_{sampler}.npy")], env)
