@@ -159,9 +159,14 @@ def verdict(text: str, held: bool) -> str:
 
 
 def claim_iwae(get) -> tuple[str, str]:
-    rows = [(label, get(label)) for label in ("vae", "iwae k=5", "iwae k=50")]
+    rows = [(label, get(label)) for label in ("vae", "iwae k=5")]
+    try:
+        rows.append(("iwae k=50", get("iwae k=50")))
+    except LookupError:  # the costliest run: shown without it where it has not finished
+        pass
     nll = [mean(found, "iwae_nll") for _, found in rows]
-    return table(rows, NLL_COLUMNS), verdict("IWAE's NLL below the VAE's at K=5 and K=50", max(nll[1:]) < nll[0])
+    ks = " and ".join(label.split()[1].upper() for label, _ in rows[1:])
+    return table(rows, NLL_COLUMNS), verdict(f"IWAE's NLL below the VAE's at {ks}", max(nll[1:]) < nll[0])
 
 
 def claim_vamp(get) -> tuple[str, str]:
