@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generative_claims import cpu_name, spread  # noqa: E402
 from peers import idx_images, venv_python  # noqa: E402  (the peers' venv: CPU torch first, then pythae)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,13 +228,6 @@ def sampled(folder: Path, net, test: np.ndarray) -> dict:
     return row
 
 
-def spread(values: list[float], digits: int = 2) -> str:
-    """Mean ± sample standard deviation over rounds."""
-    if len(values) < 2:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def print_table(rows: dict[tuple[str, str], list[dict]]) -> None:
     columns = ("nll", "bce", "frechet_prior", "precision_prior", "recall_prior", "frechet_gmm", "precision_gmm",
                "recall_gmm", "density_gmm", "coverage_gmm")
@@ -282,9 +275,7 @@ def main() -> None:
     test_images = test.reshape(-1, 1, 28, 28).astype(np.float32) / 255
     versions = run([python, "-c", "import importlib.metadata as m; print('pythae', m.version('pythae'), "
                     "'torch', m.version('torch'))"], {})
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    print(f"{versions.strip()}; {cpu}, {os.cpu_count()} CPUs; {len(train)} training images, latent {args.latent}, "
+    print(f"{versions.strip()}; {cpu_name()}, {os.cpu_count()} CPUs; {len(train)} training images, latent {args.latent}, "
           f"{args.epochs} epochs, batch 512, lr 1e-3, 1 thread; NLL K={NLL_K}; {N_SAMPLES} samples; classifier "
           f"test accuracy {accuracy:.3f}", flush=True)
     rows: dict[tuple[str, str], list[dict]] = {}
