@@ -195,9 +195,9 @@ def make_seeds(work: Path, weights: Path | None) -> dict[str, list[bytes]]:
                                                           x_test=floats[4:], y_test=labels[4:].astype(np.int64))
         npz.append(buffer.getvalue())
     if weights is None:
-        from aelab.config import default_config
         from aelab.models import build
-        from aelab.storage.runfolder import RunFolder
+        from aelab.runs.runfolder import RunFolder
+        from aelab.runs.settings import default_config
 
         config = default_config("ae")
         config.model.latent, config.model.hidden, config.model.in_shape = 4, (16,), (1, 8, 8)
@@ -221,7 +221,7 @@ def make_seeds(work: Path, weights: Path | None) -> dict[str, list[bytes]]:
 def make_reader(kind: str, path: Path, good_png: Path):
     from aelab.data.load import load_dataset
     from aelab.data.readers import read_array_file, read_idx, read_image_files, to_uint8_images
-    from aelab.storage.runfolder import load_model
+    from aelab.runs.runfolder import load_model
 
     if kind.startswith("idx"):
         return lambda: read_idx(path, _ndim(path))

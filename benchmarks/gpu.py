@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from aelab import config as cfg
 from aelab.evaluation.evaluate import evaluate
+from aelab.experiments.pipeline import build_for, resume, train
 from aelab.models import MODELS, build
-from aelab.storage.runfolder import load_model
-from aelab.training.pipeline import build_for, resume, train
+from aelab.runs.runfolder import load_model
+from aelab.runs.settings import default_config, resolve
 from aelab.training.train import Trainer
 
 RESULTS: list[tuple[str, bool]] = []
@@ -45,7 +45,7 @@ def check(name: str):
 
 def chapter(data: str, epochs: int, **train_settings) -> tuple[float, dict]:
     """Seconds of training (the sum of the epochs' own times) and test measures of the chapter's model."""
-    config = cfg.resolve("ae", None, {"data.path": data, "train.epochs": epochs, "train.device": "cuda",
+    config = resolve("ae", None, {"data.path": data, "train.epochs": epochs, "train.device": "cuda",
                                       "train.grid_every": 0, **{f"train.{k}": v for k, v in train_settings.items()}})
     train_set, test_set = config.data.load()
     torch.manual_seed(0)
@@ -57,9 +57,9 @@ def chapter(data: str, epochs: int, **train_settings) -> tuple[float, dict]:
 
 def typical_loop(data: str, epochs: int) -> float:
     """Seconds per epoch of the loop most tutorials show, on the GPU."""
-    train_set, _ = cfg.resolve("ae", None, {"data.path": data}).data.load()
+    train_set, _ = resolve("ae", None, {"data.path": data}).data.load()
     torch.manual_seed(0)
-    model = build("ae", cfg.default_config("ae").model).cuda()
+    model = build("ae", default_config("ae").model).cuda()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(TensorDataset(train_set.floats()), batch_size=512, shuffle=True)
     times = []
@@ -93,7 +93,7 @@ def main() -> None:
             @check(f"{name} trains an epoch on the GPU{' as a CUDA graph' if graph else ''}, loads on the CPU")
             def _():
                 out = tmp / f"{name}-{graph}"
-                config = cfg.resolve(name, None, {"data.path": data, "train.epochs": 1, "train.device": "cuda",
+                config = resolve(name, None, {"data.path": data, "train.epochs": 1, "train.device": "cuda",
                                                   "train.cuda_graph": graph})
                 assert train(config, out=out) == 0
                 gpu, cpu = load_model(out, "cuda"), load_model(out, "cpu")
@@ -103,8 +103,8 @@ def main() -> None:
     @check("a resumed GPU run follows the uninterrupted one (max weight difference printed)")
     def _():
         base = {"data.path": data, "train.device": "cuda", "train.grid_every": 0}
-        train(cfg.resolve("vae", None, {**base, "train.epochs": 3}), out=tmp / "whole")
-        train(cfg.resolve("vae", None, {**base, "train.epochs": 2}), out=tmp / "part")
+        train(resolve("vae", None, {**base, "train.epochs": 3}), out=tmp / "whole")
+        train(resolve("vae", None, {**base, "train.epochs": 2}), out=tmp / "part")
         resume(tmp / "part", epochs=3)
         a, b = load_model(tmp / "whole", "cpu").state_dict(), load_model(tmp / "part", "cpu").state_dict()
         worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)

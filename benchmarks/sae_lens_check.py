@@ -56,7 +56,7 @@ def main() -> int:
     args = parser.parse_args()
     sys.path.insert(0, str(SRC))
     from aelab.models.sparse import SPARSITIES, planted_dictionary
-    from aelab.storage.runfolder import load_model
+    from aelab.runs.runfolder import load_model
 
     python = venv_python(args.venv)
     args.work.mkdir(parents=True, exist_ok=True)

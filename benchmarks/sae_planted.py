@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aelab import config as cfg
+from aelab.experiments import pipeline
 from aelab.models.sparse import SPARSITIES, planted_dictionary, recovered
-from aelab.storage.runfolder import load_model
-from aelab.training import pipeline
+from aelab.runs.runfolder import load_model
+from aelab.runs.settings import resolve
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     vectors, atoms = planted_dictionary(args.n, args.dim, args.atoms, args.active, args.noise, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "planted.npy", vectors)
-        config = cfg.resolve("sae", None, {
+        config = resolve("sae", None, {
             "data.path": str(Path(tmp) / "planted.npy"), "latent": args.latent, "sparsity": args.sparsity,
             "k": args.k or args.active, "epochs": args.epochs, "batch_size": args.batch_size,
             "lr": args.lr, "seed": args.seed, **dict(item.split("=", 1) for item in args.set)})

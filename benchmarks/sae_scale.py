@@ -128,9 +128,9 @@ def run_aelab(data: Path, out: Path, args) -> dict[str, float]:
 def run_aelab_memory(rows: np.ndarray, args, seed: int) -> float:
     """Rows per second of aelab's own Trainer steps (as `aelab train` takes them) on `rows` held in memory, over
     `args.seconds` (the first step not timed)."""
-    from aelab.config import default_config
     from aelab.data.datasets import VectorSet
-    from aelab.training.pipeline import new_model
+    from aelab.experiments.pipeline import new_model
+    from aelab.runs.settings import default_config
     from aelab.training.train import Trainer
 
     config = default_config("sae")

@@ -126,11 +126,11 @@ def score(atoms: np.ndarray, codes: np.ndarray, recon: np.ndarray, x: np.ndarray
 
 
 def train_aelab(sparsity: str, data: Path, work: Path, args, x_eval: np.ndarray):
-    from aelab import config as cfg
-    from aelab.storage.runfolder import load_model
-    from aelab.training import pipeline
+    from aelab.experiments import pipeline
+    from aelab.runs.runfolder import load_model
+    from aelab.runs.settings import resolve
 
-    config = cfg.resolve("sae", None, {
+    config = resolve("sae", None, {
         "data.path": str(data), "latent": args.latent, "sparsity": sparsity, "k": args.k, "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "grid_every": 0, "l1": args.aelab_l1,
         "l0_coefficient": args.aelab_l0, **dict(kv.split("=", 1) for kv in args.set)})

@@ -44,13 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from aelab import config as cfg
 from aelab.data.load import load_dataset
 from aelab.evaluation.evaluate import evaluate
+from aelab.experiments.pipeline import RunRecorder
 from aelab.models import AEConfig, build
 from aelab.reports.report import GridWriter
-from aelab.storage.runfolder import RunFolder
-from aelab.training.pipeline import RunRecorder
+from aelab.runs.runfolder import RunFolder
+from aelab.runs.settings import resolve
 from aelab.training.train import TrainConfig, Trainer
 
 import peers  # benchmarks/peers.py, beside this script
@@ -93,7 +93,7 @@ def speed(train, test, epochs: int) -> dict[str, float]:
     loader = DataLoader(TensorDataset(train.floats()), batch_size=512, shuffle=True)
     trainers = {p: Trainer(build("ae", AEConfig()), train, test, TrainConfig(precision=p)) for p in ("fp32", "bf16")}
     folder = tempfile.mkdtemp()
-    config = cfg.resolve("ae", None, {})
+    config = resolve("ae", None, {})
     whole = Trainer(build("ae", AEConfig()), train, test, TrainConfig(train_eval_size=0),
                     [RunRecorder(run := RunFolder.create(folder + "/run", config), config), GridWriter(run, 1)])
     train_eval = timed(lambda: whole.evaluate(train.subset(10_000))) / 10  # every 10th epoch

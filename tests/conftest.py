@@ -14,7 +14,7 @@ from support.process import aelab
 
 # the modules whose tests each start several training processes (torchrun, kill-and-resume, sweeps): run first, so
 # that two xdist workers end together instead of one finishing a 25-second torchrun test alone at the end
-LONGEST_FIRST = ("training/test_distributed.py", "test_reliability.py", "training/test_sweep.py", "test_fuzz.py",
+LONGEST_FIRST = ("training/test_distributed.py", "test_reliability.py", "experiments/test_sweep.py", "test_fuzz.py",
                  "test_environments.py", "test_nothing_lost.py")
 
 
@@ -45,6 +45,25 @@ def fashion():
 
     assert FASHION_DIR.is_dir(), f"{FASHION_DIR} missing: `apt-get install dataset-fashion-mnist` (make setup)"
     return load_dataset(FASHION_DIR)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache(tmp_path_factory, fashion):
+    """AELAB_CACHE, for this session and the processes it starts, holds a feature classifier trained for one epoch
+    on 1024 real images (a second; the real one takes minutes), so that sample measures never train one."""
+    import os
+
+    from aelab.evaluation.frechet import feature_classifier
+
+    cache, before = tmp_path_factory.mktemp("cache"), os.environ.get("AELAB_CACHE")
+    train, test = fashion
+    feature_classifier(train.subset(1024), test.subset(256), cache=cache, epochs=1)
+    os.environ["AELAB_CACHE"] = str(cache)
+    yield cache
+    if before is None:
+        os.environ.pop("AELAB_CACHE")
+    else:
+        os.environ["AELAB_CACHE"] = before
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +107,7 @@ def trained_run(subset_npz, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_model(trained_run):
-    from aelab.storage.runfolder import load_model
+    from aelab.runs.runfolder import load_model
 
     return load_model(trained_run)
 

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from aelab import config as cfg
+from aelab.experiments.pipeline import train
 from aelab.reports.trackers import Logger
-from aelab.training.pipeline import train
+from aelab.runs.settings import resolve
 from support.process import aelab, assert_user_error, in_process
 
 TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "AELAB_DIST_TIMEOUT")
@@ -128,7 +128,7 @@ def test_a_tracker_failing_mid_run_is_switched_off_and_the_run_finishes(clean_en
     store = tmp_path / "mlruns"
     clean_env.setenv("MLFLOW_TRACKING_URI", f"file://{store}")
     clean_env.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    config = cfg.resolve("ae", None, {"data.path": str(subset_npz), "train.epochs": 3, "train.grid_every": 0})
+    config = resolve("ae", None, {"data.path": str(subset_npz), "train.epochs": 3, "train.grid_every": 0})
     run = tmp_path / "run"
     assert train(config, out=run, threads=1, loggers=[Saboteur(store), "mlflow"]) == 0
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3  # every epoch trained

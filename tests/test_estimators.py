@@ -28,10 +28,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = dict(epochs=2, batch_size=16)
 SMALL = {"latent": 2, "hidden": (8,)}
+OWN = {"aae": {"disc_hidden": (8,)}, "fsq": {"arch": "mlp"}}  # fsq's default grid needs images of a side of 4n
 
 
 def tiny(model: str) -> Autoencoder:
-    return Autoencoder(model, settings={**SMALL, **({"disc_hidden": (8,)} if model == "aae" else {})}, **TINY)
+    return Autoencoder(model, settings={**SMALL, **OWN.get(model, {})}, **TINY)
 
 
 # Every check passes, so no expected_failed_checks are listed. What made them pass: floats outside [0, 1] train

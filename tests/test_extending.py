@@ -16,9 +16,13 @@ from support.process import aelab, aelab_sequence, in_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# The worked example of docs/extending.md: the chapter's model with an L1 price on its code.
+# The worked example of docs/extending.md: the chapter's model with an L1 price on its code, written as modern
+# Python files are (`from __future__ import annotations`, a @dataclass Config), which @dataclass can only read while
+# the module is entered in sys.modules.
 VARIANT = '''
 """An autoencoder whose code pays an L1 price: the chapter's loss plus `penalty` times the mean |z|."""
+
+from __future__ import annotations
 
 from dataclasses import dataclass
 
@@ -26,7 +30,7 @@ import torch
 
 from aelab.errors import UserError
 from aelab.models import AEConfig, Autoencoder, register
-from aelab.reports.images import stacked_rows
+from aelab.pictures.images import stacked_rows
 
 
 @dataclass
@@ -115,8 +119,8 @@ def test_a_variant_in_one_file_goes_everywhere(variant, subset_npz, fashion, tmp
     assert rows["mine"]["bce"] == pytest.approx(measures["bce"], rel=1e-4)  # the run measured as `eval` measures it
 
     assert exported.returncode == 0, exported.stderr[-2000:]
-    from aelab.storage.export import max_differences
-    from aelab.storage.runfolder import load_model
+    from aelab.runs.export import max_differences
+    from aelab.runs.runfolder import load_model
 
     model = load_model(run, "cpu")
     assert type(model).__name__ == "L1CodeAutoencoder" and model.config.penalty == 0.05
@@ -153,3 +157,65 @@ def test_register_refuses_a_taken_name_and_a_class_that_is_no_model(variant):
         models.register("mine", torch.nn.Linear)
     models.register("l1code", models.MODELS["l1code"])  # the same class again: a plugin imported twice is harmless
     assert models.MODELS["l1code"].__name__ == "L1CodeAutoencoder"
+
+
+def _plugin(tmp_path, monkeypatch, body: str):
+    """A plugin file with `body`, and the registry restored afterwards; returns its path."""
+    path = tmp_path / "broken.py"
+    path.write_text(body)
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    monkeypatch.setattr(models, "_loaded_files", set())
+    return path
+
+
+@pytest.mark.parametrize("body", ["raise RuntimeError('no GPU here')", "raise ValueError('bad constant')",
+                                  "def f():\n    return f()\nf()", "None + 1", "import sys\nsys.exit(0)"])
+def test_a_plugin_that_fails_at_import_is_one_line(body, tmp_path, monkeypatch):
+    path = _plugin(tmp_path, monkeypatch, body)
+    with pytest.raises(UserError) as refused:
+        models.load_plugins(str(path))
+    message = str(refused.value)
+    assert "AELAB_PLUGINS names" in message and "broken.py" in message and "drop it from AELAB_PLUGINS" in message
+    assert "\n" not in message and refused.value.__cause__ is None
+    assert "aelab_plugin_broken" not in __import__("sys").modules  # a failed import leaves no half-made module
+
+
+@pytest.mark.parametrize("config, fragment", [
+    ("    latent: int = 8\n\n    def check(self):\n        raise ValueError('latent too small')",
+     "model 'plain': latent too small; fix the setting"),
+    ("    penalty: float  # no default: a keyword-only field may go without one, and construction fails",
+     "model 'plain': PlainConfig() cannot be made from its defaults"),
+])
+def test_a_plugin_config_that_fails_is_one_line(config, fragment, tmp_path, monkeypatch, capsys):
+    path = _plugin(tmp_path, monkeypatch, f"""from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aelab.models import AEConfig, Autoencoder, register
+
+
+@dataclass(kw_only=True)
+class PlainConfig(AEConfig):
+{config}
+
+
+class Plain(Autoencoder):
+    Config = PlainConfig
+
+
+register("plain", Plain)
+""")
+    models.load_plugins(str(path))
+    refused = in_process(["train", "plain", "--data", "x.npz", "--out", tmp_path / "run"], capsys)
+    assert refused.returncode == 2 and fragment in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_plugin_cannot_take_a_baselines_name(monkeypatch):
+    from aelab.evaluation.baselines import BASELINES
+
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    assert models.RESERVED == set(BASELINES)  # the registry's list is the baselines' own
+    for name in BASELINES:
+        with pytest.raises(UserError, match=f"{name!r} is a baseline's"):
+            models.register(name, models.Autoencoder)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aelab import config as cfg
 from aelab.errors import UserError
+from aelab.experiments.pipeline import train
+from aelab.runs.runfolder import RunFolder
+from aelab.runs.settings import resolve
 from aelab.storage import files
-from aelab.storage.runfolder import RunFolder
-from aelab.training.pipeline import train
 from support.folders import snapshot
 from support.process import assert_user_error, in_process
 
@@ -28,7 +28,7 @@ def copy_run(run, to):
 
 def train_subset(data, out, seed: int = 0) -> RunFolder:
     """One epoch of the chapter's model in this process."""
-    assert train(cfg.resolve("ae", None, {"data.path": str(data), "train.epochs": 1, "train.seed": seed}), out=out) == 0
+    assert train(resolve("ae", None, {"data.path": str(data), "train.epochs": 1, "train.seed": seed}), out=out) == 0
     return RunFolder(out)
 
 
@@ -109,6 +109,6 @@ def test_overwrite_replaces_a_run_only_when_asked(subset_npz, tmp_path):
     with pytest.raises(UserError, match="already exists"):
         train_subset(subset_npz, tmp_path / "run", seed=5)
     assert run.weights_path.read_bytes() == first
-    assert train(cfg.resolve("ae", None, {"data.path": str(subset_npz), "train.epochs": 1, "train.seed": 5}),
+    assert train(resolve("ae", None, {"data.path": str(subset_npz), "train.epochs": 1, "train.seed": 5}),
                  out=run.path, overwrite=True) == 0
     assert run.weights_path.read_bytes() != first

@@ -21,8 +21,8 @@ import torch
 
 from aelab.errors import UserError
 from aelab.models import MODELS, build, picture_names
+from aelab.runs.runfolder import RunFolder, load_model
 from aelab.storage import files, tensorfile
-from aelab.storage.runfolder import RunFolder, load_model
 from aelab.training.train import Diverged
 from support.crashes import command, crash_and_resume, differences, random_instants, signal_at, start, temporaries
 from support.folders import mounted

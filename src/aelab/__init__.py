@@ -2,8 +2,8 @@
 
 The chapter's deep autoencoder, its variants and the PCA baselines, trained on real Fashion-MNIST.
 Importing the package is cheap: torch is loaded by the submodules that need it, and the few calls below are
-looked up on first use. The folders follow the work: data -> models -> training -> evaluation -> reports, with
-storage for files on disk.
+looked up on first use. The folders follow the work, each importing only those below it: files, devices and
+pictures -> data -> models -> evaluation -> training -> runs -> reports -> experiments -> the CLI.
 
     >>> import aelab
     >>> model = aelab.load_model("runs/chapter")
@@ -13,8 +13,8 @@ storage for files on disk.
 
 __version__ = "0.1.0"
 
-_CALLS = {"resolve": "aelab.config", "load_dataset": "aelab.data.load", "train": "aelab.training.pipeline",
-          "resume": "aelab.training.pipeline", "load_model": "aelab.storage.runfolder"}
+_CALLS = {"resolve": "aelab.runs.settings", "load_dataset": "aelab.data.load", "train": "aelab.experiments.pipeline",
+          "resume": "aelab.experiments.pipeline", "load_model": "aelab.runs.runfolder"}
 
 
 def __getattr__(name: str):

@@ -40,6 +40,17 @@ TRAIN_FLAGS = {"epochs": "train.epochs", "latent": "model.latent", "batch_size":
 DEVICE_HELP = "auto (default: the first CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N or mps"
 
 
+def add_sampler_flags(p, several: bool = False) -> None:
+    if several:
+        p.add_argument("--sampler", metavar="NAME,NAME", help="prior, gmm or both (prior,gmm): one row per method "
+                       "and sampler it can use (default: each method's own, prior where it has one, else gmm)")
+    else:
+        p.add_argument("--sampler", help="prior (the model's own: vae, betavae, aae) or gmm (a Gaussian mixture "
+                       "fitted to the training codes once, kept in RUN/gmm.safetensors); default: prior where the "
+                       "model has one, else gmm")
+    p.add_argument("--components", type=int_in(1, 10_000), help="Gaussians in the gmm sampler's mixture (default 10)")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="aelab", description="Autoencoder laboratory: train, evaluate and use autoencoders.")
     parser.add_argument("--version", action="version", version="aelab 0.1.0")
@@ -75,7 +86,10 @@ def build_parser() -> Parser:
     p.add_argument("--data", metavar="PATH", help="evaluate on this data's test split instead of the run's")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--save", action="store_true", help="also write the measures to RUN/eval.json (the run's own "
-                   "test set only); without it eval only reads")
+                   "test set only), and keep a gmm sampler's mixture; without it eval only reads")
+    add_sampler_flags(p)
+    p.add_argument("--samples", type=int_in(0, 100_000), default=10_000, help="samples measured against as many "
+                   "test images (default 10000; 0: no sample measures)")
 
     p = sub.add_parser("info", help="layer and parameter summary of a model or a run")
     p.add_argument("target", nargs="?", default="ae", help="model name or run folder")
@@ -85,9 +99,11 @@ def build_parser() -> Parser:
 
     sub.add_parser("models", help="list the registered models")
 
-    p = sub.add_parser("sample", help="new images from a generative run (vae, aae): a grid PNG")
+    p = sub.add_parser("sample", help="new images from any run: its prior, or a Gaussian mixture fitted to its "
+                       "training codes; a grid PNG")
     p.add_argument("run")
     p.add_argument("-n", type=int_in(1, 100_000), default=100, help="how many images (default 100)")
+    add_sampler_flags(p)
     p.add_argument("--out", required=True, help="FILE.png (a grid, 10 per row), a folder (one PNG each) or FILE.npy")
     p.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0)
     p.add_argument("--overwrite", action="store_true", help="replace existing output")
@@ -112,6 +128,9 @@ def build_parser() -> Parser:
     p.add_argument("--epochs", type=int, help="epochs for the models trained here (default: the model's, 100)")
     p.add_argument("--run", action="append", default=[], metavar="NAME=RUN_DIR",
                    help="use this trained run as method NAME instead of training one")
+    add_sampler_flags(p, several=True)
+    p.add_argument("--samples", type=int_in(0, 100_000), default=10_000, help="samples of each row measured "
+                   "against as many test images (default 10000; 0: sample grids only)")
     p.add_argument("--data", metavar="PATH", help="idx folder, image folder or .npy/.npz (default: Fashion-MNIST)")
     p.add_argument("--json", action="store_true", help="print the table as a JSON list of rows (progress to stderr)")
     p.add_argument("--overwrite", action="store_true", help="replace DIR's figures and tables (finished runs are reused)")
@@ -217,10 +236,11 @@ def _allocator() -> None:
 
 def cmd_train(args) -> int:
     from aelab import config as cfg
-    from aelab.training import distributed
-    from aelab.training.pipeline import RESUMABLE, resume, train
+    from aelab import devices
+    from aelab.experiments.pipeline import RESUMABLE, resume, train
+    from aelab.runs.settings import resolve
 
-    distributed.check_environment()  # torchrun's variables, before any data is read
+    devices.check_environment()  # torchrun's variables, before any data is read
     sets = dict(_parse_set(item) for item in args.set)
     flags = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
     overrides = {**sets, **flags}
@@ -235,10 +255,10 @@ def cmd_train(args) -> int:
             raise UserError(f"a resumed run keeps its settings; drop {', '.join(changed) or 'the model name'} "
                             "(only --epochs, --lr, --precision and --device may change)")
     if sets.keys() & flags.keys():  # a flag wins, yet a --set value it replaces must still be one that works
-        cfg.resolve(args.model, args.config, sets)
+        resolve(args.model, args.config, sets)
     if args.resume:
         return resume(run_dir, threads=args.threads, changes=overrides, loggers=args.log)
-    config = cfg.resolve(args.model, args.config, overrides)
+    config = resolve(args.model, args.config, overrides)
     return train(config, out=args.out, overwrite=args.overwrite, threads=args.threads, loggers=args.log)
 
 
@@ -250,11 +270,15 @@ def _parse_set(item: str) -> tuple[str, str]:
 
 
 def cmd_eval(args) -> int:
+    import contextlib
     import dataclasses
     import math
 
     from aelab.evaluation.evaluate import evaluate
-    from aelab.storage.runfolder import RunFolder, load_model
+    from aelab.evaluation.frechet import feature_classifier
+    from aelab.evaluation.generation import measurable, measure_sampler
+    from aelab.evaluation.samplers import check_sampler, default_sampler
+    from aelab.runs.runfolder import RunFolder, load_model
 
     if args.save and (args.data or not Path(args.run).is_dir()):
         raise UserError("--save writes RUN/eval.json, the measures of a run folder on its own test set; "
@@ -262,11 +286,24 @@ def cmd_eval(args) -> int:
     model = load_model(args.run, args.device)
     run = RunFolder.open(args.run)
     config = run.config()
+    if args.sampler or args.components:
+        check_sampler(args.sampler or default_sampler(model), model, args.components,
+                      f"{args.run} is a {config.model_name!r} run that")
     test = dataclasses.replace(config.data, path=args.data or config.data.path).load_test()
     if test.shape != tuple(model.config.in_shape):
         raise UserError(f"the test data are {'x'.join(map(str, test.shape))} but {args.run} takes "
                         f"{'x'.join(map(str, model.config.in_shape))}; give --data of that size")
+    sampled = args.samples > 0 and measurable(test)
+    if (args.sampler or args.components) and not sampled:
+        raise UserError("sample measures need 28x28 grey images (the classifier's features) and --samples above "
+                        "0; drop --sampler and --components")
     metrics = evaluate(model, test)
+    if sampled:  # the classifier, trained on first use, says so on stderr: stdout stays one JSON object
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            sampler = _sampler(args.run, model, args.sampler, args.components, args.save)
+            metrics.update(measure_sampler(sampler, feature_classifier()[0], test, args.samples))
+            if sampler.name == "gmm":
+                metrics["gmm_components"] = sampler.mixture.components
     bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:  # JSON has no NaN: refuse rather than write a file no other reader can parse
         raise UserError(f"{args.run} gives non-finite measures ({', '.join(f'{k} {metrics[k]}' for k in bad)}); "
@@ -283,16 +320,16 @@ def cmd_eval(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from aelab import config as cfg
     from aelab.models import build, summary
-    from aelab.storage.runfolder import load_model
+    from aelab.runs.runfolder import load_model
+    from aelab.runs.settings import resolve
 
     if Path(args.target).exists():
         model = load_model(args.target)
     else:
         overrides = {k: v for k, v in (("model.latent", args.latent), ("model.arch", args.arch),
                                        ("model.hidden", args.hidden)) if v is not None}
-        config = cfg.resolve(args.target, None, overrides)
+        config = resolve(args.target, None, overrides)
         model = build(config.model_name, config.model)
     print(f"Model: {type(model).__name__}")
     print(summary(model))
@@ -310,7 +347,7 @@ def cmd_models(args) -> int:
 def cmd_compare(args) -> int:
     import contextlib
 
-    from aelab.evaluation.compare import compare, markdown_table
+    from aelab.experiments.compare import compare, markdown_table
 
     if args.latent is not None and args.latents:
         raise UserError("give --latent K or --latents K,K,..., not both")
@@ -331,7 +368,9 @@ def cmd_compare(args) -> int:
     progress = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with progress:
         rows = compare(methods, latents or ([args.latent] if args.latent is not None else None), args.out, args.data,
-                       args.epochs, runs, args.overwrite, args.threads, device=args.device)
+                       args.epochs, runs, args.overwrite, args.threads, device=args.device,
+                       samplers=args.sampler.split(",") if args.sampler is not None else None,
+                       samples=args.samples, components=args.components)
     if args.json:
         print(json.dumps(rows))
     else:
@@ -350,10 +389,10 @@ def cmd_report(args) -> int:
     if not folder.exists():
         raise UserError(f"{folder} does not exist; pass a run folder (`aelab train --out`) or a comparison folder "
                         "(`aelab compare --out`)")
-    from aelab.storage.runfolder import RunFolder
+    from aelab.runs.runfolder import RunFolder
 
     if RunFolder(folder).config_path.is_file():
-        from aelab.training.pipeline import write_page
+        from aelab.experiments.pipeline import write_page
 
         page = write_page(folder, out)
     elif (folder / "compare.json").is_file():
@@ -372,7 +411,7 @@ def cmd_apply(args) -> int:
     import numpy as np
 
     from aelab.data.load import read_codes, read_inputs, read_vectors
-    from aelab.storage.runfolder import load_model
+    from aelab.runs.runfolder import load_model
 
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
@@ -404,21 +443,39 @@ def cmd_apply(args) -> int:
 def cmd_sample(args) -> int:
     import torch
 
+    from aelab.evaluation.samplers import check_sampler, default_sampler
+    from aelab.runs.runfolder import RunFolder, load_model
+
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
-    model = _model_that(args.run, lambda m: m.generative, "which cannot draw new images; sample from a vae or aae run "
-                                                 "(`aelab train vae`)", args.device)
+    model = load_model(args.run, args.device)
+    what = f"{args.run} is a {RunFolder.open(args.run).config().model_name!r} run that"
+    check_sampler(args.sampler or default_sampler(model), model, args.components, what)
     if model.config.recon_loss == "mse" and out.suffix != ".npy":  # a run trained on vectors samples vectors
         raise UserError(f"{args.run} was trained on vectors; give --out FILE.npy, not {out}")
-    images = model.sample(args.n, torch.Generator().manual_seed(args.seed))
+    sampler = _sampler(args.run, model, args.sampler, args.components, keep=True)
+    images = sampler.draw(args.n, torch.Generator().manual_seed(args.seed))
     _write_images(images.cpu().numpy(), out)
-    print(f"wrote {args.n} samples to {out}")
+    print(f"wrote {args.n} samples to {out}; sampler {sampler.describe()}")
     return 0
 
 
+def _sampler(run: str, model, name: str | None, components: int | None, keep: bool):
+    """The run's sampler `name` (by default its own): a gmm reuses the mixture the run folder keeps, or fits one
+    to the training codes of the run's data and, with `keep`, keeps it there."""
+    from aelab.evaluation.samplers import default_sampler, make_sampler
+    from aelab.runs.runfolder import RunFolder
+
+    folder = RunFolder.open(run)
+    stored = not folder.path.is_file()  # a weights file alone fits its mixture each time, keeping nothing
+    return make_sampler(name or default_sampler(model), model, lambda: folder.config().data.load()[0], components,
+                        folder.sampler_path if stored else None, folder.weights_epoch() if stored else None, keep,
+                        f"{run} is a {folder.config().model_name!r} run that")
+
+
 def cmd_interpolate(args) -> int:
-    from aelab.reports.images import save_png, tile
-    from aelab.storage.runfolder import load_model
+    from aelab.pictures.images import save_png, tile
+    from aelab.runs.runfolder import load_model
 
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
@@ -441,16 +498,16 @@ def cmd_export(args) -> int:
     run in SAELens's format."""
     import torch
 
+    from aelab.runs.export import export_onnx, max_differences, require_onnx
+    from aelab.runs.runfolder import RunFolder, load_model
     from aelab.storage import files
-    from aelab.storage.export import export_onnx, max_differences, require_onnx
-    from aelab.storage.runfolder import RunFolder, load_model
 
     out = Path(args.out)
     files.refuse_link(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file, and --out takes a folder; pick another --out")
     if args.format == "saelens":
-        from aelab.storage.saelens import export_saelens
+        from aelab.runs.saelens import export_saelens
 
         out = export_saelens(args.run, out, args.overwrite)
         print(f"wrote {out / 'cfg.json'} and {out / 'sae_weights.safetensors'} (SAELens's SAE.load_from_disk reads them)")
@@ -475,7 +532,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from aelab.training.sweep import markdown, parse_grid, sweep
+    from aelab.experiments.sweep import markdown, parse_grid, sweep
 
     overrides = dict(_parse_set(item) for item in args.set)
     overrides["data.path"] = args.data
@@ -488,7 +545,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_activations(args) -> int:
-    from aelab.data.activations import sidecar_paths, write_activations
+    from aelab.data.activations import sidecar_paths
+    from aelab.runs.activations import write_activations
 
     described = write_activations(args.run, args.layer, args.out, args.data, args.split, args.dtype,
                                   args.batch_size, args.overwrite)
@@ -500,7 +558,7 @@ def cmd_activations(args) -> int:
 
 def _model_that(run: str, able, cannot: str, device: str):
     """The run's model, or one line saying what it cannot do."""
-    from aelab.storage.runfolder import RunFolder, load_model
+    from aelab.runs.runfolder import RunFolder, load_model
 
     model = load_model(run, device)
     if not able(model):
@@ -511,7 +569,7 @@ def _model_that(run: str, able, cannot: str, device: str):
 def _image_or_test_index(run: str, item: str):
     """The uint8 image (1, c, h, w) named by a file path, or by its index in the run's test set."""
     from aelab.data.load import read_inputs
-    from aelab.storage.runfolder import RunFolder
+    from aelab.runs.runfolder import RunFolder
 
     if item.isdigit() and not Path(item).exists():
         test = RunFolder.open(run).config().data.load_test()
@@ -533,7 +591,7 @@ def _check_new_output(out: Path, overwrite: bool) -> None:
 
 def _write_images(images, out: Path) -> None:
     """Images to FILE.npy, a grid FILE.png (10 a row), or a folder of 00000.png, 00001.png, ..."""
-    from aelab.reports.images import save_images, save_png, tile
+    from aelab.pictures.images import save_images, save_png, tile
 
     if out.suffix == ".npy":
         _write_npy(images, out)

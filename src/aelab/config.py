@@ -1,6 +1,7 @@
 """A run's whole configuration: which model, its data, model and training settings.
 
-Settings come from the dataclass defaults, then a JSON or TOML file, then command-line overrides. A key may be
+Settings come from the dataclass defaults, then a JSON or TOML file, then command-line overrides (put together by
+aelab.runs.settings, which asks the model registry for the model's defaults: this module knows no model). A key may be
 bare (`latent`) or qualified (`model.latent`); unknown keys and values of the wrong type are rejected with the
 list of what is known, as nanoGPT's configurator does.
 """
@@ -17,7 +18,6 @@ from pathlib import Path
 
 from aelab.data.load import DataConfig
 from aelab.errors import UserError
-from aelab.models import AEConfig, model_class
 from aelab.training.train import TrainConfig
 
 SECTIONS = ("data", "model", "train")
@@ -30,33 +30,22 @@ MAX_FILE_BYTES = 1 << 20  # a config file (or a run's config.json) holds a few s
 class RunConfig:
     model_name: str
     data: DataConfig
-    model: AEConfig
+    model: object  # the model's own Config, an AEConfig (aelab.runs.settings looks its class up in the registry)
     train: TrainConfig
 
     def to_dict(self) -> dict:
         return {"model_name": self.model_name, **{s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
-        if not isinstance(d, dict) or not all(isinstance(d.get(s, {}), dict) for s in SECTIONS):
-            raise UserError("a run configuration is a JSON object with data, model and train objects, not "
-                            f"{type(d).__name__ if not isinstance(d, dict) else 'this'}")
-        unknown = sorted(set(d) - {"model_name", *SECTIONS})
-        if "model_name" not in d or unknown:  # a config.json of something else is not a run of defaults
-            raise UserError(f"a run configuration names its model_name and holds only {', '.join(SECTIONS)}; "
-                            f"this one {'holds ' + repr(unknown[0]) if unknown else 'names no model_name'}")
-        config = default_config(d.get("model_name", "ae"))
-        for section in SECTIONS:
-            for key, value in d.get(section, {}).items():
-                set_value(config, f"{section}.{key}", value)
-        config.check()
-        return config
-
     def check(self) -> None:
         """Refuse settings that cannot work before anything is loaded or written; the model's own checks run
         again at build, where the data's image size is known."""
         self.data.check()
-        self.model.check()
+        try:
+            self.model.check()
+        except UserError:
+            raise
+        except ValueError as e:  # a plugin's check may raise a plain ValueError: still one line
+            raise UserError(f"model {self.model_name!r}: {str(e)[:200]}; fix the setting") from None
         self.train.check()
         if not 0 <= self.train.seed < 2 ** 63:
             raise UserError(f"seed must lie in [0, 2**63), not {self.train.seed}")
@@ -67,17 +56,11 @@ class RunConfig:
         return "\n".join(f"  {s}.{k} = {v}" for s in SECTIONS for k, v in dataclasses.asdict(getattr(self, s)).items())
 
 
-def default_config(model_name: str) -> RunConfig:
-    if not isinstance(model_name, str):
-        raise UserError(f"model_name must be a model's name (see `aelab models`), not {model_name!r}")
-    return RunConfig(model_name, DataConfig(), model_class(model_name).Config(), TrainConfig())
-
-
 def _fields(obj) -> dict[str, type]:
     return typing.get_type_hints(type(obj))
 
 
-def _locate(config: RunConfig, key: str) -> tuple[object, str]:
+def locate(config: RunConfig, key: str) -> tuple[object, str]:
     if "." in key:
         section, name = key.split(".", 1)
         if section in SECTIONS and name in _fields(getattr(config, section)):
@@ -134,7 +117,7 @@ def _coerce(value, kind, key: str):
 
 
 def set_value(config: RunConfig, key: str, value) -> None:
-    owner, name = _locate(config, key)
+    owner, name = locate(config, key)
     setattr(owner, name, _coerce(value, _fields(owner)[name], key))
 
 
@@ -160,30 +143,3 @@ def parse_settings(path: Path, source: str) -> dict:
         raise UserError(f"{source} holds a {type(loaded).__name__}, not an object of settings; write it as "
                         '{"model": {"latent": 30}, "train": {"epochs": 10}}')
     return loaded
-
-
-def resolve(model_name: str | None, file: str | Path | None = None, overrides: dict[str, object] | None = None
-            ) -> RunConfig:
-    """Defaults, then the file's settings (flat or in [data]/[model]/[train] sections), then overrides."""
-    loaded = read_file(file) if file else {}
-    config = default_config(model_name or loaded.get("model_name", "ae"))
-    for key, value in loaded.items():
-        if key == "model_name":
-            continue
-        if key in SECTIONS and isinstance(value, dict):
-            for sub, v in value.items():  # a run's config.json is a settings file too: its shape is the data's
-                set_value(config, f"{key}.{sub}", v)
-        else:
-            set_value(config, key, value)
-    for key, value in (overrides or {}).items():
-        _set_chosen(config, key, value)
-    config.check()
-    return config
-
-
-def _set_chosen(config: RunConfig, key: str, value) -> None:
-    """A setting chosen on the command line; the input shape and its loss come from the data, never from a choice."""
-    owner, name = _locate(config, key)
-    if owner is config.model and name in DERIVED:
-        raise UserError(f"model.{name} is taken from the data; drop the setting {key!r}")
-    set_value(config, key, value)

@@ -1,6 +1,6 @@
 """aelab's models and baselines as scikit-learn transformers.
 
-    from aelab.estimators import Autoencoder, PCA, LogisticPCA
+    from aelab.estimators import Autoencoder, LogisticPCA, PCA
 
     ae = Autoencoder(model="vae", settings={"latent": 30}, epochs=20).fit(X)  # X: rows or images (n, h, w[, c])
     codes = ae.transform(X)                 # (n, 30) float32: the codes (a VAE's posterior mean)
@@ -32,14 +32,15 @@ except ImportError:
     raise ImportError("aelab.estimators needs scikit-learn 1.6 or later; install it with "
                       "`pip install 'aelab[sklearn]'`") from None
 
-from aelab.config import RunConfig, resolve
+from aelab.config import RunConfig
 from aelab.data.datasets import ImageSet
 from aelab.errors import UserError
 from aelab.evaluation import baselines
 from aelab.evaluation.evaluate import reconstruction_metrics
+from aelab.experiments.pipeline import build_for
 from aelab.models import build
+from aelab.runs.settings import from_dict, resolve
 from aelab.storage import files, tensorfile
-from aelab.training.pipeline import build_for
 from aelab.training.train import Trainer
 
 FORMAT = "aelab-estimator/1"
@@ -309,7 +310,7 @@ class Autoencoder(_ImageTransformer):
         return {"config": self.config_.to_dict(), "history": self.history_}
 
     def _restore(self, read, fitted, source):
-        self.config_ = RunConfig.from_dict(fitted["config"])
+        self.config_ = from_dict(fitted["config"])
         self.history_ = fitted["history"]
         try:
             expected = self.run_config()

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from aelab import config as cfg
 from aelab.data.datasets import VectorSet
 from aelab.errors import UserError
 from aelab.evaluation.baselines import BASELINES
@@ -21,24 +20,27 @@ from aelab.evaluation.evaluate import evaluate
 from aelab.models import MODELS, build, picture_names
 from aelab.models.contract import Model, same_kind
 from aelab.models.sparse import planted_dictionary
-from aelab.storage.runfolder import RunFolder, load_model
+from aelab.runs.runfolder import RunFolder, load_model
+from aelab.runs.settings import resolve
 from support.models import arch_cases, stepper, tiny
 from support.process import aelab
 
 CASES = arch_cases(MODELS)
 
-# one setting per model that cannot work: config.resolve refuses it as `aelab train NAME --set KEY=VALUE` does
+# one setting per model that cannot work: settings.resolve refuses it as `aelab train NAME --set KEY=VALUE` does
 BAD = {"ae": {"latent": 0}, "dropout": {"rate": 1.0}, "dae": {"level": -1.0}, "aae": {"prior": "cauchy"},
        "vae": {"beta": -1.0}, "betavae": {"iwae_k": 0}, "cae": {"contraction": -1.0}, "vqvae": {"codebook": 1},
-       "sae": {"k": 0}}
+       "sae": {"k": 0}, "iwae": {"k": 0}, "vamp": {"components": 0}, "wae": {"encoder": "laplace"},
+       "infovae": {"alpha": 2.0}, "btcvae": {"beta": -1.0}, "rae": {"regulariser": "l1"},
+       "fsq": {"levels": "8,1,5,5"}, "rqvae": {"depth": 0}}
 VECTOR_MODELS = [name for name, cls in MODELS.items() if "vectors" in cls.inputs]
 # at beta = 4 the KL's price is above the variance of every direction of these near-isotropic standardised vectors
 # (at most about 2), so the code rightly carries nothing (FVE 0); at beta = 1.5 it carries them (FVE 0.19 here)
-VECTOR_SETTINGS = {"sae": {"model.l1": 0.02}, "betavae": {"model.beta": 1.5}}
+VECTOR_SETTINGS = {"sae": {"model.l1": 0.02}, "betavae": {"model.beta": 1.5}, "btcvae": {"model.beta": 1.5}}
 
 
 def vector_model(name: str, **settings):
-    config = cfg.resolve(name, None, {"model.latent": 16, "model.hidden": "64", **settings})
+    config = resolve(name, None, {"model.latent": 16, "model.hidden": "64", **settings})
     config.model.in_shape, config.model.recon_loss = (64,), "mse"  # as runs.py sets them from vectors
     torch.manual_seed(0)
     return build(name, config.model)
@@ -61,7 +63,8 @@ def test_every_model_and_baseline_keeps_the_contract():
                                                        "device", "prior_name")), cls
         assert isinstance(cls.generative, bool) and isinstance(cls.denoising, bool), cls
         assert cls.generative == hasattr(cls, "sample"), cls
-    assert [n for n, c in MODELS.items() if c.generative] == ["aae", "vae", "betavae"]
+    assert [n for n, c in MODELS.items() if c.generative] == ["aae", "vae", "betavae", "iwae", "vamp", "wae", "infovae",
+                                                               "btcvae"]
     assert [n for n, c in MODELS.items() if c.denoising] == ["dae"]
     assert picture_names() == {"samples.png", "denoise.png", "atoms.png", "density.png"}
     assert isinstance(build("ae", MODELS["ae"].Config(hidden=(8,), latent=2)), Model)
@@ -106,11 +109,22 @@ def test_save_load_round_trip_is_exact(name, arch, fashion_slice, tmp_path):
 @pytest.mark.parametrize("name,arch", CASES)
 def test_generative_models_sample_the_same_images_from_the_same_seed(name, arch):
     _, model = tiny(name, arch)
-    assert model.generative == (name in ("vae", "betavae", "aae"))
+    assert model.generative == (name in ("vae", "betavae", "aae", "iwae", "vamp", "wae", "infovae", "btcvae"))
     if model.generative:
         a = model.sample(5, torch.Generator().manual_seed(3))
         assert a.shape == (5, 1, 28, 28) and a.min() >= 0 and a.max() <= 1
         assert torch.equal(a, model.sample(5, torch.Generator().manual_seed(3)))
+
+
+@pytest.mark.parametrize("name,arch", CASES)
+def test_decoding_the_sampling_codes_of_an_image_reconstructs_it(name, arch, fashion_slice):
+    """What an ex-post sampler fits (sampling_codes) and how its draws become images (decode_sampled) meet at the
+    data: a quantised model quantises the continuous codes it was given, as it quantises its own."""
+    _, model = tiny(name, arch)
+    x = fashion_slice[1].floats(slice(0, 6))
+    codes = model.eval().sampling_codes(x)
+    assert codes.dtype == torch.float32 and codes.ndim == 2 and len(codes) == 6
+    assert torch.allclose(model.decode_sampled(codes), model.reconstruct(x), atol=1e-6)
 
 
 def test_same_kind_has_one_meaning():
@@ -122,9 +136,9 @@ def test_same_kind_has_one_meaning():
 def test_one_pass_only_where_the_loss_is_the_reconstruction_error(fashion):
     x = fashion[1].floats(slice(0, 32))
     one_pass = [n for n, c in MODELS.items() if c.loss_is_reconstruction]
-    assert one_pass == ["ae", "dropout"]  # the DAE's loss is on corrupted inputs: it needs its own pass
-    for name in ("ae", "dropout", "cae"):
-        model = build(name, cfg.resolve(name, None, {"model.latent": 4, "model.hidden": "32"}).model).eval()
+    assert one_pass == ["ae", "dropout", "fsq"]  # the DAE's loss is on corrupted inputs: it needs its own pass
+    for name in ("ae", "dropout", "cae", "fsq"):
+        model = build(name, resolve(name, None, {"model.latent": 4, "model.hidden": "32"}).model).eval()
         terms, values, logits = model.evaluation(x)
         assert next(iter(terms)) == "loss" and torch.equal(values, torch.sigmoid(logits))
         assert torch.allclose(terms["loss"], model.loss(x)["loss"], rtol=1e-6), name
@@ -135,14 +149,15 @@ def test_one_pass_only_where_the_loss_is_the_reconstruction_error(fashion):
 def test_config_resolve_refuses_a_bad_setting_of_every_model(name):
     (key, value), = BAD[name].items()
     with pytest.raises(UserError, match=key if name != "ae" else "latent"):
-        cfg.resolve(name, None, {key: value})
+        resolve(name, None, {key: value})
 
 
 def test_models_that_need_pixels_refuse_vectors_when_built():
     for name in sorted(set(MODELS) - set(VECTOR_MODELS)):
         with pytest.raises(UserError, match="images"):
-            vector_model(name, **({"model.arch": "mlp"} if name != "vqvae" else {}))
-    assert set(MODELS) - set(VECTOR_MODELS) == {"dae", "vqvae"}
+            vector_model(name, **({"model.arch": "mlp"} if name not in ("vqvae", "rqvae") else {}),
+                         **({"model.latent": 4} if name == "fsq" else {}))
+    assert set(MODELS) - set(VECTOR_MODELS) == {"dae", "vqvae", "fsq", "rqvae"}
 
 
 @pytest.mark.parametrize("name", VECTOR_MODELS)

@@ -13,7 +13,8 @@ def test_dropout_cli_reports_eval_mode_train_loss(tmp_path, slice_npz, capsys):
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     # dropout on while training makes the running train loss worse than the same images in eval mode
     assert record["train_loss"] > record["train_eval_loss"]
-    assert main(["sample", str(run), "--out", str(tmp_path / "x.png")]) == 2
+    assert main(["sample", str(run), "--sampler", "prior", "--out", str(tmp_path / "x.png")]) == 2
     assert main(["denoise", str(run), str(slice_npz), "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err
-    assert "cannot draw new images" in err and "not trained to remove noise" in err
+    assert "has no prior to draw from" in err and "not trained to remove noise" in err
+    assert not (tmp_path / "x.png").exists()

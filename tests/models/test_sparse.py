@@ -13,15 +13,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aelab import config as cfg
 from aelab.cli import main
 from aelab.data.datasets import VectorSet
 from aelab.data.load import load_dataset
 from aelab.errors import UserError
+from aelab.experiments import pipeline
 from aelab.models import build
 from aelab.models.sparse import _largest, planted_dictionary, recovered
-from aelab.storage.runfolder import load_model
-from aelab.training import pipeline
+from aelab.runs.runfolder import load_model
+from aelab.runs.settings import resolve
 from support.models import stepper
 from support.process import aelab
 
@@ -158,7 +158,7 @@ def test_ae_trains_on_vectors_and_kinds_are_checked(tmp_path, capsys):
 # -- the model's own mechanics ----------------------------------------------------------------------------------
 
 def _sae(seed: int = 0, d: int = 16, **settings):
-    config = cfg.resolve("sae", None, {"latent": 64, "k": 3, **settings})
+    config = resolve("sae", None, {"latent": 64, "k": 3, **settings})
     config.model.in_shape, config.model.recon_loss = (d,), "mse"
     torch.manual_seed(seed)
     return build("sae", config.model)
@@ -426,14 +426,14 @@ def test_initialise_puts_b_dec_at_the_geometric_median_and_l1s_at_zero():
     ({"atom_norm": 0.0}, "atom_norm"), ({"grad_clip": -1.0}, "grad_clip")])
 def test_bad_settings_are_refused_by_config_check(settings, words):
     with pytest.raises(UserError, match=words):
-        cfg.resolve("sae", None, settings)
+        resolve("sae", None, settings)
 
 
 @pytest.mark.parametrize("scale", ["norm", "standardise", "none"])
 def test_the_vector_scale_is_kept_with_the_weights(tmp_path, one_thread, scale):
     vectors = (np.random.default_rng(0).normal(0, 1, (600, 8)) * np.arange(1, 9) + 5).astype(np.float32)
     np.save(tmp_path / "v.npy", vectors)
-    pipeline.train(cfg.resolve("sae", None, {"data.path": str(tmp_path / "v.npy"), "data.vector_scale": scale,
+    pipeline.train(resolve("sae", None, {"data.path": str(tmp_path / "v.npy"), "data.vector_scale": scale,
                                          "latent": 16, "k": 2, "epochs": 1, "train_eval_size": 0}), out=tmp_path / "r")
     model = load_model(tmp_path / "r")
     train, _ = load_dataset(tmp_path / "v.npy", vector_scale=scale)
@@ -453,8 +453,8 @@ def test_resume_is_exact_with_the_dead_unit_buffer(tmp_path, one_thread):
     np.save(tmp_path / "v.npy", vectors)
     settings = {"data.path": str(tmp_path / "v.npy"), "latent": 48, "k": 3, "batch_size": 64, "dead_window": 500,
                 "train_eval_size": 0}
-    pipeline.train(cfg.resolve("sae", None, {**settings, "epochs": 2}), out=tmp_path / "straight")
-    pipeline.train(cfg.resolve("sae", None, {**settings, "epochs": 1}), out=tmp_path / "resumed")
+    pipeline.train(resolve("sae", None, {**settings, "epochs": 2}), out=tmp_path / "straight")
+    pipeline.train(resolve("sae", None, {**settings, "epochs": 1}), out=tmp_path / "resumed")
     pipeline.resume(tmp_path / "resumed", epochs=2)
     a, b = (load_model(tmp_path / name).state_dict() for name in ("straight", "resumed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -62,6 +62,10 @@ def test_vqvae_codes_are_the_quantised_grid_and_tokens(fashion_slice):
     # every code vector is the codebook entry its token names
     assert torch.equal(codes.view(6, 4, 7, 7).permute(0, 2, 3, 1), model.codebook[tokens])
     assert torch.equal(model.decode(codes), model.reconstruct(x))
+    # what an ex-post sampler fits: the encoder's output before quantisation, which decode_sampled quantises
+    continuous = model.sampling_codes(x)
+    assert continuous.shape == codes.shape and not torch.equal(continuous, torch.as_tensor(codes))
+    assert torch.equal(model.decode_sampled(continuous), model.reconstruct(x))
 
 
 def test_vqvae_refuses_the_mlp_in_one_line(slice_npz, tmp_path, capsys):
@@ -78,6 +82,7 @@ def test_vqvae_cli_reports_its_own_measures_and_encodes_a_grid(tmp_path, slice_n
     assert {"train_commit", "train_perplexity", "test_perplexity", "test_unused"} <= record.keys()
     metrics = eval_json(run, capsys)
     assert 1 <= metrics["perplexity"] <= 32 and 0 <= metrics["dead_codes"] < 32 and metrics["code_bits"] == 49 * 5
+    assert metrics["usage"] == 1 - metrics["dead_codes"] / 32
     assert "perplexity" in (run / "report.md").read_text()
     assert main(["encode", str(run), str(slice_npz), "--out", str(tmp_path / "codes.npy")]) == 0
     assert np.load(tmp_path / "codes.npy").shape == (256, 4 * 49)

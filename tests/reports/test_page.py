@@ -84,8 +84,8 @@ class Page:
 
 def tiny_run(tmp_path_factory, subset_npz, name: str, **settings) -> Path:
     """A one-epoch run on the subset, trained in this process by the machinery `aelab train` uses."""
-    from aelab.config import resolve
-    from aelab.training.pipeline import train
+    from aelab.experiments.pipeline import train
+    from aelab.runs.settings import resolve
 
     out = tmp_path_factory.mktemp("runs") / name
     train(resolve(name, None, {"data.path": str(subset_npz), "train.epochs": 1, **settings}), out=out)
@@ -180,7 +180,7 @@ def test_run_page_offline_grids_and_clicks_decoded_like_the_mlp(browser, trained
 
 
 def test_conv_decoder_in_the_page_matches_torch(browser, conv_run):
-    from aelab.storage.runfolder import load_model
+    from aelab.runs.runfolder import load_model
 
     model = load_model(conv_run)
     page = Page(browser, conv_run / "report.html")
@@ -192,7 +192,7 @@ def test_conv_decoder_in_the_page_matches_torch(browser, conv_run):
 
 
 def test_vae_page_strip_sliders_and_new_samples(browser, vae_run):
-    from aelab.storage.runfolder import load_model
+    from aelab.runs.runfolder import load_model
 
     model = load_model(vae_run)
     page = Page(browser, vae_run / "report.html")
@@ -255,12 +255,19 @@ def test_comparison_page_sorts_its_table(browser, subset_npz, tmp_path):
     out = tmp_path / "cmp"
     assert main(["compare", "pca", "--latents", "2,5", "--data", str(subset_npz), "--out", str(out)]) == 0
     page = Page(browser, out / "report.html")
-    latents = "Array.from(document.querySelectorAll('#leaderboard tbody tr')).map(r => +r.children[1].textContent)"
+    column = "Array.from(document.querySelectorAll('#leaderboard th')).findIndex(h => h.dataset.key === 'latent')"
+    latents = f"Array.from(document.querySelectorAll('#leaderboard tbody tr')).map(r => +r.children[{column}].textContent)"
     assert page.js(latents) == [2, 5]
     page.page.click("#leaderboard th[data-key=latent]")
     page.page.click("#leaderboard th[data-key=latent]")  # the second click sorts descending
     assert page.js(latents) == [5, 2]
-    assert page.js("document.querySelectorAll('img').length") == 3  # figure 12.3 at 2 and 5, error against size
+    # figure 12.3 at 2 and 5, error against size, and PCA's samples by its default sampler at each size
+    assert page.js("document.querySelectorAll('img').length") == 5
+    grids = page.js("Array.from(document.querySelectorAll('#sample-grids img')).map(i => [i.alt, i.naturalWidth])")
+    assert grids == [["pca samples by gmm", 280], ["pca samples by gmm", 280]]
+    assert page.js("Array.from(document.querySelectorAll('#leaderboard th')).map(h => h.dataset.key)")[:3] == \
+        ["method", "sampler", "latent"]
+    assert page.screenshot("#sample-grids figure:first-child img").std() > 10  # drawn, not blank
     page.assert_offline_and_clean()
 
 
@@ -284,7 +291,7 @@ def test_report_command_rebuilds_old_runs_and_refuses_anything_else(trained_run,
 def test_long_runs_keep_a_hundred_grids_first_and_last(trained_run, tmp_path):
     from aelab.reports.page import MAX_FRAMES, epoch_grids
 
-    from aelab.storage.runfolder import RunFolder
+    from aelab.runs.runfolder import RunFolder
 
     grid, run = RunFolder(trained_run).grids()[0], RunFolder(tmp_path)
     run.grids_path.mkdir()

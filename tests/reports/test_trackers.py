@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from aelab import config as cfg
 from aelab.errors import UserError
-from aelab.training.pipeline import train
+from aelab.experiments.pipeline import train
+from aelab.runs.settings import resolve
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,7 +23,7 @@ def test_tensorboard_and_mlflow_read_back(subset_npz, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps its file store for tests like this
     run = tmp_path / "run"
-    config = cfg.resolve("vae", None, {"data.path": str(subset_npz), "train.epochs": 2, "model.latent": 4,
+    config = resolve("vae", None, {"data.path": str(subset_npz), "train.epochs": 2, "model.latent": 4,
                                        "train.train_eval_size": 500, "model.iwae_k": 2})
     assert train(config, out=run, loggers=["tensorboard", "mlflow", "tensorboard"]) == 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -56,7 +56,7 @@ def test_tensorboard_and_mlflow_read_back(subset_npz, tmp_path, monkeypatch):
 def test_missing_package_is_one_clear_error_and_no_run_folder(name, extra, subset_npz, tmp_path, monkeypatch):
     blocked = "torch.utils.tensorboard" if name == "tensorboard" else "mlflow"
     monkeypatch.setitem(sys.modules, blocked, None)  # import fails as if not installed
-    config = cfg.resolve("ae", None, {"data.path": str(subset_npz), "train.epochs": 1})
+    config = resolve("ae", None, {"data.path": str(subset_npz), "train.epochs": 1})
     with pytest.raises(UserError, match=rf"pip install 'aelab\[{extra}\]'"):
         train(config, out=tmp_path / "run", loggers=[name])
     assert not (tmp_path / "run").exists()

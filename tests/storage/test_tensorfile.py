@@ -14,13 +14,13 @@ import torch
 
 from aelab.data.datasets import ImageSet
 from aelab.errors import UserError
-from aelab.estimators import PCA, Autoencoder
+from aelab.estimators import Autoencoder, PCA
 from aelab.evaluation.baselines import PCA as BaselinePCA
 from aelab.evaluation.baselines import load_baseline
 from aelab.evaluation.frechet import CLASSIFIER_FILE, FeatureNet, feature_classifier
+from aelab.runs.runfolder import RunFolder, load_model
 from aelab.storage import tensorfile
 from aelab.storage.files import write_safetensors
-from aelab.storage.runfolder import RunFolder, load_model
 
 DAMAGE = ("truncated", "shape edited", "NaN written")
 

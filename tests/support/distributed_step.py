@@ -7,9 +7,10 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from aelab import config as cfg
+from aelab import devices
+from aelab.experiments.pipeline import build_for
+from aelab.runs.settings import resolve
 from aelab.training import distributed
-from aelab.training.pipeline import build_for
 from aelab.training.train import Trainer
 
 data, out, *names = sys.argv[1:]
@@ -18,13 +19,13 @@ for spec in names:
     name, *settings = spec.split(",")
     settings = dict(s.split("=") for s in settings)
     steps = int(settings.pop("steps", 1))
-    config = cfg.resolve(name, None, {"data.path": data, "train.batch_size": 64, "train.device": "cpu", **settings})
+    config = resolve(name, None, {"data.path": data, "train.batch_size": 64, "train.device": "cpu", **settings})
     train_set, test_set = config.data.load()
     torch.manual_seed(0)
     trainer = Trainer(build_for(config, train_set), train_set, test_set, config.train)
     for _, index in zip(range(steps), trainer.train_set.index_batches(64, trainer.shuffle)):
         trainer.train_batch(index)
-    if distributed.is_main():
+    if devices.is_main():
         model = trainer.model
         save_file({**{f"grad.{k}": p.grad for k, p in model.named_parameters() if p.grad is not None},
                    **{f"weight.{k}": v.contiguous() for k, v in model.state_dict().items()}},

@@ -20,10 +20,10 @@ def tiny(name: str, arch: str = "mlp", **extra):
     """(config, model): a seeded small `name` (latent 4, hidden 32-16, channels 4-8) and its resolved config."""
     import torch
 
-    from aelab import config as cfg
     from aelab.models import build
+    from aelab.runs.settings import resolve
 
-    config = cfg.resolve(name, None, {**TINY, "model.arch": arch, **extra})
+    config = resolve(name, None, {**TINY, "model.arch": arch, **extra})
     torch.manual_seed(0)
     return config, build(name, config.model)
 
@@ -58,3 +58,16 @@ def eval_json(run, capsys) -> dict:
     capsys.readouterr()
     assert main(["eval", str(run), "--json"]) == 0
     return json.loads(capsys.readouterr().out)
+
+
+def refusal(name: str, settings: dict) -> str:
+    """The one-line message with which the settings resolver refuses `name` with these model settings."""
+    import pytest
+
+    from aelab.errors import UserError
+    from aelab.runs.settings import resolve
+
+    with pytest.raises(UserError) as e:
+        resolve(name, None, settings)
+    assert "\n" not in str(e.value)
+    return str(e.value)

@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aelab import config as cfg
 from aelab.data.load import load_dataset
+from aelab.experiments.pipeline import resume, train
 from aelab.models import AEConfig, build
+from aelab.runs.runfolder import RunFolder
+from aelab.runs.settings import resolve
 from aelab.storage import tensorfile
-from aelab.storage.runfolder import RunFolder
-from aelab.training.pipeline import resume, train
 from conftest import RUN_EPOCHS
 from support.process import SRC, assert_user_error, in_process
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def train_subset(data, out, epochs: int, seed: int = 0, **settings) -> RunFolder:
     overrides = {"data.path": str(data), "train.epochs": epochs, "train.seed": seed, **settings}
-    assert train(cfg.resolve("ae", None, overrides), out=out) == 0
+    assert train(resolve("ae", None, overrides), out=out) == 0
     return RunFolder(out)
 
 

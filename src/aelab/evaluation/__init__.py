@@ -1,2 +1,2 @@
 """Evaluation: the test measures and code quality (evaluate), the Frechet distance (frechet), the PCA and
-logistic-PCA baselines (baselines), and the chapter's comparison and leaderboards (compare)."""
+logistic-PCA baselines (baselines)."""

@@ -85,6 +85,12 @@ class _Baseline:
     def code_size(self) -> int:
         return self.n_components
 
+    def sampling_codes(self, x) -> torch.Tensor:
+        return torch.as_tensor(self.encode(x)).float()
+
+    def decode_sampled(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.decode(z))
+
     def logits(self, x: torch.Tensor) -> torch.Tensor | None:
         """Reconstruction logits of images, in image shape; None for a method without them."""
         return None

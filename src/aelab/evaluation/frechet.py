@@ -124,14 +124,3 @@ def feature_classifier(train: ImageSet | None = None, test: ImageSet | None = No
                       {"test_accuracy": f"{accuracy:.6f}", "train_images": str(len(train)),
                        "seconds": f"{time.perf_counter() - began:.1f}"})
     return net.eval(), accuracy
-
-
-def sample_quality(model, net: FeatureNet, train: ImageSet, test: ImageSet, n: int | None = None) -> dict[str, float]:
-    """Frechet distance of n samples from `model.sample(n)` to the test set, and of the test set to the training
-    set (the floor), on the classifier's features."""
-    n = n or len(test)
-    samples = model.sample(n)
-    samples = torch.as_tensor(np.asarray(samples)) if not isinstance(samples, torch.Tensor) else samples.detach().cpu()
-    test_features = net.features(test)
-    return {"frechet": frechet_distance(net.features(samples), test_features),
-            "frechet_floor": frechet_distance(test_features, net.features(train))}

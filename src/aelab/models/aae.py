@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from aelab.devices import batch_draw, draw
 from aelab.errors import UserError
 from aelab.models.base import AEConfig, Autoencoder, adam, keras_init_, mlp
 from aelab.models.losses import gan_loss, rbf_mmd2
-from aelab.reports.images import tile
-from aelab.training.distributed import batch_draw, draw
+from aelab.pictures.images import tile
 
 PRIORS = ("normal", "mixture", "uniform")
 EVAL_SEED = 1234     # prior draws for evaluation come from their own generator

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from aelab.devices import batch_draw
 from aelab.errors import UserError
 from aelab.models.contract import same_kind
 from aelab.models.losses import bce_mean, bce_per_image, mse_mean, squared_error_per_image
-from aelab.training.distributed import batch_draw
 
 
 @dataclass
@@ -29,8 +29,8 @@ class AEConfig:
     recon_loss: str = "bce"                   # taken from the data: "bce" for pixels in [0, 1], "mse" for vectors
 
     def check(self) -> None:
-        """Refuse values that cannot work, where settings enter (config.resolve, a run's config.json) and again
-        when a model is built. Variants extend this; what depends on the data's size is checked at build."""
+        """Refuse values that cannot work, where settings enter (aelab.runs.settings.resolve, a run's config.json)
+        and again when a model is built. Variants extend this; what depends on the data's size is checked at build."""
         if self.arch not in ("mlp", "conv"):
             raise UserError(f"unknown arch {self.arch!r}; use --arch mlp or --arch conv")
         if self.latent < 1 or any(w < 1 for w in self.hidden + self.channels):
@@ -194,9 +194,10 @@ class Autoencoder(nn.Module):
         """Named loss terms for a batch of clean inputs x; "loss" is what the optimiser minimises."""
         return {"loss": self.recon_error(self.decoder(self.code(self.corrupt(x))), x)}
 
-    def initialise(self, sample: torch.Tensor, steps: int) -> None:
+    def initialise(self, sample: torch.Tensor, steps: int, size: int = 0) -> None:
         """Data-dependent initialisation, called once before a new run's first step (never on resume) with a
-        sample of training inputs as the model trains on them and the number of steps the run will take."""
+        sample of training inputs as the model trains on them, the number of steps the run will take and the number
+        of training inputs (0 where unknown)."""
 
     def measures(self, test) -> dict:
         """Measures of this variant beyond reconstruction, for `aelab eval` (test: a set on the model's device)."""
@@ -281,6 +282,14 @@ class Autoencoder(nn.Module):
     def reconstruct(self, x):
         """Reconstructions (probabilities in [0, 1]) of clean images."""
         return same_kind(x, self._outputs(self.decoder(self.code_eval(self._images(x)))))
+
+    def sampling_codes(self, x) -> torch.Tensor:
+        """The codes `encode` gives, (n, code_size) float: what an ex-post sampler fits its density to."""
+        return torch.as_tensor(self.encode(x)).float()
+
+    def decode_sampled(self, z: torch.Tensor) -> torch.Tensor:
+        """`decode` of codes drawn in the space of `sampling_codes`."""
+        return self.decode(z)
 
     @torch.no_grad()
     def interpolate(self, a, b, steps: int = 10) -> torch.Tensor:

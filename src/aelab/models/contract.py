@@ -46,6 +46,14 @@ class Model(Protocol):
     def reconstruct(self, x: Any) -> Any:
         """decode(encode(x)), in x's kind."""
 
+    def sampling_codes(self, x: Any) -> torch.Tensor:
+        """The continuous codes (n, d) of inputs, as a float tensor, to which a density is fitted to sample ex post
+        (aelab.evaluation.samplers): the code `encode` gives, or a quantised model's code before quantisation."""
+
+    def decode_sampled(self, z: torch.Tensor) -> torch.Tensor:
+        """Outputs (images in [0, 1], or vectors in their units) from codes drawn in the space of `sampling_codes`:
+        `decode`, or a quantised model's quantisation and decode."""
+
     def evaluation(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """For a clean float batch: the eval-mode loss terms ("loss" first), the clean reconstruction as the model
         outputs it (probabilities for images, standardised vectors for vectors) and its logits (None for vectors,

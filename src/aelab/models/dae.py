@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
+from aelab.devices import batch_draw, draw
 from aelab.errors import UserError
 from aelab.models.base import AEConfig, Autoencoder
 from aelab.models.losses import psnr_per_image
-from aelab.reports.images import stacked_rows
-from aelab.training.distributed import batch_draw, draw
+from aelab.pictures.images import stacked_rows
 
 NOISES = ("gaussian", "masking", "salt_pepper")
 EVAL_SEED = 1234  # evaluation noise comes from its own generator: reproducible, and the training RNG is untouched

@@ -73,13 +73,33 @@ def iwae_bound(log_weights: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_weights.double(), dim=0) - math.log(log_weights.shape[0])
 
 
-def rbf_mmd2(a: torch.Tensor, b: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    """Unbiased squared maximum mean discrepancy between samples a (n, d) and b (m, d) under the kernel
-    exp(-|u - v|^2 / (2 bandwidth^2)); Gretton et al. (2012), eq. 3. Zero in expectation when a and b
-    come from one distribution (so it may come out slightly negative)."""
-    a, b = a.double(), b.double()
-    k = lambda u, v: torch.exp(-torch.cdist(u, v).pow(2) / (2 * bandwidth ** 2))
+def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a_i - b_j|^2, (n, m), by the expansion, which has a gradient where rows coincide (cdist's has none)."""
+    return (a.pow(2).sum(1, keepdim=True) - 2 * a @ b.T + b.pow(2).sum(1)).clamp_min(0)
+
+
+def mmd2(a: torch.Tensor, b: torch.Tensor, kernel) -> torch.Tensor:
+    """Unbiased squared maximum mean discrepancy between samples a (n, d) and b (m, d) under kernel(squared
+    distances); Gretton et al. (2012), eq. 3. Zero in expectation when a and b come from one distribution (so it
+    may come out slightly negative)."""
     n, m = len(a), len(b)
-    kaa, kbb = k(a, a), k(b, b)
-    return ((kaa.sum() - kaa.diagonal().sum()) / (n * (n - 1)) + (kbb.sum() - kbb.diagonal().sum()) / (m * (m - 1))
-            - 2 * k(a, b).mean())
+    kaa, kbb = kernel(squared_distances(a, a)), kernel(squared_distances(b, b))
+    # a single row has no pairs: its own term is left out (0) rather than divided by zero
+    within = lambda k, size: (k.sum() - k.diagonal().sum()) / max(size * (size - 1), 1)
+    return within(kaa, n) + within(kbb, m) - 2 * kernel(squared_distances(a, b)).mean()
+
+
+def rbf_mmd2(a: torch.Tensor, b: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """mmd2 in fp64 under the kernel exp(-|u - v|^2 / (2 bandwidth^2))."""
+    return mmd2(a.double(), b.double(), lambda d2: torch.exp(-d2 / (2 * bandwidth ** 2)))
+
+
+IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+def imq_mmd2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """mmd2 under the inverse multiquadric kernel C / (C + |u - v|^2), C = 2 d s for each scale s of IMQ_SCALES,
+    summed: Tolstikhin et al. (2018), section 4, with C = 2 d sigma^2 for a prior N(0, I) (sigma = 1); its heavy
+    tails keep a gradient for codes far from the prior, where a Gaussian kernel's vanishes."""
+    c = 2 * a.shape[1]
+    return mmd2(a, b, lambda d2: sum(c * s / (c * s + d2) for s in IMQ_SCALES))

@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aelab import devices
 from aelab.errors import UserError
 from aelab.models.base import AEConfig, Autoencoder, adam
-from aelab.reports.images import tile
-from aelab.training import distributed
+from aelab.pictures.images import tile
 
 SPARSITIES = ("topk", "batchtopk", "jumprelu", "l1")
 CENTRES = ("auto", "median", "mean", "zero")
@@ -175,9 +175,9 @@ _ADAM_STEP = inspect.unwrap(torch.optim.Adam.step)  # without its wrappers, as t
 
 def _every_rank(t: torch.Tensor) -> torch.Tensor:
     """(world, *t.shape): row r is rank r's t (one all-reduce of rows that are zero but the rank's own)."""
-    rows = t.new_zeros((distributed.world_size(), *t.shape))
-    rows[distributed.rank()] = t
-    return distributed.all_sum(rows)
+    rows = t.new_zeros((devices.world_size(), *t.shape))
+    rows[devices.rank()] = t
+    return devices.all_sum(rows)
 
 
 class _Kept(torch.autograd.Function):
@@ -216,7 +216,7 @@ def _global_batch_top(pre: torch.Tensor, ranked: torch.Tensor, k: int) -> torch.
     `ranked` (pre times the atoms' norms) is among the k * (global batch) largest of all ranks. Each rank's own
     largest k * (global batch) hold every kept one, so the cut, the k * B-th largest of them all, is what one process
     taking the whole batch would find."""
-    kept = k * distributed.batch_rows(len(pre))[1]
+    kept = k * devices.batch_rows(len(pre))[1]
     mine = ranked.detach().reshape(-1).topk(min(kept, pre.numel())).values
     candidates = torch.cat([mine, mine.new_full((kept - len(mine),), -torch.inf)])  # the same length on every rank
     cut = _every_rank(candidates).reshape(-1).topk(kept).values[-1]
@@ -282,7 +282,7 @@ class SparseAutoencoder(Autoencoder):
         return self.decoder[0].bias.view(self.config.in_shape)
 
     @torch.no_grad()
-    def initialise(self, sample: torch.Tensor, steps: int) -> None:
+    def initialise(self, sample: torch.Tensor, steps: int, size: int = 0) -> None:
         """b_dec at its start (`centre`: of a training sample, as the model sees it, or zero), and the L1 warm-up's
         length."""
         rows, centre = sample.flatten(1).float(), self.config.centre
@@ -315,7 +315,7 @@ class SparseAutoencoder(Autoencoder):
     def sparse_code(self, pre: torch.Tensor, batch: bool) -> torch.Tensor:
         """The code (b, latent) from pre-activations; `batch`: batchtopk picks over the batch (training)."""
         sparsity, k = self.config.sparsity, min(self.config.k, self.config.latent)
-        if sparsity == "batchtopk" and batch and distributed.world_size() > 1:
+        if sparsity == "batchtopk" and batch and devices.world_size() > 1:
             return _global_batch_top(pre, pre.detach() * self.atom_norms(), k)
         if sparsity == "topk":
             top = pre.topk(k, dim=1)
@@ -361,7 +361,7 @@ class SparseAutoencoder(Autoencoder):
         with no host sync and the static shapes a captured CUDA graph needs."""
         c = self.config
         return (self.training and c.sparsity in ("topk", "batchtopk") and self.one_layer() and self.device.type == "cpu"
-                and not (c.sparsity == "batchtopk" and distributed.world_size() > 1))  # that picks over all ranks
+                and not (c.sparsity == "batchtopk" and devices.world_size() > 1))  # that picks over all ranks
 
     def picked(self, pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The kept units of pre-activations (b, latent) as (rows, cols, offsets): each input's k largest, or for
@@ -414,7 +414,7 @@ class SparseAutoencoder(Autoencoder):
         with_aux = live + F.linear(z_aux, atoms).view_as(live)
         # relative to the live code's error over the global batch: under torchrun the ranks' shares then add up to
         # the single process's loss, where a ratio per rank would weigh each rank's own error
-        error = distributed.global_mean(self.recon_error(live, x), len(x))
+        error = devices.global_mean(self.recon_error(live, x), len(x))
         ratio = self.recon_error(with_aux, x) / error.clamp_min(1e-12)
         return ratio * dead.any()
 
@@ -481,7 +481,7 @@ class SparseAutoencoder(Autoencoder):
         if self.config.sparsity == "jumprelu":
             self.threshold.data.clamp_(min=0)
         with torch.no_grad():  # units active anywhere in the global batch, and its size: one sum over the ranks
-            counts = distributed.all_sum(torch.cat([(fired > 0).long(), torch.tensor([len(x)], device=fired.device)]))
+            counts = devices.all_sum(torch.cat([(fired > 0).long(), torch.tensor([len(x)], device=fired.device)]))
             self.inputs_since_active.add_(counts[-1]).masked_fill_(counts[:-1] > 0, 0)
             self.steps_done.add_(1)
             if self.config.sparsity == "batchtopk":  # the global batch's smallest kept activation times its atom's
@@ -544,7 +544,7 @@ class SparseAutoencoder(Autoencoder):
 def density_plot(density: np.ndarray) -> np.ndarray:
     """A histogram of log10 firing frequency per unit (units that never fired in their own red bar at the left),
     as an RGB uint8 image."""
-    from aelab.reports.report import bar_chart
+    from aelab.pictures.charts import bar_chart
 
     fired = density[density > 0]
     low = math.floor(min(np.log10(fired).min(), -6)) if len(fired) else -6

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import torch
 
+from aelab.devices import batch_draw, draw
 from aelab.errors import UserError
 from aelab.models.base import AEConfig, Autoencoder
 from aelab.models.losses import gaussian_kl, gaussian_kl_per_dim, iwae_bound, log_normal
-from aelab.reports.images import tile
-from aelab.training.distributed import batch_draw, draw
+from aelab.pictures.images import tile
 
 EVAL_SEED = 1234  # evaluation samples come from their own generator: reproducible, training RNG untouched
 ACTIVE_KL = 0.01  # nats: a code dimension whose mean KL on the test set is above this is in use
@@ -50,6 +50,11 @@ class VariationalAutoencoder(Autoencoder):
     generative = True
     prior_name = "normal"
     pictures = {"samples.png": "Samples from the prior, fixed seed"}
+    analytic_kl = True  # worked out: the KL has a closed form while log_prior is the standard normal's
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.analytic_kl = cls.log_prior is VariationalAutoencoder.log_prior
 
     def __init__(self, config: VAEConfig):
         super().__init__(config)
@@ -70,11 +75,27 @@ class VariationalAutoencoder(Autoencoder):
             return self.config.beta
         return self.config.beta * (self.steps_done / self.config.warmup_steps).clamp(max=1.0)  # no host sync
 
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) of codes (..., latent), summed over the last dimension: the standard normal here."""
+        return log_normal(z)
+
+    def kl(self, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """KL(q(z|x) || p(z)) per image, (b,): analytic for the standard normal, else the one-sample estimate
+        log q(z|x) - log p(z) at the code z drawn from q(z|x)."""
+        if self.analytic_kl:
+            return gaussian_kl(mu, logvar)
+        return log_normal(z, mu, logvar) - self.log_prior(z)
+
+    def drawn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """mu, logvar and a code z drawn from q(z|x), each (b, latent), and the batch's mean -log p(x|z) in nats."""
+        mu, logvar = self.posterior(x)
+        z = reparameterise(mu, logvar)
+        return mu, logvar, z, self.recon_error_per_input(self.decoder(z), x).mean()
+
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Terms per image in nats, averaged over the batch: loss = recon + kl_weight * kl."""
-        mu, logvar = self.posterior(x)
-        recon = self.recon_error_per_input(self.decoder(reparameterise(mu, logvar)), x).mean()
-        kl = gaussian_kl(mu, logvar).mean()
+        mu, logvar, z, recon = self.drawn(x)
+        kl = self.kl(mu, logvar, z).mean()
         return {"loss": recon + self.kl_weight() * kl, "recon": recon, "kl": kl}
 
     def training_steps(self, x: torch.Tensor):
@@ -86,24 +107,29 @@ class VariationalAutoencoder(Autoencoder):
     def log_weights(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x) per image: shape (k, b)."""
         mu, logvar = self.posterior(x)
-        z = reparameterise(mu, logvar, generator, k)                       # (k, b, latent)
+        return self.weights_of(x, mu, logvar, reparameterise(mu, logvar, generator, k))
+
+    def weights_of(self, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The log importance weights (k, b) of draws z (k, b, latent) from q(z|x) = N(mu, exp(logvar))."""
+        k = len(z)
         logits = self.decoder(z.flatten(0, 1))                             # (k * b, c, h, w)
         log_px = -self.recon_error_per_input(logits, x.expand(k, *x.shape).flatten(0, 1)).view(k, len(x))
-        return log_px + log_normal(z) - log_normal(z, mu, logvar)
+        return log_px + self.log_prior(z) - log_normal(z, mu, logvar)
 
     @torch.no_grad()
     def bounds(self, test, k: int, generator: torch.Generator | None = None, chunk: int = 20_000) -> dict:
-        """Test-set means in nats per image: neg_elbo = recon + kl (one sample, analytic KL), and iwae_nll = -L_k;
-        the KL of each code dimension, and how many are in use (active_dims: mean KL above ACTIVE_KL): a dimension
-        whose posterior is the prior for every image carries nothing. Images go through in chunks of about `chunk`
-        decoder passes, which bounds the memory used."""
+        """Test-set means in nats per image: neg_elbo = recon + kl (one sample; the KL analytic for N(0, I), else
+        estimated at that sample), and iwae_nll = -L_k; the KL of each code dimension to N(0, 1), and how many are in
+        use (active_dims: mean KL above ACTIVE_KL): a dimension whose posterior is the prior for every image carries
+        nothing. Images go through in chunks of about `chunk` decoder passes, which bounds the memory used."""
         self.eval()
         sums = dict.fromkeys(("recon", "kl", "iwae_nll"), 0.0)
         kl_dims = torch.zeros(self.config.latent, dtype=torch.float64, device=self.device)
         for x in test.batches(max(1, chunk // k)):
             mu, logvar = self.posterior(x)
-            sums["recon"] += self.recon_error_per_input(self.decoder(reparameterise(mu, logvar, generator)), x).sum().item()
-            sums["kl"] += gaussian_kl(mu, logvar).sum().item()
+            z = reparameterise(mu, logvar, generator)
+            sums["recon"] += self.recon_error_per_input(self.decoder(z), x).sum().item()
+            sums["kl"] += self.kl(mu, logvar, z).sum().item()
             kl_dims += gaussian_kl_per_dim(mu, logvar).sum(0)
             sums["iwae_nll"] -= iwae_bound(self.log_weights(x, k, generator)).sum().item()
         means = {key: value / len(test) for key, value in sums.items()}

@@ -588,12 +588,14 @@
 
   // -- the comparison page ----------------------------------------------------------------------------------
 
-  const COLUMN_TITLES = {
-    method: "method", latent: "code size", sse_per_image: "squared error / image", mse: "MSE", bce: "BCE",
-    parameters: "parameters", train_seconds: "train seconds", epochs: "epochs", knn_accuracy: "kNN accuracy",
-    probe_accuracy: "linear probe", frechet: "Fréchet distance", frechet_floor: "Fréchet floor",
+  const COLUMN_TITLES = {  // in compare.COLUMNS' order
+    method: "method", sampler: "sampler", latent: "code size", sse_per_image: "squared error / image", mse: "MSE",
+    bce: "BCE", nll: "NLL (nats)", nll_k: "NLL's K", frechet: "Fréchet distance", frechet_floor: "Fréchet floor",
+    precision: "precision", recall: "recall", density: "density", coverage: "coverage", parameters: "parameters",
+    train_seconds: "train seconds", epochs: "epochs", knn_accuracy: "kNN accuracy", probe_accuracy: "linear probe",
   };
-  const LOWER_BETTER = ["sse_per_image", "mse", "bce", "frechet"], HIGHER_BETTER = ["knn_accuracy", "probe_accuracy"];
+  const LOWER_BETTER = ["sse_per_image", "mse", "bce", "frechet", "nll"],
+    HIGHER_BETTER = ["knn_accuracy", "probe_accuracy", "precision", "recall", "coverage"];
 
   function comparePage() {
     const rows = D.rows;
@@ -611,8 +613,9 @@
     const heads = columns.map((c) => el("th", { "data-key": c, title: "sort by " + COLUMN_TITLES[c] }));
     function cell(v, c) {
       if (v == null) return "";
-      if (["sse_per_image", "frechet", "frechet_floor", "train_seconds"].includes(c)) return v.toFixed(2);
-      if (["mse", "bce", "knn_accuracy", "probe_accuracy"].includes(c)) return v.toFixed(4);
+      if (["sse_per_image", "nll", "frechet", "frechet_floor", "train_seconds"].includes(c)) return v.toFixed(2);
+      if (["mse", "bce", "knn_accuracy", "probe_accuracy", "precision", "recall", "density", "coverage"].includes(c))
+        return v.toFixed(4);
       return typeof v === "number" ? v.toLocaleString("en") : String(v);
     }
     function best(c, r) {  // the best value of a column among the rows of the same code size
@@ -649,6 +652,15 @@
       el("div", { style: "overflow-x:auto" },
         el("table", { id: "leaderboard" }, el("thead", {}, el("tr", {}, heads)), tbody)),
       D.notes.map((t) => el("p", { class: "caption", text: t }))));
+    if (D.samples && D.samples.length) {
+      page.append(section("Samples", "100 samples of each method by each sampler, from the seed the leaderboard's " +
+        "measures draw from: prior decodes draws of the model's prior, gmm those of a Gaussian mixture fitted to " +
+        "its training codes.",
+        el("div", { id: "sample-grids", style: "display:flex;flex-wrap:wrap;gap:16px" }, D.samples.map((g) =>
+          el("figure", { style: "margin:0" },
+            el("img", { src: g.uri, alt: `${g.method} samples by ${g.sampler}`, style: "width:280px;image-rendering:pixelated" }),
+            el("figcaption", { class: "caption", text: `${g.method}, ${g.latent} numbers, ${g.sampler}` }))))));
+    }
     if (D.error_vs_latent) {
       page.append(section("Error against code size", null,
         el("div", { class: "figure" },

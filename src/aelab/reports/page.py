@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from aelab.runs.runfolder import RunFolder
 from aelab.storage import files
-from aelab.storage.runfolder import RunFolder
 
 
 MAP_POINTS = 2000   # test codes on the latent map, with their images for hovering (a 0.8 MB sprite at 28x28)
@@ -100,7 +100,7 @@ def _class_names(config, labels: torch.Tensor) -> list[str]:
 def latent_map(model, test, config) -> dict:
     """The first MAP_POINTS test codes, their images as one sprite, labels, and the map's axes: the code itself
     when it has 2 numbers, else its first two principal axes (point (x, y) <-> mean + x axis0 + y axis1)."""
-    from aelab.reports.images import tile
+    from aelab.pictures.images import tile
 
     n = min(MAP_POINTS, len(test))
     codes = torch.cat([model.encode(x) for x in test.subset(n).batches(1000)]).double().numpy()  # on the CPU
@@ -157,7 +157,7 @@ def top_images(model, data_path: str | None) -> dict | None:
     TOP_UNITS units that fire, one row each, with the TOP_IMAGES source images that activate the unit most. None
     otherwise."""
     from aelab.data.activations import description, source_images, top_activating
-    from aelab.reports.images import tile
+    from aelab.pictures.images import tile
 
     described = description(data_path) if data_path else None
     inputs = source_images(described) if described else None
@@ -216,6 +216,8 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
 # ---------------------------------------------------------------------------------------------- a comparison
 
 def compare_page_data(folder: Path) -> dict:
+    from aelab.experiments.compare import sample_grid_name
+
     rows = json.loads((folder / "compare.json").read_text())
     notes_path = folder / "compare.md"
     notes = notes_path.read_text().split("\n\n")[1:] if notes_path.is_file() else []
@@ -224,7 +226,10 @@ def compare_page_data(folder: Path) -> dict:
         page = RunFolder(folder / "runs" / f"{row['method']}-k{row['latent']}").page_path
         row["page"] = str(page.relative_to(folder)) if page.is_file() else None
     error_plot = folder / "error_vs_latent.png"
-    return {"kind": "compare", "title": f"Comparison: {', '.join(dict.fromkeys(r['method'] for r in rows))}",
+    grids = [(r, folder / sample_grid_name(r["method"], r["latent"], r["sampler"])) for r in rows if r.get("sampler")]
+    samples = [{"method": r["method"], "latent": r["latent"], "sampler": r["sampler"], "uri": _file_uri(path)}
+               for r, path in grids if path.is_file()]
+    return {"kind": "compare", "samples": samples, "title": f"Comparison: {', '.join(dict.fromkeys(r['method'] for r in rows))}",
             "rows": rows, "notes": [n.strip() for n in notes if n.strip()],
             "figures": [{"latent": int(p.stem.split("_k")[1]), "uri": _file_uri(p)} for p in figures],
             "error_vs_latent": _file_uri(error_plot) if error_plot.is_file() else None}

@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from aelab.errors import UserError
-from aelab.storage.runfolder import RunFolder
+from aelab.runs.runfolder import RunFolder
 from aelab.training.train import Callback
 
 

@@ -1,2 +1,2 @@
-"""Files on disk: the run folder and its paths (runfolder), safe writes and locks (files), the one hardened
-safetensors reader (tensorfile), and files other tools read: ONNX (export) and SAELens (saelens)."""
+"""Files on disk at the lowest floor: safe writes and locks (files) and the one hardened safetensors reader
+(tensorfile). The run folder, which needs the models, is aelab.runs."""

@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from aelab import devices
 from aelab.data.datasets import ImageSet
 from aelab.errors import UserError
 from aelab.evaluation.evaluate import data_floor, reconstruction_sums, summed_measures, with_floor
@@ -50,7 +51,7 @@ class TrainConfig:
             raise UserError(f"learning rate must be positive and finite, not {self.lr}; try --lr 1e-3")
         if self.precision not in ("fp32", "bf16"):
             raise UserError(f"unknown precision {self.precision!r}; use --precision fp32 or bf16")
-        distributed.parse_device(self.device)  # its form; whether this machine has it, when training starts
+        devices.parse_device(self.device)  # its form; whether this machine has it, when training starts
 
 
 # torch.optim imports torch._dynamo (2.2 s on a 2-core CPU: more than an epoch of the chapter) on the first
@@ -102,12 +103,12 @@ class Trainer:
 
     def __init__(self, model, train_set: ImageSet, test_set: ImageSet, config: TrainConfig, callbacks=()):
         config.check()
-        self.device = distributed.setup(distributed.parse_device(config.device))
+        self.device = distributed.setup(devices.parse_device(config.device))
         self.model = model.to(self.device)
-        distributed.broadcast_parameters(self.model)
+        devices.broadcast_parameters(self.model)
         self.train_set, self.test_set = train_set.to(self.device), test_set.to(self.device)
         self.config = config
-        self.callbacks = list(callbacks) if distributed.is_main() else []
+        self.callbacks = list(callbacks) if devices.is_main() else []
         self.optimizers, self.optimizer_steps = eager_optimizers(lambda: model.configure_optimizers(config.lr),
                                                                  eager=not config.cuda_graph)
         self.shuffle = torch.Generator().manual_seed(config.seed)  # on the CPU: the same order on any device
@@ -130,9 +131,9 @@ class Trainer:
             train_terms = self.train_epoch(epoch)
             seconds = time.perf_counter() - start
             self.epoch = epoch
-            if distributed.is_main():
+            if devices.is_main():
                 self.epoch_end(epoch, train_terms, seconds)
-            distributed.barrier()  # the other ranks wait for rank 0's evaluation and files
+            devices.barrier()  # the other ranks wait for rank 0's evaluation and files
         for callback in self.callbacks:
             callback.on_fit_end(self)
         return self.history
@@ -164,9 +165,9 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             watched = loss.detach()
-            if distributed.world_size() > 1:  # then every rank watches the same sum, so all stop together
+            if devices.world_size() > 1:  # then every rank watches the same sum, so all stop together
                 params = [p for group in optimizer.param_groups for p in group["params"]]
-                watched = distributed.average_gradients(params, share, watched)
+                watched = devices.average_gradients(params, share, watched)
             self.finite &= torch.isfinite(watched)
             self.optimizer_steps[index]()
             try:
@@ -197,7 +198,7 @@ class Trainer:
         batches = list(self.train_set.index_batches(self.config.batch_size, self.shuffle))
         sync_every = 1 if self.device.type == "cpu" else 20  # a CPU reads its own memory: no sync to avoid
         bar = tqdm(batches, leave=False, desc=f"epoch {epoch}/{self.config.epochs}", file=sys.stderr,
-                   disable=None if distributed.is_main() else True)
+                   disable=None if devices.is_main() else True)
         for step, index in enumerate(bar, 1):
             terms, n = self.train_batch(index)
             for k, v in terms.items():  # batch-size weighted, so a short last batch counts for what it holds
@@ -206,20 +207,20 @@ class Trainer:
                 self.check_finite(epoch, step, last=step == len(batches))
             if step % 20 == 1:
                 bar.set_postfix(loss=f"{terms['loss'].item():.4f}")
-        return {k: (distributed.all_sum(v) / len(self.train_set)).item() for k, v in sums.items()}
+        return {k: (devices.all_sum(v) / len(self.train_set)).item() for k, v in sums.items()}
 
     def train_batch(self, index: torch.Tensor) -> tuple[dict[str, torch.Tensor], int]:
         """The steps on the global batch `index` (row numbers): this rank's share of it. Returns the loss terms
         and how many images this rank trained on."""
-        mine, offset = distributed.share(index)
+        mine, offset = devices.share(index)
         x = self.train_set.floats(mine)
-        with distributed.sharded(offset, len(index)), self.autocast():
+        with devices.sharded(offset, len(index)), self.autocast():
             return self.graphed_step(x, len(mine) / len(index)), len(x)
 
     def graphed_step(self, x: torch.Tensor, share: float) -> dict[str, torch.Tensor]:
         """The step, replayed from a CUDA graph when asked and possible (one process, full-size batches); the
         first full batch of a run is captured after three eager warm-up steps, as torch.cuda.graphs advises."""
-        if not (self.config.cuda_graph and self.device.type == "cuda" and distributed.world_size() == 1
+        if not (self.config.cuda_graph and self.device.type == "cuda" and devices.world_size() == 1
                 and len(x) == self.config.batch_size):
             return self.step(x, share)
         if self.graph is None:

@@ -5,14 +5,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from aelab.cli import main
 from aelab.data.load import load_dataset
-from aelab.evaluation.baselines import PCA
-from aelab.evaluation.compare import Fitted, measure
-from aelab.evaluation.frechet import FeatureNet
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,7 +40,7 @@ def test_compare_end_to_end(small, tmp_path, capsys):
     assert by["logistic_pca"]["bce"] < by["pca"]["bce"]            # it fits the Bernoulli likelihood
     with open(out / "compare.csv") as f:
         assert [r["method"] for r in csv.DictReader(f)] == ["ae", "logistic_pca", "pca"]
-    assert "| logistic_pca | 30 |" in (out / "compare.md").read_text()
+    assert "| logistic_pca | gmm | 30 |" in (out / "compare.md").read_text()  # each method's own sampler
     with Image.open(out / "reconstructions_k30.png") as png:
         assert png.width > 10 * 28 and png.height > 4 * 28    # a row of real images and one per method
 
@@ -73,21 +69,32 @@ def test_compare_several_code_sizes_and_a_trained_run(small, tmp_path, capsys):
     assert "unknown method" in capsys.readouterr().err
 
 
-def test_models_that_sample_get_a_frechet_distance(small):
-    """The contract: any method that declares itself generative is scored on the classifier's features by its
-    sample(n), with the floor beside it."""
-    train, test = load_dataset(str(small))
+def test_compare_puts_each_method_and_sampler_in_a_row(small, tmp_path, capsys):
+    """`--sampler prior,gmm`: a vae gets both rows, an ae (no prior) and PCA the gmm row, each measured against
+    the test images and drawn as a grid; the vae's NLL, with its K, stands beside its samples."""
+    out = tmp_path / "gen"
+    argv = ["compare", "vae", "ae", "pca", "--latent", "4", "--epochs", "1", "--data", str(small), "--out", str(out),
+            "--sampler", "prior,gmm", "--samples", "150"]
+    assert main(argv) == 0
+    rows, grids = json.loads((out / "compare.json").read_text()), []
+    assert [(r["method"], r["sampler"]) for r in rows] == [("vae", "prior"), ("vae", "gmm"), ("ae", "gmm"),
+                                                          ("pca", "gmm")]
+    for r in rows:
+        assert r["frechet"] > 0 and r["frechet_floor"] > 0 and all(0 <= r[k] <= 1 for k in ("precision", "recall",
+                                                                                           "coverage"))
+        with Image.open(out / f"samples_{r['method']}-k4-{r['sampler']}.png") as png:
+            assert png.size == (280, 280)  # 10x10 samples
+            grids.append(np.asarray(png))
+    assert all(g.std() > 0 for g in grids) and not np.array_equal(grids[0], grids[1])  # vae: prior, gmm
+    vae = [r for r in rows if r["method"] == "vae"]
+    assert vae[0]["sse_per_image"] == vae[1]["sse_per_image"] and vae[0]["frechet"] != vae[1]["frechet"]
+    assert vae[0]["nll"] > 0 and vae[0]["nll_k"] == 100 and rows[2]["nll"] is None
+    table = (out / "compare.md").read_text()
+    assert "| vae | gmm | 4 |" in table and "K = 100" in table and "Naeem" in table
+    assert (out / "runs" / "vae-k4" / "gmm.safetensors").is_file()  # compare's own runs keep their mixture
 
-    class SamplingPCA(PCA):
-        """PCA as a generative model: Gaussian codes with the components' variances, decoded."""
-
-        generative = True
-
-        def sample(self, n):
-            z = torch.randn(n, self.n_components) * self.explained_variance_.sqrt()
-            return self.decode(z).clamp(0, 1)
-
-    torch.manual_seed(0)
-    row = measure(Fitted("sampling_pca", 10, SamplingPCA(10).fit(train), 0.0), train, test, FeatureNet())
-    assert row["frechet"] > 0 and row["frechet_floor"] >= 0
-    assert measure(Fitted("pca", 10, PCA(10).fit(train), 0.0), train, test, FeatureNet())["frechet"] is None
+    for bad, words in ((["--sampler", "prior,magic"], "unknown sampler 'magic'"),
+                       (["--sampler", "prior", "--components", "3"], "add gmm to --sampler")):
+        capsys.readouterr()
+        assert main(["compare", "pca", "--data", str(small), "--out", str(tmp_path / "x"), *bad]) == 2
+        assert words in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -23,10 +23,10 @@ def vectors(tmp_path_factory):
 
 
 def test_one_read_per_batch_and_runs_equal_single_runs(vectors, tmp_path, one_thread):
-    from aelab import config as cfg
-    from aelab.storage.runfolder import RunFolder, load_model
-    from aelab.training.pipeline import train
-    from aelab.training.sweep import sweep
+    from aelab.experiments.pipeline import train
+    from aelab.experiments.sweep import sweep
+    from aelab.runs.runfolder import RunFolder, load_model
+    from aelab.runs.settings import resolve
 
     calls = []
 
@@ -46,7 +46,7 @@ def test_one_read_per_batch_and_runs_equal_single_runs(vectors, tmp_path, one_th
     assert all(0 < r["l0"] <= int(r["run"][1]) + 1e-9 and 0 < r["fvu"] < 1 for r in rows)
 
     single = tmp_path / "single"
-    train(cfg.resolve("sae", None, {**shared, "model.k": 8, "model.latent": 32}), out=single)
+    train(resolve("sae", None, {**shared, "model.k": 8, "model.latent": 32}), out=single)
     swept = tmp_path / "sweep" / "k8-latent32"
     a, b = load_model(swept).state_dict(), load_model(single).state_dict()
     for name in a:

@@ -4,6 +4,7 @@ logistic PCA, at one or several code sizes.
     OUT/runs/NAME-kK/            a trained model's run folder (reused, or resumed to more epochs, next time)
     OUT/runs/NAME-kK.safetensors a fitted baseline (reused next time)
     OUT/reconstructions_kK.png   real test images, then one labelled row of reconstructions per method
+    OUT/samples_NAME-kK-SAMPLER.png  100 samples of a method by one sampler (prior, gmm), 10 a row
     OUT/compare.md|csv|json      the table: errors, size, training time, code quality, sample quality
     OUT/error_vs_latent.png      with several code sizes: test error against code size
     OUT/report.html              all of it as one page, the table sortable (`aelab report OUT` rebuilds it)
@@ -21,15 +22,20 @@ from aelab.data.datasets import ImageSet
 from aelab.data.load import DataConfig
 from aelab.errors import UserError
 from aelab.evaluation.baselines import BASELINES, load_baseline
-from aelab.evaluation.evaluate import knn_accuracy, linear_probe_accuracy, reconstruction_metrics
+from aelab.evaluation.frechet import IMAGE_SHAPE, feature_classifier
+from aelab.evaluation.samplers import COMPONENTS
+from aelab.evaluation.evaluate import knn_accuracy, linear_probe_accuracy, on_device_of, reconstruction_metrics
+from aelab.evaluation.generation import EVAL_SEED, SAMPLES, frechet_floor, measure_sampler
 from aelab.reports import report as reports
 from aelab.reports.page import write_compare_page
 from aelab.storage import files
 
 DEFAULT_METHODS = ("ae", "logistic_pca", "pca")
 LABELS = {"ae": "autoencoder", "logistic_pca": "logistic PCA", "pca": "PCA"}
-COLUMNS = ("method", "latent", "sse_per_image", "mse", "bce", "parameters", "train_seconds", "epochs",
-           "knn_accuracy", "probe_accuracy", "frechet", "frechet_floor")
+COLUMNS = ("method", "sampler", "latent", "sse_per_image", "mse", "bce", "nll", "nll_k", "frechet", "frechet_floor",
+           "precision", "recall", "density", "coverage", "parameters", "train_seconds", "epochs", "knn_accuracy",
+           "probe_accuracy")
+SAMPLE_MEASURES = ("frechet", "precision", "recall", "density", "coverage")
 TABLES = ("compare.md", "compare.csv", "compare.json")
 
 
@@ -48,6 +54,12 @@ class Fitted:
     model: object
     train_seconds: float
     epochs: int | None = None
+    run: Path | None = None  # the run folder it came from, where a gmm sampler looks for its kept mixture
+    keep: bool = False       # whether a mixture fitted here is kept there (compare's own runs, not the user's)
+
+
+def sample_grid_name(method: str, latent: int, sampler: str) -> str:
+    return f"samples_{method}-k{latent}-{sampler}.png"
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -72,16 +84,16 @@ def train_model(name: str, latent: int, folder: Path, data: str | None, epochs: 
                 threads: int | None, device: str = "auto") -> Fitted:
     """Train a registered model by the run machinery into folder/NAME-kK; a finished run is reused and an
     unfinished or shorter one resumed (to `epochs`)."""
-    from aelab import config as cfg
-    from aelab.storage.runfolder import RunFolder
-    from aelab.training.pipeline import resume, train
+    from aelab.experiments.pipeline import resume, train
+    from aelab.runs.runfolder import RunFolder
+    from aelab.runs.settings import resolve
 
     run = RunFolder(folder / f"{name}-k{latent}")
     run_dir = run.path
     overrides = {"model.latent": latent, "data.path": data, "train.grid_every": 10, "train.device": device}
     if epochs is not None:
         overrides["train.epochs"] = epochs
-    config = cfg.resolve(name, None, overrides)
+    config = resolve(name, None, overrides)
     if run.checkpoint_path.is_file():
         saved = RunFolder.open(run_dir).config()
         if saved.data.path != data or saved.model.latent != latent:
@@ -94,7 +106,9 @@ def train_model(name: str, latent: int, folder: Path, data: str | None, epochs: 
             print(f"compare: reusing {run_dir} ({done[-1]['epoch']} epochs)", flush=True)
     else:
         train(config, out=run_dir, overwrite=run_dir.exists(), threads=threads)
-    return load_run(name, run_dir, device)
+    fitted = load_run(name, run_dir, device)
+    fitted.keep = True
+    return fitted
 
 
 def load_run(name: str, run_dir: str | Path, device: str = "auto", shape: tuple | None = None) -> Fitted:
@@ -102,7 +116,7 @@ def load_run(name: str, run_dir: str | Path, device: str = "auto", shape: tuple 
     method named `name`; one that takes inputs of another `shape` than the data's, or named after a method it is
     not (an `ae` row that holds a VAE), is refused."""
     from aelab.models import MODELS
-    from aelab.storage.runfolder import RunFolder, load_model
+    from aelab.runs.runfolder import RunFolder, load_model
 
     def check(model, model_shape) -> None:
         if shape is not None and tuple(model_shape) != tuple(shape):
@@ -126,7 +140,7 @@ def load_run(name: str, run_dir: str | Path, device: str = "auto", shape: tuple 
     check(model, model.config.in_shape)
     history = RunFolder(run_dir).metrics() if Path(run_dir).is_dir() else []
     return Fitted(name, model.config.latent, model, sum(r["seconds"] for r in history),
-                  history[-1]["epoch"] if history else None)
+                  history[-1]["epoch"] if history else None, Path(run_dir) if Path(run_dir).is_dir() else None)
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -137,24 +151,46 @@ def _codes(model, images: ImageSet, batch_size: int = 5000) -> torch.Tensor:
     return torch.cat([torch.as_tensor(model.encode(x)).reshape(len(x), -1) for x in images.batches(batch_size)])
 
 
-def measure(fitted: Fitted, train: ImageSet, test: ImageSet, classifier=None) -> dict:
-    """One table row: test reconstruction errors, size, training time, kNN and linear-probe accuracy of codes
-    (when the data has labels) and, for models with sample(n), the Frechet distance of samples."""
-    from aelab.evaluation.frechet import sample_quality
-
+def measure(fitted: Fitted, train: ImageSet, test: ImageSet) -> dict:
+    """The measures of one method, whatever it samples with: test reconstruction errors, the importance-sampled
+    NLL of a likelihood model (its own estimator and K), size, training time, and kNN and linear-probe accuracy of
+    codes (when the data has labels)."""
     model = fitted.model.eval()
     errors = reconstruction_metrics(model, test)
-    row = {"method": fitted.name, "latent": fitted.latent, **{k: errors[k] for k in ("sse_per_image", "mse", "bce")},
-           "parameters": model.num_parameters(), "train_seconds": round(fitted.train_seconds, 2),
-           "epochs": fitted.epochs, "knn_accuracy": None, "probe_accuracy": None,
-           "frechet": None, "frechet_floor": None}
+    own = model.measures(on_device_of(model, test))
+    row = {**dict.fromkeys(COLUMNS), "method": fitted.name, "latent": fitted.latent,
+           **{k: errors[k] for k in ("sse_per_image", "mse", "bce")}, "nll": own.get("iwae_nll"),
+           "nll_k": own.get("iwae_k"), "parameters": model.num_parameters(),
+           "train_seconds": round(fitted.train_seconds, 2), "epochs": fitted.epochs}
     if train.labels is not None and test.labels is not None:
         train_codes, test_codes = _codes(model, train), _codes(model, test)
         row["knn_accuracy"] = knn_accuracy(train_codes, train.labels, test_codes, test.labels)
         row["probe_accuracy"] = linear_probe_accuracy(train_codes, train.labels, test_codes, test.labels)
-    if classifier is not None and model.generative:
-        row.update(sample_quality(model, classifier, train, test))
     return row
+
+
+def sample_rows(fitted: Fitted, row: dict, samplers: list[str] | None, train: ImageSet, test: ImageSet, out: Path,
+                classifier=None, samples: int = SAMPLES, components: int | None = None) -> list[dict]:
+    """One row per sampler the method can use (of `samplers`, or its own default), each with its measures against
+    the test images when there is a classifier, and a 10x10 grid of its samples in `out`; the row as it is when the
+    method can use none of them."""
+    from aelab.evaluation.samplers import SAMPLERS, default_sampler, make_sampler
+    from aelab.pictures.images import save_png, tile
+    from aelab.runs.runfolder import RunFolder
+
+    model = fitted.model
+    usable = [name for name in (samplers or [default_sampler(model)]) if SAMPLERS[name].cannot(model) is None]
+    rows = []
+    for name in usable:
+        folder = RunFolder(fitted.run) if fitted.run is not None else None
+        sampler = make_sampler(name, model, train, components if name == "gmm" else None,
+                               folder and folder.sampler_path, folder and folder.weights_epoch(), fitted.keep)
+        print(f"compare: sampling {fitted.name} at {fitted.latent} by {sampler.describe()}", flush=True)
+        save_png(tile(sampler.draw(100, torch.Generator().manual_seed(EVAL_SEED)).cpu(), 10, 10),
+                 out / sample_grid_name(fitted.name, fitted.latent, name))
+        measured = measure_sampler(sampler, classifier, test, samples=samples) if classifier is not None else {}
+        rows.append({**row, "sampler": name, **{k: measured.get(k) for k in SAMPLE_MEASURES}})
+    return rows or [row]
 
 
 # ---------------------------------------------------------------------------------------------- pictures
@@ -174,7 +210,7 @@ def write_figure(fitted: list[Fitted], real: torch.Tensor, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from aelab.reports.images import stacked_rows
+    from aelab.pictures.images import stacked_rows
 
     rows = [real] + [torch.as_tensor(f.model.reconstruct(real)).reshape(real.shape) for f in fitted]
     labels = ["real test images"] + [f"{LABELS.get(f.name, f.name)}" for f in fitted]
@@ -223,9 +259,9 @@ def plot_error_vs_latent(rows: list[dict], path: Path) -> Path:
 def _cell(value, column: str) -> str:
     if value is None:
         return ""
-    if column in ("sse_per_image", "frechet", "frechet_floor", "train_seconds"):
+    if column in ("sse_per_image", "nll", "frechet", "frechet_floor", "train_seconds"):
         return f"{value:.2f}"
-    if column in ("mse", "bce", "knn_accuracy", "probe_accuracy"):
+    if column in ("mse", "bce", "knn_accuracy", "probe_accuracy", "precision", "recall", "density", "coverage"):
         return f"{value:.4f}"
     if column == "parameters":
         return f"{value:,}"
@@ -241,11 +277,14 @@ def markdown_table(rows: list[dict]) -> str:
 def compare(methods: list[str] | None = None, latents: list[int] | None = None, out: str | Path = "runs/compare",
             data: str | None = None, epochs: int | None = None, runs: dict[str, str] | None = None,
             overwrite: bool = False, threads: int | None = None, sample_quality: bool = True,
-            device: str = "auto") -> list[dict]:
+            device: str = "auto", samplers: list[str] | None = None, samples: int = SAMPLES,
+            components: int | None = None) -> list[dict]:
     """Train, fit or load every method at every code size, measure them on the test set and write the figures
     and tables into `out`. `runs` maps a method name to a trained run folder to use instead of training (its
     code size is the run's, which must be one of `latents` when they are given). Models train and compute on
-    `device`. Returns the table's rows."""
+    `device`. Each method samples by each of `samplers` it can use (prior, gmm; by default its own: prior where it
+    has one, else gmm), one row each, measured over `samples` draws (0: grids only) when the classifier can see
+    the images. Returns the table's rows."""
     methods = list(methods or DEFAULT_METHODS)
     asked = list(latents) if latents else None
     latents = asked or [30]
@@ -257,11 +296,20 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
                         "or name a trained run with --run NAME=RUN_DIR")
     if any(k < 1 for k in latents):
         raise UserError(f"code sizes must be positive, not {latents}")
+    from aelab.evaluation.samplers import SAMPLERS
+
+    wrong = [name for name in samplers or () if name not in SAMPLERS]
+    if wrong or samplers == []:
+        raise UserError(f"unknown sampler {(wrong or [''])[0]!r}; use --sampler {' or '.join(SAMPLERS)}, or both: "
+                        f"--sampler {','.join(SAMPLERS)}")
+    if components is not None and samplers is not None and "gmm" not in samplers:
+        raise UserError("--components sets the mixture of the gmm sampler; add gmm to --sampler, or drop it")
     out = Path(out)
     files.refuse_link(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file, and --out takes a folder; pick another --out")
-    taken = [name for name in TABLES if (out / name).exists()] + [p.name for p in out.glob("reconstructions_k*.png")]
+    taken = [name for name in TABLES if (out / name).exists()] + \
+        [p.name for pattern in ("reconstructions_k*.png", "samples_*.png") for p in out.glob(pattern)]
     if taken and not overwrite:
         raise UserError(f"{out} already holds {', '.join(taken)}; pick another --out or pass --overwrite "
                         "(finished runs there are reused either way)")
@@ -296,20 +344,29 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
             else:
                 fitted = train_model(name, k, folder, data, epochs, threads, device)
             by_latent.setdefault(k, []).append(fitted)
-    if sample_quality and any(f.model.generative for fs in by_latent.values() for f in fs):
-        from aelab.evaluation.frechet import IMAGE_SHAPE, feature_classifier
-
-        if train.shape == IMAGE_SHAPE:  # the cached classifier always learns from Fashion-MNIST itself
-            classifier, accuracy = feature_classifier()
-            notes.append(f"Frechet distances use the penultimate features of aelab's Fashion-MNIST classifier "
-                         f"(test accuracy {accuracy:.4f}); `frechet_floor` is the test set's distance from the "
-                         "training set, the best a sampler can expect.")
+    if sample_quality and samples and train.shape == IMAGE_SHAPE:  # the classifier learns from Fashion-MNIST
+        classifier, accuracy = feature_classifier()
+        floor = frechet_floor(classifier, test, train)
+        notes.append(f"Samples: up to {samples} per row against as many test images, from a fixed seed, by the "
+                     "row's `sampler`: `prior` decodes draws of the model's prior, `gmm` draws of a "
+                     f"{components or COMPONENTS}-component full-covariance Gaussian mixture fitted to the training "
+                     "codes. In the penultimate features of aelab's Fashion-MNIST classifier (test accuracy "
+                     f"{accuracy:.4f}): `frechet` (`frechet_floor`: the test set's distance from the training set, "
+                     "the best a sampler can expect), `precision` and `recall` (k-NN manifolds, k = 3, Kynkaanniemi "
+                     "et al. 2019), `density` and `coverage` (k = 5, Naeem et al. 2020).")
     rows = []
     for k in sorted(by_latent):
         for fitted in by_latent[k]:
             print(f"compare: measuring {fitted.name} at {k}", flush=True)
-            rows.append(measure(fitted, train, test, classifier))
+            row = measure(fitted, train, test)
+            if classifier is not None:
+                row["frechet_floor"] = floor
+            rows += sample_rows(fitted, row, samplers, train, test, out, classifier, samples, components)
         write_figure(by_latent[k], figure_images(test), out / f"reconstructions_k{k}.png")
+    ks = sorted({r["nll_k"] for r in rows if r["nll_k"] is not None})
+    if ks:
+        notes.append(f"`nll`: the importance-weighted bound of Burda et al. on -log p(x), nats per test image, with "
+                     f"K = {', '.join(map(str, ks))} samples (`nll_k`), for the methods with a likelihood.")
     if len(by_latent) > 1:
         plot_error_vs_latent(rows, out / "error_vs_latent.png")
     notes.insert(0, f"{len(test)} test images. `sse_per_image`: squared error summed over an image's pixels "

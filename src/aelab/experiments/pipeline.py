@@ -13,16 +13,18 @@ from pathlib import Path
 
 import torch
 
+from aelab import devices
 from aelab.config import RunConfig, set_value
 from aelab.errors import UserError
 from aelab.evaluation.evaluate import evaluate
 from aelab.models import build
+from aelab.pictures.charts import plot_losses
+from aelab.pictures.images import save_png
 from aelab.reports import trackers
-from aelab.reports.images import save_png
 from aelab.reports.page import write_run_page
-from aelab.reports.report import GridWriter, plot_losses, write_report
+from aelab.reports.report import GridWriter, write_report
+from aelab.runs.runfolder import RunFolder, load_model
 from aelab.storage import files
-from aelab.storage.runfolder import RunFolder, load_model
 from aelab.training import distributed
 from aelab.training.train import Callback, ConsolePrinter, Diverged, TrainConfig, Trainer
 
@@ -68,10 +70,10 @@ def train(config: RunConfig, *, out: str | Path | None = None, overwrite: bool =
     train_set, test_set = config.data.load()
     model = new_model(config, train_set)  # before the folder exists: a bad setting leaves nothing behind
     path = Path(out) if out else _free_run_dir(config.model_name)
-    distributed.barrier()  # every rank has picked the same free folder before rank 0 takes it
-    with distributed.on_main(lambda: RunFolder.create(path, config, overwrite)) or RunFolder(path) as run:
+    devices.barrier()  # every rank has picked the same free folder before rank 0 takes it
+    with devices.on_main(lambda: RunFolder.create(path, config, overwrite)) or RunFolder(path) as run:
         trainer = _trainer(run, config, model, train_set, test_set, loggers, config_saved=True)
-        ranks = f" on {distributed.world_size()} ranks" if distributed.world_size() > 1 else ""
+        ranks = f" on {devices.world_size()} ranks" if devices.world_size() > 1 else ""
         what = "images" if train_set.recon_loss == "bce" else "vectors of"
         _say(f"training {config.model_name} ({model.num_parameters():,} parameters) on {len(train_set)} {what} "
              f"{'x'.join(map(str, train_set.shape))}, testing on {len(test_set)}; device {trainer.device}{ranks}; "
@@ -89,7 +91,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None
     if not Path(run_dir).is_dir():
         raise UserError(f"run folder {run_dir} does not exist; nothing to resume (start it without --resume)")
     with RunFolder.open(run_dir) as run:
-        if distributed.is_main():  # the lock before reading anything: another trainer may be rewriting it
+        if devices.is_main():  # the lock before reading anything: another trainer may be rewriting it
             run.check()
             run.lock()
         config = run.config()
@@ -107,7 +109,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None
         run.load_checkpoint(trainer)
         if config.train.epochs < trainer.epoch:
             raise UserError(f"{run.path} already holds {trainer.epoch} epochs; --epochs must be at least that")
-        if distributed.is_main():  # only now that everything is checked: the folder as its checkpoint left it
+        if devices.is_main():  # only now that everything is checked: the folder as its checkpoint left it
             run.write_metrics(trainer.history)
             run.forget_after(trainer.epoch)
             if trainer.epoch and run.weights_epoch() != trainer.epoch:  # a later epoch's, from a process killed
@@ -145,7 +147,7 @@ def _loggers(loggers) -> list[trackers.Logger]:
     """Made on every rank before anything is written (a missing package stops them all, leaving nothing behind);
     kept by rank 0 alone."""
     made = trackers.make(loggers)
-    return made if distributed.is_main() else []
+    return made if devices.is_main() else []
 
 
 def _threads(threads: int | None) -> None:
@@ -154,7 +156,7 @@ def _threads(threads: int | None) -> None:
 
 
 def _say(text: str) -> None:
-    if distributed.is_main():
+    if devices.is_main():
         print(text)
 
 
@@ -163,10 +165,11 @@ def new_model(config: RunConfig, train_set):
     first training inputs and the steps the run will take. Made once its settings are checked and this process
     has its device (under torchrun: once it has joined the process group)."""
     config.train.check()
-    distributed.setup(distributed.parse_device(config.train.device))
+    distributed.setup(devices.parse_device(config.train.device))
     torch.manual_seed(config.train.seed)
     model = build_for(config, train_set)
-    model.initialise(train_set.floats(slice(0, 4096)), config.train.epochs * -(-len(train_set) // config.train.batch_size))
+    steps = config.train.epochs * -(-len(train_set) // config.train.batch_size)
+    model.initialise(train_set.floats(slice(0, 4096)), steps, len(train_set))
     return model
 
 
@@ -198,7 +201,7 @@ def _fit(run: RunFolder, config: RunConfig, trainer: Trainer, test_set, loggers)
         raise
     else:
         stopped = None
-    main = distributed.is_main()
+    main = devices.is_main()
     if main:
         plot_losses(trainer.history, run.loss_plot_path)
     if stopped:  # the trackers hear how it ended

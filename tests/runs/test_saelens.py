@@ -27,7 +27,7 @@ def sae_run(request, tmp_path_factory):
 
 
 def test_saelens_files_reproduce_aelab(sae_run, tmp_path):
-    from aelab.storage.runfolder import load_model
+    from aelab.runs.runfolder import load_model
 
     run, vectors, sparsity = sae_run
     result = aelab("export", run, "--format", "saelens", "--out", tmp_path)

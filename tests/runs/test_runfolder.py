@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from aelab import config as cfg
 from aelab.config import RunConfig
 from aelab.errors import UserError
+from aelab.runs.runfolder import RunFolder, load_model
+from aelab.runs.settings import from_dict, resolve
 from aelab.storage import tensorfile
-from aelab.storage.runfolder import RunFolder, load_model
 from conftest import N_TEST, RUN_EPOCHS
 
 SAFE_SUFFIXES = {".json", ".jsonl", ".safetensors", ".png", ".gif", ".md", ".html"}
@@ -43,7 +43,7 @@ def test_run_folder_holds_config_metrics_weights_pictures_and_report(trained_run
     assert config["model_name"] == "ae" and config["data"]["path"] == str(subset_npz)
     assert config["train"]["epochs"] == RUN_EPOCHS and config["train"]["batch_size"] == 512
     assert config["model"]["latent"] == 20 and config["model"]["hidden"] == [256, 128, 64]
-    assert RunConfig.from_dict(config).to_dict() == RunConfig.from_dict(json.loads(json.dumps(config))).to_dict()
+    assert from_dict(config).to_dict() == from_dict(json.loads(json.dumps(config))).to_dict()
 
     lines = (trained_run / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
@@ -198,7 +198,7 @@ def test_api_rejects_wrong_shapes(trained_model):
 
 
 def test_a_run_saved_before_vector_scale_existed_reads_as_standardised(tmp_path):
-    config = cfg.resolve("sae")
+    config = resolve("sae")
     saved = config.to_dict()
     del saved["data"]["vector_scale"]
     (tmp_path / "config.json").write_text(json.dumps(saved))

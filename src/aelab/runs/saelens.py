@@ -69,7 +69,7 @@ def check_exportable(model, name: str) -> None:
 
 def export_saelens(run: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write a trained sae run's cfg.json and sae_weights.safetensors into `out`."""
-    from aelab.storage.runfolder import RunFolder, load_model
+    from aelab.runs.runfolder import RunFolder, load_model
 
     out = Path(out)
     taken = [name for name in FILES if (out / name).exists()]

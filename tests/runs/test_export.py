@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from aelab import config as cfg
 from aelab.errors import UserError
 from aelab.models import MODELS, build
-from aelab.storage.export import export_onnx, max_differences
+from aelab.runs.export import export_onnx, max_differences
+from aelab.runs.settings import resolve
 
 from support.models import arch_cases
 from support.process import aelab
@@ -25,7 +25,7 @@ def test_onnxruntime_reproduces_codes_and_images(name, arch, fashion, tmp_path):
     import onnxruntime as ort
 
     settings = {"model.latent": 6, "model.hidden": "32,16", "model.channels": "4,8", "model.arch": arch}
-    config = cfg.resolve(name, None, settings)
+    config = resolve(name, None, settings)
     torch.manual_seed(0)
     model = build(name, config.model).eval()  # eval: dropout off; a trained model differs only in its numbers
     encoder, decoder = export_onnx(model, tmp_path)
@@ -46,7 +46,7 @@ def test_a_model_of_vectors_exports_in_the_vectors_own_units(tmp_path):
     """The standardisation a vector model keeps in its weights travels in the ONNX files: vectors in, vectors out."""
     import onnxruntime as ort
 
-    config = cfg.resolve("sae", None, {"model.latent": 8, "model.k": 3})
+    config = resolve("sae", None, {"model.latent": 8, "model.k": 3})
     config.model.in_shape, config.model.recon_loss = (12,), "mse"
     torch.manual_seed(0)
     model = build("sae", config.model).eval()
@@ -71,6 +71,6 @@ def test_export_command(trained_run, tmp_path):
 
 def test_missing_onnx_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    model = build("ae", cfg.resolve("ae", None, {"model.hidden": "8"}).model)
+    model = build("ae", resolve("ae", None, {"model.hidden": "8"}).model)
     with pytest.raises(UserError, match=r"pip install 'aelab\[onnx\]'"):
         export_onnx(model, tmp_path)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from aelab import devices
 from aelab.errors import UserError
 from aelab.reports import report as reports
 from aelab.storage import files
@@ -50,11 +51,12 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
 def configs(model_name: str, grid: dict[str, list[str]], overrides: dict[str, object]) -> dict[str, object]:
     """Every combination of the grid over the overrides, checked: run name -> RunConfig."""
     from aelab import config as cfg
+    from aelab.runs.settings import resolve
 
     made = {}
     for values in itertools.product(*grid.values()):
         settings = dict(zip(grid, values))
-        config = cfg.resolve(model_name, None, {**overrides, **settings})
+        config = resolve(model_name, None, {**overrides, **settings})
         for key in grid:  # resolve accepted it: a qualified key, or a bare one that one section has
             qualified = key if "." in key else next(f"{s}.{key}" for s in cfg.SECTIONS
                                                     if key in dataclasses.asdict(getattr(config, s)))
@@ -70,8 +72,8 @@ def sweep(model_name: str, grid: dict[str, list[str]], out: str | Path, override
     """Train every combination of `grid` into OUT/NAME in one pass over the data, then measure and rank them.
     `reader`, if given, wraps the training set's batch reader (floats(index) -> tensor). Returns the table's rows
     (none on the other ranks under torchrun)."""
-    from aelab.storage.runfolder import RunFolder
-    from aelab.training.pipeline import RunRecorder, new_model
+    from aelab.experiments.pipeline import RunRecorder, new_model
+    from aelab.runs.runfolder import RunFolder
     from aelab.training.train import Trainer
 
     if threads:
@@ -87,11 +89,11 @@ def sweep(model_name: str, grid: dict[str, list[str]], out: str | Path, override
         trainers.append((config, new_model(config, train_set)))
     for name, (config, model) in zip(made, trainers):
         path = out / name
-        runs.append(distributed.on_main(lambda: RunFolder.create(path, config, overwrite)) or RunFolder(path))
+        runs.append(devices.on_main(lambda: RunFolder.create(path, config, overwrite)) or RunFolder(path))
     trainers = [Trainer(model, train_set, test_set, config.train, [RunRecorder(run, config)])
                 for (config, model), run in zip(trainers, runs)]
-    lead, main = trainers[0], distributed.is_main()
-    ranks = f" on {distributed.world_size()} ranks" if distributed.world_size() > 1 else ""
+    lead, main = trainers[0], devices.is_main()
+    ranks = f" on {devices.world_size()} ranks" if devices.world_size() > 1 else ""
     if main:
         print(f"sweep: {len(trainers)} {model_name} runs on {len(train_set)} vectors of width {train_set.shape[0]}"
               f"{ranks}, one read per batch; runs in {out}", flush=True)
@@ -101,7 +103,7 @@ def sweep(model_name: str, grid: dict[str, list[str]], out: str | Path, override
             if main:
                 print(f"sweep: epoch {epoch}/{lead.config.epochs}: " + "  ".join(
                     f"{name} {t.history[-1]['test_loss']:.4f}" for name, t in zip(made, trainers)), flush=True)
-        rows = distributed.on_main(lambda: _finish(made, runs, trainers, test_set, out)) or []
+        rows = devices.on_main(lambda: _finish(made, runs, trainers, test_set, out)) or []
     finally:
         for run in runs:
             run.close()
@@ -111,8 +113,8 @@ def sweep(model_name: str, grid: dict[str, list[str]], out: str | Path, override
 
 def _finish(made, runs, trainers, test_set, out: Path) -> list[dict]:
     """Rank 0: every run's loss plot, measures and report, then the leaderboard."""
-    from aelab.reports.report import plot_losses
-    from aelab.training.pipeline import finish
+    from aelab.experiments.pipeline import finish
+    from aelab.pictures.charts import plot_losses
 
     rows = []
     for name, run, trainer in zip(made, runs, trainers):
@@ -136,11 +138,11 @@ def _epoch(trainers, read, epoch: int, n: int) -> None:
         t.model.train()
         t.finite.fill_(True)
     for step, index in enumerate(batches, 1):
-        mine, offset = distributed.share(index)
+        mine, offset = devices.share(index)
         x = read(mine)
         for i, t in enumerate(trainers):
             began = time.perf_counter()
-            with distributed.sharded(offset, len(index)), t.autocast():
+            with devices.sharded(offset, len(index)), t.autocast():
                 terms = t.step(x.to(t.device, non_blocking=True), len(mine) / len(index))
             for k, v in terms.items():  # batch-size weighted, as Trainer.train_epoch
                 sums[i][k] = sums[i].get(k, 0) + v.float() * len(x)
@@ -148,10 +150,10 @@ def _epoch(trainers, read, epoch: int, n: int) -> None:
             seconds[i] += time.perf_counter() - began
     for t, terms, took in zip(trainers, sums, seconds):
         t.epoch = epoch
-        means = {k: (distributed.all_sum(v) / n).item() for k, v in terms.items()}
-        if distributed.is_main():
+        means = {k: (devices.all_sum(v) / n).item() for k, v in terms.items()}
+        if devices.is_main():
             t.epoch_end(epoch, means, took)
-    distributed.barrier()  # the other ranks wait for rank 0's evaluation and files
+    devices.barrier()  # the other ranks wait for rank 0's evaluation and files
 
 
 def _row(name: str, run, trainer) -> dict:

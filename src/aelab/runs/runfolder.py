@@ -7,6 +7,7 @@ here is a pickle:
     RUN/metrics.jsonl           one JSON object per epoch: every train/test loss term and the seconds taken
     RUN/grids/epoch_NNN.png     the 10x10 test grid (real | reconstruction) after that epoch; grids.gif plays them
     RUN/eval.json, loss.png, report.md, report.html, the models' pictures, tensorboard/: written after training
+    RUN/gmm.safetensors         the Gaussian mixture fitted to the training codes, for `aelab sample --sampler gmm`
     RUN/.aelab-run              made with the folder: --overwrite replaces only folders aelab made
     RUN/.aelab-lock             locked by the one process training the run; holds its PID
 
@@ -23,11 +24,12 @@ from pathlib import Path
 
 import torch
 
+from aelab import devices
 from aelab.config import RunConfig, parse_settings
 from aelab.errors import UserError
 from aelab.models import build, picture_names
+from aelab.runs.settings import from_dict
 from aelab.storage import files, tensorfile
-from aelab.training import distributed
 from aelab.training.train import Trainer
 
 FORMAT = "aelab/1"
@@ -63,6 +65,7 @@ class RunFolder:
     metrics_path, eval_path, grids_path, gif_path = _paths("metrics.jsonl", "eval.json", "grids", "grids.gif")
     loss_plot_path, report_path, page_path = _paths("loss.png", "report.md", "report.html")
     tensorboard_path, marker_path, lock_path = _paths("tensorboard", ".aelab-run", ".aelab-lock")
+    sampler_path, = _paths("gmm.safetensors")  # the ex-post Gaussian mixture of `aelab sample --sampler gmm`
 
     def picture(self, name: str) -> Path:
         """Where a model's picture (a name from model.make_pictures) goes."""
@@ -252,7 +255,7 @@ class RunFolder:
             for group, lr in zip(optimizer.param_groups, lrs):
                 group["lr"] = lr
         self.saved_epoch = trainer.epoch
-        if distributed.is_main():
+        if devices.is_main():
             # the checkpoint's epoch is the truth: metrics of a later epoch were written by a process killed
             # before its checkpoint, and that epoch is trained again
             trainer.history = list({r["epoch"]: r for r in self.metrics() if r["epoch"] <= trainer.epoch}.values())
@@ -309,7 +312,7 @@ def _checked_config(d, source: str) -> RunConfig:
         # a run saved before data.vector_scale existed trained its vectors standardised per feature
         d = {**d, "data": {**d["data"], "vector_scale": "standardise"}}
     try:
-        return RunConfig.from_dict(d)
+        return from_dict(d)
     except UserError as e:
         raise UserError(f"{source} holds settings that cannot work ({e}); restore it or retrain") from None
 
@@ -357,4 +360,4 @@ def load_model(path: str | Path, device: str = "auto"):
     model = build(config.model_name, config.model)
     tensors, _ = load_state(weights, model)
     model.load_state_dict(tensors)  # safetensors load on the CPU, then move
-    return model.to(distributed.resolve_device(distributed.parse_device(device))).eval()
+    return model.to(devices.resolve_device(devices.parse_device(device))).eval()
