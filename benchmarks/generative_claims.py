@@ -97,7 +97,7 @@ def train_run(folder: Path, label: str, seed: int, data: Path, epochs: int, late
 
 def measures(out: Path, sampler: str | None = None) -> dict:
     """RUN/eval.json; with a sampler, the sample measures `aelab eval RUN --sampler S --components 10` adds (its
-    measure_run, called here so that the test NLL is not computed again); with "normal", the same measures of N(0, I)
+    same calls, made here so that the test NLL is not computed again); with "normal", the same measures of N(0, I)
     codes decoded by a model that has no prior (the chapter's AE). Cached beside the run."""
     if sampler is None:
         return json.loads((out / "eval.json").read_text())
@@ -111,17 +111,20 @@ def sample_measures(out: Path, sampler: str) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
+    from aelab.cli import _sampler
     from aelab.evaluation.frechet import feature_classifier
-    from aelab.evaluation.generation import EVAL_SEED, SAMPLES, measure_run, sample_measures
-    from aelab.storage.runfolder import RunFolder, load_model
+    from aelab.evaluation.generation import EVAL_SEED, SAMPLES, measure_sampler, sample_measures
+    from aelab.runs.runfolder import RunFolder, load_model
 
     torch.set_num_threads(1)
     model = load_model(out, "cpu")
     test = RunFolder.open(out).config().data.load_test()
-    if sampler != "normal":
-        return measure_run(model, out, test, sampler, COMPONENTS if sampler == "gmm" else None, keep=True)
+    net = feature_classifier()[0]
+    if sampler != "normal":  # what `aelab eval RUN --sampler S` adds
+        chosen = _sampler(str(out), model, sampler, COMPONENTS if sampler == "gmm" else None, keep=True)
+        return measure_sampler(chosen, net, test, SAMPLES)
     codes = torch.randn(SAMPLES, model.code_size, generator=torch.Generator().manual_seed(EVAL_SEED))
-    return {"sampler": "normal", **sample_measures(model.decode(codes), feature_classifier()[0], test)}
+    return {"sampler": "normal", **sample_measures(model.decode(codes), net, test)}
 
 
 def spread(values: list[float], digits: int) -> str:
