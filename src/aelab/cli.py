@@ -45,7 +45,7 @@ def add_sampler_flags(p, several: bool = False) -> None:
         p.add_argument("--sampler", metavar="NAME,NAME", help="prior, gmm or both (prior,gmm): one row per method "
                        "and sampler it can use (default: each method's own, prior where it has one, else gmm)")
     else:
-        p.add_argument("--sampler", help="prior (the model's own: vae, betavae, aae) or gmm (a Gaussian mixture "
+        p.add_argument("--sampler", help="prior (the model's own: the VAE family, aae, wae) or gmm (a Gaussian mixture "
                        "fitted to the training codes once, kept in RUN/gmm.safetensors); default: prior where the "
                        "model has one, else gmm")
     p.add_argument("--components", type=int_in(1, 10_000), help="Gaussians in the gmm sampler's mixture (default 10)")

@@ -18,6 +18,8 @@ import torch
 
 from aelab.errors import UserError
 
+FLOAT32_SQRT_MAX = float(np.finfo(np.float32).max) ** 0.5  # 1.8e19: the largest vector value whose square float32 holds
+
 
 def release(array: np.ndarray) -> None:
     """Unmap the file pages that reading a memory map has mapped into this process; the kernel's page cache keeps
@@ -153,8 +155,6 @@ class VectorSet(Batches):
     def _check(self, raw: np.ndarray, rows: np.ndarray) -> None:
         """Refuse a batch (float32) holding a value that is not finite or too large (as data.load.check_values
         does on loading), naming its row in the file: for a set whose file was not checked whole on loading."""
-        from aelab.data.load import FLOAT32_SQRT_MAX
-
         big = max(raw.max(), -raw.min())  # one pass over the batch; NaN or inf if any value is
         if not big <= FLOAT32_SQRT_MAX:
             bad = int(np.flatnonzero(~(np.abs(raw) <= FLOAT32_SQRT_MAX).all(1))[0])

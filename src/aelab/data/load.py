@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from aelab.data.datasets import ImageSet, VectorSet, gather, release
+from aelab.data.datasets import FLOAT32_SQRT_MAX, ImageSet, VectorSet, gather, release
 from aelab.errors import UserError
 from aelab.data.readers import (IMAGE_SUFFIXES, image_files_in, open_npy, read_array_file, read_idx, read_image_files,
                            to_uint8_images)
@@ -32,7 +32,6 @@ KINDS = ("auto", "images", "vectors")
 VECTOR_SCALES = ("norm", "standardise", "none")
 READS = ("auto", "memory", "file")
 VECTOR_TEST_MAX = 10_000  # held-out vectors, loaded into memory: enough for stable measures, whatever the file's size
-FLOAT32_SQRT_MAX = float(np.finfo(np.float32).max) ** 0.5  # 1.8e19: the largest vector value whose square float32 holds
 # a vectors file read from disk and larger than this many 1 MB chunks (as float64) takes its statistics from that
 # many chunks spread over it (a pass over 12 GB would cost some 16 s of start-up) and checks each batch as read
 STATS_SAMPLE_CHUNKS = 256
