@@ -104,6 +104,10 @@ def prepare(work: Path) -> None:
              x_test=test.images[:200, 0].numpy(), y_test=test.labels[:200].numpy())
     rng = np.random.default_rng(0)
     np.save(work / "few.npy", test.images[:10, 0].numpy())
+    for i, text in enumerate(PLUGINS.values()):
+        (work / f"plugin{i}.py").write_text(text)
+    (work / "plugin_ok.py").write_text(GOOD_HEAD + "@dataclass\nclass C(AEConfig):\n    width: int = 3\n\n"
+                                       "class Mine(Autoencoder):\n    Config = C\n\nregister('mine', Mine)\n")
     np.save(work / "exists.npy", np.zeros(3))
     np.save(work / "vectors.npy", rng.standard_normal((400, 16)).astype(np.float32))
     bad = rng.standard_normal((400, 16)).astype(np.float32)
@@ -219,6 +223,36 @@ def folder_cases(tiny: list) -> list[Case]:
     return cases
 
 
+# plugin files a careless author writes, named in AELAB_PLUGINS: each must end every command in one line
+GOOD_HEAD = ("from __future__ import annotations\nfrom dataclasses import dataclass\n"
+             "from aelab.models import AEConfig, Autoencoder, register\n")
+PLUGINS = {
+    "raises RuntimeError": "raise RuntimeError('boom')\n",
+    "raises ValueError": "raise ValueError('bad value')\n",
+    "recurses without end": "def f():\n    return f()\nf()\n",
+    "calls sys.exit(0)": "import sys\nsys.exit(0)\n",
+    "has a syntax error": "def (:\n",
+    "takes a baseline's name": GOOD_HEAD + "register('pca', Autoencoder)\n",
+    "a Config field without a default": GOOD_HEAD + "@dataclass\nclass C(AEConfig):\n    width: int\n\n"
+        "class M(Autoencoder):\n    Config = C\n\nregister('mine', M)\n",
+    "a check raising ValueError": GOOD_HEAD + "@dataclass\nclass C(AEConfig):\n    width: int = 0\n\n"
+        "    def check(self):\n        raise ValueError('width')\n\nclass M(Autoencoder):\n    Config = C\n\n"
+        "register('mine', M)\n",
+}
+
+
+def plugin_cases(tiny: list) -> list[Case]:
+    """Each plugin file of PLUGINS (written by prepare) named in AELAB_PLUGINS: `aelab models`, and training the
+    plugin's model where it registers one; and a plugin written the ordinary way, which must load."""
+    cases = []
+    for i, (name, _) in enumerate(PLUGINS.items()):
+        argv = ["train", "mine", *tiny, "--out", f"plug{i}"] if "Config" in name or "check" in name else ["models"]
+        cases.append(Case("plugins", name, argv, env={"AELAB_PLUGINS": f"plugin{i}.py"}))
+    cases.append(Case("plugins", "postponed annotations and a @dataclass Config", ["models"], expect="ok",
+                      env={"AELAB_PLUGINS": "plugin_ok.py"}))
+    return cases
+
+
 def cases() -> list[Case]:
     tiny = ["--data", "small.npz", "--epochs", "1", "--threads", "1"]
     fresh = (f"new{i}" for i in itertools.count())  # a folder of its own for every case that may write one
@@ -304,6 +338,7 @@ def cases() -> list[Case]:
              check=exists("v.npy")),
     ]
     cs += folder_cases(tiny)
+    cs += plugin_cases(tiny)
     for uri in ("http://127.0.0.1:9", "file:///proc/x", "bogus://x"):
         cs.append(train(f"--log mlflow at {uri}", "--log", "mlflow", env={"MLFLOW_TRACKING_URI": uri},
                         timeout=120))

@@ -279,3 +279,13 @@ def test_a_plugin_cannot_take_a_baselines_name(monkeypatch):
     for name in BASELINES:
         with pytest.raises(UserError, match=f"{name!r} is a baseline's"):
             models.register(name, models.Autoencoder)
+
+
+def test_aelab_models_lists_a_variant_without_a_docstring(capsys, monkeypatch):
+    from aelab.cli import main
+    from aelab.models import MODELS, Autoencoder
+
+    undocumented = type("Undocumented", (Autoencoder,), {})  # a plugin's class written without a docstring
+    monkeypatch.setitem(MODELS, "undocumented", undocumented)
+    assert main(["models"]) == 0
+    assert "undocumented" in capsys.readouterr().out.splitlines()[-1]

@@ -386,7 +386,8 @@ def cmd_models(args) -> int:
     from aelab.models import MODELS
 
     for name, cls in MODELS.items():
-        print(f"{name:<10}{(cls.__doc__ or '').strip().splitlines()[0]}")
+        first = ((cls.__doc__ or "").strip().splitlines() or [""])[0]  # a plugin's class may have no docstring
+        print(f"{name:<10}{first}")
     return 0
 
 
