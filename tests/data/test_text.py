@@ -125,3 +125,17 @@ def test_bad_inputs_get_one_line_and_nothing_written(gpt2, tmp_path, capsys):
             (["--hf", folder, "--layer", "h.0"], ("--text",))):
         assert_user_error(in_process(["activations", *argv, "--out", out], capsys), *words)
         assert not list(tmp_path.glob("a.*"))
+
+
+def test_a_link_or_the_users_own_file_is_never_replaced(gpt2, tmp_path, capsys):
+    """The transformer's activations are owned as a run's are: a link is refused, --overwrite or not, and a user's
+    file of the same name is replaced only with --overwrite where aelab wrote the set."""
+    folder, text = gpt2
+    target = tmp_path / "target.npy"
+    np.save(target, np.zeros(3))
+    (tmp_path / "link.npy").symlink_to(target)
+    np.save(tmp_path / "mine.npy", np.ones(3))
+    args = ["activations", "--hf", folder, "--layer", "h.0", "--text", text, "--out"]
+    assert_user_error(in_process([*args, tmp_path / "link.npy", "--overwrite"], capsys), "link")
+    assert_user_error(in_process([*args, tmp_path / "mine.npy", "--overwrite"], capsys), "mine.npy")
+    assert np.load(target).tolist() == [0, 0, 0] and np.load(tmp_path / "mine.npy").tolist() == [1, 1, 1]

@@ -107,18 +107,15 @@ def write_text_activations(model_dir: str | Path, layer: str, text: str | Path, 
     tokens (default: the model's positions, at most 1024) are seen in consecutive stretches of that many.
     `batch_size` stretches go through the model at a time, and only their activations are held in memory. Returns
     the description written."""
-    from aelab.data.activations import DTYPES, sidecar_paths, write_streamed
+    from aelab.data.activations import DTYPES, write_streamed
+    from aelab.storage.folders import ActivationFiles
 
-    model_dir, text, out = Path(model_dir), Path(text), Path(out)
-    if out.suffix != ".npy":
-        raise UserError(f"activations are written as a .npy file; give --out FILE.npy, not {out}")
+    owner = ActivationFiles(out)  # links refused; the user's own files replaced only where aelab wrote the set
+    model_dir, text, out = Path(model_dir), Path(text), owner.path
     if dtype not in DTYPES:
         raise UserError(f"--dtype takes {' or '.join(DTYPES)}")
-    index_path, json_path = sidecar_paths(out)
-    tokens_path = out.with_suffix(".tokens.npy")
-    taken = [p for p in (out, index_path, json_path, tokens_path) if p.exists()]
-    if taken and not overwrite:
-        raise UserError(f"{taken[0]} already exists; choose another --out or pass --overwrite")
+    index_path, json_path, tokens_path = owner.index_path, owner.marker_path, owner.tokens_path
+    owner.claim(overwrite)
     if not text.is_file():
         raise UserError(f"--text {text} is not a file; give a UTF-8 text file, one document a line, or a .npy of "
                         "token ids")
@@ -154,6 +151,7 @@ def write_text_activations(model_dir: str | Path, layer: str, text: str | Path, 
         return output[mask.bool()].float().numpy()  # (tokens of the batch, width), in document order
 
     batches = (padded(windows[first:first + batch_size]) for first in range(0, len(windows), batch_size))
+    owner.begin(overwrite)  # the description's file before the activations: it marks the set as aelab's
     width = write_streamed(module, out, rows, dtype, batches,
                            lambda b: model(input_ids=b[0], attention_mask=b[1]), take)
     index = np.concatenate([np.stack([np.full(len(t), d), np.arange(start, start + len(t))], 1)

@@ -192,6 +192,7 @@ class ActivationFiles(Owned):
         ACTS.npy        (n, width) float32 or float16, written through a memory map one batch at a time
         ACTS.index.npy  (n,) int64: the row of each activation in its source data set's split
         ACTS.json       where they came from: the source run, its data and split, the layer
+        ACTS.tokens.npy a transformer's activations only (`--hf`): each row's token id
     """
 
     kind = "set of activations"
@@ -213,8 +214,12 @@ class ActivationFiles(Owned):
     def marker_path(self) -> Path:
         return self.path.with_suffix(".json")
 
+    @property
+    def tokens_path(self) -> Path:
+        return self.path.with_suffix(".tokens.npy")
+
     def declared(self) -> list[Path]:
-        return [self.path, self.index_path, self.marker_path]
+        return [self.path, self.index_path, self.marker_path, self.tokens_path]
 
     def outputs(self) -> list[Path]:
         return self.declared()
