@@ -13,7 +13,6 @@ that activate each unit most (`top_activating`).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -35,29 +34,26 @@ def sidecar_paths(acts: str | Path) -> tuple[Path, Path]:
 
 def write_streamed(module: torch.nn.Module, out: Path, rows: int, dtype: str, batches, forward, take) -> int:
     """Write `rows` activations of `module` to `out` (.npy) through a memory map, one batch at a time: forward(batch)
-    runs the model, take(module's output, batch) gives that batch's rows (b, width) as numpy. Written to a temporary
-    file first, so that `out` appears whole or not at all. Returns the width."""
+    runs the model, take(module's output, batch) gives that batch's rows (b, width) as numpy. Written through
+    files.atomic, so that `out` appears whole or not at all. Returns the width."""
     seen: list[torch.Tensor] = []
     hook = module.register_forward_hook(lambda m, args, output: seen.append(output))
-    tmp = out.with_name(f".{out.name}.{os.getpid()}{files.TMP_SUFFIX}")
     try:
-        acts, start = None, 0
-        for batch in batches:
-            forward(batch)
-            taken = take(seen.pop(), batch)
-            if acts is None:
-                acts = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(rows, taken.shape[1]))
-            acts[start:start + len(taken)] = taken
-            start += len(taken)
-        width = acts.shape[1]
-        acts.flush()
-        del acts
-        os.replace(tmp, out)
-    except OSError as e:
-        raise files.write_error(e, out) from None
+        with files.atomic(out):  # through a memory map of its temporary file: `out` appears whole, durably, or not
+            acts, start = None, 0
+            for batch in batches:
+                forward(batch)
+                taken = take(seen.pop(), batch)
+                if acts is None:
+                    acts = np.lib.format.open_memmap(files.temporary(out), mode="w+", dtype=dtype,
+                                                     shape=(rows, taken.shape[1]))
+                acts[start:start + len(taken)] = taken
+                start += len(taken)
+            width = acts.shape[1]
+            acts.flush()
+            del acts
     finally:
         hook.remove()
-        tmp.unlink(missing_ok=True)
     return width
 
 

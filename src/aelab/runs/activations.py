@@ -68,9 +68,10 @@ def write_activations(run: str | Path, layer: str, out: str | Path, data: str | 
                         f"{'x'.join(map(str, model.config.in_shape))}; give --data of that size")
 
     first = inputs.floats(slice(0, 1))
-    if layer not in _run_layers(model, first):
+    called = _run_layers(model, first)
+    if layer not in called:
         raise UserError(f"layer {layer!r} is not called in {run}'s forward pass (its weights are used directly), so "
-                        f"it has no activations; give --layer one of: {', '.join(_run_layers(model, first))}")
+                        f"it has no activations; give --layer one of: {', '.join(called)}")
     owner.begin(overwrite)  # the description's file before the activations: it marks the set as aelab's
     width = write_streamed(module, out, len(inputs), dtype, inputs.batches(batch_size), lambda x: _forward(model, x),
                            lambda output, x: output.flatten(1).numpy())
