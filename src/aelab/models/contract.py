@@ -125,7 +125,8 @@ class Model(Protocol):
 class Defaults:
     """What the contract answers alike for every method unless it says otherwise: its title and words from its class
     (how it samples ex post: the first line of the docstring of a `sampling_codes` or `decode_sampled` it
-    overrides), and no older saved layout."""
+    overrides; a base whose own sampling_codes and decode_sampled are its encode and decode sets plain_sampling),
+    no older saved layout and no decoder layers."""
 
     @property
     def title(self) -> str:
@@ -144,8 +145,6 @@ class Defaults:
             return line[:1].lower() + line[1:]  # "The encoder's output." -> "the encoder's output"
 
         return phrase("sampling_codes", "the codes `encode` gives"), phrase("decode_sampled", None)
-
-    # a base whose own sampling_codes and decode_sampled are its encode and decode sets plain_sampling = True
 
     def older_layout(self, like: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor] | None:
         return None
