@@ -312,7 +312,7 @@ def cmd_eval(args) -> int:
     from aelab.evaluation.generation import measurable, measure_sampler
     from aelab.evaluation.probing import measures_if_labelled
     from aelab.evaluation.samplers import check_sampler, default_sampler
-    from aelab.runs.runfolder import RunFolder, load_model
+    from aelab.runs.runfolder import RunFolder, load_model, run_sampler
 
     if args.save and (args.data or not Path(args.run).is_dir()):
         raise UserError("--save writes RUN/eval.json, the measures of a run folder on its own test set; "
@@ -325,9 +325,9 @@ def cmd_eval(args) -> int:
                       f"{args.run} is a {config.model_name!r} run that")
     data = dataclasses.replace(config.data, path=args.data or config.data.path)
     train, test = data.load() if data.path and data.path.endswith(".npy") else (None, data.load_test())
-    if test.shape != tuple(model.config.in_shape):
+    if test.shape != model.in_shape:
         raise UserError(f"the test data are {'x'.join(map(str, test.shape))} but {args.run} takes "
-                        f"{'x'.join(map(str, model.config.in_shape))}; give --data of that size")
+                        f"{'x'.join(map(str, model.in_shape))}; give --data of that size")
     if args.probe and train is None:
         measures_if_labelled(model, data.path, train, test, required=True)  # one line: no labels
     sampled = args.samples > 0 and measurable(test)
@@ -339,7 +339,7 @@ def cmd_eval(args) -> int:
         metrics.update(measures_if_labelled(model, data.path, train, test, required=args.probe))
     if sampled:  # the classifier, trained on first use, says so on stderr: stdout stays one JSON object
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-            sampler = _sampler(args.run, model, args.sampler, args.components, args.save)
+            sampler = run_sampler(model, args.sampler, args.run, args.components, args.save)
             metrics.update(measure_sampler(sampler, feature_classifier()[0], test, args.samples))
             if sampler.name == "gmm":
                 metrics["gmm_components"] = sampler.mixture.components
@@ -352,7 +352,7 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"{args.run}: {config.model_name}, {len(test)} test {'images' if test.recon_loss == 'bce' else 'vectors'}")
+        print(f"{args.run}: {config.model_name}, {len(test)} test {test.data_kind}")
         for k, v in metrics.items():
             print(f"  {k:<16}{v:.4f}" if isinstance(v, float) else f"  {k:<16}{v}")
     return 0
@@ -368,7 +368,7 @@ def cmd_info(args) -> int:
     else:
         config = resolve(args.target, None, _overrides(args))
         model = build(config.model_name, config.model)
-    print(f"Model: {type(model).__name__}")
+    print(f"Model: {model.title}")
     print(summary(model))
     return 0
 
@@ -460,7 +460,7 @@ def cmd_apply(args) -> int:
                                                     "(`aelab train dae`), or use `aelab reconstruct`", args.device)
     else:
         model = load_model(args.run, args.device)
-    vectors = model.config.recon_loss == "mse"  # a run trained on vectors takes and gives .npy vectors
+    vectors = model.data_kind == "vectors"  # a run trained on vectors takes and gives .npy vectors
     if vectors and out.suffix != ".npy":
         raise UserError(f"{args.run} was trained on vectors; give --out FILE.npy, not {out}")
     if args.command == "decode":
@@ -503,7 +503,7 @@ def cmd_score(args) -> int:
                                                 else anomaly.CONTAMINATION)
     model = load_model(args.run, args.device)
     kind = anomaly.kind_of(model, args.score)
-    vectors = model.config.recon_loss == "mse"
+    vectors = model.data_kind == "vectors"
     if vectors and pictures:
         raise UserError(f"{args.run} was trained on vectors, which have no pictures; drop --out-images")
     inputs = read_vectors(args.inputs) if vectors else read_inputs(args.inputs, grey=not args.rgb).images
@@ -608,33 +608,20 @@ def cmd_sample(args) -> int:
     import torch
 
     from aelab.evaluation.samplers import check_sampler, default_sampler
-    from aelab.runs.runfolder import RunFolder, load_model
+    from aelab.runs.runfolder import RunFolder, load_model, run_sampler
 
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
     model = load_model(args.run, args.device)
     what = f"{args.run} is a {RunFolder.open(args.run).config().model_name!r} run that"
     check_sampler(args.sampler or default_sampler(model), model, args.components, what)
-    if model.config.recon_loss == "mse" and out.suffix != ".npy":  # a run trained on vectors samples vectors
+    if model.data_kind == "vectors" and out.suffix != ".npy":  # a run trained on vectors samples vectors
         raise UserError(f"{args.run} was trained on vectors; give --out FILE.npy, not {out}")
-    sampler = _sampler(args.run, model, args.sampler, args.components, keep=True)
+    sampler = run_sampler(model, args.sampler, args.run, args.components, keep=True)
     images = sampler.draw(args.n, torch.Generator().manual_seed(args.seed))
     _write_images(images.cpu().numpy(), out)
     print(f"wrote {args.n} samples to {out}; sampler {sampler.describe()}")
     return 0
-
-
-def _sampler(run: str, model, name: str | None, components: int | None, keep: bool):
-    """The run's sampler `name` (by default its own): a gmm reuses the mixture the run folder keeps, or fits one
-    to the training codes of the run's data and, with `keep`, keeps it there."""
-    from aelab.evaluation.samplers import default_sampler, make_sampler
-    from aelab.runs.runfolder import RunFolder
-
-    folder = RunFolder.open(run)
-    stored = not folder.path.is_file()  # a weights file alone fits its mixture each time, keeping nothing
-    return make_sampler(name or default_sampler(model), model, lambda: folder.config().data.load()[0], components,
-                        folder.sampler_path if stored else None, folder.weights_epoch() if stored else None, keep,
-                        f"{run} is a {folder.config().model_name!r} run that")
 
 
 def cmd_interpolate(args) -> int:
@@ -644,7 +631,7 @@ def cmd_interpolate(args) -> int:
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
     model = load_model(args.run, args.device)
-    if model.config.recon_loss == "mse":
+    if model.data_kind == "vectors":
         raise UserError(f"{args.run} was trained on vectors; interpolate between their codes with `aelab encode`, "
                         "then `aelab decode`")
     a, b = _image_or_test_index(args.run, args.a), _image_or_test_index(args.run, args.b)
@@ -686,10 +673,11 @@ def cmd_export(args) -> int:
     try:  # the run's own test images when its data is here; else uniform noise of the same shape
         images, what = config.data.load_test().floats(slice(0, 256)), "test images"
     except UserError:
-        images, what = torch.rand(256, *model.config.in_shape, generator=torch.Generator().manual_seed(0)), "random images"
+        images, what = torch.rand(256, *model.in_shape, generator=torch.Generator().manual_seed(0)), "random images"
     diff = max_differences(model, out, images)
-    print(f"wrote {paths[0]} and {paths[1]}: images (batch, {', '.join(map(str, model.config.in_shape))}) -> "
-          f"codes (batch, {model.config.latent}) -> images")
+    grid = f": a {'x'.join(map(str, model.code_shape))} grid" if len(model.code_shape) > 1 else ""
+    print(f"wrote {paths[0]} and {paths[1]}: images (batch, {', '.join(map(str, model.in_shape))}) -> "
+          f"codes (batch, {model.code_size}{grid}) -> images")
     print(f"onnxruntime against torch on {len(images)} {what}: codes differ by at most {diff['codes']:.1e}, "
           f"images by {diff['images']:.1e}")
     return 0
