@@ -62,7 +62,7 @@ class L1CodeAutoencoder(Autoencoder):
 
     @torch.no_grad()
     def make_pictures(self, test):
-        if self.data_kind(self.config) != "images":
+        if self.data_kind != "images":
             return {}
         x = test.floats(slice(0, 10))
         return {"codes.png": stacked_rows([x, self.reconstruct(x)])}

@@ -80,7 +80,7 @@ def source_images(described: dict):
     config = DataConfig(described.get("data"), described.get("grey", True), described.get("test_fraction", 0.1),
                         described.get("kind", "auto"))
     inputs = dict(zip(SPLITS, config.load()))[described["split"]]
-    return inputs if inputs.recon_loss == "bce" else None
+    return inputs if inputs.data_kind == "images" else None
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ def kind_of(model, kind: str | None) -> str:
     if kind is None:
         return model.anomaly_kinds[0]
     if kind not in model.anomaly_kinds:
-        raise UserError(f"a {type(model).__name__} has no anomaly score {kind!r}; use --score "
+        raise UserError(f"a {model.title} has no anomaly score {kind!r}; use --score "
                         + " or ".join(model.anomaly_kinds))
     return kind
 
@@ -73,7 +73,7 @@ def kept(run, model, kind: str) -> tuple[dict[str, torch.Tensor], np.ndarray]:
             meta = {}
     if f"train.{kind}" not in stored:
         train = run.config().data.load()[0]
-        if tuple(train.shape) != tuple(model.config.in_shape):
+        if tuple(train.shape) != model.in_shape:
             raise UserError(f"the run's training data are now {'x'.join(map(str, train.shape))}, not what it trained "
                             "on; give --threshold, or restore its data")
         reference, train_scores = fit(model, train, kind)

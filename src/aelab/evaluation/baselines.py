@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from aelab.data.datasets import ImageSet
 from aelab.errors import UserError
-from aelab.models.contract import same_kind
+from aelab.models.contract import Defaults, same_kind
 from aelab.models.losses import bce_mean, mse_mean
 from aelab.storage.files import write_safetensors
 
@@ -43,7 +43,7 @@ def _chunks(n: int, size: int):
         yield slice(start, min(start + size, n))
 
 
-class _Baseline:
+class _Baseline(Defaults):
     """Shared surface: shape checks, decode to image shape, reconstruct, the contract's evaluation, save/load."""
 
     _state: tuple[str, ...] = ()   # names of fitted tensors, saved as they are
@@ -54,6 +54,7 @@ class _Baseline:
     prior_name = None
     device = torch.device("cpu")
     eps = 1e-6  # without logits, BCE is taken on the values clipped to [eps, 1 - eps]
+    plain_sampling = True  # sampling_codes and decode_sampled are encode and decode (contract.Defaults)
 
     def _rows(self, x) -> torch.Tensor:
         self._check_fitted()
@@ -82,8 +83,23 @@ class _Baseline:
         return self.decode(self.encode(x))
 
     @property
+    def code_shape(self) -> tuple[int, ...]:
+        return (self.n_components,)
+
+    @property
     def code_size(self) -> int:
         return self.n_components
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """The shape of one input it was fitted to."""
+        self._check_fitted()
+        return tuple(self.image_shape_)
+
+    @property
+    def data_kind(self) -> str:
+        """Fitted to flat rows: vectors; else images."""
+        return "vectors" if len(self.in_shape) == 1 else "images"
 
     def sampling_codes(self, x) -> torch.Tensor:
         return torch.as_tensor(self.encode(x)).float()
@@ -101,7 +117,7 @@ class _Baseline:
         rows), the reconstruction of float inputs x and its logits, if any."""
         logits = self.logits(x)
         values = torch.sigmoid(logits) if logits is not None else self.reconstruct(x).reshape(x.shape)
-        if len(self.image_shape_) == 1:
+        if self.data_kind == "vectors":
             return {"loss": mse_mean(values, x)}, values, logits
         error = bce_mean(logits if logits is not None else torch.logit(values.clamp(self.eps, 1 - self.eps)), x)
         return {"loss": error}, values, logits
