@@ -173,8 +173,6 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
 
     def to_bytes(self) -> bytes:
         """The fitted estimator as safetensors bytes: tensors, with parameters and fitted attributes as JSON."""
-        from safetensors.torch import save
-
         check_is_fitted(self)
         fitted = {"n_features_in_": self.n_features_in_, "input_shape_": self.input_shape_, "layout_": self.layout_,
                   "image_shape_": self.image_shape_, **self._fitted_meta()}
@@ -182,7 +180,7 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             fitted["feature_names_in_"] = self.feature_names_in_.tolist()
         meta = {"format": FORMAT, "class": type(self).__name__, "params": json.dumps(self.get_params()),
                 "fitted": json.dumps(fitted)}
-        return save({k: v.detach().contiguous() for k, v in self._tensors().items()}, metadata=meta)
+        return tensorfile.to_bytes(self._tensors(), meta)
 
     def _load_bytes(self, data: bytes, source: str = "the pickled estimator") -> None:
         meta = tensorfile.metadata(data, source, FIX)

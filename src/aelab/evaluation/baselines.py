@@ -22,7 +22,7 @@ from aelab.data.datasets import ImageSet
 from aelab.errors import UserError
 from aelab.models.contract import same_kind
 from aelab.models.losses import bce_mean, mse_mean
-from aelab.storage.files import write_safetensors
+from aelab.storage import tensorfile
 
 FORMAT = "aelab-baseline/1"
 
@@ -125,13 +125,11 @@ class _Baseline:
         self._check_fitted()
         meta = {"format": FORMAT, "class": type(self).__name__, "image_shape": json.dumps(self.image_shape_),
                 "params": json.dumps({p: getattr(self, p) for p in self._params}), **extra}
-        return write_safetensors(path, {name: getattr(self, name).contiguous() for name in self._state}, meta)
+        return tensorfile.write(path, {name: getattr(self, name) for name in self._state}, meta)
 
 
 def load_baseline(path: str | Path) -> tuple["_Baseline", dict[str, str]]:
     """A fitted PCA or LogisticPCA from `save`, and the file's metadata."""
-    from aelab.storage import tensorfile
-
     fix = "delete it and refit the baseline"
     meta = tensorfile.metadata(Path(path), fix=fix)
     cls = {cls.__name__: cls for cls in BASELINES.values()}.get(meta.get("class", ""))

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from aelab.errors import UserError
-from aelab.storage import files
+from aelab.storage import files, tensorfile
 
 # aelab's sparsity -> SAELens's inference architecture
 ARCHITECTURES = {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "l1": "standard"}
@@ -81,6 +81,6 @@ def export_saelens(run: str | Path, out: str | Path, overwrite: bool = False) ->
     model = load_model(run, "cpu")
     check_exportable(model, config.model_name)
     metadata = {"exported_by": "aelab", "aelab_run": str(Path(run).resolve()), "data": config.data.path}
-    files.write_safetensors(out / FILES[1], saelens_tensors(model), {"format": "pt"})
+    tensorfile.write(out / FILES[1], saelens_tensors(model), {"format": "pt"})
     files.write_text(out / FILES[0], json.dumps(saelens_config(model, metadata), indent=2) + "\n")
     return out
