@@ -260,21 +260,22 @@ def _feature_stats(data: np.ndarray, keep: np.ndarray, source: str, scale: str =
 
 def load_vectors(path: Path, test_fraction: float, scale: str = "norm", read: str = "auto",
                  data: np.ndarray | None = None) -> tuple[VectorSet, VectorSet]:
-    """(train, test) from a file of vectors (n, d) (`data`: its array, mapped or read; default: _vectors_array), scaled as `scale` says (see _feature_stats) with the training
-    split's statistics. The training set reads its batches from the file (datasets.gather) or, as `read` says
-    (DataConfig.read), from a copy in memory: a shuffled batch from the file costs a read per row, about 1 ms for
-    256 rows against 0.2 ms from memory, a tenth of a small SAE's step. The held-out rows (test_fraction of them,
-    at most VECTOR_TEST_MAX, the same every time) are loaded. Refused here, before any run folder exists: values
-    that are not finite or too large, and data whose training or test split does not vary (nothing to learn, or no
-    variance to measure the FVE against)."""
+    """(train, test) from a file of vectors (n, d) (`data`: its array, mapped or read; by default _vectors_array's),
+    scaled as `scale` says (see _feature_stats) with the training split's statistics. The training set reads its
+    batches from the file (datasets.gather) or, as `read` says (DataConfig.read), from a copy in memory: a shuffled
+    batch from the file costs a read per row, about 1 ms for 256 rows against 0.2 ms from memory, a tenth of a small
+    SAE's step. The held-out rows (test_fraction of them, at most VECTOR_TEST_MAX, the same every time) are loaded.
+    Refused here, before any run folder exists: values that are not finite or too large, and data whose training or
+    test split does not vary (nothing to learn, or no variance to measure the FVE against)."""
     data = _vectors_array(path) if data is None else data
     _check_vectors(data, str(path))
     n = len(data)
     if n < 2 or data.shape[1] < 1:
         raise UserError(f"{path} holds {n} vectors of {data.shape[1]} values; training needs at least 2 (one is "
                         "held out for testing) of at least 1")
-    if isinstance(data, np.memmap) and (read == "memory" or (read == "auto" and data.nbytes <= available_memory() / 4)):
-        data = np.load(path)  # a mapped .npy read whole, before the statistics' pass, which then reads memory
+    in_memory = read == "memory" or (read == "auto" and data.nbytes <= available_memory() / 4)
+    if isinstance(data, np.memmap) and in_memory:
+        data = np.load(path)  # a map (.npy) read whole, before the statistics' pass, which then reads memory
     n_test = min(VECTOR_TEST_MAX, n - 1, max(1, round(n * test_fraction)))
     test_rows = np.sort(np.random.default_rng(0).choice(n, n_test, replace=False))  # fixed: the split never changes
     keep = np.ones(n, dtype=bool)
@@ -361,8 +362,8 @@ def load_dataset(data: str | Path | None = None, grey: bool = True, test_fractio
     """(train, test) from an MNIST-style idx folder (default: Debian's Fashion-MNIST), a folder of images,
     or a data file (readers.FORMATS: .npy, .npz, a plugin's). Sets without their own test split hold out
     `test_fraction` (the same every time). A file of one array of 2-d floats (n, d), as a .npy, is vectors (`kind`
-    may say images or vectors instead of "auto"), scaled as
-    `vector_scale` says and read from the file or memory as `read` says (DataConfig.read)."""
+    may say images or vectors instead of "auto"), scaled as `vector_scale` says and read from the file or memory
+    as `read` says (DataConfig.read)."""
     DataConfig(None, grey, test_fraction, kind, vector_scale, read).check()
     path = Path(data) if data else Path(FASHION_MNIST_DIR)
     if kind == "vectors" and not _one_array(path):

@@ -299,7 +299,8 @@ def register_format(suffix: str, read: Callable[[Path], np.ndarray | dict[str, n
     unless data.kind says images, anything else images; every value is checked. Whatever `read` raises is one
     line naming the file. Call it from a module named in AELAB_PLUGINS so that every `aelab` process has it."""
     if not (isinstance(suffix, str) and suffix.startswith(".") and suffix[1:].isalnum() and suffix == suffix.lower()):
-        raise UserError(f"a data format's suffix is a dot and lower-case letters or digits, e.g. '.csv', not {suffix!r}")
+        raise UserError(f"a data format's suffix is a dot and lower-case letters or digits, e.g. '.csv', not "
+                        f"{suffix!r}")
     if not callable(read):
         raise UserError(f"register the format {suffix} with a function that reads a path, not {read!r}")
     taken = FORMATS.get(suffix)

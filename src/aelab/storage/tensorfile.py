@@ -4,8 +4,8 @@ saved estimators all come through here.
 
 The header (its length, the tensors' names and shapes) is checked before a byte of tensor data is read, so a file
 that lies costs nothing; then dtypes and finite values. A damaged file of any kind ends in one UserError line that
-names it and says what to do (`fix`), never a safetensors or torch traceback. A file is written whole or not at all, never through a link
-(files.write_bytes).
+names it and says what to do (`fix`), never a safetensors or torch traceback. A file is written whole or not at
+all, never through a link (files.write_bytes).
 """
 
 from __future__ import annotations
