@@ -355,3 +355,8 @@ def test_a_data_format_in_one_function_trains_evaluates_and_encodes(tmp_path, mo
         register_format(".csv", np.load)
     with pytest.raises(UserError, match="lower-case"):
         register_format("CSV", np.load)
+    request.addfinalizer(lambda: FORMATS.pop(".rows", None))
+    register_format(".rows", lambda path: path.read_text().split())  # a reader that gives no array
+    (tmp_path / "a.rows").write_text("1 2 3")
+    with pytest.raises(UserError, match=r"reader of \.rows files gave list for .*a\.rows, not one numpy array"):
+        load_dataset(tmp_path / "a.rows")
