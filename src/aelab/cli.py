@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from aelab.errors import UserError
+from aelab.flags import FLAGS, check_resumable, flag_of, resumable_flags
 
 
 def int_in(low: int, high: int):
@@ -32,11 +33,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-# train flag -> setting; each also accepts --set KEY=VALUE for any setting
-TRAIN_FLAGS = {"epochs": "train.epochs", "latent": "model.latent", "batch_size": "train.batch_size",
-               "lr": "train.lr", "seed": "train.seed", "data": "data.path", "arch": "model.arch",
-               "hidden": "model.hidden", "precision": "train.precision", "grid_every": "train.grid_every",
-               "device": "train.device"}
 DEVICE_HELP = "auto (default: the first CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N or mps"
 
 
@@ -73,7 +69,8 @@ def build_parser() -> Parser:
                    "Fashion-MNIST); a .npy of float vectors (n, d) trains on vectors")
     p.add_argument("--rgb", action="store_true", help="keep colour images in colour (default: convert to grey)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/MODEL, numbered if taken)")
-    p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR", help="continue an interrupted run (--epochs, --lr, --precision, --device may change)")
+    p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR",
+                   help=f"continue an interrupted run ({', '.join(resumable_flags())} may change)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--threads", type=THREADS, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--device", help=DEVICE_HELP)
@@ -268,37 +265,33 @@ def _allocator() -> None:
 
 def cmd_train(args) -> int:
     from aelab import devices
-    from aelab.experiments.pipeline import RESUMABLE, resume, train
+    from aelab.experiments.pipeline import resume, train
     from aelab.runs.settings import resolve
 
     devices.check_environment()  # torchrun's variables, before any data is read
-    overrides = _overrides(args, TRAIN_FLAGS)
+    overrides = _overrides(args)
     if args.rgb:
         overrides["data.grey"] = False
     if args.resume:
         run_dir = args.out if args.resume is True else args.resume
         if run_dir is None:
             raise UserError("--resume needs the run folder: `aelab train --resume RUN_DIR`")
-        changed = sorted(set(overrides) - set(RESUMABLE)) + (["--config"] if args.config else [])
-        if changed or args.model:
-            raise UserError(f"a resumed run keeps its settings; drop {', '.join(changed) or 'the model name'} "
-                            "(only --epochs, --lr, --precision and --device may change)")
-    if args.resume:
+        if args.config or args.model:  # not settings: refused here, together with any setting resume() refuses
+            check_resumable(overrides, ["--config"] * bool(args.config) + ["the model name"] * bool(args.model))
         return resume(run_dir, threads=args.threads, changes=overrides, loggers=args.log)
     config = resolve(args.model, args.config, overrides)
     return train(config, out=args.out, overwrite=args.overwrite, threads=args.threads, loggers=args.log)
 
 
-def _overrides(args, flags) -> dict[str, object]:
-    """The settings of --set and of the command's flags (each named in TRAIN_FLAGS); a flag and a --set of the same
+def _overrides(args) -> dict[str, object]:
+    """The settings of --set and of whichever flags of FLAGS the command has; a flag and a --set of the same
     setting (bare or qualified) is refused, whatever their values: which one was meant cannot be known."""
-    sets = dict(_parse_set(item) for item in args.set)
-    given = {TRAIN_FLAGS[flag]: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
+    sets = dict(_parse_set(item) for item in getattr(args, "set", ()))
+    given = {setting: getattr(args, name) for name, setting in FLAGS.items() if getattr(args, name, None) is not None}
     for key in sets:
         setting = next((s for s in given if key in (s, s.split(".", 1)[1])), None)
         if setting is not None:
-            flag = next(f for f, s in TRAIN_FLAGS.items() if s == setting)
-            raise UserError(f"--{flag.replace('_', '-')} and --set {key}= both set {setting}; give it once")
+            raise UserError(f"{flag_of(setting)} and --set {key}= both set {setting}; give it once")
     return {**sets, **given}
 
 
@@ -373,9 +366,7 @@ def cmd_info(args) -> int:
     if Path(args.target).exists():
         model = load_model(args.target)
     else:
-        overrides = {k: v for k, v in (("model.latent", args.latent), ("model.arch", args.arch),
-                                       ("model.hidden", args.hidden)) if v is not None}
-        config = resolve(args.target, None, overrides)
+        config = resolve(args.target, None, _overrides(args))
         model = build(config.model_name, config.model)
     print(f"Model: {type(model).__name__}")
     print(summary(model))
@@ -709,7 +700,7 @@ def cmd_sweep(args) -> int:
 
     from aelab.experiments.sweep import markdown, parse_grid, sweep
 
-    overrides = _overrides(args, ("data", "epochs", "batch_size", "lr", "seed", "device"))
+    overrides = _overrides(args)
     again = f"`aelab {shlex.join(args.argv)}`"
     if sweep(args.model, parse_grid(args.grid), args.out, overrides, args.overwrite, args.threads, again=again):
         print(markdown(args.out))  # rank 0's

@@ -39,6 +39,7 @@ from aelab.errors import UserError
 from aelab.evaluation import anomaly, baselines
 from aelab.evaluation.evaluate import reconstruction_metrics
 from aelab.experiments.pipeline import build_for
+from aelab.flags import ESTIMATOR_PARAMETERS, FLAGS
 from aelab.models import build
 from aelab.runs.settings import from_dict, resolve
 from aelab.storage import files, tensorfile
@@ -248,11 +249,6 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
 
 # -- the autoencoders -------------------------------------------------------------------------------------------
 
-# estimator parameter -> aelab setting: the training ones; the model's own come in `settings`
-TRAINING = {"epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "seed": "train.seed",
-            "precision": "train.precision"}
-
-
 class Autoencoder(OutlierMixin, _ImageTransformer):
     """Any registered aelab model (`aelab models`) as a transformer, trained by aelab's Trainer in memory.
     transform gives the deterministic code (a VAE's posterior mean), inverse_transform the decoder's pixel
@@ -289,9 +285,10 @@ class Autoencoder(OutlierMixin, _ImageTransformer):
             raise UserError(f"settings is a dict of the model's settings, e.g. {{'latent': 30}}, not "
                             f"{type(self.settings).__name__}")
         overrides = {f"model.{key}": value for key, value in (self.settings or {}).items()}
-        overrides.update({key: getattr(self, name) for name, key in TRAINING.items() if getattr(self, name) is not None})
+        overrides.update({FLAGS[name]: getattr(self, name) for name in ESTIMATOR_PARAMETERS
+                          if getattr(self, name) is not None})  # the training ones, as `aelab train`'s flags
         overrides["train.train_eval_size"] = 0  # fit reports its training loss; no second pass over the images
-        return resolve(self.model, None, {**overrides, "train.device": self.device})
+        return resolve(self.model, None, overrides)
 
     def _fit(self, images: torch.Tensor) -> None:
         config = self.run_config()

@@ -18,6 +18,7 @@ from aelab.config import RunConfig, set_value
 from aelab.errors import UserError
 from aelab.evaluation.evaluate import evaluate
 from aelab.evaluation.probing import measures_if_labelled
+from aelab.flags import check_resumable
 from aelab.models import build
 from aelab.pictures.charts import plot_losses
 from aelab.pictures.images import save_png
@@ -28,8 +29,6 @@ from aelab.runs.runfolder import RunFolder, load_model
 from aelab.storage import files
 from aelab.training import distributed
 from aelab.training.train import Callback, ConsolePrinter, Diverged, TrainConfig, Trainer
-
-RESUMABLE = ("train.epochs", "train.device", "train.lr", "train.precision")  # what a resumed run may change
 
 
 def build_for(config: RunConfig, data):
@@ -86,7 +85,9 @@ def train(config: RunConfig, *, out: str | Path | None = None, overwrite: bool =
 def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None,
            changes: dict[str, object] | None = None, threads: int | None = None, loggers=()) -> int:
     """Continue a stopped run from its checkpoint (`epochs`, `device` and `changes` may change the settings named in
-    RESUMABLE), then `finish` it."""
+    flags.RESUMABLE), then `finish` it."""
+    changes = {"train.epochs": epochs, "train.device": device, **(changes or {})}
+    check_resumable(changes)  # before the run is touched
     loggers = _loggers(loggers)
     _threads(threads)
     if not Path(run_dir).is_dir():
@@ -96,10 +97,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None
             run.check()
             run.lock()
         config = run.config()
-        for key, value in {"train.epochs": epochs, "train.device": device, **(changes or {})}.items():
-            if key not in RESUMABLE:
-                raise UserError(f"a resumed run keeps its settings; only {', '.join(RESUMABLE)} may change, "
-                                f"not {key}")
+        for key, value in changes.items():
             if value is not None:  # a run may move: GPU-trained runs resume on a CPU and the other way round
                 set_value(config, key, value)
         train_set, test_set = config.data.load()
