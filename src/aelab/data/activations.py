@@ -58,7 +58,10 @@ def write_streamed(module: torch.nn.Module, out: Path, rows: int, dtype: str, ba
 
 
 def description(acts: str | Path) -> dict | None:
-    """ACTS.json beside an activations file, if there is one (None otherwise)."""
+    """ACTS.json beside an activations file, if there is one (None otherwise: vectors of another format, which
+    `aelab activations` never writes, have none)."""
+    if Path(acts).suffix != ".npy":
+        return None
     path = sidecar_paths(acts)[1]
     if not path.is_file():
         return None

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from aelab.errors import UserError
-from aelab.storage import files, tensorfile
+from aelab.storage import tensorfile
 
 BATCH = 1000           # inputs per forward pass
 CONTAMINATION = 0.01   # the share of training inputs above the default threshold
@@ -79,8 +79,7 @@ def kept(run, model, kind: str) -> tuple[dict[str, torch.Tensor], np.ndarray]:
         reference, train_scores = fit(model, train, kind)
         stored.update(reference)
         stored[f"train.{kind}"] = torch.from_numpy(train_scores)
-        files.write_safetensors(path, {k: v.contiguous() for k, v in stored.items()},
-                                {"format": FORMAT, "epoch": epoch, "names": json.dumps(sorted(stored))})
+        tensorfile.write(path, stored, {"format": FORMAT, "epoch": epoch, "names": json.dumps(sorted(stored))})
     reference = {k: v for k, v in stored.items() if not k.startswith("train.")}
     return reference, stored[f"train.{kind}"].double().numpy()
 
@@ -151,7 +150,7 @@ def write_scored(run, result: dict, source: str) -> None:
         tensors["positive"] = torch.from_numpy(result["positive"].astype(np.uint8))
     meta = {"format": FORMAT, "kind": result["kind"], "threshold": repr(result["threshold"]), "source": source,
             "contamination": json.dumps(result["contamination"]), "measures": json.dumps(result.get("measures"))}
-    files.write_safetensors(run.scored_path, tensors, meta)
+    tensorfile.write(run.scored_path, tensors, meta)
 
 
 def read_scored(run) -> dict | None:

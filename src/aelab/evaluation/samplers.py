@@ -255,9 +255,9 @@ def make_sampler(name: str, model, train, components: int | None = None, kept: P
     note = f" ({len(train)} training codes)"
     if keep and kept is not None:
         files.refuse_link(kept)
-        files.write_safetensors(kept, {k: v.contiguous() for k, v in mixture.tensors().items()},
-                                {"format": FORMAT, "components": str(components), "weights_epoch": str(epoch),
-                                 "codes": str(len(train)), "log_likelihood": f"{mixture.log_likelihood_:.6f}",
-                                 "iterations": str(mixture.iterations_), "converged": str(mixture.converged_)})
+        tensorfile.write(kept, mixture.tensors(),
+                         {"format": FORMAT, "components": str(components), "weights_epoch": str(epoch),
+                          "codes": str(len(train)), "log_likelihood": f"{mixture.log_likelihood_:.6f}",
+                          "iterations": str(mixture.iterations_), "converged": str(mixture.converged_)})
         note = f" ({len(train)} training codes; kept in {kept})"
     return MixtureSampler(model, mixture, note)

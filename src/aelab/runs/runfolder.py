@@ -213,9 +213,8 @@ class RunFolder(Owned):
     # -- weights and checkpoints ------------------------------------------------------------------------------
 
     def save_weights(self, model: torch.nn.Module, config: RunConfig, epoch: int) -> None:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        files.write_safetensors(self.weights_path, tensors,
-                                {"format": FORMAT, "config": json.dumps(config.to_dict()), "epoch": str(epoch)})
+        tensorfile.write(self.weights_path, model.state_dict(),
+                         {"format": FORMAT, "config": json.dumps(config.to_dict()), "epoch": str(epoch)})
 
     def weights_epoch(self) -> int | None:
         """The epoch of the weights in model.safetensors; None if missing or unreadable."""
@@ -226,7 +225,7 @@ class RunFolder(Owned):
 
     def save_checkpoint(self, trainer: Trainer) -> None:
         tensors, meta = trainer.state()
-        files.write_safetensors(self.checkpoint_path, tensors, {"format": FORMAT, "trainer": json.dumps(meta)})
+        tensorfile.write(self.checkpoint_path, tensors, {"format": FORMAT, "trainer": json.dumps(meta)})
         self.saved_epoch = trainer.epoch
 
     def load_checkpoint(self, trainer: Trainer) -> None:

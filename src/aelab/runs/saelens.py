@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from aelab.errors import UserError
-from aelab.storage import files
+from aelab.storage import files, tensorfile
 
 # aelab's sparsity -> SAELens's inference architecture
 ARCHITECTURES = {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "l1": "standard"}
@@ -64,7 +64,7 @@ def export_saelens(run: str | Path, out: str | Path, overwrite: bool = False) ->
     model = load_model(run, "cpu")
     check_exportable(config, model)
     metadata = {"exported_by": "aelab", "aelab_run": str(Path(run).resolve()), "data": config.data.path}
-    tensors = {k: v.float().contiguous() for k, v in model.dictionary().items()}
-    files.write_safetensors(out / FILES[1], tensors, {"format": "pt"})
+    tensors = {k: v.float() for k, v in model.dictionary().items()}
+    tensorfile.write(out / FILES[1], tensors, {"format": "pt"})
     files.write_text(out / FILES[0], json.dumps(saelens_config(config.model, metadata), indent=2) + "\n")
     return out
