@@ -66,7 +66,7 @@ def test_a_lone_rank_gives_up_at_the_timeout_not_twice_it(clean_env):
     started = time.monotonic()
     with pytest.raises(UserError, match="rank 1 of 2 could not meet the others .* within 4 s"):
         distributed._join("gloo")
-    assert 3.9 < time.monotonic() - started < 5.5
+    assert 3.9 < time.monotonic() - started < 7  # twice would be 8; a loaded machine adds a second or so
 
 
 @pytest.mark.parametrize("uri, words", [
