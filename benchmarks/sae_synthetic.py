@@ -6,6 +6,8 @@ same number of samples; then both are scored on fresh activations whose true fea
     OMP_NUM_THREADS=1 python benchmarks/sae_synthetic.py [--features 512 --dim 128 -n 200000 --epochs 5]
     OMP_NUM_THREADS=1 python benchmarks/sae_synthetic.py --sparsity batchtopk --trainer aelab --set atom_norm=1
                                                           # one library alone; --set: an aelab setting
+    OMP_NUM_THREADS=1 python benchmarks/sae_synthetic.py --data saelens --k 7
+                                                          # SAELens's own synthetic data set (below)
 
 Scores: recovery (mean over true features of the best cosine with any decoder atom), matched (the share of
 features whose best cosine passes 0.9), MCC (the mean cosine of a
@@ -14,6 +16,13 @@ fires on the evaluation set "detects" the feature its atom matches best when it 
 FVU, L0, dead (never fires on the evaluation set) and training samples per second (training steps alone). TopK and
 BatchTopK keep k units; L1 and JumpReLU reach their L0 through each library's coefficient (--aelab-l1, --saelens-l1,
 --aelab-l0, --saelens-l0), set so that at the default setting every L0 lands within 20% of k.
+
+`--data saelens` takes SAELens's own generator instead (sae_lens.synthetic.SyntheticModel at its defaults: Zipfian
+firing probabilities from 0.3 down to 0.01, magnitude 1, random unit features and a FeatureDictionary bias of norm 1;
+--features and --dim set its size), which writes the vectors both libraries train on (scaled to a mean squared
+norm of d); every SAE is then saved as SAELens saves one for inference (aelab's by `aelab export --format saelens`)
+and scored by SAELens's eval_sae_on_synthetic_data on the same --eval fresh samples: MCC, uniqueness, F1 of units as
+feature detectors, explained variance, L0, dead units, shrinkage; and the share of features matched at cosine > 0.9.
 """
 
 from __future__ import annotations
