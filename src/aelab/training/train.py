@@ -21,6 +21,8 @@ from aelab.errors import UserError
 from aelab.evaluation.evaluate import data_floor, reconstruction_sums, summed_measures, with_floor
 from aelab.training import distributed
 
+MAX_EPOCHS = 1_000_000
+
 
 @dataclass
 class TrainConfig:
@@ -52,6 +54,10 @@ class TrainConfig:
         if self.precision not in ("fp32", "bf16"):
             raise UserError(f"unknown precision {self.precision!r}; use --precision fp32 or bf16")
         devices.parse_device(self.device)  # its form; whether this machine has it, when training starts
+        if not 0 <= self.seed < 2 ** 63:
+            raise UserError(f"seed must lie in [0, 2**63), not {self.seed}")
+        if self.epochs > MAX_EPOCHS:
+            raise UserError(f"epochs must be at most {MAX_EPOCHS:,}, not {self.epochs:,}")
 
 
 # torch.optim imports torch._dynamo (2.2 s on a 2-core CPU: more than an epoch of the chapter) on the first
