@@ -249,8 +249,10 @@ def saelens_python(venv: Path) -> Path:
 
 def in_venv(python: Path, code: str, spec: dict) -> list[dict]:
     """Run `code` in the SAELens venv with `spec`; the JSON lines it prints."""
-    done = subprocess.run([str(python), "-c", code, json.dumps(spec)], check=True, capture_output=True, text=True,
+    done = subprocess.run([str(python), "-c", code, json.dumps(spec)], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode:
+        sys.exit(f"the SAELens venv's process failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
