@@ -174,6 +174,8 @@ class Autoencoder(nn.Module, Defaults):
     generative = False  # True: it has sample(n, generator)
     denoising = False   # True: trained to restore corrupted inputs
     pictures: dict[str, str] = {}  # what make_pictures draws: file name -> caption
+    # the measures the console's epoch line shows first (metrics.jsonl's keys), each with its label there
+    epoch_line = {"train_loss": "train", "test_loss": "test"}
     prior_name: str | None = None  # the prior sample() draws codes from
     loss_is_reconstruction = True  # its eval loss is its clean reconstruction's error: one pass evaluates both
     anomaly_kinds = ("recon", "mahalanobis")  # the anomaly scores it offers (anomaly_scores), its default first

@@ -94,6 +94,7 @@ class SparseAutoencoder(Autoencoder):
     Config = SAEConfig
     pictures = {"atoms.png": "The first 100 atoms of the dictionary, each scaled to its own range",
                 "density.png": "Feature density: log10 of how often each unit fires on the test set"}
+    epoch_line = {"test_loss": "test", "test_fvu": "fvu", "test_l0": "l0", "test_dead_fraction": "dead"}
 
     def __init__(self, config: SAEConfig):
         super().__init__(config)
