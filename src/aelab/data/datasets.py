@@ -84,6 +84,7 @@ class ImageSet(Batches):
     images: torch.Tensor
     labels: torch.Tensor | None = None
     recon_loss = "bce"  # pixels in [0, 1]: the chapter's cross-entropy
+    data_kind = "images"  # what a model trained on them is (models/contract.py)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -126,6 +127,7 @@ class VectorSet(Batches):
     checked: bool = True              # every value checked on loading; False: each batch's as it is read
     labels = None
     recon_loss = "mse"  # real values of any scale: squared error
+    data_kind = "vectors"
     index_device = torch.device("cpu")  # row numbers index the file
 
     def __len__(self) -> int:

@@ -96,6 +96,7 @@ class SparseAutoencoder(Autoencoder):
     Config = SAEConfig
     pictures = {"atoms.png": "The first 100 atoms of the dictionary, each scaled to its own range",
                 "density.png": "Feature density: log10 of how often each unit fires on the test set"}
+    epoch_line = {"test_loss": "test", "test_fvu": "fvu", "test_l0": "l0", "test_dead_fraction": "dead"}
 
     def __init__(self, config: SAEConfig):
         super().__init__(config)
@@ -152,7 +153,7 @@ class SparseAutoencoder(Autoencoder):
         if centre == "auto":
             centre = self.sparsity.centre
         centre = {"median": geometric_median, "mean": lambda r: r.mean(0), "zero": lambda r: r[0] * 0}[centre](rows)
-        if self.data_kind(self.config) == "images":  # the decoder speaks logits
+        if self.data_kind == "images":  # the decoder speaks logits
             centre = torch.logit(centre.clamp(0.01, 0.99))
         self.decoder[0].bias.copy_(centre)
         self.sparsity.initialise(self, steps)
@@ -186,6 +187,23 @@ class SparseAutoencoder(Autoencoder):
         """(latent,): the pre-activation each unit must pass at inference, where the sparsity fixes one per unit
         (jumprelu, batchtopk); else None."""
         return self.sparsity.unit_thresholds(self)
+
+    @torch.no_grad()
+    def dictionary(self) -> dict[str, torch.Tensor]:
+        """A one-layer SAE of vectors as SAE libraries hold it, in raw units (SAELens's names, float64 on the CPU):
+        W_enc (d_in, d_sae), b_enc, W_dec (d_sae, d_in), b_dec, and threshold (d_sae,) where the sparsity fixes one
+        per unit. The standardisation s = (x - mean) / std is folded in (aelab.runs.saelens says how)."""
+        encoder, decoder = self.encoder[-1], self.decoder[0]
+        mean, std = self.in_mean.double().cpu(), self.in_std.double().cpu()
+        w_enc = encoder.weight.double().cpu().T                              # (d_in, d_sae)
+        w_dec = decoder.weight.double().cpu().T                              # (d_sae, d_in)
+        tensors = {"W_enc": w_enc / std[:, None], "b_enc": encoder.bias.double().cpu(),
+                   "W_dec": w_dec * std[None, :], "b_dec": mean + std * decoder.bias.double().cpu()}
+        # the threshold compares pre-activations, which the fold leaves in aelab's units: no rescaling
+        thresholds = self.unit_thresholds()  # jumprelu's learned ones; batchtopk's running one over each atom's norm
+        if thresholds is not None:
+            tensors["threshold"] = thresholds.double().cpu()
+        return tensors
 
     def code(self, x: torch.Tensor) -> torch.Tensor:
         return self.sparse_code(self.pre_activations(x), batch=self.training)
@@ -275,7 +293,7 @@ class SparseAutoencoder(Autoencoder):
         """The dictionary, one atom per code unit (latent, *in_shape): for vectors in their own units (times the
         training scale), for images in logits."""
         atoms = self.decoder[0].weight.T.reshape(-1, *self.config.in_shape)
-        return atoms * self.in_std if self.config.recon_loss == "mse" else atoms.clone()
+        return atoms * self.in_std if self.data_kind == "vectors" else atoms.clone()
 
     @torch.no_grad()
     def firing(self, test) -> tuple[torch.Tensor, float, torch.Tensor]:
@@ -309,7 +327,7 @@ class SparseAutoencoder(Autoencoder):
 
     def make_pictures(self, test) -> dict:
         pictures = {"density.png": density_plot(self.firing(test)[0].cpu().numpy())}
-        if self.data_kind(self.config) == "images":
+        if self.data_kind == "images":
             atoms = self.atoms()[:100].float()
             low, high = atoms.flatten(1).aminmax(dim=1)
             pictures["atoms.png"] = tile((atoms - low.view(-1, 1, 1, 1))
