@@ -77,11 +77,11 @@ def run(args, seed: int) -> dict:
         metrics = json.loads((Path(tmp) / "run" / "eval.json").read_text())
         best = recovered(load_model(Path(tmp) / "run").atoms().numpy(), atoms)
     return {
-        "sparsity": args.sparsity, "seed": seed, "hard": args.hard, "n": args.n, "dim": args.dim, "atoms": args.atoms, "active": args.active,
-        "latent": args.latent, "epochs": args.epochs, "matched_0.9": round(float((best > 0.9).mean()), 4),
-        "median_cosine": round(float(np.median(best)), 4), "l0": round(metrics["l0"], 3),
-        "fvu": round(metrics["fvu"], 4), "shrinkage": round(metrics["shrinkage"], 3), "dead_units": metrics["dead_units"],
-        "dead_on_test": metrics["dead_on_test"], "settings": args.set,
+        "sparsity": args.sparsity, "seed": seed, "hard": args.hard, "n": args.n, "dim": args.dim, "atoms": args.atoms,
+        "active": args.active, "latent": args.latent, "epochs": args.epochs,
+        "matched_0.9": round(float((best > 0.9).mean()), 4), "median_cosine": round(float(np.median(best)), 4),
+        "l0": round(metrics["l0"], 3), "fvu": round(metrics["fvu"], 4), "shrinkage": round(metrics["shrinkage"], 3),
+        "dead_units": metrics["dead_units"], "dead_on_test": metrics["dead_on_test"], "settings": args.set,
         "seconds": round(seconds, 1)}
 
 
