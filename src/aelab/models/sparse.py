@@ -39,9 +39,10 @@ class SAEConfig(AEConfig):
     #                                  decoder is always one linear map, the dictionary
     sparsity: str = "topk"           # a name in models.sparsities.SPARSITIES
     k: int = 32                      # topk, batchtopk: units kept per input (on average over the batch for batchtopk)
-    k_aux: int = 0                   # topk, batchtopk: dead units AuxK uses per input (0: half the input's size, as
-    #                                  Gao et al.); never more than are dead
-    aux_coefficient: float = 1 / 32  # topk, batchtopk: weight of the AuxK loss (0: none)
+    k_aux: int = 0                   # topk, batchtopk: dead units AuxK uses per input (0: the sparsity's own: topk
+    #                                  half the input's size, as Gao et al.; batchtopk k / 2); never more than are dead
+    aux_coefficient: float = -1.0    # topk, batchtopk: weight of the AuxK loss (0: none; < 0: the sparsity's own:
+    #                                  topk 1/32, batchtopk 0.1)
     l1: float = 5.0                  # l1: weight of the penalty (batch mean of sum_i z_i ||W_dec[:, i]||) against the
     #                                  summed squared error: Anthropic's lambda (5), divided by d beside the mean MSE
     atom_norm: float = 0.1           # every atom's norm at the start (the encoder starts as their transpose)
@@ -57,7 +58,8 @@ class SAEConfig(AEConfig):
     #                                  shorter run stays far from sparse
     centre: str = "auto"             # b_dec at the start: geometric "median" or "mean" of a training sample,
     #                                  "zero", or "auto": the sparsity's own (zero for l1, else the median)
-    dead_window: int = 100_000       # a unit not active over this many training inputs counts as dead
+    dead_window: int = 0             # a unit not active over this many training inputs counts as dead (0: the
+    #                                  sparsity's own: 100 000; batchtopk 10 000)
 
     def check(self) -> None:
         super().check()
@@ -65,13 +67,13 @@ class SAEConfig(AEConfig):
             raise UserError(f"unknown sparsity {self.sparsity!r}; use --set sparsity= one of {', '.join(SPARSITIES)}")
         if self.centre not in CENTRES:
             raise UserError(f"unknown centre {self.centre!r}; use --set centre= one of {', '.join(CENTRES)}")
-        if self.k < 1 or self.k_aux < 0 or self.dead_window < 1:
-            raise UserError("k and dead_window must be at least 1, and k_aux at least 0 (0: half the input's size)")
+        if self.k < 1 or self.k_aux < 0 or self.dead_window < 0:
+            raise UserError("k must be at least 1, and k_aux and dead_window at least 0 (0: the sparsity's own)")
         if self.sparsity in ("topk", "batchtopk") and self.k > self.latent:
             raise UserError(f"k (units kept per input) is {self.k}, more than the dictionary's {self.latent} units "
                             f"(latent); give k at most {self.latent}, e.g. --set k={max(1, self.latent // 8)}")
-        if min(self.l1, self.l0_coefficient, self.aux_coefficient, self.grad_clip) < 0:
-            raise UserError("l1, l0_coefficient, aux_coefficient and grad_clip must not be negative")
+        if min(self.l1, self.l0_coefficient, self.grad_clip) < 0:
+            raise UserError("l1, l0_coefficient and grad_clip must not be negative")
         if not 0 <= self.l1_warmup <= 1:
             raise UserError(f"l1_warmup is a fraction of the run's steps, in [0, 1], not {self.l1_warmup}")
         if min(self.bandwidth, self.threshold, self.atom_norm) <= 0:
@@ -214,7 +216,11 @@ class SparseAutoencoder(Autoencoder):
 
     def dead(self) -> torch.Tensor:
         """(latent,) bool: units not active over the last dead_window training inputs."""
-        return self.inputs_since_active >= self.config.dead_window
+        return self.inputs_since_active >= self.dead_window()
+
+    def dead_window(self) -> int:
+        """Training inputs a unit may stay silent before it counts as dead: the setting, or the sparsity's own."""
+        return self.config.dead_window or self.sparsity.dead_window
 
     def gathers(self) -> bool:
         """Whether a training step codes by gathering (KeepsK: TopK, BatchTopK on the CPU)."""
@@ -316,7 +322,7 @@ class SparseAutoencoder(Autoencoder):
         variance = x_sq - (x_sum.pow(2).sum() / len(test)).item()
         dead = int(self.dead().sum())
         return {"fvu": sse / max(variance, 1e-12), "l0": float(density.sum()), "dead_units": dead,
-                "dead_fraction": dead / self.config.latent, "dead_window": self.config.dead_window,
+                "dead_fraction": dead / self.config.latent, "dead_window": self.dead_window(),
                 "dead_on_test": int((density == 0).sum()), "shrinkage": float(shrinkage), "cosine": float(cosine)}
 
     def make_pictures(self, test) -> dict:
