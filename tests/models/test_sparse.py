@@ -275,15 +275,16 @@ def test_the_vector_scale_is_kept_with_the_weights(tmp_path, one_thread, scale):
 
 def test_batchtopk_recovers_a_hard_planted_dictionary(tmp_path, one_thread):
     """A shared offset of 3 atoms' norms, Zipf-like correlated firing, weights in [0.5, 2] (4 active of 48 atoms in
-    32-d): BatchTopK's own AuxK (dead after 10 000 silent inputs, k / 2 units, weight 0.1) finds 9 atoms in 10 at the
-    true L0 in about 5 s; with TopK's (100 000, d / 2, 1/32) it found 73% (docs/sae.md, "A hard dictionary")."""
+    32-d): BatchTopK's own AuxK (dead after 10 000 silent inputs, k / 2 units, weight 0.1) finds 98% of the atoms at the
+    true L0 in about 5 s; with TopK's (100 000, d / 2, 1/32) it found 73% (docs/sae.md, "A hard dictionary"). The bar
+    is 85%: other data seeds gave 87.5% and 89.6%, and another CPU's sums may land on a seed's worse side."""
     vectors, atoms = hard_dictionary(8000, d=32, atoms=48, active=4)
     np.save(tmp_path / "v.npy", vectors)
     pipeline.train(resolve("sae", None, {"data.path": str(tmp_path / "v.npy"), "sparsity": "batchtopk", "latent": 96,
                                          "k": 4, "epochs": 8, "batch_size": 128, "lr": 5e-3}), out=tmp_path / "r")
     model = load_model(tmp_path / "r")
     assert model.dead_window() == 10_000 and model.sparsity.k_aux(model) == 2
-    assert (recovered(model.atoms().numpy(), atoms) > 0.9).mean() >= 0.9
+    assert (recovered(model.atoms().numpy(), atoms) > 0.9).mean() >= 0.85
     assert abs(json.loads((tmp_path / "r" / "eval.json").read_text())["l0"] - 4) < 0.8
 
 
