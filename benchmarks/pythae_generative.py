@@ -240,12 +240,12 @@ def sampled(folder: Path, net, test: np.ndarray) -> dict:
 def print_table(rows: dict[tuple[str, str], list[dict]]) -> None:
     columns = ("nll", "bce", "frechet_prior", "precision_prior", "recall_prior", "frechet_gmm", "precision_gmm",
                "recall_gmm", "density_gmm", "coverage_gmm")
-    print(f"\n| model | library | {' | '.join(columns)} | s/epoch |\n|---|---|" + "---|" * (len(columns) + 1))
+    print(f"\n| model | library | seeds | {' | '.join(columns)} | s/epoch |\n" + "|---" * (len(columns) + 4) + "|")
     for (model, library), found in rows.items():
         cells = [spread([row[c] for row in found], 4 if c == "bce" else 2 if c == "nll" or "frechet" in c else 3)
                  if c in found[0] else "-" for c in columns]
         speeds = [statistics.median(row["seconds"]) for row in found]  # each round's median epoch
-        print(f"| {model} | {library} | {' | '.join(cells)} | {statistics.median(speeds):.2f} "
+        print(f"| {model} | {library} | {len(found)} | {' | '.join(cells)} | {statistics.median(speeds):.2f} "
               f"({min(speeds):.2f}-{max(speeds):.2f}) |")
 
 
