@@ -42,6 +42,10 @@ from scipy.special import ndtri
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SPARSITIES = ("topk", "batchtopk", "jumprelu", "l1")
+# SAELens's recipe run: (aux_loss_coefficient, dead window in inputs) as aelab's AuxK sets them (see --saelens-aux);
+# JumpReLU takes only the window (SAELens's pre-activation loss of dead units), aelab's 100 000 for every sparsity
+# but BatchTopK
+RECIPE_AUX = {"topk": (0.2, 100_000), "batchtopk": (0.67, 10_000), "jumprelu": (0.2, 100_000), "l1": (0.2, 100_000)}
 
 # run inside the SAELens venv: train one SAE with SAELens's own trainer on the .npy, then save what the scores need
 DRIVER = """
@@ -227,7 +231,7 @@ def train_saelens(sparsity: str, data: Path, eval_path: Path | None, work: Path,
             "save": str(work / name), "seed": args.seed,
             "threads": args.threads, "latent": args.latent, "k": args.k, "l1": args.saelens_l1, "l0": args.saelens_l0,
             "lr": args.lr, "batch": args.batch_size, "samples": len(train_rows) * args.epochs, "recipe": recipe,
-            "aux": args.saelens_aux, "window": args.dead_window}
+            "aux": args.saelens_aux or RECIPE_AUX[sparsity][0], "window": args.dead_window or RECIPE_AUX[sparsity][1]}
     driver = DRIVER.replace('a["train_rows"]', f'np.load({str(rows_path)!r})')
     start = time.perf_counter()
     subprocess.run([str(python), "-c", driver, json.dumps(spec)], check=True,
@@ -278,12 +282,14 @@ def main() -> None:
     parser.add_argument("--saelens-l1", type=float, default=4.0, help="SAELens l1_coefficient")
     parser.add_argument("--aelab-l0", type=float, default=0.8, help="aelab l0_coefficient: JumpReLU's L0 weight")
     parser.add_argument("--saelens-l0", type=float, default=0.8, help="SAELens JumpReLU l0_coefficient")
-    # aelab's AuxK in SAELens's terms: aelab weighs the dead units' error 1/32 relative to the live code's error;
-    # SAELens's coefficient weighs it absolutely (summed over d), where the live error is about 0.15 (FVU 0.13 of a
-    # mean squared norm of d): 1/32 / 0.15 = 0.2. aelab's dead window is 100 000 inputs
-    parser.add_argument("--saelens-aux", type=float, default=0.2, help="SAELens aux_loss_coefficient, its recipe run")
-    parser.add_argument("--dead-window", type=int, default=100_000, help="inputs without firing before a unit is "
-                        "dead, SAELens's recipe run (aelab's default)")
+    # aelab's AuxK in SAELens's terms: aelab weighs the dead units' error relative to the live code's error (TopK
+    # 1/32, BatchTopK 0.1); SAELens's coefficient weighs it absolutely (summed over d), where the live error is about
+    # 0.15 (FVU 0.13 of a mean squared norm of d): 1/32 / 0.15 = 0.2, 0.1 / 0.15 = 0.67. aelab's dead window is
+    # 100 000 inputs for TopK, 10 000 for BatchTopK. (aelab's BatchTopK takes k / 2 dead units; SAELens always d / 2)
+    parser.add_argument("--saelens-aux", type=float, help="SAELens aux_loss_coefficient, its recipe run "
+                        "(default: TopK 0.2, BatchTopK 0.67)")
+    parser.add_argument("--dead-window", type=int, help="inputs without firing before a unit is dead, SAELens's "
+                        "recipe run (default: aelab's, TopK 100 000, BatchTopK 10 000)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-3, help="both trainers")
@@ -326,12 +332,12 @@ def main() -> None:
         train_set, _ = load_dataset(work / "acts.npy")  # SAELens trains on the rows aelab trains on
         train_rows = train_set.rows.numpy()
         saved = []  # SAELens's data set: (row, SAE folder), scored together at the end
-        for number, sparsity in enumerate(args.sparsity or SPARSITIES):
+        for sparsity in args.sparsity or SPARSITIES:
             # SAELens at its defaults, and at aelab's recipe where its settings express one (L1's is its default)
             runs = [("aelab", None)] if "aelab" in trainers else []
             if "saelens" in trainers:
                 runs += [("SAELens", False)] + ([("SAELens", True)] if sparsity != "l1" else [])
-            if (number + args.seed) % 2:  # which library goes first alternates
+            if (SPARSITIES.index(sparsity) + args.seed) % 2:  # which library goes first alternates, by sparsity
                 runs.reverse()
             for trainer, recipe in runs:
                 if trainer == "aelab":
