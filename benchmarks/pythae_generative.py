@@ -7,21 +7,24 @@ measured on its 10 000 test images. The network is the chapter's MLP for both, e
 biases as aelab initialises them; written below as pythae custom BaseEncoder/BaseDecoder classes. The same latent
 (16), epochs, batch (512), learning rate (1e-3) and Adam epsilon (1e-7) for both.
 
-Each library samples 10 000 images from its prior (pythae: NormalSampler, or VAMPSampler for the VampPrior) and
-from a 10-component full-covariance Gaussian mixture fitted to the training codes after training (pythae's
-GaussianMixtureSampler; aelab's `sample --sampler gmm`). The samples (.npy), test codes and test reconstructions
+Each library draws --samples images, measured against as many test images (the first ones, as `aelab eval` does),
+from its prior (pythae: NormalSampler, or VAMPSampler for the VampPrior) and from a 10-component full-covariance
+Gaussian mixture fitted to the training codes after training (pythae's GaussianMixtureSampler; aelab's
+`sample --sampler gmm`). The samples (.npy), test codes and test reconstructions
 of both are kept under --out. The measures are aelab's, taken in this process for both libraries alike: Frechet
 distance, precision/recall and density/coverage on aelab's Fashion-MNIST classifier features. The test NLL of the
-likelihood models is the importance-sampled bound -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), K = 100, z_k drawn
+likelihood models is the importance-sampled bound -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x) (K = --nll-k), z_k drawn
 from the encoder's posterior, p(x|z) the summed cross-entropy of the decoder's logits against the grey pixels: aelab
 computes it in `aelab eval` (iwae_nll); for pythae the peer process computes the same formula from its encoder's
 (mean, log-variance), its decoder's logits and its prior (the VampPrior's mixture density for VAMP).
 
 Seconds per epoch are training-loop seconds (aelab: metrics.jsonl; pythae: BaseTrainer.train_step), the first epoch
-of each not counted; rounds alternate which library runs first; speed is the median over rounds, the other columns
-mean and spread over rounds (round r uses seed r for both).
+of each not counted; rounds alternate which library runs first, and every model's round r runs before any round
+r + 1; speed is the median over rounds of each round's median epoch (with their range), the other columns mean and
+spread over rounds (round r uses seed r for both).
 
     python benchmarks/pythae_generative.py [--models vae,iwae,...] [--epochs 10] [--rounds 3] [--train N]
+        [--samples 10000] [--nll-k 100]
 """
 
 from __future__ import annotations
@@ -43,8 +46,6 @@ from generative_claims import cpu_name, spread  # noqa: E402
 from peers import idx_images, venv_python  # noqa: E402  (the peers' venv: CPU torch first, then pythae)
 
 ROOT = Path(__file__).resolve().parents[1]
-NLL_K = 100      # importance samples per test image, both libraries (aelab's iwae_k default)
-N_SAMPLES = 10_000
 COMPONENTS = 10  # Gaussian mixture components of the ex-post sampler, both libraries
 
 # aelab model: (pythae class, its config settings, aelab --set settings); the regularisers' weights are aelab's
@@ -57,8 +58,11 @@ MODELS = {
     "wae": ("WAE_MMD", {"kernel_choice": "imq", "reg_weight": 10.0, "kernel_bandwidth": 1.0}, ["model.lambd=10"]),
     # pythae's RAE_L2: MSE, and the decoder's L2 as its optimiser's weight decay
     "rae": ("RAE_L2", {"embedding_weight": 1e-4, "reg_weight": 1e-7}, ["model.regulariser=l2"]),
-    # minibatch-weighted sampling, as aelab estimates the TC (pythae's default is stratified)
-    "btcvae": ("BetaTCVAE", {"beta": 6.0, "alpha": 1.0, "gamma": 1.0, "use_mss": False}, ["model.beta=6"]),
+    # minibatch-weighted sampling, as aelab estimates the TC (pythae's default is stratified). aelab measures the
+    # test set after each epoch, its TC over (M, M, latent) pairs: M = 500 rather than 2500 makes that five times
+    # cheaper (outside the timed epoch; pythae measures nothing between epochs)
+    "btcvae": ("BetaTCVAE", {"beta": 6.0, "alpha": 1.0, "gamma": 1.0, "use_mss": False},
+               ["model.beta=6", "train.eval_batch_size=500"]),
 }
 
 # runs inside the peers' venv. argv: model class, config JSON, data folder, epochs, seed, output folder, latent.
@@ -177,33 +181,37 @@ def run(args: list[str], env: dict) -> str:
     return done.stdout
 
 
-def pythae_round(python: str, model: str, data: Path, epochs: int, seed: int, latent: int, out: Path) -> dict:
+def pythae_round(python: str, model: str, data: Path, epochs: int, seed: int, latent: int, out: Path, k: int,
+                 samples: int) -> dict:
     cls, settings, _ = MODELS[model]
     out.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
     stdout = run([python, "-c", DRIVER, cls, json.dumps(settings), str(data), str(epochs), str(seed), str(out),
-                  str(latent), str(NLL_K), str(N_SAMPLES), str(COMPONENTS)], env)
+                  str(latent), str(k), str(samples), str(COMPONENTS)], env)
     seconds = [float(line.split()[1]) for line in stdout.splitlines() if line.startswith("EPOCH")]
     measures = json.loads(next(line for line in stdout.splitlines() if line.startswith("MEASURES"))[9:])
     return {"seconds": seconds[1:], **measures}
 
 
-def aelab_round(model: str, data: Path | None, epochs: int, seed: int, latent: int, out: Path) -> dict:
+def aelab_round(model: str, data: Path | None, epochs: int, seed: int, latent: int, out: Path, k: int,
+                samples: int) -> dict:
+    likelihood = MODELS[model][0] not in ("WAE_MMD", "RAE_L2")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     aelab = [sys.executable, "-m", "aelab"]
     run([*aelab, "train", model, "--latent", str(latent), "--epochs", str(epochs), "--batch-size", "512", "--lr",
          "1e-3", "--seed", str(seed), "--threads", "1", "--grid-every", "0", "--overwrite", "--out", str(out),
-         *(["--data", str(data)] if data else []), *(a for s in MODELS[model][2] for a in ("--set", s))], env)
+         *(["--data", str(data)] if data else []),
+         *(a for s in MODELS[model][2] + [f"model.iwae_k={k}"] * likelihood for a in ("--set", s))], env)
     seconds = [json.loads(line)["seconds"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     measures = json.loads((out / "eval.json").read_text())
     for sampler in ("prior", "gmm"):
         if sampler == "prior" and model == "rae":  # no prior of its own: N(0, I) codes decoded, as pythae's NormalSampler
-            codes = np.random.default_rng(seed).standard_normal((N_SAMPLES, latent)).astype(np.float32)
+            codes = np.random.default_rng(seed).standard_normal((samples, latent)).astype(np.float32)
             np.save(out / "normal_codes.npy", codes)
             run([*aelab, "decode", str(out), str(out / "normal_codes.npy"), "--overwrite", "--out",
                  str(out / "samples_prior.npy")], env)
             continue
-        run([*aelab, "sample", str(out), "-n", str(N_SAMPLES), "--seed", str(seed), "--sampler", sampler,
+        run([*aelab, "sample", str(out), "-n", str(samples), "--seed", str(seed), "--sampler", sampler,
              *(["--components", str(COMPONENTS)] if sampler == "gmm" else []),
              "--overwrite", "--out", str(out / f"samples_{sampler}.npy")], env)
     test = out.parent / "test.npy"
@@ -211,7 +219,7 @@ def aelab_round(model: str, data: Path | None, epochs: int, seed: int, latent: i
         run([*aelab, command, str(out), str(test), "--overwrite", "--out", str(out / f"{name}.npy")], env)
     row = {"seconds": seconds[1:], "bce": measures["bce"]}
     if "iwae_nll" in measures:
-        assert measures["iwae_k"] == NLL_K, f"aelab's iwae_k is {measures['iwae_k']}, not {NLL_K}"
+        assert measures["iwae_k"] == k, f"aelab's iwae_k is {measures['iwae_k']}, not {k}"
         row["nll"] = measures["iwae_nll"]
     return row
 
@@ -224,19 +232,21 @@ def sampled(folder: Path, net, test: np.ndarray) -> dict:
     row = {}
     for sampler in ("prior", "gmm"):
         samples = np.load(folder / f"samples_{sampler}.npy").reshape(-1, 1, 28, 28)
-        row |= {f"{k}_{sampler}": v for k, v in sample_measures(samples, net, test).items()}
+        # against as many test images, the first ones, as aelab eval measures a sampler
+        row |= {f"{k}_{sampler}": v for k, v in sample_measures(samples, net, test[:len(samples)]).items()}
     return row
 
 
 def print_table(rows: dict[tuple[str, str], list[dict]]) -> None:
     columns = ("nll", "bce", "frechet_prior", "precision_prior", "recall_prior", "frechet_gmm", "precision_gmm",
                "recall_gmm", "density_gmm", "coverage_gmm")
-    print(f"\n| model | library | {' | '.join(columns)} | s/epoch |\n|---|---|" + "---|" * (len(columns) + 1))
+    print(f"\n| model | library | seeds | {' | '.join(columns)} | s/epoch |\n" + "|---" * (len(columns) + 4) + "|")
     for (model, library), found in rows.items():
         cells = [spread([row[c] for row in found], 4 if c == "bce" else 2 if c == "nll" or "frechet" in c else 3)
                  if c in found[0] else "-" for c in columns]
-        speed = statistics.median(s for row in found for s in row["seconds"])
-        print(f"| {model} | {library} | {' | '.join(cells)} | {speed:.2f} |")
+        speeds = [statistics.median(row["seconds"]) for row in found]  # each round's median epoch
+        print(f"| {model} | {library} | {len(found)} | {' | '.join(cells)} | {statistics.median(speeds):.2f} "
+              f"({min(speeds):.2f}-{max(speeds):.2f}) |")
 
 
 def main() -> None:
@@ -246,6 +256,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--latent", type=int, default=16)
     parser.add_argument("--train", type=int, default=12_000, help="the first N training images (60000: all)")
+    parser.add_argument("--samples", type=int, default=10_000, help="samples per sampler, against as many test images")
+    parser.add_argument("--nll-k", type=int, default=100, help="importance samples per test image of the NLL")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs and arrays here (default: a temp folder)")
     parser.add_argument("--venv", type=Path, default=Path("/tmp/aelab-peers-venv"))
     args = parser.parse_args()
@@ -276,28 +288,29 @@ def main() -> None:
     versions = run([python, "-c", "import importlib.metadata as m; print('pythae', m.version('pythae'), "
                     "'torch', m.version('torch'))"], {})
     print(f"{versions.strip()}; {cpu_name()}, {os.cpu_count()} CPUs; {len(train)} training images, latent {args.latent}, "
-          f"{args.epochs} epochs, batch 512, lr 1e-3, 1 thread; NLL K={NLL_K}; {N_SAMPLES} samples; classifier "
+          f"{args.epochs} epochs, batch 512, lr 1e-3, 1 thread; NLL K={args.nll_k}; {args.samples} samples; classifier "
           f"test accuracy {accuracy:.3f}", flush=True)
     rows: dict[tuple[str, str], list[dict]] = {}
-    for model in models:
-        for r in range(args.rounds):
+    for r in range(args.rounds):  # every model's round r before any round r + 1: a cut-short run leaves all models
+        for model in models:
             order = ("pythae", "aelab") if r % 2 == 0 else ("aelab", "pythae")
             for library in order:
-                out = folder / f"{library}-{model}-e{args.epochs}-z{args.latent}-n{len(train)}-s{r}"
+                out = folder / (f"{library}-{model}-e{args.epochs}-z{args.latent}-n{len(train)}-k{args.nll_k}"
+                                f"-m{args.samples}-s{r}")
                 began, kept = time.monotonic(), out / "row.json"
                 if kept.exists():  # a round finished before, with these settings (the folder names them)
                     row = json.loads(kept.read_text())
                 else:
-                    row = (pythae_round(python, model, folder, args.epochs, r, args.latent, out) if library == "pythae"
-                           else aelab_round(model, data, args.epochs, r, args.latent, out))
+                    settings = (args.epochs, r, args.latent, out, args.nll_k, args.samples)
+                    row = (pythae_round(python, model, folder, *settings) if library == "pythae"
+                           else aelab_round(model, data, *settings))
                     row |= sampled(out, net, test_images)
                     kept.write_text(json.dumps(row))
                 rows.setdefault((model, library), []).append(row)
                 print(f"  {model} round {r + 1} {library}: " + "  ".join(
                     f"{k} {statistics.median(v) if k == 'seconds' else v:.3f}" for k, v in row.items()) +
                     f"  ({time.monotonic() - began:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
-        print_table(rows)  # after each model: what finished is kept if the rest cannot run
-
+        print_table(rows)  # after each round: what finished is kept if the rest cannot run
 
 if __name__ == "__main__":
     main()

@@ -4,6 +4,7 @@ vectors, memory-mapped), then each planted atom matched with its closest learned
 
     python benchmarks/sae_planted.py                       # TopK, 100 000 vectors: the docs' row
     python benchmarks/sae_planted.py --sparsity batchtopk   # likewise jumprelu, l1 (each with its defaults)
+    python benchmarks/sae_planted.py --hard --seeds 0 1 2   # a shared offset, Zipf-like and correlated firing
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from aelab.experiments import pipeline  # noqa: E402
 from aelab.models.sparsities import SPARSITIES  # noqa: E402
 from aelab.runs.runfolder import load_model  # noqa: E402
 from aelab.runs.settings import resolve  # noqa: E402
-from support.planted import planted_dictionary, recovered  # noqa: E402
+from support.planted import hard_dictionary, planted_dictionary, recovered  # noqa: E402
 
 
 def main() -> None:
@@ -43,29 +44,45 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="each makes its own dictionary and run")
+    parser.add_argument("--hard", action="store_true", help="tests/support/planted.py's hard_dictionary: a shared "
+                        "offset, Zipf-like firing of correlated atoms, their weights in [0.5, 2]")
+    parser.add_argument("--offset", type=float, default=3.0, help="--hard: the shared offset's norm, in atoms' norms")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    rows = [run(args, seed) for seed in args.seeds]
+    for row in rows:
+        print(json.dumps(row))
+    if len(rows) > 1:  # mean and spread (half the range) over the seeds
+        print(json.dumps({key: f"{np.mean([r[key] for r in rows]):.4g} +- {np.ptp([r[key] for r in rows]) / 2:.2g}"
+                          for key in ("matched_0.9", "median_cosine", "l0", "fvu", "dead_on_test", "seconds")}))
 
-    vectors, atoms = planted_dictionary(args.n, args.dim, args.atoms, args.active, args.noise, args.seed)
+
+def run(args, seed: int) -> dict:
+    """Train one SAE on the planted vectors of `seed` and score it."""
+    if args.hard:
+        vectors, atoms = hard_dictionary(args.n, args.dim, args.atoms, args.active, args.offset, noise=args.noise,
+                                         seed=seed)
+    else:
+        vectors, atoms = planted_dictionary(args.n, args.dim, args.atoms, args.active, args.noise, seed)
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "planted.npy", vectors)
         config = resolve("sae", None, {
             "data.path": str(Path(tmp) / "planted.npy"), "latent": args.latent, "sparsity": args.sparsity,
             "k": args.k or args.active, "epochs": args.epochs, "batch_size": args.batch_size,
-            "lr": args.lr, "seed": args.seed, **dict(item.split("=", 1) for item in args.set)})
+            "lr": args.lr, "seed": seed, **dict(item.split("=", 1) for item in args.set)})
         start = time.perf_counter()
         pipeline.train(config, out=Path(tmp) / "run")
         seconds = time.perf_counter() - start
         metrics = json.loads((Path(tmp) / "run" / "eval.json").read_text())
         best = recovered(load_model(Path(tmp) / "run").atoms().numpy(), atoms)
-    print(json.dumps({
-        "sparsity": args.sparsity, "n": args.n, "dim": args.dim, "atoms": args.atoms, "active": args.active,
-        "latent": args.latent, "epochs": args.epochs, "matched_0.9": round(float((best > 0.9).mean()), 4),
-        "median_cosine": round(float(np.median(best)), 4), "l0": round(metrics["l0"], 3),
-        "fvu": round(metrics["fvu"], 4), "shrinkage": round(metrics["shrinkage"], 3), "dead_units": metrics["dead_units"],
-        "dead_on_test": metrics["dead_on_test"], "settings": args.set,
-        "seconds": round(seconds, 1)}))
+    return {
+        "sparsity": args.sparsity, "seed": seed, "hard": args.hard, "n": args.n, "dim": args.dim, "atoms": args.atoms,
+        "active": args.active, "latent": args.latent, "epochs": args.epochs,
+        "matched_0.9": round(float((best > 0.9).mean()), 4), "median_cosine": round(float(np.median(best)), 4),
+        "l0": round(metrics["l0"], 3), "fvu": round(metrics["fvu"], 4), "shrinkage": round(metrics["shrinkage"], 3),
+        "dead_units": metrics["dead_units"], "dead_on_test": metrics["dead_on_test"], "settings": args.set,
+        "seconds": round(seconds, 1)}
 
 
 if __name__ == "__main__":

@@ -171,24 +171,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--memory-rows", type=int, default=200_000, help="rows the plain loop holds in memory")
     parser.add_argument("--keep", action="store_true", help="keep the file")
+    parser.add_argument("--file", type=Path, help="measure this float16 .npy (n, width) instead of writing one "
+                        "(kept); --gb and --width are then its own")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = int(args.gb * 1e9 / (2 * args.width))
     folder = Path(tempfile.mkdtemp(prefix="aelab-sae-scale-"))
-    data = folder / "acts.npy"
+    data = args.file or folder / "acts.npy"
     try:
-        start = time.perf_counter()
-        write_activations(data, rows, args.width)
-        print(f"wrote {rows:,} x {args.width} float16 ({data.stat().st_size / 1e9:.2f} GB) to {data} in "
-              f"{time.perf_counter() - start:.0f} s", flush=True)
+        if args.file:
+            rows, args.width = np.load(data, mmap_mode="r").shape
+        else:
+            start = time.perf_counter()
+            write_activations(data, rows, args.width)
+            print(f"wrote {rows:,} x {args.width} float16 ({data.stat().st_size / 1e9:.2f} GB) to {data} in "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
         mapped = np.load(data, mmap_mode="r")
         small = folder / "small.npy"
         np.save(small, mapped[:args.memory_rows])
         memory = torch.from_numpy(np.asarray(mapped[:args.memory_rows], dtype=np.float32))
         results: dict[str, list] = {"aelab": [], "aelab_memory": [], "plain": [], "plain_map": []}
         for r in range(args.rounds):
-            results["aelab"].append(run_aelab(data, folder / "run", args))
-            results["aelab_memory"].append(run_aelab(small, folder / "run", args, read="memory"))
+            # file and memory alternate which goes first, so that the machine's other work weighs on both alike
+            for read in ("file", "memory")[::-1 if r % 2 else 1]:
+                results["aelab" if read == "file" else "aelab_memory"].append(
+                    run_aelab(data if read == "file" else small, folder / "run", args, read=read))
             results["plain"].append(run_plain(memory.__getitem__, len(memory), args, r))
             results["plain_map"].append(run_plain(
                 lambda i: torch.from_numpy(np.asarray(mapped[np.sort(i.numpy())], dtype=np.float32)),
@@ -196,8 +203,9 @@ def main() -> None:
             a = results["aelab"][-1]
             print(f"round {r + 1}: aelab {a['rate']:.0f}/s (start-up {a['startup']:.1f} s, peak RSS "
                   f"{a['hwm_mb']:.0f} MB; sampled peaks RssFile {a['file_mb']:.0f}, RssAnon {a['anon_mb']:.0f} MB), "
-                  f"in memory {results['aelab_memory'][-1]['rate']:.0f}/s; plain {results['plain'][-1]:.0f}/s, plain from "
-                  f"the map {results['plain_map'][-1]:.0f}/s", flush=True)
+                  f"in memory {results['aelab_memory'][-1]['rate']:.0f}/s (the file costs "
+                  f"{1 - a['rate'] / results['aelab_memory'][-1]['rate']:.0%}); plain {results['plain'][-1]:.0f}/s, plain from "
+                  f"the map {results['plain_map'][-1]:.0f}/s (load average {os.getloadavg()[0]:.1f})", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
@@ -205,7 +213,8 @@ def main() -> None:
     aelab_memory = statistics.median(a["rate"] for a in results["aelab_memory"])
     plain, plain_map = statistics.median(results["plain"]), statistics.median(results["plain_map"])
     worst = {k: max(a[k] for a in results["aelab"]) for k in ("hwm_mb", "file_mb", "anon_mb", "anon_load_mb")}
-    print(f"\nfile {data.name}: {rows:,} x {args.width} float16, {rows * args.width * 2 / 1e9:.2f} GB; SAE TopK "
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    print(f"\nCPU {cpu}, {os.cpu_count()} cores; file {data.name}: {rows:,} x {args.width} float16, {rows * args.width * 2 / 1e9:.2f} GB; SAE TopK "
           f"latent {args.latent}, k {args.k}, batch {args.batch}, 1 thread; median of {args.rounds} rounds of "
           f"{args.seconds:.0f} s each\n")
     print("| loop | activations/s | vs plain in memory |\n|---|---|---|")

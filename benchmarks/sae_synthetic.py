@@ -6,6 +6,8 @@ same number of samples; then both are scored on fresh activations whose true fea
     OMP_NUM_THREADS=1 python benchmarks/sae_synthetic.py [--features 512 --dim 128 -n 200000 --epochs 5]
     OMP_NUM_THREADS=1 python benchmarks/sae_synthetic.py --sparsity batchtopk --trainer aelab --set atom_norm=1
                                                           # one library alone; --set: an aelab setting
+    OMP_NUM_THREADS=1 python benchmarks/sae_synthetic.py --data saelens --k 7
+                                                          # SAELens's own synthetic data set (below)
 
 Scores: recovery (mean over true features of the best cosine with any decoder atom), matched (the share of
 features whose best cosine passes 0.9), MCC (the mean cosine of a
@@ -14,6 +16,13 @@ fires on the evaluation set "detects" the feature its atom matches best when it 
 FVU, L0, dead (never fires on the evaluation set) and training samples per second (training steps alone). TopK and
 BatchTopK keep k units; L1 and JumpReLU reach their L0 through each library's coefficient (--aelab-l1, --saelens-l1,
 --aelab-l0, --saelens-l0), set so that at the default setting every L0 lands within 20% of k.
+
+`--data saelens` takes SAELens's own generator instead (sae_lens.synthetic.SyntheticModel at its defaults: Zipfian
+firing probabilities from 0.3 down to 0.01, magnitude 1, random unit features and a FeatureDictionary bias of norm 1;
+--features and --dim set its size), which writes the vectors both libraries train on (scaled to a mean squared
+norm of d); every SAE is then saved as SAELens saves one for inference (aelab's by `aelab export --format saelens`)
+and scored by SAELens's eval_sae_on_synthetic_data on the same --eval fresh samples: MCC, uniqueness, F1 of units as
+feature detectors, explained variance, L0, dead units, shrinkage; and the share of features matched at cosine > 0.9.
 """
 
 from __future__ import annotations
@@ -33,6 +42,10 @@ from scipy.special import ndtri
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SPARSITIES = ("topk", "batchtopk", "jumprelu", "l1")
+# SAELens's recipe run: (aux_loss_coefficient, dead window in inputs) as aelab's AuxK sets them (see --saelens-aux);
+# JumpReLU takes only the window (SAELens's pre-activation loss of dead units), aelab's 100 000 for every sparsity
+# but BatchTopK
+RECIPE_AUX = {"topk": (0.2, 100_000), "batchtopk": (0.67, 10_000), "jumprelu": (0.2, 100_000), "l1": (0.2, 100_000)}
 
 # run inside the SAELens venv: train one SAE with SAELens's own trainer on the .npy, then save what the scores need
 DRIVER = """
@@ -80,11 +93,54 @@ config = SAETrainerConfig(total_training_samples=steps * a["batch"], train_batch
 start = time.perf_counter()
 SAETrainer(config, sae, batches()).fit()
 seconds = time.perf_counter() - start
-x = torch.from_numpy(np.load(a["eval"]))
-with torch.no_grad():
-    codes = sae.encode(x)
-    np.savez(a["out"], codes=codes.numpy(), recon=sae.decode(codes).numpy(), atoms=sae.W_dec.numpy(),
-             seconds=seconds, samples=steps * a["batch"])
+found = dict(seconds=seconds, samples=steps * a["batch"])
+if a["eval"]:  # the repository's data set: scored from codes and atoms
+    x = torch.from_numpy(np.load(a["eval"]))
+    with torch.no_grad():
+        codes = sae.encode(x)
+        found.update(codes=codes.numpy(), recon=sae.decode(codes).numpy(), atoms=sae.W_dec.numpy())
+else:  # SAELens's data set: saved for inference as SAELens saves it (BatchTopK as a JumpReLU), scored from there
+    sae.save_inference_model(a["save"])
+np.savez(a["out"], **found)
+"""
+
+# run inside the SAELens venv: SAELens's own synthetic model (sae_lens.synthetic.SyntheticModel at its defaults:
+# Zipfian firing from 0.3 down to 0.01, magnitude 1, a FeatureDictionary of random unit features with a bias of norm
+# 1), saved, and `n` activations from it written to an .npy scaled to a mean squared norm of d (printed: the scale)
+GENERATE = """
+import json, sys
+import numpy as np, torch
+from sae_lens.synthetic import SyntheticModel, SyntheticModelConfig
+a = json.loads(sys.argv[1])
+model = SyntheticModel(SyntheticModelConfig(num_features=a["features"], hidden_dim=a["dim"], seed=a["seed"]))
+model.save(a["model"])
+torch.manual_seed(a["seed"])
+x = torch.cat([model.sample(min(20_000, a["n"] - i)) for i in range(0, a["n"], 20_000)]).numpy()
+scale = float(np.sqrt(a["dim"] / (x.astype(np.float64) ** 2).sum(1).mean()))
+np.save(a["data"], (x * scale).astype(np.float32))
+print(json.dumps({"scale": scale, "true_l0": float(model.activation_generator.firing_probabilities.sum())}))
+"""
+
+# run inside the SAELens venv: each saved SAE (SAE.load_from_disk: SAELens's own inference save, or aelab's export)
+# scored by sae_lens.synthetic.eval_sae_on_synthetic_data on the same fresh samples (the same seed for every SAE),
+# scaled as the training file was; plus the share of true features whose best cosine with an atom passes 0.9
+EVALUATE = """
+import json, sys
+import torch
+from sae_lens import SAE
+from sae_lens.synthetic import SyntheticModel, eval_sae_on_synthetic_data
+from sae_lens.training.activation_scaler import ActivationScaler
+from sae_lens.util import cosine_similarities
+a = json.loads(sys.argv[1])
+model = SyntheticModel.load_from_disk(a["model"])
+for folder in a["saes"]:
+    sae = SAE.load_from_disk(folder, device="cpu")
+    torch.manual_seed(a["seed"] + 1)
+    found = eval_sae_on_synthetic_data(sae, model.feature_dict, model.activation_generator, num_samples=a["n"],
+                                       batch_size=10_000, activation_scaler=ActivationScaler(a["scale"]))
+    best = cosine_similarities(model.feature_dict.feature_vectors, sae.W_dec).max(1).values
+    print(json.dumps({"folder": folder, **found.to_dict(), "matched": float((best > 0.9).float().mean()),
+                      "recovery": float(best.mean())}), flush=True)
 """
 
 
@@ -142,11 +198,9 @@ def score(atoms: np.ndarray, codes: np.ndarray, recon: np.ndarray, x: np.ndarray
             "samples_per_s": samples / seconds}
 
 
-def train_aelab(sparsity: str, data: Path, work: Path, args, x_eval: np.ndarray):
-    """`aelab train sae` as a process, as a user runs it: (atoms, codes, reconstructions, seconds of the steps alone
-    (its epochs' own clocks), seconds of the whole command, start-up included)."""
-    from aelab.runs.runfolder import load_model
-
+def train_aelab(sparsity: str, data: Path, work: Path, args) -> tuple[Path, float, float]:
+    """`aelab train sae` as a process, as a user runs it: (its run folder, seconds of the steps alone (its epochs'
+    own clocks), seconds of the whole command, start-up included)."""
     settings = {"latent": args.latent, "sparsity": sparsity, "k": args.k, "epochs": args.epochs,
                 "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "grid_every": 0, "l1": args.aelab_l1,
                 "l0_coefficient": args.aelab_l0, **dict(kv.split("=", 1) for kv in args.set)}
@@ -154,37 +208,63 @@ def train_aelab(sparsity: str, data: Path, work: Path, args, x_eval: np.ndarray)
     command = [sys.executable, "-m", "aelab", "train", "sae", "--data", str(data), "--out", str(out), "--overwrite",
                "--threads", str(args.threads), *sum((["--set", f"{k}={v}"] for k, v in settings.items()), [])]
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(args.threads)})
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=aelab_env(args))
     whole = time.perf_counter() - start
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    model = load_model(out, "cpu")
-    codes = model.encode(x_eval)
-    return model.atoms().numpy(), codes, np.asarray(model.decode(codes)), sum(r["seconds"] for r in records), whole
+    return out, sum(r["seconds"] for r in records), whole
 
 
-def train_saelens(sparsity: str, data: Path, eval_path: Path, work: Path, args, train_rows: np.ndarray,
-                  python: Path, recipe: bool):
-    """SAELens's SAETrainer in a process: (atoms, codes, reconstructions, seconds of fit() alone, seconds of the
-    whole process, start-up included, samples)."""
+def aelab_env(args) -> dict:
+    return {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(args.threads)}
+
+
+def train_saelens(sparsity: str, data: Path, eval_path: Path | None, work: Path, args, train_rows: np.ndarray,
+                  python: Path, recipe: bool) -> tuple[dict, float]:
+    """SAELens's SAETrainer in a process: (what it saved: codes, reconstructions and atoms of eval_path's vectors,
+    or, without one, its inference SAE in work/saelens-SPARSITY-RECIPE/; seconds of fit() alone, samples), seconds of
+    the whole process, start-up included."""
     rows_path = work / "train_rows.npy"
     np.save(rows_path, train_rows)
-    out = work / f"saelens-{sparsity}.npz"
-    spec = {"sparsity": sparsity, "data": str(data), "eval": str(eval_path), "out": str(out), "seed": args.seed,
+    name = f"saelens-{sparsity}-{'recipe' if recipe else 'defaults'}"
+    out = work / f"{name}.npz"
+    spec = {"sparsity": sparsity, "data": str(data), "eval": eval_path and str(eval_path), "out": str(out),
+            "save": str(work / name), "seed": args.seed,
             "threads": args.threads, "latent": args.latent, "k": args.k, "l1": args.saelens_l1, "l0": args.saelens_l0,
             "lr": args.lr, "batch": args.batch_size, "samples": len(train_rows) * args.epochs, "recipe": recipe,
-            "aux": args.saelens_aux, "window": args.dead_window}
+            "aux": args.saelens_aux or RECIPE_AUX[sparsity][0], "window": args.dead_window or RECIPE_AUX[sparsity][1]}
     driver = DRIVER.replace('a["train_rows"]', f'np.load({str(rows_path)!r})')
     start = time.perf_counter()
     subprocess.run([str(python), "-c", driver, json.dumps(spec)], check=True,
                    env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     whole = time.perf_counter() - start
-    found = np.load(out)
-    return found["atoms"], found["codes"], found["recon"], float(found["seconds"]), whole, int(found["samples"])
+    return dict(np.load(out)), whole
+
+
+def saelens_python(venv: Path) -> Path:
+    """The SAELens venv's interpreter (made on first use, as benchmarks/sae_lens_check.py makes it); sae_lens.synthetic
+    came with SAELens's toy-SAE utilities (January 2026), so an older install is upgraded."""
+    from sae_lens_check import venv_python
+
+    python = venv_python(venv)
+    if subprocess.run([python, "-c", "import sae_lens.synthetic"], capture_output=True).returncode:
+        subprocess.run([python, "-m", "pip", "install", "-q", "-U", "sae-lens"], check=True)
+    return python
+
+
+def in_venv(python: Path, code: str, spec: dict) -> list[dict]:
+    """Run `code` in the SAELens venv with `spec`; the JSON lines it prints."""
+    done = subprocess.run([str(python), "-c", code, json.dumps(spec)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode:
+        sys.exit(f"the SAELens venv's process failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", choices=("own", "saelens"), default="own",
+                        help="own: this script's dictionary (default); saelens: SAELens's SyntheticModel at its "
+                        "defaults (Zipfian firing, a bias of norm 1), scored by its eval_sae_on_synthetic_data")
     parser.add_argument("-n", type=int, default=200_000, help="activations in the training file (default 200 000)")
     parser.add_argument("--features", type=int, default=512)
     parser.add_argument("--dim", type=int, default=128)
@@ -202,12 +282,14 @@ def main() -> None:
     parser.add_argument("--saelens-l1", type=float, default=4.0, help="SAELens l1_coefficient")
     parser.add_argument("--aelab-l0", type=float, default=0.8, help="aelab l0_coefficient: JumpReLU's L0 weight")
     parser.add_argument("--saelens-l0", type=float, default=0.8, help="SAELens JumpReLU l0_coefficient")
-    # aelab's AuxK in SAELens's terms: aelab weighs the dead units' error 1/32 relative to the live code's error;
-    # SAELens's coefficient weighs it absolutely (summed over d), where the live error is about 0.15 (FVU 0.13 of a
-    # mean squared norm of d): 1/32 / 0.15 = 0.2. aelab's dead window is 100 000 inputs
-    parser.add_argument("--saelens-aux", type=float, default=0.2, help="SAELens aux_loss_coefficient, its recipe run")
-    parser.add_argument("--dead-window", type=int, default=100_000, help="inputs without firing before a unit is "
-                        "dead, SAELens's recipe run (aelab's default)")
+    # aelab's AuxK in SAELens's terms: aelab weighs the dead units' error relative to the live code's error (TopK
+    # 1/32, BatchTopK 0.1); SAELens's coefficient weighs it absolutely (summed over d), where the live error is about
+    # 0.15 (FVU 0.13 of a mean squared norm of d): 1/32 / 0.15 = 0.2, 0.1 / 0.15 = 0.67. aelab's dead window is
+    # 100 000 inputs for TopK, 10 000 for BatchTopK. (aelab's BatchTopK takes k / 2 dead units; SAELens always d / 2)
+    parser.add_argument("--saelens-aux", type=float, help="SAELens aux_loss_coefficient, its recipe run "
+                        "(default: TopK 0.2, BatchTopK 0.67)")
+    parser.add_argument("--dead-window", type=int, help="inputs without firing before a unit is dead, SAELens's "
+                        "recipe run (default: aelab's, TopK 100 000, BatchTopK 10 000)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-3, help="both trainers")
@@ -226,48 +308,90 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from aelab.data.load import load_dataset
 
-    rng = np.random.default_rng(args.seed)
-    truth = Features(args.features, args.dim, args.rank, rng, args.offset)
-    x, _ = generate(args.n, truth, args.active, args.noise, rng)
-    # in SAE units (mean squared norm d) for both trainers; aelab's own `norm` scale is then 1
-    scale = np.sqrt(args.dim / (x ** 2).sum(1).mean())
-    x_eval, true_codes = generate(args.eval, truth, args.active, args.noise, rng)
-    x, x_eval = x * scale, (x_eval * scale).astype(np.float32)
-    python = args.venv / "bin" / "python"
-    rows = []
+    rows, trainers = [], args.trainer or ("aelab", "saelens")
+    python = saelens_python(args.venv) if "saelens" in trainers or args.data == "saelens" else None
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         work = Path(tmp)
-        np.save(work / "acts.npy", x)
-        np.save(work / "eval.npy", x_eval)
-        del x
+        if args.data == "saelens":  # SAELens's generator writes the file; SAELens's evaluation scores every SAE
+            made = in_venv(python, GENERATE, {"features": args.features, "dim": args.dim, "n": args.n,
+                                              "seed": args.seed, "model": str(work / "model"),
+                                              "data": str(work / "acts.npy")})[0]
+            print(f"SAELens's synthetic model: {args.features} features in {args.dim}-d, true L0 "
+                  f"{made['true_l0']:.2f}, activations scaled by {made['scale']:.3f}", flush=True)
+        else:
+            rng = np.random.default_rng(args.seed)
+            truth = Features(args.features, args.dim, args.rank, rng, args.offset)
+            x, _ = generate(args.n, truth, args.active, args.noise, rng)
+            # in SAE units (mean squared norm d) for both trainers; aelab's own `norm` scale is then 1
+            scale = np.sqrt(args.dim / (x ** 2).sum(1).mean())
+            x_eval, true_codes = generate(args.eval, truth, args.active, args.noise, rng)
+            np.save(work / "acts.npy", x * scale)
+            del x
+            x_eval = (x_eval * scale).astype(np.float32)
+            np.save(work / "eval.npy", x_eval)
         train_set, _ = load_dataset(work / "acts.npy")  # SAELens trains on the rows aelab trains on
         train_rows = train_set.rows.numpy()
-        trainers = args.trainer or ("aelab", "saelens")
-        for number, sparsity in enumerate(args.sparsity or SPARSITIES):
+        saved = []  # SAELens's data set: (row, SAE folder), scored together at the end
+        for sparsity in args.sparsity or SPARSITIES:
             # SAELens at its defaults, and at aelab's recipe where its settings express one (L1's is its default)
             runs = [("aelab", None)] if "aelab" in trainers else []
             if "saelens" in trainers:
                 runs += [("SAELens", False)] + ([("SAELens", True)] if sparsity != "l1" else [])
-            if (number + args.seed) % 2:  # which library goes first alternates
+            if (SPARSITIES.index(sparsity) + args.seed) % 2:  # which library goes first alternates, by sparsity
                 runs.reverse()
             for trainer, recipe in runs:
                 if trainer == "aelab":
-                    atoms, codes, recon, seconds, whole = train_aelab(sparsity, work / "acts.npy", work, args, x_eval)
+                    out, seconds, whole = train_aelab(sparsity, work / "acts.npy", work, args)
                     samples, name = len(train_set) * args.epochs, "aelab"
+                    if args.data == "saelens":
+                        folder = work / f"aelab-{sparsity}-saelens"  # SAELens reads aelab's SAE from its export
+                        subprocess.run([sys.executable, "-m", "aelab", "export", str(out), "--format", "saelens",
+                                        "--out", str(folder), "--overwrite"], check=True, stdout=subprocess.DEVNULL,
+                                       env=aelab_env(args))
+                    else:
+                        from aelab.runs.runfolder import load_model
+
+                        model = load_model(out, "cpu")
+                        codes = model.encode(x_eval)
+                        found = {"atoms": model.atoms().numpy(), "codes": codes,
+                                 "recon": np.asarray(model.decode(codes))}
                 else:
-                    atoms, codes, recon, seconds, whole, samples = train_saelens(
-                        sparsity, work / "acts.npy", work / "eval.npy", work, args, train_rows, python, recipe)
+                    found, whole = train_saelens(sparsity, work / "acts.npy",
+                                                 None if args.data == "saelens" else work / "eval.npy", work, args,
+                                                 train_rows, python, recipe)
+                    seconds, samples = float(found["seconds"]), int(found["samples"])
+                    folder = work / f"saelens-{sparsity}-{'recipe' if recipe else 'defaults'}"
                     name = "SAELens, aelab's recipe" if recipe else "SAELens, defaults"
-                rows.append({"trainer": name, "sparsity": sparsity, **score(
-                    atoms, codes, recon, x_eval, truth.atoms, true_codes, seconds, samples), "whole_s": whole,
-                    "steps_s": seconds})
-                print(json.dumps(rows[-1]), flush=True)
+                row = {"trainer": name, "sparsity": sparsity, "samples_per_s": samples / seconds, "whole_s": whole,
+                       "steps_s": seconds}
+                if args.data == "saelens":
+                    saved.append((row, str(folder)))
+                else:
+                    row.update(score(found["atoms"], found["codes"], found["recon"], x_eval, truth.atoms, true_codes,
+                                     seconds, samples))
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        if saved:
+            scores = in_venv(python, EVALUATE, {"model": str(work / "model"), "saes": [f for _, f in saved],
+                                                "n": args.eval, "seed": args.seed, "scale": made["scale"]})
+            for (row, _), found in zip(saved, scores):
+                row.update(found)
+                print(json.dumps(row), flush=True)
+    if args.data == "saelens":
+        print(f"\n| sparsity | trainer | MCC | uniqueness | matched > 0.9 | F1 | explained variance | L0 (true "
+              f"{made['true_l0']:.2f}) | dead | shrinkage | samples/s (steps) | whole command (s) |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['sparsity']} | {r['trainer']} | {r['mcc']:.3f} | {r['uniqueness']:.3f} | {r['matched']:.1%} | "
+                  f"{r['classification']['f1_score']:.3f} | {r['explained_variance']:.3f} | {r['sae_l0']:.2f} | "
+                  f"{r['dead_latents'] / args.latent:.1%} | {r['shrinkage']:.3f} | {r['samples_per_s']:,.0f} | "
+                  f"{r['whole_s']:.1f} |")
+        return
     print("\n| sparsity | trainer | recovery | matched > 0.9 | MCC | F1 | FVU | L0 | dead | samples/s (steps) | whole command (s) |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['sparsity']} | {r['trainer']} | {r['recovery']:.3f} | {r['matched']:.1%} | {r['mcc']:.3f} | {r['f1']:.3f} | "
               f"{r['fvu']:.3f} | {r['l0']:.1f} | {r['dead']:.1%} | {r['samples_per_s']:,.0f} | {r['whole_s']:.1f} |")
-
 
 if __name__ == "__main__":
     main()

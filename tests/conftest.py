@@ -124,3 +124,26 @@ def flat_vector_run(tmp_path_factory):
     data[:, 4] = np.random.default_rng(2).normal(0, 1e-50, len(data))
     np.save(folder / "flat.npy", data)
     return folder, train_vectors(folder / "flat.npy", folder / "run")
+
+
+@pytest.fixture(scope="session")
+def acts(trained_run, tmp_path_factory):
+    """The shared run's activations at encoder.6, written by the real `aelab activations` (in batches of 700)."""
+    out = tmp_path_factory.mktemp("acts") / "acts.npy"
+    result = aelab("activations", trained_run, "--layer", "encoder.6", "--out", out, "--batch-size", 700)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "AELAB_DIST_TIMEOUT")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """No torchrun or MLflow settings inherited from the shell that runs the tests."""
+    for name in (*TORCHRUN_VARS, "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+LOOPBACK = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29400"}

@@ -1,7 +1,7 @@
-"""Bad environments through the real command line: torchrun's variables wrong or incomplete, a rendezvous that
-cannot complete, an experiment tracker that cannot be reached or fails mid-run. Each is one line and exit 2 before
-anything is written, within a bounded time, or (a tracker failing once the run started) one warning and a finished
-run. Trackers are only ever pointed at the loopback address (127.0.0.1:9 is a closed port)."""
+"""Bad environments through the real command line: a single-process torchrun, a rendezvous that cannot complete, an
+experiment tracker that cannot be reached or fails mid-run (torchrun's variables themselves: tests/test_devices.py).
+Each is one line and exit 2 before anything is written, within a bounded time, or (a tracker failing once the run
+started) one warning and a finished run. Trackers are only ever pointed at the loopback address (127.0.0.1:9 is a closed port)."""
 
 from __future__ import annotations
 
@@ -15,17 +15,8 @@ import pytest
 from aelab.experiments.pipeline import train
 from aelab.reports.trackers import Logger
 from aelab.runs.settings import resolve
-from support.process import aelab, assert_user_error, in_process
-
-TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "AELAB_DIST_TIMEOUT")
-
-
-@pytest.fixture
-def clean_env(monkeypatch):
-    """No torchrun or MLflow settings inherited from the shell that runs the tests."""
-    for name in (*TORCHRUN_VARS, "MLFLOW_TRACKING_URI"):
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
+from conftest import LOOPBACK
+from support.process import aelab, assert_user_error
 
 
 def free_port() -> int:
@@ -36,39 +27,6 @@ def free_port() -> int:
 
 def train_cli(subset_npz, out, *extra, timeout: float = 120):
     return aelab("train", "--data", subset_npz, "--epochs", 1, "--threads", 1, "--out", out, *extra, timeout=timeout)
-
-
-LOOPBACK = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29400"}
-
-
-@pytest.mark.parametrize("env, words", [
-    ({"WORLD_SIZE": "abc"}, ["WORLD_SIZE='abc'", "whole number"]),
-    ({"WORLD_SIZE": "-3"}, ["WORLD_SIZE='-3'"]),
-    ({"WORLD_SIZE": "0"}, ["WORLD_SIZE='0'"]),
-    ({"WORLD_SIZE": "2"}, ["RANK and MASTER_ADDR and MASTER_PORT", "torchrun"]),
-    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_PORT": "29400"}, ["MASTER_ADDR is not set"]),
-    ({"WORLD_SIZE": "2", "RANK": "5", **LOOPBACK}, ["RANK=5", "0 to 1"]),
-    ({"WORLD_SIZE": "2", "RANK": "-1", **LOOPBACK}, ["RANK='-1'"]),
-    ({"RANK": "1"}, ["RANK is set without WORLD_SIZE"]),
-    ({"LOCAL_RANK": "3"}, ["LOCAL_RANK is set without WORLD_SIZE"]),
-    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "x", **LOOPBACK}, ["LOCAL_RANK='x'"]),
-    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "1", **LOOPBACK}, ["LOCAL_RANK=1 is above RANK=0"]),
-    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "99999"}, ["MASTER_PORT='99999'"]),
-    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "http"}, ["MASTER_PORT='http'"]),
-    ({"WORLD_SIZE": "2", "RANK": "0", **LOOPBACK, "AELAB_DIST_TIMEOUT": "0"}, ["AELAB_DIST_TIMEOUT='0'"]),
-    ({"WORLD_SIZE": "2", "RANK": "0", **LOOPBACK, "AELAB_DIST_TIMEOUT": "nan"}, ["AELAB_DIST_TIMEOUT='nan'"]),
-])
-def test_wrong_or_incomplete_torchrun_variables_are_one_line_at_once(env, words, clean_env, subset_npz, tmp_path,
-                                                                     capsys, one_thread):
-    """Read when `aelab train` starts: run through cli.main in this process, its environment patched."""
-    for name, value in env.items():
-        clean_env.setenv(name, value)
-    started = time.monotonic()
-    result = in_process(["train", "--data", subset_npz, "--epochs", 1, "--threads", 1, "--out", tmp_path / "run"],
-                        capsys)
-    assert_user_error(result, *words)
-    assert time.monotonic() - started < 10  # refused before any data is read or any rank waited for
-    assert not (tmp_path / "run").exists()
 
 
 def test_a_single_process_environment_still_trains(clean_env, subset_npz, tmp_path):
@@ -108,7 +66,7 @@ def test_a_lone_rank_gives_up_at_the_timeout_not_twice_it(clean_env):
     started = time.monotonic()
     with pytest.raises(UserError, match="rank 1 of 2 could not meet the others .* within 4 s"):
         distributed._join("gloo")
-    assert 3.9 < time.monotonic() - started < 5.5
+    assert 3.9 < time.monotonic() - started < 7  # twice would be 8; a loaded machine adds a second or so
 
 
 @pytest.mark.parametrize("uri, words", [

@@ -1,6 +1,7 @@
 """A variant written outside the package, in one file with one registry entry, goes everywhere a built-in one goes:
 `aelab train --set` and a config file, `aelab eval --json`, `aelab report`, the estimator, `aelab compare` and ONNX
-export, in real processes that find it through AELAB_PLUGINS (docs/extending.md)."""
+export, in real processes that find it through AELAB_PLUGINS (docs/extending.md). So do a sparsity and a data
+format, each one class or function and one entry."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ class L1CodeAutoencoder(Autoencoder):
 
     @torch.no_grad()
     def make_pictures(self, test):
-        if self.data_kind(self.config) != "images":
+        if self.data_kind != "images":
             return {}
         x = test.floats(slice(0, 10))
         return {"codes.png": stacked_rows([x, self.reconstruct(x)])}
@@ -289,3 +290,73 @@ def test_aelab_models_lists_a_variant_without_a_docstring(capsys, monkeypatch):
     monkeypatch.setitem(MODELS, "undocumented", undocumented)
     assert main(["models"]) == 0
     assert "undocumented" in capsys.readouterr().out.splitlines()[-1]
+
+
+# The worked example of docs/extending.md's third part: a data format, one function and one entry.
+CSV_FORMAT = '''
+"""Comma-separated vectors (.csv): one vector a line, numbers only (pandas: df.to_csv(path, header=False,
+index=False))."""
+
+from pathlib import Path
+
+import numpy as np
+
+from aelab.data.readers import MAX_DATA_BYTES, register_format
+from aelab.errors import UserError
+
+
+def read_csv(path: Path) -> np.ndarray:
+    """The vectors (n, d) of a CSV file, as float32."""
+    if path.stat().st_size > MAX_DATA_BYTES:
+        raise UserError(f"{path} is over 4 GiB of text; save the vectors as .npy, which aelab reads from its file")
+    return np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
+
+
+register_format(".csv", read_csv)
+'''
+
+
+def test_a_data_format_in_one_function_trains_evaluates_and_encodes(tmp_path, monkeypatch, request, capsys):
+    import numpy as np
+
+    from aelab.cli import main
+    from aelab.data.load import load_dataset
+    from aelab.data.readers import FORMATS, register_format
+    from aelab.runs.runfolder import load_model
+
+    plugin, csv, npy, run = (tmp_path / name for name in ("csv_format.py", "acts.csv", "acts.npy", "run"))
+    plugin.write_text(CSV_FORMAT)
+    monkeypatch.setattr(models, "_loaded_files", set())
+    request.addfinalizer(lambda: FORMATS.pop(".csv", None))  # no other test sees it
+    models.load_plugins(str(plugin))
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((600, 4)) @ rng.standard_normal((4, 16)) + 1).astype(np.float32)  # rank 4, offset
+    np.savetxt(csv, x, delimiter=",")
+    np.save(npy, np.loadtxt(csv, delimiter=",", dtype=np.float32))  # what the CSV holds, to the digit
+    (train, test), (train_npy, test_npy) = load_dataset(csv), load_dataset(npy)
+    assert train.shape == (16,) and torch.equal(train.floats(), train_npy.floats())  # the .npy's very sets
+    assert torch.equal(test.floats(), test_npy.floats()) and torch.equal(train.std, train_npy.std)
+
+    assert main(["train", "sae", "--data", str(csv), "--latent", "32", "--set", "k=4", "--epochs", "2",
+                 "--batch-size", "64", "--threads", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    measured, trained = json.loads(capsys.readouterr().out), json.loads((run / "eval.json").read_text())
+    assert measured["fve"] > 0 and measured["fve"] == pytest.approx(trained["fve"], rel=1e-5)  # the same rows again
+    assert main(["encode", str(run), str(csv), "--out", str(tmp_path / "codes.npy")]) == 0
+    codes = np.load(tmp_path / "codes.npy")
+    np.testing.assert_array_equal(codes, load_model(run, "cpu").encode(np.load(npy)))
+
+    (tmp_path / "words.csv").write_text("1,2,3\nnot,a,number\n")
+    refused = in_process(["train", "sae", "--data", tmp_path / "words.csv", "--out", tmp_path / "bad"], capsys)
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert "words.csv is not a readable .csv file (ValueError" in refused.stderr and not (tmp_path / "bad").exists()
+    with pytest.raises(UserError, match="read by 'read_csv'"):
+        register_format(".csv", np.load)
+    with pytest.raises(UserError, match="lower-case"):
+        register_format("CSV", np.load)
+    request.addfinalizer(lambda: FORMATS.pop(".rows", None))
+    register_format(".rows", lambda path: path.read_text().split())  # a reader that gives no array
+    (tmp_path / "a.rows").write_text("1 2 3")
+    with pytest.raises(UserError, match=r"reader of \.rows files gave list for .*a\.rows, not one numpy array"):
+        load_dataset(tmp_path / "a.rows")

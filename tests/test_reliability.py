@@ -22,7 +22,7 @@ import torch
 from aelab.errors import UserError
 from aelab.models import MODELS, build, picture_names
 from aelab.runs.runfolder import RunFolder, load_model
-from aelab.storage import files, tensorfile
+from aelab.storage import tensorfile
 from aelab.training.train import Diverged
 from support.crashes import command, crash_and_resume, differences, random_instants, signal_at, start, temporaries
 from support.folders import mounted
@@ -205,35 +205,6 @@ def test_no_write_follows_a_symbolic_link_out_of_a_run(trained_run, subset_npz, 
         assert_user_error(in_process(["train", "--data", subset_npz, "--epochs", 1, "--out", folder, "--overwrite"],
                                      capsys), "symbolic link")
     assert victim.read_bytes() == b"someone else's file" and list(elsewhere.iterdir()) == []
-
-
-# ---------------------------------------------------------------------------------------------- the writer itself
-
-def test_a_write_is_whole_or_not_at_all_and_never_through_a_link(tmp_path):
-    path = files.write_text(tmp_path / "a.json", "old")
-    with pytest.raises(KeyboardInterrupt):
-        with files.atomic(path) as f:
-            f.write(b"half of the new")
-            raise KeyboardInterrupt  # Ctrl-C mid-write
-    assert path.read_text() == "old" and temporaries(tmp_path) == []
-
-    stale = tmp_path / f".a.json.999999999{files.TMP_SUFFIX}"  # a PID no process has
-    live = tmp_path / f".a.json.1{files.TMP_SUFFIX}"  # PID 1 is alive
-    stale.write_text("left by a killed writer")
-    live.write_text("being written")
-    files.write_text(path, "new")
-    assert path.read_text() == "new" and not stale.exists() and live.exists()
-
-    outside = tmp_path / "outside.txt"
-    outside.write_text("keep")
-    link = tmp_path / "link.txt"
-    link.symlink_to(outside)
-    with pytest.raises(UserError, match="symbolic link"):  # neither written through nor replaced
-        files.write_text(link, "replaced")
-    assert outside.read_text() == "keep" and link.is_symlink()
-
-    with pytest.raises(UserError, match="cannot write .*is a file, not a folder"):
-        files.write_text(outside / "x.json", "{}")
 
 
 def test_torn_or_damaged_metrics_lines(trained_run, tmp_path):

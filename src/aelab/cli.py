@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from aelab.errors import UserError
+from aelab.flags import FLAGS, check_resumable, flag_of, resumable_flags
 
 
 def int_in(low: int, high: int):
@@ -32,11 +33,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-# train flag -> setting; each also accepts --set KEY=VALUE for any setting
-TRAIN_FLAGS = {"epochs": "train.epochs", "latent": "model.latent", "batch_size": "train.batch_size",
-               "lr": "train.lr", "seed": "train.seed", "data": "data.path", "arch": "model.arch",
-               "hidden": "model.hidden", "precision": "train.precision", "grid_every": "train.grid_every",
-               "device": "train.device"}
 DEVICE_HELP = "auto (default: the first CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N or mps"
 
 
@@ -73,7 +69,8 @@ def build_parser() -> Parser:
                    "Fashion-MNIST); a .npy of float vectors (n, d) trains on vectors")
     p.add_argument("--rgb", action="store_true", help="keep colour images in colour (default: convert to grey)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/MODEL, numbered if taken)")
-    p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR", help="continue an interrupted run (--epochs, --lr, --precision, --device may change)")
+    p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR",
+                   help=f"continue an interrupted run ({', '.join(resumable_flags())} may change)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--threads", type=THREADS, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--device", help=DEVICE_HELP)
@@ -268,37 +265,33 @@ def _allocator() -> None:
 
 def cmd_train(args) -> int:
     from aelab import devices
-    from aelab.experiments.pipeline import RESUMABLE, resume, train
+    from aelab.experiments.pipeline import resume, train
     from aelab.runs.settings import resolve
 
     devices.check_environment()  # torchrun's variables, before any data is read
-    overrides = _overrides(args, TRAIN_FLAGS)
+    overrides = _overrides(args)
     if args.rgb:
         overrides["data.grey"] = False
     if args.resume:
         run_dir = args.out if args.resume is True else args.resume
         if run_dir is None:
             raise UserError("--resume needs the run folder: `aelab train --resume RUN_DIR`")
-        changed = sorted(set(overrides) - set(RESUMABLE)) + (["--config"] if args.config else [])
-        if changed or args.model:
-            raise UserError(f"a resumed run keeps its settings; drop {', '.join(changed) or 'the model name'} "
-                            "(only --epochs, --lr, --precision and --device may change)")
-    if args.resume:
+        if args.config or args.model:  # not settings: refused here, together with any setting resume() refuses
+            check_resumable(overrides, ["--config"] * bool(args.config) + ["the model name"] * bool(args.model))
         return resume(run_dir, threads=args.threads, changes=overrides, loggers=args.log)
     config = resolve(args.model, args.config, overrides)
     return train(config, out=args.out, overwrite=args.overwrite, threads=args.threads, loggers=args.log)
 
 
-def _overrides(args, flags) -> dict[str, object]:
-    """The settings of --set and of the command's flags (each named in TRAIN_FLAGS); a flag and a --set of the same
+def _overrides(args) -> dict[str, object]:
+    """The settings of --set and of whichever flags of FLAGS the command has; a flag and a --set of the same
     setting (bare or qualified) is refused, whatever their values: which one was meant cannot be known."""
-    sets = dict(_parse_set(item) for item in args.set)
-    given = {TRAIN_FLAGS[flag]: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
+    sets = dict(_parse_set(item) for item in getattr(args, "set", ()))
+    given = {setting: getattr(args, name) for name, setting in FLAGS.items() if getattr(args, name, None) is not None}
     for key in sets:
         setting = next((s for s in given if key in (s, s.split(".", 1)[1])), None)
         if setting is not None:
-            flag = next(f for f, s in TRAIN_FLAGS.items() if s == setting)
-            raise UserError(f"--{flag.replace('_', '-')} and --set {key}= both set {setting}; give it once")
+            raise UserError(f"{flag_of(setting)} and --set {key}= both set {setting}; give it once")
     return {**sets, **given}
 
 
@@ -319,7 +312,7 @@ def cmd_eval(args) -> int:
     from aelab.evaluation.generation import measurable, measure_sampler
     from aelab.evaluation.probing import measures_if_labelled
     from aelab.evaluation.samplers import check_sampler, default_sampler
-    from aelab.runs.runfolder import RunFolder, load_model
+    from aelab.runs.runfolder import RunFolder, load_model, run_sampler
 
     if args.save and (args.data or not Path(args.run).is_dir()):
         raise UserError("--save writes RUN/eval.json, the measures of a run folder on its own test set; "
@@ -332,9 +325,9 @@ def cmd_eval(args) -> int:
                       f"{args.run} is a {config.model_name!r} run that")
     data = dataclasses.replace(config.data, path=args.data or config.data.path)
     train, test = data.load() if data.path and data.path.endswith(".npy") else (None, data.load_test())
-    if test.shape != tuple(model.config.in_shape):
+    if test.shape != model.in_shape:
         raise UserError(f"the test data are {'x'.join(map(str, test.shape))} but {args.run} takes "
-                        f"{'x'.join(map(str, model.config.in_shape))}; give --data of that size")
+                        f"{'x'.join(map(str, model.in_shape))}; give --data of that size")
     if args.probe and train is None:
         measures_if_labelled(model, data.path, train, test, required=True)  # one line: no labels
     sampled = args.samples > 0 and measurable(test)
@@ -346,7 +339,7 @@ def cmd_eval(args) -> int:
         metrics.update(measures_if_labelled(model, data.path, train, test, required=args.probe))
     if sampled:  # the classifier, trained on first use, says so on stderr: stdout stays one JSON object
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-            sampler = _sampler(args.run, model, args.sampler, args.components, args.save)
+            sampler = run_sampler(model, args.sampler, args.run, args.components, args.save)
             metrics.update(measure_sampler(sampler, feature_classifier()[0], test, args.samples))
             if sampler.name == "gmm":
                 metrics["gmm_components"] = sampler.mixture.components
@@ -359,7 +352,7 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"{args.run}: {config.model_name}, {len(test)} test {'images' if test.recon_loss == 'bce' else 'vectors'}")
+        print(f"{args.run}: {config.model_name}, {len(test)} test {test.data_kind}")
         for k, v in metrics.items():
             print(f"  {k:<16}{v:.4f}" if isinstance(v, float) else f"  {k:<16}{v}")
     return 0
@@ -373,11 +366,9 @@ def cmd_info(args) -> int:
     if Path(args.target).exists():
         model = load_model(args.target)
     else:
-        overrides = {k: v for k, v in (("model.latent", args.latent), ("model.arch", args.arch),
-                                       ("model.hidden", args.hidden)) if v is not None}
-        config = resolve(args.target, None, overrides)
+        config = resolve(args.target, None, _overrides(args))
         model = build(config.model_name, config.model)
-    print(f"Model: {type(model).__name__}")
+    print(f"Model: {model.title}")
     print(summary(model))
     return 0
 
@@ -469,7 +460,7 @@ def cmd_apply(args) -> int:
                                                     "(`aelab train dae`), or use `aelab reconstruct`", args.device)
     else:
         model = load_model(args.run, args.device)
-    vectors = model.config.recon_loss == "mse"  # a run trained on vectors takes and gives .npy vectors
+    vectors = model.data_kind == "vectors"  # a run trained on vectors takes and gives .npy vectors
     if vectors and out.suffix != ".npy":
         raise UserError(f"{args.run} was trained on vectors; give --out FILE.npy, not {out}")
     if args.command == "decode":
@@ -512,7 +503,7 @@ def cmd_score(args) -> int:
                                                 else anomaly.CONTAMINATION)
     model = load_model(args.run, args.device)
     kind = anomaly.kind_of(model, args.score)
-    vectors = model.config.recon_loss == "mse"
+    vectors = model.data_kind == "vectors"
     if vectors and pictures:
         raise UserError(f"{args.run} was trained on vectors, which have no pictures; drop --out-images")
     inputs = read_vectors(args.inputs) if vectors else read_inputs(args.inputs, grey=not args.rgb).images
@@ -617,33 +608,20 @@ def cmd_sample(args) -> int:
     import torch
 
     from aelab.evaluation.samplers import check_sampler, default_sampler
-    from aelab.runs.runfolder import RunFolder, load_model
+    from aelab.runs.runfolder import RunFolder, load_model, run_sampler
 
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
     model = load_model(args.run, args.device)
     what = f"{args.run} is a {RunFolder.open(args.run).config().model_name!r} run that"
     check_sampler(args.sampler or default_sampler(model), model, args.components, what)
-    if model.config.recon_loss == "mse" and out.suffix != ".npy":  # a run trained on vectors samples vectors
+    if model.data_kind == "vectors" and out.suffix != ".npy":  # a run trained on vectors samples vectors
         raise UserError(f"{args.run} was trained on vectors; give --out FILE.npy, not {out}")
-    sampler = _sampler(args.run, model, args.sampler, args.components, keep=True)
+    sampler = run_sampler(model, args.sampler, args.run, args.components, keep=True)
     images = sampler.draw(args.n, torch.Generator().manual_seed(args.seed))
     _write_images(images.cpu().numpy(), out)
     print(f"wrote {args.n} samples to {out}; sampler {sampler.describe()}")
     return 0
-
-
-def _sampler(run: str, model, name: str | None, components: int | None, keep: bool):
-    """The run's sampler `name` (by default its own): a gmm reuses the mixture the run folder keeps, or fits one
-    to the training codes of the run's data and, with `keep`, keeps it there."""
-    from aelab.evaluation.samplers import default_sampler, make_sampler
-    from aelab.runs.runfolder import RunFolder
-
-    folder = RunFolder.open(run)
-    stored = not folder.path.is_file()  # a weights file alone fits its mixture each time, keeping nothing
-    return make_sampler(name or default_sampler(model), model, lambda: folder.config().data.load()[0], components,
-                        folder.sampler_path if stored else None, folder.weights_epoch() if stored else None, keep,
-                        f"{run} is a {folder.config().model_name!r} run that")
 
 
 def cmd_interpolate(args) -> int:
@@ -653,7 +631,7 @@ def cmd_interpolate(args) -> int:
     out = Path(args.out)
     _check_new_output(out, args.overwrite)
     model = load_model(args.run, args.device)
-    if model.config.recon_loss == "mse":
+    if model.data_kind == "vectors":
         raise UserError(f"{args.run} was trained on vectors; interpolate between their codes with `aelab encode`, "
                         "then `aelab decode`")
     a, b = _image_or_test_index(args.run, args.a), _image_or_test_index(args.run, args.b)
@@ -695,10 +673,11 @@ def cmd_export(args) -> int:
     try:  # the run's own test images when its data is here; else uniform noise of the same shape
         images, what = config.data.load_test().floats(slice(0, 256)), "test images"
     except UserError:
-        images, what = torch.rand(256, *model.config.in_shape, generator=torch.Generator().manual_seed(0)), "random images"
+        images, what = torch.rand(256, *model.in_shape, generator=torch.Generator().manual_seed(0)), "random images"
     diff = max_differences(model, out, images)
-    print(f"wrote {paths[0]} and {paths[1]}: images (batch, {', '.join(map(str, model.config.in_shape))}) -> "
-          f"codes (batch, {model.config.latent}) -> images")
+    grid = f": a {'x'.join(map(str, model.code_shape))} grid" if len(model.code_shape) > 1 else ""
+    print(f"wrote {paths[0]} and {paths[1]}: images (batch, {', '.join(map(str, model.in_shape))}) -> "
+          f"codes (batch, {model.code_size}{grid}) -> images")
     print(f"onnxruntime against torch on {len(images)} {what}: codes differ by at most {diff['codes']:.1e}, "
           f"images by {diff['images']:.1e}")
     return 0
@@ -709,7 +688,7 @@ def cmd_sweep(args) -> int:
 
     from aelab.experiments.sweep import markdown, parse_grid, sweep
 
-    overrides = _overrides(args, ("data", "epochs", "batch_size", "lr", "seed", "device"))
+    overrides = _overrides(args)
     again = f"`aelab {shlex.join(args.argv)}`"
     if sweep(args.model, parse_grid(args.grid), args.out, overrides, args.overwrite, args.threads, again=again):
         print(markdown(args.out))  # rank 0's

@@ -39,6 +39,7 @@ from aelab.errors import UserError
 from aelab.evaluation import anomaly, baselines
 from aelab.evaluation.evaluate import reconstruction_metrics
 from aelab.experiments.pipeline import build_for
+from aelab.flags import ESTIMATOR_PARAMETERS, FLAGS
 from aelab.models import build
 from aelab.runs.settings import from_dict, resolve
 from aelab.storage import files, tensorfile
@@ -173,8 +174,6 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
 
     def to_bytes(self) -> bytes:
         """The fitted estimator as safetensors bytes: tensors, with parameters and fitted attributes as JSON."""
-        from safetensors.torch import save
-
         check_is_fitted(self)
         fitted = {"n_features_in_": self.n_features_in_, "input_shape_": self.input_shape_, "layout_": self.layout_,
                   "image_shape_": self.image_shape_, **self._fitted_meta()}
@@ -182,7 +181,7 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             fitted["feature_names_in_"] = self.feature_names_in_.tolist()
         meta = {"format": FORMAT, "class": type(self).__name__, "params": json.dumps(self.get_params()),
                 "fitted": json.dumps(fitted)}
-        return save({k: v.detach().contiguous() for k, v in self._tensors().items()}, metadata=meta)
+        return tensorfile.to_bytes(self._tensors(), meta)
 
     def _load_bytes(self, data: bytes, source: str = "the pickled estimator") -> None:
         meta = tensorfile.metadata(data, source, FIX)
@@ -250,11 +249,6 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
 
 # -- the autoencoders -------------------------------------------------------------------------------------------
 
-# estimator parameter -> aelab setting: the training ones; the model's own come in `settings`
-TRAINING = {"epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "seed": "train.seed",
-            "precision": "train.precision"}
-
-
 class Autoencoder(OutlierMixin, _ImageTransformer):
     """Any registered aelab model (`aelab models`) as a transformer, trained by aelab's Trainer in memory.
     transform gives the deterministic code (a VAE's posterior mean), inverse_transform the decoder's pixel
@@ -291,9 +285,10 @@ class Autoencoder(OutlierMixin, _ImageTransformer):
             raise UserError(f"settings is a dict of the model's settings, e.g. {{'latent': 30}}, not "
                             f"{type(self.settings).__name__}")
         overrides = {f"model.{key}": value for key, value in (self.settings or {}).items()}
-        overrides.update({key: getattr(self, name) for name, key in TRAINING.items() if getattr(self, name) is not None})
+        overrides.update({FLAGS[name]: getattr(self, name) for name in ESTIMATOR_PARAMETERS
+                          if getattr(self, name) is not None})  # the training ones, as `aelab train`'s flags
         overrides["train.train_eval_size"] = 0  # fit reports its training loss; no second pass over the images
-        return resolve(self.model, None, {**overrides, "train.device": self.device})
+        return resolve(self.model, None, overrides)
 
     def _fit(self, images: torch.Tensor) -> None:
         config = self.run_config()
@@ -368,9 +363,21 @@ class Autoencoder(OutlierMixin, _ImageTransformer):
 # -- the linear baselines ---------------------------------------------------------------------------------------
 
 class _BaselineTransformer(_ImageTransformer):
-    """A transformer over one of evaluation/baselines.py's classes, whose constructor takes this estimator's parameters."""
+    """A baseline of evaluation/baselines.py as a scikit-learn transformer, declared with
+    `class PCA(_BaselineTransformer, baseline=baselines.PCA)`: its constructor (so its parameters and their defaults)
+    and docstring are the baseline's own; fitted, model_ is the baseline, whose fitted tensors read here as numpy
+    arrays (a scalar as a number)."""
 
     _baseline: type[baselines._Baseline]
+
+    def __init_subclass__(cls, baseline: type[baselines._Baseline] | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if baseline is None:
+            return
+        cls._baseline, cls.__init__ = baseline, baseline.__init__
+        cls.__doc__ = cls.__doc__ or baseline.__doc__
+        for name in baseline._state:
+            setattr(cls, name, property(lambda self, name=name: _numpy(getattr(self.model_, name))))
 
     def _fit(self, images):
         self.model_ = self._baseline(**self.get_params()).fit(images)
@@ -394,44 +401,16 @@ class _BaselineTransformer(_ImageTransformer):
         for name, value in read(dict.fromkeys(self._baseline._state)).items():
             setattr(self.model_, name, value)
 
-    mean_ = property(lambda self: self.model_.mean_.numpy(), doc="(n_features,) the centre the codes start from")
-    components_ = property(lambda self: self.model_.components_.numpy(), doc="(n_components, n_features)")
+
+def _numpy(tensor: torch.Tensor):
+    return tensor.numpy() if tensor.ndim else tensor.item()
 
 
-class PCA(_BaselineTransformer):
-    """Principal component analysis of images (aelab's: float64 covariance, scikit-learn's sign convention):
-    the best rank-k linear reconstruction in squared error. Codes are the centred images' coordinates along the
-    components; inverse_transform is not clipped to [0, 1].
-
-    Fitted: components_ (k, n_features), mean_, explained_variance_, n_features_in_."""
-
-    _baseline = baselines.PCA
+class PCA(_BaselineTransformer, baseline=baselines.PCA):
     _bernoulli = False  # a least-squares method: any range will do
 
-    def __init__(self, n_components: int = 30):
-        self.n_components = n_components
 
-    explained_variance_ = property(lambda self: self.model_.explained_variance_.numpy())
-
-
-class LogisticPCA(_BaselineTransformer):
-    """Logistic PCA of images (Landgraf & Lee 2015): pixels in [0, 1] are Bernoulli means whose natural
-    parameters are projected on k directions, fitted by minimising the Bernoulli deviance (BCE) with L-BFGS.
-    A new image's code is one matrix product: z = (m (2x - 1) - mean_) components_.T, and inverse_transform
-    gives pixel probabilities sigmoid(mean_ + z components_).
-
-    m (how far the saturated model's logits reach) is chosen from m_grid by held-out BCE when left None.
-    Fitted: components_ (k, n_features), mean_ (the logit offset), m_, loss_curve_ (mean BCE per image at each
-    L-BFGS evaluation), m_scores_ (held-out BCE per pixel of each m tried, when m was chosen)."""
-
-    _baseline = baselines.LogisticPCA
-
-    def __init__(self, n_components: int = 30, *, m=None, m_grid=(3.0, 5.0, 8.0), max_iter: int = 200,
-                 chunk_size: int = 10_000, seed: int = 0):
-        self.n_components, self.m, self.m_grid = n_components, m, m_grid
-        self.max_iter, self.chunk_size, self.seed = max_iter, chunk_size, seed
-
-    m_ = property(lambda self: self.model_.m_.item())
+class LogisticPCA(_BaselineTransformer, baseline=baselines.LogisticPCA):
     loss_curve_ = property(lambda self: self.model_.loss_curve_)
     n_iter_ = property(lambda self: len(self.model_.loss_curve_), doc="evaluations of the loss and its gradient")
     m_scores_ = property(lambda self: getattr(self.model_, "m_scores_", None))

@@ -3,6 +3,7 @@ from their file without the file entering the process's resident memory, or from
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,15 @@ def test_a_large_file_takes_its_statistics_from_a_sample_and_refuses_a_bad_row_w
         load_dataset(path, read="memory")
     assert_user_error(in_process(["train", "sae", "--data", path, "--set", "data.read=file", "--epochs", 1,
                                   "--threads", 1, "--out", tmp_path / "run"], capsys), "row 17123", "NaN")
+
+
+def test_rows_not_in_the_page_cache_are_read_whole(tmp_path):
+    # evicted from the page cache, the reads that would wait are asked of the disk together, then read: same rows
+    x = np.random.default_rng(0).standard_normal((4096, 24)).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    fd = os.open(tmp_path / "x.npy", os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    rows = np.array([0, 1, 2, 700, 701, 2048, 4095])
+    assert np.array_equal(gather(open_npy(tmp_path / "x.npy"), rows), x[rows].astype(np.float32))

@@ -6,8 +6,10 @@ is built. Each variant's own mathematics is tested in tests/models/test_<variant
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,7 +62,9 @@ def test_every_model_and_baseline_keeps_the_contract():
     for cls in [*MODELS.values(), *BASELINES.values()]:
         assert all(hasattr(cls, member) for member in ("encode", "decode", "reconstruct", "evaluation", "measures",
                                                        "make_pictures", "num_parameters", "eval", "code_size",
-                                                       "device", "prior_name")), cls
+                                                       "device", "prior_name", "code_shape", "in_shape",
+                                                       "data_kind", "title", "about", "older_layout",
+                                                       "decoder_layers", "sampling_words")), cls
         assert isinstance(cls.generative, bool) and isinstance(cls.denoising, bool), cls
         assert cls.generative == hasattr(cls, "sample"), cls
     assert [n for n, c in MODELS.items() if c.generative] == ["aae", "vae", "betavae", "iwae", "vamp", "wae", "infovae",
@@ -183,3 +187,84 @@ def test_the_contractive_autoencoder_learns_vectors_through_the_cli(tmp_path):
     metrics = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert metrics["fve"] > 0, metrics
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["recon_loss"] == "mse"
+
+
+# -- nobody reaches around the contract -------------------------------------------------------------------------
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "aelab"
+# a caller's name for a method: model, self.model, fitted.model, trainer.model, an estimator's model_
+MODEL_NAMES = ("model", "model_")
+# data/text.py's `model` is a Hugging Face transformer, whose config is the transformer's own; an estimator's
+# `model` parameter is a registered model's name
+NOT_OURS = {("data/text.py", "model.config"), ("estimators.py", "isinstance(model)")}
+
+
+def _named_model(node: ast.AST) -> bool:
+    name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+    return name in MODEL_NAMES
+
+
+def reaches_around(source: str) -> list[tuple[int, str]]:
+    """Each place in a module's source that asks a model for something other than its contract: its config, its
+    encoder or decoder, its type or attributes, or compares recon_loss strings where data_kind answers."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr == "config" and _named_model(node.value):
+            found.append((node.lineno, "model.config"))
+        elif isinstance(node, ast.Attribute) and node.attr in ("encoder", "decoder"):
+            found.append((node.lineno, f".{node.attr}"))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in ("hasattr", "isinstance", "type") and node.args
+              and _named_model(node.args[0])):
+            found.append((node.lineno, f"{node.func.id}(model)"))
+        elif isinstance(node, ast.Compare) and any(isinstance(side, ast.Attribute) and side.attr == "recon_loss"
+                                                   for side in (node.left, *node.comparators)):
+            found.append((node.lineno, "recon_loss compared"))
+    return sorted(found)
+
+
+def test_the_scan_finds_each_way_round_the_contract():
+    source = ("a = model.config.latent\nb = self.model.encoder\nc = run.decoder\nd = hasattr(model, 'x')\n"
+              "e = type(fitted.model).__name__\nf = data.recon_loss == 'bce'\ng = 'mse' != model.config.recon_loss\n"
+              "h = config.model.latent + model.code_size + trainer.config.epochs\ni = isinstance(x, int)\n")
+    assert reaches_around(source) == [(1, "model.config"), (2, ".encoder"), (3, ".decoder"), (4, "hasattr(model)"),
+                                      (5, "type(model)"), (6, "recon_loss compared"), (7, "model.config"),
+                                      (7, "recon_loss compared")]
+
+
+def test_nothing_outside_models_reaches_around_the_contract():
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        relative = path.relative_to(SRC).as_posix()
+        if relative.startswith("models/"):
+            continue
+        found += [f"{relative}:{line}: {what}" for line, what in reaches_around(path.read_text())
+                  if (relative, what) not in NOT_OURS]
+    assert found == [], "ask models/contract.py (data_kind, in_shape, code_shape, title, ...) instead:\n" + \
+        "\n".join(found)
+
+
+@pytest.mark.parametrize("name,arch", CASES)
+def test_the_contract_answers_shape_kind_and_words(name, arch):
+    config, model = tiny(name, arch)
+    assert model.in_shape == (1, 28, 28) and model.data_kind == "images"
+    assert model.code_size == math.prod(model.code_shape) and model.code_shape[0] == config.model.latent
+    assert model.title == type(model).__name__ and model.about == type(model).__doc__.strip()
+    codes, draw = model.sampling_words()  # a quantised model fits its sampler before quantising, in its own words
+    plain = ("the codes `encode` gives", None)
+    assert (codes, draw) == plain if name not in ("vqvae", "rqvae", "fsq") else codes != plain[0] and draw
+    assert name == "sae" or model.older_layout(model.state_dict()) is None
+    z = torch.randn(2, *model.code_shape, generator=torch.Generator().manual_seed(0))
+    logits = model.eval().decoder_layers()(z)  # what the report page runs in the browser: decode, before sigmoid
+    assert torch.allclose(torch.sigmoid(logits), model.decode(z.flatten(1)))
+
+
+def test_a_model_of_vectors_and_a_baseline_answer_the_same_questions():
+    model = vector_model("ae")
+    assert (model.data_kind, model.in_shape, model.code_shape) == ("vectors", (64,), (16,))
+    pca = BASELINES["pca"](3).fit(torch.rand(20, 1, 4, 4))
+    assert (pca.data_kind, pca.in_shape, pca.code_shape, pca.code_size) == ("images", (1, 4, 4), (3,), 3)
+    assert pca.title == "PCA" and pca.older_layout({}) is None and pca.decoder_layers() is None
+    assert pca.sampling_words() == ("the codes `encode` gives", None)
+    flat = BASELINES["pca"](2).fit(torch.rand(20, 5))
+    assert (flat.data_kind, flat.in_shape) == ("vectors", (5,))

@@ -1,22 +1,13 @@
-"""The WAE: the IMQ MMD near zero between two prior samples and large for a shifted one, its loss the reconstruction
-plus lambd times that MMD, the deterministic and the Gaussian encoder, samples from N(0, I); bad settings refused in one
-line; its command on a slice of the real Fashion-MNIST."""
+"""The WAE: its loss the reconstruction plus lambd times the IMQ MMD of its codes to the prior, the deterministic and
+the Gaussian encoder, samples from N(0, I); bad settings refused in one line; its command on a slice of the real
+Fashion-MNIST."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from aelab.models.losses import imq_mmd2
 from support.models import eval_json, refusal, tiny, train_in_process
-
-
-def test_imq_mmd_is_zero_ish_for_prior_samples_and_sees_a_shift():
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(500, 8, generator=g), torch.randn(500, 8, generator=g)
-    same, shifted = imq_mmd2(a, b).item(), imq_mmd2(a, b + 0.5).item()
-    assert abs(same) < 0.01 and shifted > 10 * abs(same) and shifted > 0.05
-    assert imq_mmd2(a, 3 * b).item() > shifted  # a wider spread is farther still
 
 
 def test_wae_loss_is_recon_plus_lambd_mmd_and_codes_are_deterministic(fashion_slice):

@@ -14,7 +14,7 @@ from aelab.models import MODELS, build
 from aelab.runs.export import export_onnx, max_differences
 from aelab.runs.settings import resolve
 
-from support.models import arch_cases
+from support.models import arch_cases, tiny
 from support.process import aelab
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,6 +68,18 @@ def test_export_command(trained_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "encoder.onnx").is_file() and (out / "decoder.onnx").is_file()
     assert "on 256 test images" in result.stdout and "codes (batch, 20)" in result.stdout
+
+
+def test_export_names_a_grid_codes_real_size(tmp_path, capsys):
+    """A VQ-VAE's code is a grid of vectors: the codes the files take are its flat size, not --latent."""
+    from aelab.cli import main
+    from aelab.runs.runfolder import RunFolder
+
+    config, model = tiny("vqvae", "conv")
+    run = RunFolder.create(tmp_path / "run", config)
+    run.save_weights(model, config, epoch=1)
+    assert main(["export", str(run.path), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
+    assert "-> codes (batch, 196: a 4x7x7 grid) -> images" in capsys.readouterr().out
 
 
 def test_missing_onnx_is_one_clear_error(monkeypatch, tmp_path):

@@ -1,6 +1,7 @@
-"""The one safetensors reader, through each of its four uses (run weights, a saved baseline, the cached feature
-classifier, a saved or pickled estimator): a truncated file, a header that lies about a shape and a NaN written
-into the tensor bytes each end in one UserError, never a safetensors or torch error."""
+"""The one safetensors reader and writer. The reader, through each of its four uses (run weights, a saved baseline,
+the cached feature classifier, a saved or pickled estimator): a truncated file, a header that lies about a shape and
+a NaN written into the tensor bytes each end in one UserError, never a safetensors or torch error. The writer: the
+same bytes to a file and to a pickle, a file written whole, never through a link."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from aelab.evaluation.baselines import load_baseline
 from aelab.evaluation.frechet import CLASSIFIER_FILE, FeatureNet, feature_classifier
 from aelab.runs.runfolder import RunFolder, load_model
 from aelab.storage import tensorfile
-from aelab.storage.files import write_safetensors
 
 DAMAGE = ("truncated", "shape edited", "NaN written")
 
@@ -75,8 +75,7 @@ def test_saved_baseline(images, tmp_path, how):
 def test_cached_feature_classifier(tmp_path, how):
     torch.manual_seed(0)
     net = FeatureNet()
-    path = write_safetensors(tmp_path / CLASSIFIER_FILE, {k: v.contiguous() for k, v in net.state_dict().items()},
-                             {"test_accuracy": "0.875"})
+    path = tensorfile.write(tmp_path / CLASSIFIER_FILE, net.state_dict(), {"test_accuracy": "0.875"})
     cached, accuracy = feature_classifier(cache=tmp_path)  # whole, it is used as it is: no training
     assert accuracy == 0.875 and torch.equal(cached.head.weight, net.head.weight)
     path.write_bytes(damage(path.read_bytes(), how))
@@ -101,3 +100,19 @@ def test_saved_and_pickled_estimator(make, images, tmp_path, how):
     state["aelab_safetensors"] = damage(state["aelab_safetensors"], how)
     with pytest.raises(UserError, match="pickled estimator"):
         type(est).__new__(type(est)).__setstate__(state)
+
+
+def test_the_writer_gives_one_bytes_to_files_and_pickles_and_refuses_a_link(tmp_path):
+    weights = torch.arange(6.0, requires_grad=True).reshape(2, 3)  # in autograd, and its transpose not contiguous
+    tensors, meta = {"w": weights, "t": weights.T}, {"format": "test"}
+    path = tensorfile.write(tmp_path / "a.safetensors", tensors, meta)
+    assert path.read_bytes() == tensorfile.to_bytes(tensors, meta)
+    read, read_meta = tensorfile.load(path, {"w": weights, "t": weights.T})
+    assert torch.equal(read["t"], weights.T) and read_meta == meta
+    target = tmp_path / "elsewhere.safetensors"
+    target.write_bytes(b"the user's")
+    (tmp_path / "link.safetensors").symlink_to(target)
+    with pytest.raises(UserError, match="link"):
+        tensorfile.write(tmp_path / "link.safetensors", tensors, meta)
+    assert target.read_bytes() == b"the user's" and sorted(p.name for p in tmp_path.iterdir()) == \
+        ["a.safetensors", "elsewhere.safetensors", "link.safetensors"]  # no temporary file left

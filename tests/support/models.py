@@ -74,3 +74,16 @@ def refusal(name: str, settings: dict) -> str:
         resolve(name, None, settings)
     assert "\n" not in str(e.value)
     return str(e.value)
+
+
+def vector_sae(seed: int = 0, d: int = 16, **settings):
+    """A seeded SAE (64 units, k = 3) on d-dimensional vectors, with these model settings."""
+    import torch
+
+    from aelab.models import build
+    from aelab.runs.settings import resolve
+
+    config = resolve("sae", None, {"latent": 64, "k": 3, **settings})
+    config.model.in_shape, config.model.recon_loss = (d,), "mse"
+    torch.manual_seed(seed)
+    return build("sae", config.model)

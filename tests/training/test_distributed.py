@@ -174,16 +174,3 @@ def test_a_run_trained_elsewhere_loads_and_resumes_here(trained_run, subset_npz,
     result = aelab("train", "--resume", moved, "--epochs", "4", "--device", "cpu", "--threads", "1")
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((moved / "config.json").read_text())["train"]["device"] == "cpu"
-
-
-def test_random_draws_land_on_the_device_asked_from_either_generator():
-    from aelab.devices import batch_draw, draw, sharded
-
-    g = torch.Generator().manual_seed(0)
-    a = draw(torch.randn, (3, 2), torch.device("cpu"), g)
-    assert torch.equal(a, torch.randn((3, 2), generator=torch.Generator().manual_seed(0)))
-    torch.manual_seed(5)
-    whole = batch_draw(6, lambda m: torch.randn(m, 2))
-    torch.manual_seed(5)
-    with sharded(2, 6):  # one process: the shard is the whole batch, as it must be
-        assert torch.equal(batch_draw(6, lambda m: torch.randn(m, 2)), whole)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,12 +17,14 @@ from safetensors.torch import load_file
 
 from aelab.data.load import load_dataset
 from aelab.experiments.pipeline import resume, train
-from aelab.models import AEConfig, build
+from aelab.models import MODELS, AEConfig, build
 from aelab.runs.runfolder import RunFolder
 from aelab.runs.settings import resolve
 from aelab.storage import tensorfile
+from aelab.training.train import ConsolePrinter, TrainConfig, Trainer
 from conftest import RUN_EPOCHS
-from support.process import SRC, assert_user_error, in_process
+from support.models import tiny
+from support.process import SRC, in_process
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,9 +65,53 @@ def test_training_prints_the_config_and_each_epochs_train_and_test_loss(trained_
     stdout = (trained_run.parent / "train.stdout").read_text()
     assert "487,588 parameters" in stdout and "train.batch_size = 512" in stdout and "train.lr = 0.001" in stdout
     records = RunFolder(trained_run).metrics()
-    for r in records:
-        assert (f"epoch {r['epoch']:>3}/{RUN_EPOCHS}  train_loss {r['train_loss']:.4f}  "
-                f"test_loss {r['test_loss']:.4f}") in stdout
+    for r in records:  # the chapter's line: its train and test loss, test BCE and MSE, the seconds
+        assert (f"epoch {r['epoch']:>3}/{RUN_EPOCHS}  train {r['train_loss']:.4f}  test {r['test_loss']:.4f}  "
+                f"bce {r['test_bce']:.4f}  mse {r['test_mse']:.4f}  ({r['seconds']:.2f} s)") in stdout.splitlines()
+
+
+def epoch_line(line: str) -> tuple[str, list[tuple[str, float]], str]:
+    """An epoch line read back: its head ("epoch   2/3"), its (label, value) pairs and its seconds."""
+    head, pairs, seconds = re.fullmatch(r"(epoch +\d+/\d+)((?:  \w+ \S+)*)  (\(\S+ s\))", line).groups()
+    return head, [(label, float(value)) for label, value in re.findall(r"  (\w+) (\S+)", pairs)], seconds
+
+
+def test_an_saes_epoch_line_fits_80_columns_with_its_key_measures_first(fashion_slice, capsys):
+    train, test = fashion_slice
+    config, model = tiny("sae", **{"model.latent": 64, "model.k": 8})
+    trainer = Trainer(model, train, test, TrainConfig(epochs=3, batch_size=128, device="cpu"), [ConsolePrinter()])
+    records = trainer.fit()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    for line, record in zip(lines, records):
+        assert len(line) <= 80, line
+        head, pairs, seconds = epoch_line(line)
+        assert head == f"epoch   {record['epoch']}/3" and seconds == f"({record['seconds']:.2f} s)"
+        assert [label for label, _ in pairs[:4]] == ["test", "fvu", "l0", "dead"], line
+        keys = ["test_loss", "test_fvu", "test_l0", "test_dead_fraction"]
+        assert [value for _, value in pairs[:4]] == pytest.approx([record[k] for k in keys], abs=6e-5, rel=1e-4)
+    # metrics.jsonl's record keeps every measure the line leaves out
+    assert {"train_loss", "train_recon", "train_aux", "train_l0", "train_fvu", "train_shrinkage", "train_cosine",
+            "train_dead_fraction", "test_recon", "test_aux", "test_shrinkage", "test_cosine", "test_bce",
+            "test_mse"} <= records[-1].keys()
+
+
+@pytest.mark.parametrize("name", ["ae", "sae", "vae", "btcvae", "vqvae"])
+def test_the_epoch_line_fits_80_columns_at_any_width_of_its_numbers(name, capsys):
+    """The widest a line gets: 1000 epochs, an epoch of hours, every measure in the thousands."""
+    model = MODELS[name]
+    trainer = SimpleNamespace(model=model, config=SimpleNamespace(epochs=1000))
+    printer = ConsolePrinter()
+    for epoch, value in ((1, 0.5), (999, -12345.678), (1000, 1.5e12)):
+        record = {"epoch": epoch, **{key: value for key in (*model.epoch_line, "train_loss", "test_loss",
+                                                            "test_recon", "test_bce", "test_mse")},
+                  "seconds": 98765.4}
+        printer.on_epoch_end(trainer, record)
+    lines = capsys.readouterr().out.splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    shown, key = [label for label, _ in epoch_line(lines[0])[1]], list(model.epoch_line.values())
+    # the model's key measures first, as many as fit; an SAE's four always do
+    assert shown[:len(key)] == key[:len(shown)] and len(shown) >= min(len(key), 3 if name != "sae" else 4), shown
 
 
 def test_seeded_runs_reproduce_exactly_across_processes(trained_run, subset_npz, tmp_path):
@@ -87,11 +135,6 @@ def test_resumed_run_equals_an_uninterrupted_one_to_the_bit(subset_npz, tmp_path
     assert json.loads((part.path / "eval.json").read_text()) == json.loads((whole.path / "eval.json").read_text())
     assert (part.grids_path / "epoch_004.png").read_bytes() == (whole.grids_path / "epoch_004.png").read_bytes()
     assert json.loads(part.config_path.read_text())["train"]["epochs"] == 4
-
-
-def test_resume_refuses_changed_settings_and_missing_runs(trained_run, tmp_path, capsys):
-    assert_user_error(in_process(["train", "--resume", trained_run, "--latent", "5"], capsys), "model.latent")
-    assert_user_error(in_process(["train", "--resume", tmp_path / "nothing"], capsys), "does not exist")
 
 
 def test_ctrl_c_leaves_a_resumable_run_and_one_line(subset_npz, tmp_path, capsys):

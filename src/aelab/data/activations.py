@@ -58,7 +58,10 @@ def write_streamed(module: torch.nn.Module, out: Path, rows: int, dtype: str, ba
 
 
 def description(acts: str | Path) -> dict | None:
-    """ACTS.json beside an activations file, if there is one (None otherwise)."""
+    """ACTS.json beside an activations file, if there is one (None otherwise: vectors of another format, which
+    `aelab activations` never writes, have none)."""
+    if Path(acts).suffix != ".npy":
+        return None
     path = sidecar_paths(acts)[1]
     if not path.is_file():
         return None
@@ -80,7 +83,7 @@ def source_images(described: dict):
     config = DataConfig(described.get("data"), described.get("grey", True), described.get("test_fraction", 0.1),
                         described.get("kind", "auto"))
     inputs = dict(zip(SPLITS, config.load()))[described["split"]]
-    return inputs if inputs.recon_loss == "bce" else None
+    return inputs if inputs.data_kind == "images" else None
 
 
 @torch.no_grad()

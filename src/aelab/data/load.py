@@ -1,6 +1,7 @@
-"""Loading data sets: Fashion-MNIST's idx folder (the default), folders of images and .npy/.npz arrays as ImageSets,
-.npy vectors (n, d) as VectorSets scaled with their training split's statistics, the fixed hold-out splits
-of sets without a test split of their own, and the inputs, codes and vectors that commands read.
+"""Loading data sets: Fashion-MNIST's idx folder (the default), folders of images and array files as ImageSets,
+vectors (n, d) as VectorSets scaled with their training split's statistics, the fixed hold-out splits of sets
+without a test split of their own, and the inputs, codes and vectors that commands read. Array files are read by
+their format (readers.FORMATS: .npy, .npz and any a plugin registers).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import torch
 
 from aelab.data.datasets import FLOAT32_SQRT_MAX, ImageSet, VectorSet, gather, release
 from aelab.errors import UserError
-from aelab.data.readers import (IMAGE_SUFFIXES, image_files_in, open_npy, read_array_file, read_idx, read_image_files,
-                           to_uint8_images)
+from aelab.data.readers import (FORMATS, IMAGE_SUFFIXES, format_of, image_files_in, named_arrays,
+                                read_array_file, read_data_file, read_idx, read_image_files, to_uint8_images)
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -122,7 +123,7 @@ def read_inputs(paths: list[str | Path], grey: bool = True) -> ImageSet:
                 raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES[:3])}, ...) found in {path}; "
                                 "point at a folder that holds image files")
             image_paths += found
-        elif path.suffix.lower() in (".npy", ".npz"):
+        elif format_of(path) is not None:
             arrays = read_array_file(path)
             key = next((k for k in ("images", "x_test", "x", "arr_0") if k in arrays), next(iter(arrays), None))
             if key is None:
@@ -143,10 +144,10 @@ def read_codes(paths: list[str | Path]) -> np.ndarray:
     arrays = []
     for raw in paths:
         path = Path(raw)
-        if path.suffix.lower() != ".npy" or not path.is_file():
+        if not path.is_file() or not _one_array(path):
             raise UserError(f"{path} is not a .npy file of codes (one 2-d numeric array (n, latent)); "
                             "give the .npy `aelab encode` writes")
-        array = read_array_file(path)["images"]
+        array = read_data_file(path)
         if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
             raise UserError(f"{path} holds an array of shape {array.shape}, not codes: one 2-d numeric array "
                             "(n, latent) with n >= 1; give the .npy `aelab encode` writes")
@@ -257,23 +258,24 @@ def _feature_stats(data: np.ndarray, keep: np.ndarray, source: str, scale: str =
     return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
 
 
-def load_vectors(path: Path, test_fraction: float, scale: str = "norm", read: str = "auto"
-                 ) -> tuple[VectorSet, VectorSet]:
-    """(train, test) from a .npy of vectors (n, d), scaled as `scale` says (see _feature_stats) with the training
-    split's statistics. The training set reads its batches from the file (datasets.gather) or, as `read` says
-    (DataConfig.read), from a copy in memory: a shuffled batch from the file costs a read per row, about 1 ms for
-    256 rows against 0.2 ms from memory, a tenth of a small SAE's step. The held-out rows (test_fraction of them,
-    at most VECTOR_TEST_MAX, the same every time) are loaded. Refused here, before any run folder exists: values
-    that are not finite or too large, and data whose training or test split does not vary (nothing to learn, or no
-    variance to measure the FVE against)."""
-    data = open_npy(path)
+def load_vectors(path: Path, test_fraction: float, scale: str = "norm", read: str = "auto",
+                 data: np.ndarray | None = None) -> tuple[VectorSet, VectorSet]:
+    """(train, test) from a file of vectors (n, d) (`data`: its array, mapped or read; by default _vectors_array's),
+    scaled as `scale` says (see _feature_stats) with the training split's statistics. The training set reads its
+    batches from the file (datasets.gather) or, as `read` says (DataConfig.read), from a copy in memory: a shuffled
+    batch from the file costs a read per row, about 1 ms for 256 rows against 0.2 ms from memory, a tenth of a small
+    SAE's step. The held-out rows (test_fraction of them, at most VECTOR_TEST_MAX, the same every time) are loaded.
+    Refused here, before any run folder exists: values that are not finite or too large, and data whose training or
+    test split does not vary (nothing to learn, or no variance to measure the FVE against)."""
+    data = _vectors_array(path) if data is None else data
     _check_vectors(data, str(path))
     n = len(data)
     if n < 2 or data.shape[1] < 1:
         raise UserError(f"{path} holds {n} vectors of {data.shape[1]} values; training needs at least 2 (one is "
                         "held out for testing) of at least 1")
-    if read == "memory" or (read == "auto" and data.nbytes <= available_memory() / 4):
-        data = np.load(path)  # one sequential read, before the statistics' pass, which then reads memory
+    in_memory = read == "memory" or (read == "auto" and data.nbytes <= available_memory() / 4)
+    if isinstance(data, np.memmap) and in_memory:
+        data = np.load(path)  # a map (.npy) read whole, before the statistics' pass, which then reads memory
     n_test = min(VECTOR_TEST_MAX, n - 1, max(1, round(n * test_fraction)))
     test_rows = np.sort(np.random.default_rng(0).choice(n, n_test, replace=False))  # fixed: the split never changes
     keep = np.ones(n, dtype=bool)
@@ -291,6 +293,18 @@ def load_vectors(path: Path, test_fraction: float, scale: str = "norm", read: st
     return VectorSet(data, torch.from_numpy(np.flatnonzero(keep)), mean, std, checked=not sampled), test
 
 
+def _one_array(path: Path) -> bool:
+    """Whether `path` is a file of one array, as vectors and codes come in (.npy, or a plugin's format)."""
+    fmt = format_of(path)
+    return fmt is not None and not fmt.archive
+
+
+def _vectors_array(path: Path) -> np.ndarray:
+    """The one array of a vectors file: mapped where its format can (only its header read now: .npy), else read."""
+    fmt = format_of(path)
+    return fmt.open(path) if fmt.open is not None else read_data_file(path)
+
+
 def available_memory() -> int:
     """Bytes of memory available to start new work (Linux's MemAvailable; elsewhere, physical memory)."""
     try:
@@ -305,9 +319,9 @@ def read_vectors(paths: list[str | Path]) -> np.ndarray:
     too large, at least one), one after another, as float32."""
     arrays = []
     for p in paths:
-        if Path(p).suffix.lower() != ".npy":
+        if not _one_array(Path(p)):
             raise UserError(f"{p} is not a .npy file; give vectors as one 2-d numeric array (n, width) in a .npy file")
-        array = open_npy(Path(p))
+        array = _vectors_array(Path(p))
         _check_vectors(array, str(p))
         if 0 in array.shape:
             raise UserError(f"{p} holds an empty array of shape {array.shape}, no vectors; give at least one")
@@ -346,12 +360,13 @@ def load_dataset(data: str | Path | None = None, grey: bool = True, test_fractio
                  vector_scale: str = "norm", read: str = "auto"
                  ) -> tuple[ImageSet, ImageSet] | tuple[VectorSet, VectorSet]:
     """(train, test) from an MNIST-style idx folder (default: Debian's Fashion-MNIST), a folder of images,
-    or a .npy/.npz file. Sets without their own test split hold out `test_fraction` (the same every time).
-    A .npy of 2-d floats (n, d) is vectors (`kind` may say images or vectors instead of "auto"), scaled as
-    `vector_scale` says and read from the file or memory as `read` says (DataConfig.read)."""
+    or a data file (readers.FORMATS: .npy, .npz, a plugin's). Sets without their own test split hold out
+    `test_fraction` (the same every time). A file of one array of 2-d floats (n, d), as a .npy, is vectors (`kind`
+    may say images or vectors instead of "auto"), scaled as `vector_scale` says and read from the file or memory
+    as `read` says (DataConfig.read)."""
     DataConfig(None, grey, test_fraction, kind, vector_scale, read).check()
     path = Path(data) if data else Path(FASHION_MNIST_DIR)
-    if kind == "vectors" and path.suffix.lower() != ".npy":
+    if kind == "vectors" and not _one_array(path):
         raise UserError(f"vectors come from a .npy file of shape (n, d), not {path}; save them with numpy.save")
     train, test = _load_split(path, data, grey, test_fraction, kind, vector_scale, read)
     if train.shape != test.shape:  # found here, before any run folder exists, not in the first evaluation
@@ -373,22 +388,27 @@ def _load_split(path: Path, data, grey: bool, test_fraction: float, kind: str, v
             raise UserError(f"{path} holds neither idx files nor images (.png, .jpg, ...); "
                             "point --data at Fashion-MNIST's folder or a folder of images")
         return _holdout_split(read_image_files(files, grey), None, test_fraction)
-    if path.suffix.lower() == ".npy" and kind != "images":
-        header = open_npy(path)
-        if kind == "vectors" or (header.ndim == 2 and np.issubdtype(header.dtype, np.floating)):
-            return load_vectors(path, test_fraction, vector_scale, read)
-    if path.suffix.lower() in (".npy", ".npz"):
-        arrays = read_array_file(path)
-        def labelled(images_key: str, labels_key: str) -> ImageSet:
-            images = to_uint8_images(arrays[images_key], f"{path}[{images_key}]", grey)
-            return ImageSet(images, _labels(arrays, labels_key, len(images), path))
+    fmt = format_of(path)
+    if fmt is None:
+        raise UserError(f"{path} is neither a folder nor a {'/'.join(FORMATS)} file; pass a folder of idx files or "
+                        "images, or an array file")
+    content = None
+    if not fmt.archive and kind != "images":  # one array: 2-d floats are vectors, unless data.kind says images
+        content = _vectors_array(path)  # a map (.npy): only its header read yet, should it hold images after all
+        if kind == "vectors" or (content.ndim == 2 and np.issubdtype(content.dtype, np.floating)):
+            return load_vectors(path, test_fraction, vector_scale, read, content)
+    if content is None or isinstance(content, np.memmap):
+        content = read_data_file(path)  # images are read whole, within the readers' limits
+    arrays = named_arrays(content)
 
-        if "x_train" in arrays and "x_test" in arrays:  # the Keras layout
-            return labelled("x_train", "y_train"), labelled("x_test", "y_test")
-        key = next((k for k in ("images", "x", "arr_0") if k in arrays), next(iter(arrays), None))
-        if key is None:
-            raise UserError(f"{path} holds no arrays; save images as an array (or x_train and x_test)")
-        images = to_uint8_images(arrays[key], f"{path}[{key}]", grey)
-        return _holdout_split(images, _labels(arrays, "labels", len(images), path), test_fraction)
-    raise UserError(f"{path} is neither a folder nor a .npy/.npz file; pass a folder of idx files or images, "
-                    "or an array file")
+    def labelled(images_key: str, labels_key: str) -> ImageSet:
+        images = to_uint8_images(arrays[images_key], f"{path}[{images_key}]", grey)
+        return ImageSet(images, _labels(arrays, labels_key, len(images), path))
+
+    if "x_train" in arrays and "x_test" in arrays:  # the Keras layout
+        return labelled("x_train", "y_train"), labelled("x_test", "y_test")
+    key = next((k for k in ("images", "x", "arr_0") if k in arrays), next(iter(arrays), None))
+    if key is None:
+        raise UserError(f"{path} holds no arrays; save images as an array (or x_train and x_test)")
+    images = to_uint8_images(arrays[key], f"{path}[{key}]", grey)
+    return _holdout_split(images, _labels(arrays, "labels", len(images), path), test_fraction)

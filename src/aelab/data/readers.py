@@ -1,10 +1,15 @@
 """Readers of untrusted files: idx files (gzipped or not), .npy and .npz arrays, image files. Each checks a file's
 header against the file's size and the limits below before it decompresses or allocates anything, never unpickles,
 and refuses what it cannot read with one UserError line that names the file and the fix.
+
+The data files that `--data` and the commands' inputs take are a table, FORMATS: a file's suffix and the one
+function that reads such a file. A new format is one function and one `register_format` call (docs/extending.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gzip
 import io
 import math
@@ -14,7 +19,9 @@ import tokenize
 import warnings
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -216,32 +223,40 @@ def _read_npy(f, size: int, source: str) -> np.ndarray:
     return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
 
 
-def read_array_file(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of a .npy file ({"images": array}) or a .npz archive (name -> array), read without numpy's
-    loader: sizes are checked before reading and nothing is ever unpickled."""
-    path = Path(path)
+@contextlib.contextmanager
+def _as_array_file(path: Path):
+    """Whatever reading the .npy or .npz file `path` raises, one UserError line."""
     try:
-        if path.suffix.lower() != ".npz":
-            with open(path, "rb") as f:
-                return {"images": _read_npy(f, os.fstat(f.fileno()).st_size, str(path))}
-        with zipfile.ZipFile(path) as archive:
-            members = [m for m in archive.infolist() if m.filename.endswith(".npy")]
-            total = sum(m.file_size for m in members)
-            if total > MAX_DATA_BYTES:
-                raise UserError(f"{path} holds {total:,} bytes of arrays, over the 4 GiB aelab reads; use less data")
-            for m in members:
-                if m.file_size > DEFLATE_MAX_RATIO * m.compress_size + 1024:
-                    raise UserError(f"{path}[{m.filename}] claims {m.file_size:,} bytes packed in {m.compress_size:,}, "
-                                    "more than deflate can unpack (a zip bomb, or a damaged file); save it again")
-            arrays = {}
-            for m in members:
-                with archive.open(m) as f:
-                    arrays[m.filename[:-4]] = _read_npy(f, m.file_size, f"{path}[{m.filename[:-4]}]")
-            return arrays
+        yield
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, ValueError, EOFError,
             OSError, zlib.error) as e:  # RuntimeError: a member flagged as encrypted
         raise UserError(f"{path} is not a readable {path.suffix} file ({e.__class__.__name__}: {e}); "
                         "save it again with numpy.save or numpy.savez") from None
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """A .npy file's array, read without numpy's loader: its size checked before reading, never unpickled."""
+    with _as_array_file(path), open(path, "rb") as f:
+        return _read_npy(f, os.fstat(f.fileno()).st_size, str(path))
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a .npz archive (name -> array), read without numpy's loader: sizes are checked before reading
+    and nothing is ever unpickled."""
+    with _as_array_file(path), zipfile.ZipFile(path) as archive:
+        members = [m for m in archive.infolist() if m.filename.endswith(".npy")]
+        total = sum(m.file_size for m in members)
+        if total > MAX_DATA_BYTES:
+            raise UserError(f"{path} holds {total:,} bytes of arrays, over the 4 GiB aelab reads; use less data")
+        for m in members:
+            if m.file_size > DEFLATE_MAX_RATIO * m.compress_size + 1024:
+                raise UserError(f"{path}[{m.filename}] claims {m.file_size:,} bytes packed in {m.compress_size:,}, "
+                                "more than deflate can unpack (a zip bomb, or a damaged file); save it again")
+        arrays = {}
+        for m in members:
+            with archive.open(m) as f:
+                arrays[m.filename[:-4]] = _read_npy(f, m.file_size, f"{path}[{m.filename[:-4]}]")
+        return arrays
 
 
 def open_npy(path: Path) -> np.ndarray:
@@ -257,3 +272,85 @@ def open_npy(path: Path) -> np.ndarray:
         raise
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable .npy file ({e}); check the file") from None
+
+
+# ---------------------------------------------------------------------------------------------- the formats
+
+@dataclass(frozen=True)
+class Format:
+    """How files of one suffix are read. `read(path)` gives the file's one array or, for an `archive`, its named
+    arrays (images under "images", "x" or "arr_0", or the splits "x_train" and "x_test" with labels "y_train" and
+    "y_test"; labels of a held-out split under "labels"). `open(path)`, where the format can, gives the one array
+    without reading it (a memory map): vectors larger than memory then train from their file."""
+
+    read: Callable[[Path], np.ndarray | dict[str, np.ndarray]]
+    archive: bool = False
+    open: Callable[[Path], np.ndarray] | None = None
+
+
+# suffix -> Format: what --data and the commands' inputs take, besides folders of idx files or images
+FORMATS: dict[str, Format] = {".npy": Format(read_npy, open=open_npy), ".npz": Format(read_npz, archive=True)}
+
+
+def register_format(suffix: str, read: Callable[[Path], np.ndarray | dict[str, np.ndarray]],
+                    archive: bool = False) -> Format:
+    """Read files ending in `suffix` (".csv") with `read(path)`: one numpy array (n, ...) of images or vectors, or,
+    with `archive`, named arrays (see Format). A .npy's rules then apply to what it gives: 2-d floats are vectors
+    unless data.kind says images, anything else images; every value is checked. Whatever `read` raises is one
+    line naming the file. Call it from a module named in AELAB_PLUGINS so that every `aelab` process has it."""
+    if not (isinstance(suffix, str) and suffix.startswith(".") and suffix[1:].isalnum() and suffix == suffix.lower()):
+        raise UserError(f"a data format's suffix is a dot and lower-case letters or digits, e.g. '.csv', not "
+                        f"{suffix!r}")
+    if not callable(read):
+        raise UserError(f"register the format {suffix} with a function that reads a path, not {read!r}")
+    taken = FORMATS.get(suffix)
+    if taken is not None and getattr(taken.read, "__wrapped__", taken.read) is not read:
+        raise UserError(f"the data format {suffix} is read by {getattr(taken.read, '__name__', taken.read)!r}; "
+                        "register yours under another suffix")
+    FORMATS[suffix] = Format(_one_line(read, suffix, archive), archive)
+    return FORMATS[suffix]
+
+
+def _one_line(read, suffix: str, archive: bool):
+    """A registered reader whose exceptions, and results that are not arrays, end in one UserError line."""
+    what = "named arrays (a dict of numpy arrays)" if archive else "one numpy array"
+
+    @functools.wraps(read)
+    def checked(path: Path):
+        try:
+            content = read(path)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001  whatever a plugin's reader raises, one line that names the file
+            raise UserError(f"{path} is not a readable {suffix} file ({e.__class__.__name__}: {str(e)[:200]}); "
+                            "check the file") from None
+        arrays = content.values() if archive and isinstance(content, dict) else [content] if not archive else None
+        if arrays is None or not all(isinstance(a, np.ndarray) for a in arrays):
+            raise UserError(f"the reader of {suffix} files gave {type(content).__name__} for {path}, not {what}; "
+                            "fix the reader")
+        return content
+
+    return checked
+
+
+def format_of(path: Path) -> Format | None:
+    """The format that reads `path`, by its suffix; None for a folder or a file no format reads."""
+    return None if path.is_dir() else FORMATS.get(path.suffix.lower())
+
+
+def read_data_file(path: Path) -> np.ndarray | dict[str, np.ndarray]:
+    """A data file read by its format: its one array, or an archive's named arrays."""
+    fmt = format_of(path)
+    if fmt is None:
+        raise UserError(f"{path} is no data file aelab reads; give a {'/'.join(FORMATS)} file")
+    return fmt.read(path)
+
+
+def named_arrays(content: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A data file's arrays by name: an archive's own names, one array as "images"."""
+    return content if isinstance(content, dict) else {"images": content}
+
+
+def read_array_file(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a data file by name (named_arrays)."""
+    return named_arrays(read_data_file(Path(path)))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from aelab.errors import UserError
-from aelab.storage import files, tensorfile
+from aelab.storage import tensorfile
 
 BATCH = 1000           # inputs per forward pass
 CONTAMINATION = 0.01   # the share of training inputs above the default threshold
@@ -31,7 +31,7 @@ def kind_of(model, kind: str | None) -> str:
     if kind is None:
         return model.anomaly_kinds[0]
     if kind not in model.anomaly_kinds:
-        raise UserError(f"a {type(model).__name__} has no anomaly score {kind!r}; use --score "
+        raise UserError(f"a {model.title} has no anomaly score {kind!r}; use --score "
                         + " or ".join(model.anomaly_kinds))
     return kind
 
@@ -73,14 +73,13 @@ def kept(run, model, kind: str) -> tuple[dict[str, torch.Tensor], np.ndarray]:
             meta = {}
     if f"train.{kind}" not in stored:
         train = run.config().data.load()[0]
-        if tuple(train.shape) != tuple(model.config.in_shape):
+        if tuple(train.shape) != model.in_shape:
             raise UserError(f"the run's training data are now {'x'.join(map(str, train.shape))}, not what it trained "
                             "on; give --threshold, or restore its data")
         reference, train_scores = fit(model, train, kind)
         stored.update(reference)
         stored[f"train.{kind}"] = torch.from_numpy(train_scores)
-        files.write_safetensors(path, {k: v.contiguous() for k, v in stored.items()},
-                                {"format": FORMAT, "epoch": epoch, "names": json.dumps(sorted(stored))})
+        tensorfile.write(path, stored, {"format": FORMAT, "epoch": epoch, "names": json.dumps(sorted(stored))})
     reference = {k: v for k, v in stored.items() if not k.startswith("train.")}
     return reference, stored[f"train.{kind}"].double().numpy()
 
@@ -151,7 +150,7 @@ def write_scored(run, result: dict, source: str) -> None:
         tensors["positive"] = torch.from_numpy(result["positive"].astype(np.uint8))
     meta = {"format": FORMAT, "kind": result["kind"], "threshold": repr(result["threshold"]), "source": source,
             "contamination": json.dumps(result["contamination"]), "measures": json.dumps(result.get("measures"))}
-    files.write_safetensors(run.scored_path, tensors, meta)
+    tensorfile.write(run.scored_path, tensors, meta)
 
 
 def read_scored(run) -> dict | None:

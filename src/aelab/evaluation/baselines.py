@@ -4,11 +4,13 @@ Both follow scikit-learn's conventions (`__init__` only stores parameters, `fit`
 in `_`) and keep the models' contract (aelab.models.contract.Model): `encode`, `decode`, `reconstruct` take an ImageSet,
 uint8 or float images (n, c, h, w), (n, h, w) or flat rows (n, d), numpy or torch, and return a tensor for a tensor,
 a numpy array for anything else; `evaluation` gives loss terms and reconstructions as the trainer measures models.
-Fitted state saves to and loads from a safetensors file (never a pickle).
+Fitted state saves to and loads from a safetensors file (never a pickle). aelab.estimators gives each of them, this
+very class, the scikit-learn transformer's surface.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import time
@@ -20,9 +22,9 @@ import torch.nn.functional as F
 
 from aelab.data.datasets import ImageSet
 from aelab.errors import UserError
-from aelab.models.contract import same_kind
+from aelab.models.contract import Defaults, same_kind
 from aelab.models.losses import bce_mean, mse_mean
-from aelab.storage.files import write_safetensors
+from aelab.storage import tensorfile
 
 FORMAT = "aelab-baseline/1"
 
@@ -43,17 +45,17 @@ def _chunks(n: int, size: int):
         yield slice(start, min(start + size, n))
 
 
-class _Baseline:
+class _Baseline(Defaults):
     """Shared surface: shape checks, decode to image shape, reconstruct, the contract's evaluation, save/load."""
 
-    _state: tuple[str, ...] = ()   # names of fitted tensors, saved as they are
-    _params: tuple[str, ...] = ()  # constructor parameters, saved as JSON metadata
+    _state: tuple[str, ...] = ()   # names of fitted tensors, saved as they are (the constructor's parameters as JSON)
     generative = False
     denoising = False
     pictures: dict[str, str] = {}
     prior_name = None
     device = torch.device("cpu")
     eps = 1e-6  # without logits, BCE is taken on the values clipped to [eps, 1 - eps]
+    plain_sampling = True  # sampling_codes and decode_sampled are encode and decode (contract.Defaults)
 
     def _rows(self, x) -> torch.Tensor:
         self._check_fitted()
@@ -82,8 +84,23 @@ class _Baseline:
         return self.decode(self.encode(x))
 
     @property
+    def code_shape(self) -> tuple[int, ...]:
+        return (self.n_components,)
+
+    @property
     def code_size(self) -> int:
         return self.n_components
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """The shape of one input it was fitted to."""
+        self._check_fitted()
+        return tuple(self.image_shape_)
+
+    @property
+    def data_kind(self) -> str:
+        """Fitted to flat rows: vectors; else images."""
+        return "vectors" if len(self.in_shape) == 1 else "images"
 
     def sampling_codes(self, x) -> torch.Tensor:
         return torch.as_tensor(self.encode(x)).float()
@@ -101,7 +118,7 @@ class _Baseline:
         rows), the reconstruction of float inputs x and its logits, if any."""
         logits = self.logits(x)
         values = torch.sigmoid(logits) if logits is not None else self.reconstruct(x).reshape(x.shape)
-        if len(self.image_shape_) == 1:
+        if self.data_kind == "vectors":
             return {"loss": mse_mean(values, x)}, values, logits
         error = bce_mean(logits if logits is not None else torch.logit(values.clamp(self.eps, 1 - self.eps)), x)
         return {"loss": error}, values, logits
@@ -124,14 +141,13 @@ class _Baseline:
         """The fitted state as safetensors; parameters, image shape and `extra` strings in its metadata."""
         self._check_fitted()
         meta = {"format": FORMAT, "class": type(self).__name__, "image_shape": json.dumps(self.image_shape_),
-                "params": json.dumps({p: getattr(self, p) for p in self._params}), **extra}
-        return write_safetensors(path, {name: getattr(self, name).contiguous() for name in self._state}, meta)
+                "params": json.dumps({p: getattr(self, p) for p in inspect.signature(type(self)).parameters}),
+                **extra}
+        return tensorfile.write(path, {name: getattr(self, name) for name in self._state}, meta)
 
 
 def load_baseline(path: str | Path) -> tuple["_Baseline", dict[str, str]]:
     """A fitted PCA or LogisticPCA from `save`, and the file's metadata."""
-    from aelab.storage import tensorfile
-
     fix = "delete it and refit the baseline"
     meta = tensorfile.metadata(Path(path), fix=fix)
     cls = {cls.__name__: cls for cls in BASELINES.values()}.get(meta.get("class", ""))
@@ -150,14 +166,16 @@ def load_baseline(path: str | Path) -> tuple["_Baseline", dict[str, str]]:
 
 
 class PCA(_Baseline):
-    """Principal component analysis: the best rank-k linear reconstruction in squared error.
+    """Principal component analysis of images (float64 covariance, scikit-learn's sign convention): the best rank-k
+    linear reconstruction in squared error. Codes are the centred images' coordinates along the components; decoded
+    images are not clipped to [0, 1].
 
-    Fitted state: mean_ (d,), components_ (k, d) orthonormal rows, explained_variance_ (k,)."""
+    Fitted: mean_ (n_features,), components_ (k, n_features) orthonormal rows, explained_variance_ (k,): tensors
+    here, numpy arrays in aelab.estimators.PCA (with n_features_in_)."""
 
     _state = ("mean_", "components_", "explained_variance_")
-    _params = ("n_components",)
 
-    def __init__(self, n_components: int):
+    def __init__(self, n_components: int = 30):
         self.n_components = n_components
 
     def fit(self, x, chunk_size: int = 10_000) -> "PCA":
@@ -192,8 +210,8 @@ class PCA(_Baseline):
 
 
 class LogisticPCA(_Baseline):
-    """Logistic PCA in the projection form of Landgraf & Lee (2015, "Dimensionality reduction for binary data
-    through the projection of natural parameters"); the low-rank Bernoulli model of Collins, Dasgupta & Schapire
+    """Logistic PCA of images in the projection form of Landgraf & Lee (2015, "Dimensionality reduction for binary
+    data through the projection of natural parameters"); the low-rank Bernoulli model of Collins, Dasgupta & Schapire
     (2001) and Schein, Saul & Ungar (2003).
 
     Pixels x in [0, 1] are Bernoulli means. The saturated model's natural parameters m*(2x-1) are centred by mu and
@@ -205,14 +223,16 @@ class LogisticPCA(_Baseline):
     (PCA of the saturated parameters) and is left free: the projection of new images stays one matrix product.
     With m=None, m is chosen from `m_grid` by held-out BCE on a subset of the training images.
 
-    Fitted state: mean_ (d,) = mu, components_ (k, d) = U^T, m_ (scalar tensor)."""
+    Fitted: mean_ (n_features,) = mu (the logit offset), components_ (k, n_features) = U^T, m_ (tensors here, numpy
+    arrays and a number in aelab.estimators.LogisticPCA); loss_curve_ (mean BCE per image at each L-BFGS
+    evaluation); m_scores_ (held-out BCE per pixel of each m tried, when m was chosen)."""
 
     _state = ("mean_", "components_", "m_")
-    _params = ("n_components", "m", "m_grid", "max_iter", "chunk_size", "seed")
 
-    def __init__(self, n_components: int, m: float | None = None, m_grid: tuple[float, ...] = (3.0, 5.0, 8.0),
-                 max_iter: int = 200, chunk_size: int = 10_000, seed: int = 0):
-        self.n_components, self.m, self.m_grid = n_components, m, tuple(m_grid)
+    def __init__(self, n_components: int = 30, *, m: float | None = None,
+                 m_grid: tuple[float, ...] = (3.0, 5.0, 8.0), max_iter: int = 200, chunk_size: int = 10_000,
+                 seed: int = 0):
+        self.n_components, self.m, self.m_grid = n_components, m, m_grid
         self.max_iter, self.chunk_size, self.seed = max_iter, chunk_size, seed
 
     def fit(self, x, verbose: bool = False) -> "LogisticPCA":

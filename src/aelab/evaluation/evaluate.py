@@ -44,7 +44,7 @@ def reconstruction_metrics(model, images: ImageSet, batch_size: int = 2500, eps:
     images = on_device_of(model, images)
     for x in images.batches(batch_size):
         _, values, logits = model.evaluation(x)
-        if logits is None and images.recon_loss == "bce":
+        if logits is None and images.data_kind == "images":
             logits = torch.logit(values.float().clamp(eps, 1 - eps))
         for k, v in reconstruction_sums(values, logits, x).items():
             sums[k] = sums.get(k, 0.0) + v.item()
@@ -72,7 +72,7 @@ def variance_per_value(vectors, batch_size: int = 2500) -> float:
 def data_floor(data) -> float:
     """What a set's reconstruction measures are read against, a property of the data alone (worth computing once):
     the BCE floor of images, the variance per value of vectors."""
-    return variance_per_value(data) if data.recon_loss == "mse" else bce_floor(data)
+    return variance_per_value(data) if data.data_kind == "vectors" else bce_floor(data)
 
 
 def with_floor(metrics: dict[str, float], floor: float) -> dict[str, float]:

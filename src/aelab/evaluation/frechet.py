@@ -18,7 +18,7 @@ from torch import nn
 
 from aelab.data.datasets import ImageSet
 from aelab.errors import UserError
-from aelab.storage.files import write_safetensors
+from aelab.storage import tensorfile
 
 CLASSIFIER_FILE = "fashion_classifier.safetensors"
 IMAGE_SHAPE = (1, 28, 28)
@@ -96,8 +96,6 @@ def feature_classifier(train: ImageSet | None = None, test: ImageSet | None = No
                        epochs: int = 3) -> tuple[FeatureNet, float]:
     """The cached classifier and its test accuracy; trained on Fashion-MNIST (or the sets given) and saved
     on first use."""
-    from aelab.storage import tensorfile
-
     path = Path(cache or cache_dir()) / CLASSIFIER_FILE
     net = FeatureNet()
     if path.is_file():
@@ -120,7 +118,6 @@ def feature_classifier(train: ImageSet | None = None, test: ImageSet | None = No
     began = time.perf_counter()
     net, accuracy = train_classifier(train, test, epochs)
     # written whole (aelab.storage.files): processes sharing the cache never read half of it
-    write_safetensors(path, {k: v.contiguous() for k, v in net.state_dict().items()},
-                      {"test_accuracy": f"{accuracy:.6f}", "train_images": str(len(train)),
-                       "seconds": f"{time.perf_counter() - began:.1f}"})
+    tensorfile.write(path, net.state_dict(), {"test_accuracy": f"{accuracy:.6f}", "train_images": str(len(train)),
+                                              "seconds": f"{time.perf_counter() - began:.1f}"})
     return net.eval(), accuracy

@@ -97,7 +97,7 @@ def measurable(data) -> bool:
     """Whether the classifier can see a data set's images: 28x28 grey."""
     from aelab.evaluation.frechet import IMAGE_SHAPE
 
-    return data.recon_loss == "bce" and tuple(data.shape) == IMAGE_SHAPE
+    return data.data_kind == "images" and tuple(data.shape) == IMAGE_SHAPE
 
 
 def measure_sampler(sampler, net, test, samples: int = SAMPLES) -> dict:

@@ -184,27 +184,13 @@ class MixtureSampler(Sampler):
 
     def describe(self) -> str:
         """What was fitted to what, and how a draw becomes an output (a quantised model's own way, when it has one)."""
-        model = type(self.model)
-        codes = _phrase(model.sampling_codes) if _overrides(model, "sampling_codes") else "the codes `encode` gives"
-        how = f"; a draw: {_phrase(model.decode_sampled)}" if _overrides(model, "decode_sampled") else ", decoded"
+        codes, draw = self.model.sampling_words()
+        how = f"; a draw: {draw}" if draw else ", decoded"
         return f"gmm: a {self.mixture.components}-component full-covariance Gaussian mixture fitted to {codes}{how}" \
                f"{self.note}"
 
 
 SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (PriorSampler, MixtureSampler)}
-
-
-def _overrides(cls: type, name: str) -> bool:
-    from aelab.evaluation.baselines import _Baseline
-    from aelab.models.base import Autoencoder
-
-    return not any(getattr(cls, name) is getattr(base, name, None) for base in (Autoencoder, _Baseline))
-
-
-def _phrase(method) -> str:
-    """The first paragraph of a method's docstring, as a phrase: "The encoder's output." -> "the encoder's output"."""
-    line = " ".join((method.__doc__ or method.__name__).strip().split("\n\n")[0].split()).rstrip(".")
-    return line[:1].lower() + line[1:]
 
 
 def default_sampler(model) -> str:
@@ -269,9 +255,9 @@ def make_sampler(name: str, model, train, components: int | None = None, kept: P
     note = f" ({len(train)} training codes)"
     if keep and kept is not None:
         files.refuse_link(kept)
-        files.write_safetensors(kept, {k: v.contiguous() for k, v in mixture.tensors().items()},
-                                {"format": FORMAT, "components": str(components), "weights_epoch": str(epoch),
-                                 "codes": str(len(train)), "log_likelihood": f"{mixture.log_likelihood_:.6f}",
-                                 "iterations": str(mixture.iterations_), "converged": str(mixture.converged_)})
+        tensorfile.write(kept, mixture.tensors(),
+                         {"format": FORMAT, "components": str(components), "weights_epoch": str(epoch),
+                          "codes": str(len(train)), "log_likelihood": f"{mixture.log_likelihood_:.6f}",
+                          "iterations": str(mixture.iterations_), "converged": str(mixture.converged_)})
         note = f" ({len(train)} training codes; kept in {kept})"
     return MixtureSampler(model, mixture, note)

@@ -108,13 +108,13 @@ def load_run(name: str, run_dir: str | Path, device: str = "auto", shape: tuple 
     from aelab.models import MODELS
     from aelab.runs.runfolder import RunFolder, load_model
 
-    def check(model, model_shape) -> None:
-        if shape is not None and tuple(model_shape) != tuple(shape):
-            raise UserError(f"--run {name}={run_dir} takes inputs {'x'.join(map(str, model_shape))}, but the data "
+    def check(model) -> None:
+        if shape is not None and model.in_shape != tuple(shape):
+            raise UserError(f"--run {name}={run_dir} takes inputs {'x'.join(map(str, model.in_shape))}, but the data "
                             f"are {'x'.join(map(str, shape))}; give --data it was trained on")
         named = {**MODELS, **BASELINES}
-        if name in named and type(model) is not named[name]:
-            real = next((n for n, cls in named.items() if cls is type(model)), type(model).__name__)
+        if name in named and model.title != named[name].__name__:
+            real = next((n for n, cls in named.items() if cls.__name__ == model.title), model.title)
             raise UserError(f"--run {name}={run_dir} holds a {real} model, not {name}; name it --run {real}={run_dir} "
                             "(or any name that is not a method's)")
 
@@ -124,12 +124,13 @@ def load_run(name: str, run_dir: str | Path, device: str = "auto", shape: tuple 
         except UserError:
             pass  # not a baseline: a model.safetensors file
         else:
-            check(model, model.image_shape_)
+            check(model)
             return Fitted(name, model.code_size, model, float(meta.get("fit_seconds", 0)))
     model = load_model(run_dir, device)
-    check(model, model.config.in_shape)
+    check(model)
     history = RunFolder(run_dir).metrics() if Path(run_dir).is_dir() else []
-    return Fitted(name, model.config.latent, model, sum(r["seconds"] for r in history),
+    # its code's width, what --latent set (a VQ-VAE's grid holds vectors of that width)
+    return Fitted(name, model.code_shape[0], model, sum(r["seconds"] for r in history),
                   history[-1]["epoch"] if history else None, Path(run_dir) if Path(run_dir).is_dir() else None)
 
 
@@ -164,17 +165,15 @@ def sample_rows(fitted: Fitted, row: dict, samplers: list[str] | None, train: Im
     """One row per sampler the method can use (of `samplers`, or its own default), each with its measures against
     the test images when there is a classifier, and a 10x10 grid of its samples in `out`; the row as it is when the
     method can use none of them."""
-    from aelab.evaluation.samplers import SAMPLERS, default_sampler, make_sampler
+    from aelab.evaluation.samplers import SAMPLERS, default_sampler
     from aelab.pictures.images import save_png, tile
-    from aelab.runs.runfolder import RunFolder
+    from aelab.runs.runfolder import run_sampler
 
     model = fitted.model
     usable = [name for name in (samplers or [default_sampler(model)]) if SAMPLERS[name].cannot(model) is None]
     rows = []
     for name in usable:
-        folder = RunFolder(fitted.run) if fitted.run is not None else None
-        sampler = make_sampler(name, model, train, components if name == "gmm" else None,
-                               folder and folder.sampler_path, folder and folder.weights_epoch(), fitted.keep)
+        sampler = run_sampler(model, name, fitted.run, components if name == "gmm" else None, fitted.keep, train)
         print(f"compare: sampling {fitted.name} at {fitted.latent} by {sampler.describe()}", flush=True)
         save_png(tile(sampler.draw(100, torch.Generator().manual_seed(EVAL_SEED)).cpu(), 10, 10),
                  out.samples(fitted.name, fitted.latent, name))
@@ -302,7 +301,7 @@ def compare(methods: list[str] | None = None, latents: list[int] | None = None, 
     if threads:
         torch.set_num_threads(threads)
     train, test = DataConfig(data).load()
-    if train.recon_loss != "bce":  # the figure, the classifier probes and PCA's BCE are of images
+    if train.data_kind != "images":  # the figure, the classifier probes and PCA's BCE are of images
         raise UserError(f"compare measures images, and {data} holds vectors; give --data of images, and measure a "
                         "run of vectors with `aelab eval`")
     given = {name: load_run(name, runs[name], device, test.shape) for name in methods if name in runs}

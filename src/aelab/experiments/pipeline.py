@@ -18,6 +18,7 @@ from aelab.config import RunConfig, set_value
 from aelab.errors import UserError
 from aelab.evaluation.evaluate import evaluate
 from aelab.evaluation.probing import measures_if_labelled
+from aelab.flags import check_resumable
 from aelab.models import build
 from aelab.pictures.charts import plot_losses
 from aelab.pictures.images import save_png
@@ -29,8 +30,6 @@ from aelab.storage import files
 from aelab.training import distributed
 from aelab.training.train import Callback, ConsolePrinter, Diverged, TrainConfig, Trainer
 
-RESUMABLE = ("train.epochs", "train.device", "train.lr", "train.precision")  # what a resumed run may change
-
 
 def build_for(config: RunConfig, data):
     """The model `config` names, made for `data` (its training set, an ImageSet or a VectorSet): the input shape
@@ -39,9 +38,8 @@ def build_for(config: RunConfig, data):
     config.model.in_shape = data.shape
     config.model.recon_loss = data.recon_loss
     model = build(config.model_name, config.model)
-    if data.recon_loss == "mse":
-        model.in_mean.copy_(data.mean.reshape(model.in_mean.shape))
-        model.in_std.copy_(data.std.reshape(model.in_std.shape))
+    if data.data_kind == "vectors":
+        model.keep_standardisation(data.mean, data.std)
     return model
 
 
@@ -75,7 +73,7 @@ def train(config: RunConfig, *, out: str | Path | None = None, overwrite: bool =
     with devices.on_main(lambda: RunFolder.create(path, config, overwrite)) or RunFolder(path) as run:
         trainer = _trainer(run, config, model, train_set, test_set, loggers, config_saved=True)
         ranks = f" on {devices.world_size()} ranks" if devices.world_size() > 1 else ""
-        what = "images" if train_set.recon_loss == "bce" else "vectors of"
+        what = "images" if train_set.data_kind == "images" else "vectors of"
         _say(f"training {config.model_name} ({model.num_parameters():,} parameters) on {len(train_set)} {what} "
              f"{'x'.join(map(str, train_set.shape))}, testing on {len(test_set)}; device {trainer.device}{ranks}; "
              f"run folder {run.path}")
@@ -86,7 +84,9 @@ def train(config: RunConfig, *, out: str | Path | None = None, overwrite: bool =
 def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None,
            changes: dict[str, object] | None = None, threads: int | None = None, loggers=()) -> int:
     """Continue a stopped run from its checkpoint (`epochs`, `device` and `changes` may change the settings named in
-    RESUMABLE), then `finish` it."""
+    flags.RESUMABLE), then `finish` it."""
+    changes = {"train.epochs": epochs, "train.device": device, **(changes or {})}
+    check_resumable(changes)  # before the run is touched
     loggers = _loggers(loggers)
     _threads(threads)
     if not Path(run_dir).is_dir():
@@ -96,10 +96,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None
             run.check()
             run.lock()
         config = run.config()
-        for key, value in {"train.epochs": epochs, "train.device": device, **(changes or {})}.items():
-            if key not in RESUMABLE:
-                raise UserError(f"a resumed run keeps its settings; only {', '.join(RESUMABLE)} may change, "
-                                f"not {key}")
+        for key, value in changes.items():
             if value is not None:  # a run may move: GPU-trained runs resume on a CPU and the other way round
                 set_value(config, key, value)
         train_set, test_set = config.data.load()
@@ -135,7 +132,7 @@ def finish(run: RunFolder, *, config: RunConfig, trainer: Trainer, test_set, log
     pictures = model.make_pictures(trainer.test_set)
     for name, picture in pictures.items():
         save_png(picture, run.picture(name))
-    contexts = None if model.config.recon_loss == "bce" else text_contexts(model, config.data.path)
+    contexts = None if model.data_kind == "images" else text_contexts(model, config.data.path)
     report = write_report(run, config, model, trainer.history, measures, list(pictures), contexts)
     page = write_run_page(run.path, config, model, test_set, trainer.history, measures, pictures=pictures,
                           contexts=contexts)
@@ -209,7 +206,7 @@ def _trainer(run: RunFolder, config: RunConfig, model, train_set, test_set, logg
     for logger in loggers:
         logger.start(run.path, config)
     callbacks = [ConsolePrinter()]
-    if train_set.recon_loss == "bce":  # vectors have no pictures: their measures tell
+    if train_set.data_kind == "images":  # vectors have no pictures: their measures tell
         callbacks.append(GridWriter(run, config.train.grid_every))
     callbacks += [*loggers, RunRecorder(run, config, config_saved)]
     return Trainer(model, train_set, test_set, config.train, callbacks)

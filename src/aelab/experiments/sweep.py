@@ -166,7 +166,7 @@ def sweep(model_name: str, grid: dict[str, list[str]], out: str | Path, override
                                   [RunRecorder(runs[name], config)]) for name, config in made.items()}
         done = {name: _restore(runs[name], made[name], trainers[name]) for name in made}
         if main:
-            what = (f"{len(train_set)} images {'x'.join(map(str, train_set.shape))}" if train_set.recon_loss == "bce"
+            what = (f"{len(train_set)} images {'x'.join(map(str, train_set.shape))}" if train_set.data_kind == "images"
                     else f"{len(train_set)} vectors of width {train_set.shape[0]}")
             ranks = f" on {devices.world_size()} ranks" if devices.world_size() > 1 else ""
             began = [name for name, t in trainers.items() if t.epoch and not done[name]]
@@ -242,7 +242,7 @@ def _finish(made, runs, trainers, done, test_set, folder: SweepFolder, job) -> l
             plot_losses(trainers[name].history, run.loss_plot_path)
             finish(run, config=made[name], trainer=trainers[name], test_set=test_set)
         rows.append(_row(name, run, trainers[name]))
-    write_leaderboard(rows, folder, "bce" if test_set.recon_loss == "bce" else "fvu")
+    write_leaderboard(rows, folder, "bce" if test_set.data_kind == "images" else "fvu")
     folder.mark(job)
     return rows
 

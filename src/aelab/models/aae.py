@@ -123,6 +123,6 @@ class AdversarialAutoencoder(Autoencoder):
                 "disc_accuracy": hits.item() / (2 * len(codes))}
 
     def make_pictures(self, test) -> dict:
-        if self.data_kind(self.config) != "images":
+        if self.data_kind != "images":
             return {}
         return {"samples.png": tile(self.sample(100, torch.Generator().manual_seed(EVAL_SEED)), 10, 10)}

@@ -16,7 +16,7 @@ from torch import nn
 
 from aelab.devices import batch_draw
 from aelab.errors import UserError
-from aelab.models.contract import same_kind
+from aelab.models.contract import Defaults, same_kind
 from aelab.models.losses import bce_mean, bce_per_image, entropy_per_image, mse_mean, squared_error_per_image
 
 
@@ -163,7 +163,7 @@ def check_config(config: AEConfig, archs: tuple[str, ...] = ("mlp", "conv"), nam
                         "--hidden, --latent or channels")
 
 
-class Autoencoder(nn.Module):
+class Autoencoder(nn.Module, Defaults):
     """Deep autoencoder of the chapter: MLP encoder to a linear code, decoder to per-pixel logits."""
     # It keeps aelab.models.contract.Model; variants override its hooks and declare what they are (docs/extending.md).
 
@@ -174,9 +174,12 @@ class Autoencoder(nn.Module):
     generative = False  # True: it has sample(n, generator)
     denoising = False   # True: trained to restore corrupted inputs
     pictures: dict[str, str] = {}  # what make_pictures draws: file name -> caption
+    # the measures the console's epoch line shows first (metrics.jsonl's keys), each with its label there
+    epoch_line = {"train_loss": "train", "test_loss": "test"}
     prior_name: str | None = None  # the prior sample() draws codes from
     loss_is_reconstruction = True  # its eval loss is its clean reconstruction's error: one pass evaluates both
     anomaly_kinds = ("recon", "mahalanobis")  # the anomaly scores it offers (anomaly_scores), its default first
+    plain_sampling = True  # its sampling_codes and decode_sampled are encode and decode (contract.Defaults)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -186,18 +189,25 @@ class Autoencoder(nn.Module):
     def __init__(self, config: AEConfig, dropout: float = 0.0):
         super().__init__()
         check_config(config, self.archs, type(self).__name__)
-        if self.data_kind(config) not in self.inputs:
-            raise UserError(f"{type(self).__name__} takes {' and '.join(self.inputs)} only, not "
-                            f"{self.data_kind(config)}; train those with a model that takes them, e.g. ae or sae")
         self.config = config
+        if self.data_kind not in self.inputs:
+            raise UserError(f"{type(self).__name__} takes {' and '.join(self.inputs)} only, not "
+                            f"{self.data_kind}; train those with a model that takes them, e.g. ae or sae")
         self.encoder = build_encoder(config, config.latent * self.code_heads, dropout)
         self.decoder = build_decoder(config, dropout)
         keras_init_(self)
-        if config.recon_loss == "mse":
+        if self.data_kind == "vectors":
             # vectors train standardised (data.VectorSet); the training split's per-feature mean and std live in
             # the weights, so that encode, decode and reconstruct take and give vectors in their own units
             self.register_buffer("in_mean", torch.zeros(config.in_shape))
             self.register_buffer("in_std", torch.ones(config.in_shape))
+
+    @torch.no_grad()
+    def keep_standardisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """A model of vectors keeps the per-feature mean and std (d,) of its training split, which its vectors are
+        standardised by, in its weights."""
+        self.in_mean.copy_(mean.reshape(self.in_mean.shape))
+        self.in_std.copy_(std.reshape(self.in_std.shape))
 
     # -- the hooks variants override --------------------------------------------------------------------------
 
@@ -228,24 +238,28 @@ class Autoencoder(nn.Module):
 
     # -- the reconstruction error follows the data ------------------------------------------------------------
 
-    @staticmethod
-    def data_kind(config: AEConfig) -> str:
+    @property
+    def data_kind(self) -> str:
         """"images" (pixels in [0, 1]) or "vectors" (standardised real values), as the data set the config."""
-        return "images" if config.recon_loss == "bce" else "vectors"
+        return "images" if self.config.recon_loss == "bce" else "vectors"
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.config.in_shape)
 
     def recon_error(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The mean reconstruction loss of decoder output `out` for targets x: the chapter's per-pixel
         cross-entropy with logits for images, the mean squared error for (standardised) vectors."""
-        return bce_mean(out, x) if self.config.recon_loss == "bce" else mse_mean(out, x)
+        return bce_mean(out, x) if self.data_kind == "images" else mse_mean(out, x)
 
     def recon_error_per_input(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The reconstruction loss summed over each input, (b,): the Bernoulli negative log-likelihood in nats
         for images; the squared error for vectors (a Gaussian's of variance 1/2, less a constant)."""
-        return bce_per_image(out, x) if self.config.recon_loss == "bce" else squared_error_per_image(out, x)
+        return bce_per_image(out, x) if self.data_kind == "images" else squared_error_per_image(out, x)
 
     def output(self, out: torch.Tensor) -> torch.Tensor:
         """What the decoder's output stands for: probabilities for images, standardised vectors for vectors."""
-        return torch.sigmoid(out) if self.config.recon_loss == "bce" else out.float()
+        return torch.sigmoid(out) if self.data_kind == "images" else out.float()
 
     @torch.no_grad()
     def evaluation(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
@@ -253,7 +267,7 @@ class Autoencoder(nn.Module):
         (None for vectors): one decoder pass where the loss is that reconstruction's error."""
         out = self.decoder(self.code_eval(x))
         terms = {"loss": self.recon_error(out, x)} if self.loss_is_reconstruction else self.loss(x)
-        return terms, self.output(out), (out if self.config.recon_loss == "bce" else None)
+        return terms, self.output(out), (out if self.data_kind == "images" else None)
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
         return [adam(self.parameters(), lr)]
@@ -294,7 +308,7 @@ class Autoencoder(nn.Module):
         entropy (BCE = H(x) + KL), 0 for vectors. Scores subtract it: an image of many grey pixels is not strange
         for that, and the raw cross-entropy ranks by it (one-class AUROC on Fashion-MNIST's T-shirts: 0.64 raw,
         0.90 above the floor, as Serra et al. 2020 correct likelihoods by the input's complexity)."""
-        if self.config.recon_loss == "bce":  # clamped: floats outside [0, 1] still train, and score finite
+        if self.data_kind == "images":  # clamped: floats outside [0, 1] still train, and score finite
             return entropy_per_image(x.clamp(0, 1)).to(x.dtype)
         return torch.zeros(len(x), device=x.device)
 
@@ -318,6 +332,9 @@ class Autoencoder(nn.Module):
     def code_shape(self) -> tuple[int, ...]:
         """The shape of one image's code as the decoder takes it: (latent,), or a VQ-VAE's grid."""
         return (self.config.latent,)
+
+    def decoder_layers(self) -> nn.Sequential:
+        return self.decoder
 
     @property
     def code_size(self) -> int:
@@ -386,12 +403,12 @@ class Autoencoder(nn.Module):
             raise UserError(f"{'images' if len(shape) == 3 else 'vectors'} of shape {tuple(t.shape[1:])} do not fit "
                             f"this model, which takes {'x'.join(map(str, shape))}"
                             + (" (channels x height x width)" if len(shape) == 3 else " values each"))
-        return (t - self.in_mean) / self.in_std if self.config.recon_loss == "mse" else t
+        return (t - self.in_mean) / self.in_std if self.data_kind == "vectors" else t
 
     def _outputs(self, out: torch.Tensor) -> torch.Tensor:
         """Decoder output as the user's data: probabilities, or vectors in their own units."""
         values = self.output(out)
-        return values * self.in_std + self.in_mean if self.config.recon_loss == "mse" else values
+        return values * self.in_std + self.in_mean if self.data_kind == "vectors" else values
 
     def num_parameters(self) -> int:
         """How many learned numbers the model holds."""

@@ -67,6 +67,7 @@ class BetaTCVAE(VariationalAutoencoder):
     """beta-TC-VAE: beta (6) on the total correlation of the codes, estimated by minibatch-weighted sampling."""
 
     Config = BTCVAEConfig
+    epoch_line = {**VariationalAutoencoder.epoch_line, "test_tc": "tc", "test_kl": "kl"}
 
     def __init__(self, config: BTCVAEConfig):
         super().__init__(config)

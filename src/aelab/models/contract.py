@@ -29,8 +29,29 @@ class Model(Protocol):
     """The anomaly scores `anomaly_scores` computes, its default first ("recon", "mahalanobis"; a VAE's "elbo")."""
 
     @property
+    def title(self) -> str:
+        """Its name for people: the class's ("VQVAE", "PCA")."""
+
+    @property
+    def about(self) -> str:
+        """What it is, in its class's docstring."""
+
+    @property
+    def data_kind(self) -> str:
+        """"images" (pixels in [0, 1]) or "vectors" (real values of any scale): what it was made for and takes."""
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """The shape of one input: (channels, height, width) for images, (d,) for vectors."""
+
+    @property
+    def code_shape(self) -> tuple[int, ...]:
+        """One input's code as the decoder takes it: (width,), or a grid (width, h, w) of code vectors of that width
+        (a VQ-VAE's); `encode` gives it flattened. Its width is what --latent sets."""
+
+    @property
     def code_size(self) -> int:
-        """How many numbers `encode` gives per input."""
+        """How many numbers `encode` gives per input: the code flattened."""
 
     @property
     def device(self) -> torch.device:
@@ -82,11 +103,54 @@ class Model(Protocol):
     def make_pictures(self, test: Any) -> dict[str, np.ndarray]:
         """The pictures named in `pictures`, drawn from a test set on its device: file name -> uint8 array."""
 
+    def decoder_layers(self) -> torch.nn.Sequential | None:
+        """The layers that take a code (shaped `code_shape`) to the decoder's output (logits for images), in order,
+        for a reader that runs them elsewhere (the report page); None for a method without them (the baselines)."""
+
+    def sampling_words(self) -> tuple[str, str | None]:
+        """In words, for a sampler's description: what `sampling_codes` gives ("the codes `encode` gives" where it is
+        the plain one) and what `decode_sampled` does to a draw (None where it is `decode`), each a phrase."""
+
+    def older_layout(self, like: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor] | None:
+        """The tensors a saved state of an older layout holds, given this model's (`like`, named after `prefix`), or
+        None where there is none: a weights file of either layout loads."""
+
     def num_parameters(self) -> int:
         """How many learned numbers it holds."""
 
     def eval(self) -> Model:
         """Itself, set to evaluate (no dropout, no noise)."""
+
+
+class Defaults:
+    """What the contract answers alike for every method unless it says otherwise: its title and words from its class
+    (how it samples ex post: the first line of the docstring of a `sampling_codes` or `decode_sampled` it
+    overrides; a base whose own sampling_codes and decode_sampled are its encode and decode sets plain_sampling),
+    no older saved layout and no decoder layers."""
+
+    @property
+    def title(self) -> str:
+        return type(self).__name__
+
+    @property
+    def about(self) -> str:
+        return (type(self).__doc__ or "").strip()
+
+    def sampling_words(self) -> tuple[str, str | None]:
+        def phrase(name: str, plain: str | None) -> str | None:
+            method = getattr(type(self), name)
+            if any(vars(c).get("plain_sampling") and method is vars(c).get(name) for c in type(self).__mro__):
+                return plain
+            line = " ".join((method.__doc__ or method.__name__).strip().split("\n\n")[0].split()).rstrip(".")
+            return line[:1].lower() + line[1:]  # "The encoder's output." -> "the encoder's output"
+
+        return phrase("sampling_codes", "the codes `encode` gives"), phrase("decode_sampled", None)
+
+    def older_layout(self, like: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor] | None:
+        return None
+
+    def decoder_layers(self) -> torch.nn.Sequential | None:
+        return None
 
 
 def same_kind(like, result: torch.Tensor):

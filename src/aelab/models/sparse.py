@@ -39,9 +39,10 @@ class SAEConfig(AEConfig):
     #                                  decoder is always one linear map, the dictionary
     sparsity: str = "topk"           # a name in models.sparsities.SPARSITIES
     k: int = 32                      # topk, batchtopk: units kept per input (on average over the batch for batchtopk)
-    k_aux: int = 0                   # topk, batchtopk: dead units AuxK uses per input (0: half the input's size, as
-    #                                  Gao et al.); never more than are dead
-    aux_coefficient: float = 1 / 32  # topk, batchtopk: weight of the AuxK loss (0: none)
+    k_aux: int = 0                   # topk, batchtopk: dead units AuxK uses per input (0: the sparsity's own: topk
+    #                                  half the input's size, as Gao et al.; batchtopk k / 2); never more than are dead
+    aux_coefficient: float = -1.0    # topk, batchtopk: weight of the AuxK loss (0: none; < 0: the sparsity's own:
+    #                                  topk 1/32, batchtopk 0.1)
     l1: float = 5.0                  # l1: weight of the penalty (batch mean of sum_i z_i ||W_dec[:, i]||) against the
     #                                  summed squared error: Anthropic's lambda (5), divided by d beside the mean MSE
     atom_norm: float = 0.1           # every atom's norm at the start (the encoder starts as their transpose)
@@ -57,7 +58,8 @@ class SAEConfig(AEConfig):
     #                                  shorter run stays far from sparse
     centre: str = "auto"             # b_dec at the start: geometric "median" or "mean" of a training sample,
     #                                  "zero", or "auto": the sparsity's own (zero for l1, else the median)
-    dead_window: int = 100_000       # a unit not active over this many training inputs counts as dead
+    dead_window: int = 0             # a unit not active over this many training inputs counts as dead (0: the
+    #                                  sparsity's own: 100 000; batchtopk 10 000)
 
     def check(self) -> None:
         super().check()
@@ -65,13 +67,13 @@ class SAEConfig(AEConfig):
             raise UserError(f"unknown sparsity {self.sparsity!r}; use --set sparsity= one of {', '.join(SPARSITIES)}")
         if self.centre not in CENTRES:
             raise UserError(f"unknown centre {self.centre!r}; use --set centre= one of {', '.join(CENTRES)}")
-        if self.k < 1 or self.k_aux < 0 or self.dead_window < 1:
-            raise UserError("k and dead_window must be at least 1, and k_aux at least 0 (0: half the input's size)")
+        if self.k < 1 or self.k_aux < 0 or self.dead_window < 0:
+            raise UserError("k must be at least 1, and k_aux and dead_window at least 0 (0: the sparsity's own)")
         if self.sparsity in ("topk", "batchtopk") and self.k > self.latent:
             raise UserError(f"k (units kept per input) is {self.k}, more than the dictionary's {self.latent} units "
                             f"(latent); give k at most {self.latent}, e.g. --set k={max(1, self.latent // 8)}")
-        if min(self.l1, self.l0_coefficient, self.aux_coefficient, self.grad_clip) < 0:
-            raise UserError("l1, l0_coefficient, aux_coefficient and grad_clip must not be negative")
+        if min(self.l1, self.l0_coefficient, self.grad_clip) < 0:
+            raise UserError("l1, l0_coefficient and grad_clip must not be negative")
         if not 0 <= self.l1_warmup <= 1:
             raise UserError(f"l1_warmup is a fraction of the run's steps, in [0, 1], not {self.l1_warmup}")
         if min(self.bandwidth, self.threshold, self.atom_norm) <= 0:
@@ -94,6 +96,7 @@ class SparseAutoencoder(Autoencoder):
     Config = SAEConfig
     pictures = {"atoms.png": "The first 100 atoms of the dictionary, each scaled to its own range",
                 "density.png": "Feature density: log10 of how often each unit fires on the test set"}
+    epoch_line = {"test_loss": "test", "test_fvu": "fvu", "test_l0": "l0", "test_dead_fraction": "dead"}
 
     def __init__(self, config: SAEConfig):
         super().__init__(config)
@@ -150,7 +153,7 @@ class SparseAutoencoder(Autoencoder):
         if centre == "auto":
             centre = self.sparsity.centre
         centre = {"median": geometric_median, "mean": lambda r: r.mean(0), "zero": lambda r: r[0] * 0}[centre](rows)
-        if self.data_kind(self.config) == "images":  # the decoder speaks logits
+        if self.data_kind == "images":  # the decoder speaks logits
             centre = torch.logit(centre.clamp(0.01, 0.99))
         self.decoder[0].bias.copy_(centre)
         self.sparsity.initialise(self, steps)
@@ -185,6 +188,23 @@ class SparseAutoencoder(Autoencoder):
         (jumprelu, batchtopk); else None."""
         return self.sparsity.unit_thresholds(self)
 
+    @torch.no_grad()
+    def dictionary(self) -> dict[str, torch.Tensor]:
+        """A one-layer SAE of vectors as SAE libraries hold it, in raw units (SAELens's names, float64 on the CPU):
+        W_enc (d_in, d_sae), b_enc, W_dec (d_sae, d_in), b_dec, and threshold (d_sae,) where the sparsity fixes one
+        per unit. The standardisation s = (x - mean) / std is folded in (aelab.runs.saelens says how)."""
+        encoder, decoder = self.encoder[-1], self.decoder[0]
+        mean, std = self.in_mean.double().cpu(), self.in_std.double().cpu()
+        w_enc = encoder.weight.double().cpu().T                              # (d_in, d_sae)
+        w_dec = decoder.weight.double().cpu().T                              # (d_sae, d_in)
+        tensors = {"W_enc": w_enc / std[:, None], "b_enc": encoder.bias.double().cpu(),
+                   "W_dec": w_dec * std[None, :], "b_dec": mean + std * decoder.bias.double().cpu()}
+        # the threshold compares pre-activations, which the fold leaves in aelab's units: no rescaling
+        thresholds = self.unit_thresholds()  # jumprelu's learned ones; batchtopk's running one over each atom's norm
+        if thresholds is not None:
+            tensors["threshold"] = thresholds.double().cpu()
+        return tensors
+
     def code(self, x: torch.Tensor) -> torch.Tensor:
         return self.sparse_code(self.pre_activations(x), batch=self.training)
 
@@ -196,7 +216,11 @@ class SparseAutoencoder(Autoencoder):
 
     def dead(self) -> torch.Tensor:
         """(latent,) bool: units not active over the last dead_window training inputs."""
-        return self.inputs_since_active >= self.config.dead_window
+        return self.inputs_since_active >= self.dead_window()
+
+    def dead_window(self) -> int:
+        """Training inputs a unit may stay silent before it counts as dead: the setting, or the sparsity's own."""
+        return self.config.dead_window or self.sparsity.dead_window
 
     def gathers(self) -> bool:
         """Whether a training step codes by gathering (KeepsK: TopK, BatchTopK on the CPU)."""
@@ -269,7 +293,7 @@ class SparseAutoencoder(Autoencoder):
         """The dictionary, one atom per code unit (latent, *in_shape): for vectors in their own units (times the
         training scale), for images in logits."""
         atoms = self.decoder[0].weight.T.reshape(-1, *self.config.in_shape)
-        return atoms * self.in_std if self.config.recon_loss == "mse" else atoms.clone()
+        return atoms * self.in_std if self.data_kind == "vectors" else atoms.clone()
 
     @torch.no_grad()
     def firing(self, test) -> tuple[torch.Tensor, float, torch.Tensor]:
@@ -298,12 +322,12 @@ class SparseAutoencoder(Autoencoder):
         variance = x_sq - (x_sum.pow(2).sum() / len(test)).item()
         dead = int(self.dead().sum())
         return {"fvu": sse / max(variance, 1e-12), "l0": float(density.sum()), "dead_units": dead,
-                "dead_fraction": dead / self.config.latent, "dead_window": self.config.dead_window,
+                "dead_fraction": dead / self.config.latent, "dead_window": self.dead_window(),
                 "dead_on_test": int((density == 0).sum()), "shrinkage": float(shrinkage), "cosine": float(cosine)}
 
     def make_pictures(self, test) -> dict:
         pictures = {"density.png": density_plot(self.firing(test)[0].cpu().numpy())}
-        if self.data_kind(self.config) == "images":
+        if self.data_kind == "images":
             atoms = self.atoms()[:100].float()
             low, high = atoms.flatten(1).aminmax(dim=1)
             pictures["atoms.png"] = tile((atoms - low.view(-1, 1, 1, 1))

@@ -35,6 +35,7 @@ class Sparsity:
     hook; a hook object holds no state of its own, so what must be saved lives on the model (its `threshold`)."""
 
     centre = "median"  # where b_dec starts under centre "auto"
+    dead_window = 100_000  # training inputs a unit may stay silent before it counts as dead, under dead_window 0
 
     def threshold(self, config) -> torch.Tensor:
         """The model's `threshold`, saved with its weights: what inference needs beyond the weights (a buffer, or a
@@ -126,7 +127,7 @@ def aux_loss(sae, pre: torch.Tensor, out: torch.Tensor, x: torch.Tensor, centred
         atoms = atoms[:, units]
     else:
         pre = pre.masked_fill(~dead, -torch.inf)
-    k_aux = min(sae.config.k_aux or max(1, math.prod(sae.config.in_shape) // 2), pre.shape[1])
+    k_aux = min(sae.config.k_aux or sae.sparsity.k_aux(sae), pre.shape[1])
     top = pre.topk(k_aux, dim=1, sorted=False)  # unsorted: the scatter takes any order (a third faster)
     z_aux = torch.zeros_like(pre).scatter_(1, top.indices, torch.relu(top.values).nan_to_num(0, 0, 0))
     live = out.detach()
@@ -148,16 +149,23 @@ class KeepsK(Sparsity):
     def gathers(self, sae) -> bool:
         return sae.training and sae.one_layer() and sae.device.type == "cpu"
 
+    def k_aux(self, sae) -> int:
+        """Dead units AuxK uses per input under k_aux 0: half the input's size (Gao et al. 2024)."""
+        return max(1, math.prod(sae.config.in_shape) // 2)
+
     def pick(self, sae, pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The kept units of pre-activations (b, latent) as (rows, cols, offsets): rows ascending, offsets each
         input's first, (b,)."""
         raise NotImplementedError
 
+    aux_coefficient = 1 / 32  # AuxK's weight under aux_coefficient < 0
+
     def terms(self, sae, pre, code, out, x, centred):
-        if not sae.config.aux_coefficient:
+        weight = sae.config.aux_coefficient if sae.config.aux_coefficient >= 0 else self.aux_coefficient
+        if not weight:
             return {}, 0.0
         aux = aux_loss(sae, pre, out, x, centred)
-        return {"aux": aux}, sae.config.aux_coefficient * aux
+        return {"aux": aux}, weight * aux
 
 
 class TopK(KeepsK):
@@ -202,7 +210,19 @@ def _global_batch_top(pre: torch.Tensor, ranked: torch.Tensor, k: int) -> torch.
 
 class BatchTopK(KeepsK):
     """`threshold` is the running estimate (a buffer, < 0 until the first step) of the smallest kept pre-activation
-    times its atom's norm."""
+    times its atom's norm.
+
+    Its own AuxK: the batch's one cut starves a unit still learning a weak or rare feature (its pre-activations stay
+    under a cut set by the learned strong features, so it fires once in thousands of inputs and learns nothing, yet
+    is never dead over 100 000 inputs); TopK's per-input pick gives such units the spare places of inputs with few
+    strong features. So a unit silent for 10 000 inputs counts as dead here, and AuxK, weighted 0.1, fits the live
+    code's error with k / 2 of them, not d / 2: a sparse fit of that error finds the missing features, a dense one
+    learns its noise (docs/sae.md, "A hard dictionary")."""
+
+    dead_window, aux_coefficient = 10_000, 0.1
+
+    def k_aux(self, sae):
+        return max(1, sae.config.k // 2)
 
     def scale(self, sae) -> torch.Tensor:
         """(latent,): what each unit's pre-activation is multiplied by to rank it: its atom's norm."""

@@ -165,6 +165,6 @@ class VariationalAutoencoder(Autoencoder):
         return self._outputs(self.decoder(draw(torch.randn, (n, self.config.latent), self.device, generator)))
 
     def make_pictures(self, test) -> dict:
-        if self.data_kind(self.config) != "images":
+        if self.data_kind != "images":
             return {}
         return {"samples.png": tile(self.sample(100, torch.Generator().manual_seed(EVAL_SEED)), 10, 10)}

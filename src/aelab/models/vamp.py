@@ -52,13 +52,13 @@ class VampVAE(VariationalAutoencoder):
 
     def pseudo_inputs(self) -> torch.Tensor:
         """The K pseudo-inputs as the encoder takes them, (K, *in_shape)."""
-        return torch.sigmoid(self.pseudo) if self.data_kind(self.config) == "images" else self.pseudo
+        return torch.sigmoid(self.pseudo) if self.data_kind == "images" else self.pseudo
 
     def initialise(self, sample: torch.Tensor, steps: int, size: int = 0) -> None:
         with torch.no_grad():  # K training inputs drawn at random (with replacement if there are fewer)
             pick = torch.randint(len(sample), (self.config.components,), device=sample.device)
             start = sample[pick].to(self.pseudo)
-            images = self.data_kind(self.config) == "images"
+            images = self.data_kind == "images"
             self.pseudo.copy_(torch.logit(start.clamp(0.01, 0.99)) if images else start)
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:

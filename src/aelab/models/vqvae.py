@@ -126,6 +126,7 @@ class VQVAE(Autoencoder):
     """VQ-VAE: a grid of code vectors, each snapped to the nearest of K codebook vectors (EMA or loss updates)."""
 
     Config = VQVAEConfig
+    epoch_line = {**Autoencoder.epoch_line, "test_perplexity": "perplexity", "test_unused": "unused"}
     archs = ("conv",)  # its code is a grid of vectors: the MLP has no grid
     inputs = ("images",)  # the grid is the conv encoder's over an image
 

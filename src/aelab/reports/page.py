@@ -231,7 +231,7 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
     from aelab.models import summary
 
     model.eval()
-    images = model.config.recon_loss == "bce"
+    images = model.data_kind == "images"
     # metrics.jsonl as the page can draw it: a value that is not a finite number becomes null, a gap in its curve
     history = [{k: _finite(v) for k, v in record.items()} for record in history]
     seconds = [r.get("seconds") for r in history]
@@ -243,21 +243,21 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
         pictures.append(top)
     return {
         "kind": "run",
-        "title": f"{config.model_name}{' (conv)' if model.config.arch == 'conv' else ''} on "
+        "title": f"{config.model_name}{' (conv)' if config.model.arch == 'conv' else ''} on "
                  f"{config.data.path or 'Fashion-MNIST'}",
         "run": str(run_path),
-        "model": {"name": config.model_name, "class": type(model).__name__, "latent": model.code_size,
-                  "shape": list(model.config.in_shape), "parameters": model.num_parameters(),
+        "model": {"name": config.model_name, "class": model.title, "latent": model.code_size,
+                  "shape": list(model.in_shape), "parameters": model.num_parameters(),
                   "generative": model.generative, "prior": model.prior_name,
-                  "doc": (type(model).__doc__ or "").strip()},
+                  "doc": model.about},
         "facts": {"epochs": len(history), "seconds": None if None in seconds else sum(seconds),
                   "test_images": len(test)},
         "measures": {k: _finite(v) for k, v in measures.items()},
         "history": history,
-        "grids": epoch_grids(RunFolder(run_path).grids(), model.config.in_shape[0] == 1),
+        "grids": epoch_grids(RunFolder(run_path).grids(), model.in_shape[0] == 1),
         # the explorer shows images: a run on vectors has measures and curves, no map
         "map": latent_map(model, test, config) if images else None,
-        "decoder": decoder_program(model.decoder, model.code_shape) if images else None,
+        "decoder": decoder_program(model.decoder_layers(), model.code_shape) if images else None,
         "pictures": pictures,
         "anomaly": anomaly_data(RunFolder(run_path)),
         "contexts": contexts or (None if images else text_contexts(model, config.data.path)),

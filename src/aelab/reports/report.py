@@ -154,7 +154,7 @@ def write_report(run: RunFolder, config, model, history: list[dict], metrics: di
                   _table([("first epoch", "last epoch"),
                           (f"![first]({grids[0].as_posix()})", f"![last]({grids[-1].as_posix()})")])]
     if pictures:
-        parts += [f"## {type(model).__name__}'s pictures",
+        parts += [f"## {model.title}'s pictures",
                   *(f"{model.pictures[name]}:\n\n![{name}]({name})" for name in pictures)]
     parts += anomaly_section(run)
     if contexts:

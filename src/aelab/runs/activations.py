@@ -63,9 +63,9 @@ def write_activations(run: str | Path, layer: str, out: str | Path, data: str | 
     path = data if data is not None else source.path  # absolute: the SAE's report finds the images from anywhere
     source = DataConfig(path and str(Path(path).resolve()), source.grey, source.test_fraction, source.kind)
     inputs = dict(zip(SPLITS, source.load()))[split]
-    if tuple(inputs.shape) != tuple(model.config.in_shape):
+    if tuple(inputs.shape) != model.in_shape:
         raise UserError(f"the data are {'x'.join(map(str, inputs.shape))} but {run} takes "
-                        f"{'x'.join(map(str, model.config.in_shape))}; give --data of that size")
+                        f"{'x'.join(map(str, model.in_shape))}; give --data of that size")
 
     first = inputs.floats(slice(0, 1))
     called = _run_layers(model, first)

@@ -56,7 +56,7 @@ def export_onnx(model, out: str | Path) -> tuple[Path, Path]:
     out = Path(out)
     model = model.eval()
     paths = out / "encoder.onnx", out / "decoder.onnx"
-    parts = ((_Part(model, "encode"), torch.zeros(2, *model.config.in_shape), "images", "codes"),
+    parts = ((_Part(model, "encode"), torch.zeros(2, *model.in_shape), "images", "codes"),
              (_Part(model, "decode"), torch.zeros(2, model.code_size), "codes", "images"))
     for path, (module, example, name_in, name_out) in zip(paths, parts):
         buffer = io.BytesIO()  # exported and checked in memory, then written whole by aelab's one writer

@@ -213,9 +213,8 @@ class RunFolder(Owned):
     # -- weights and checkpoints ------------------------------------------------------------------------------
 
     def save_weights(self, model: torch.nn.Module, config: RunConfig, epoch: int) -> None:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        files.write_safetensors(self.weights_path, tensors,
-                                {"format": FORMAT, "config": json.dumps(config.to_dict()), "epoch": str(epoch)})
+        tensorfile.write(self.weights_path, model.state_dict(),
+                         {"format": FORMAT, "config": json.dumps(config.to_dict()), "epoch": str(epoch)})
 
     def weights_epoch(self) -> int | None:
         """The epoch of the weights in model.safetensors; None if missing or unreadable."""
@@ -226,7 +225,7 @@ class RunFolder(Owned):
 
     def save_checkpoint(self, trainer: Trainer) -> None:
         tensors, meta = trainer.state()
-        files.write_safetensors(self.checkpoint_path, tensors, {"format": FORMAT, "trainer": json.dumps(meta)})
+        tensorfile.write(self.checkpoint_path, tensors, {"format": FORMAT, "trainer": json.dumps(meta)})
         self.saved_epoch = trainer.epoch
 
     def load_checkpoint(self, trainer: Trainer) -> None:
@@ -332,12 +331,12 @@ def _stored_config(weights: Path) -> RunConfig:
 
 def load_state(path: Path, model, prefix: str = "", **options) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """tensorfile.load against the model's tensors (named after `prefix`), or against the older layout the model
-    still loads (its `older_layout`, if it has one) when the file holds that."""
+    still loads (its `older_layout`) when the file holds that."""
     like = {prefix + k: v for k, v in model.state_dict().items()}
     try:
         return tensorfile.load(path, like, **options)
     except UserError as first:
-        older = model.older_layout(like, prefix) if hasattr(model, "older_layout") else None
+        older = model.older_layout(like, prefix)
         try:
             if older is not None:
                 return tensorfile.load(path, older, **options)
@@ -361,3 +360,18 @@ def load_model(path: str | Path, device: str = "auto"):
     tensors, _ = load_state(weights, model)
     model.load_state_dict(tensors)  # safetensors load on the CPU, then move
     return model.to(devices.resolve_device(devices.parse_device(device))).eval()
+
+
+def run_sampler(model, name: str | None, run: str | Path | None, components: int | None = None, keep: bool = False,
+                train=None):
+    """The sampler `name` (by default the model's own) of a trained model from `run` (a folder, a weights file, or
+    None): a gmm reuses the mixture a run folder keeps for the epoch of its weights, or fits one to the training codes
+    of `train` (by default the run's own data) and, with `keep`, keeps it there; a weights file keeps nothing."""
+    from aelab.evaluation.samplers import default_sampler, make_sampler
+
+    folder = RunFolder.open(run) if run is not None else None
+    stored = folder is not None and not folder.path.is_file()
+    what = f"{run} is a {folder.config().model_name!r} run that" if folder is not None else "this model"
+    return make_sampler(name or default_sampler(model), model,
+                        train if train is not None else lambda: folder.config().data.load()[0], components,
+                        folder.sampler_path if stored else None, folder.weights_epoch() if stored else None, keep, what)

@@ -20,51 +20,34 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from aelab.errors import UserError
-from aelab.storage import files
+from aelab.storage import files, tensorfile
 
 # aelab's sparsity -> SAELens's inference architecture
 ARCHITECTURES = {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "l1": "standard"}
 FILES = ("cfg.json", "sae_weights.safetensors")
 
 
-def saelens_tensors(model) -> dict[str, torch.Tensor]:
-    """W_enc, b_enc, W_dec, b_dec (and threshold) in SAELens's layout and raw units, float32 on the CPU."""
-    encoder, decoder = model.encoder[-1], model.decoder[0]
-    mean, std = model.in_mean.double().cpu(), model.in_std.double().cpu()
-    w_enc = encoder.weight.detach().double().cpu().T                     # (d_in, d_sae)
-    w_dec = decoder.weight.detach().double().cpu().T                     # (d_sae, d_in)
-    b = decoder.bias.detach().double().cpu()
-    tensors = {"W_enc": w_enc / std[:, None], "b_enc": encoder.bias.detach().double().cpu(),
-               "W_dec": w_dec * std[None, :], "b_dec": mean + std * b}
-    # the threshold compares pre-activations, which the fold leaves in aelab's units: no rescaling
-    thresholds = model.unit_thresholds()  # jumprelu's learned ones; batchtopk's running one over each atom's norm
-    if thresholds is not None:
-        tensors["threshold"] = thresholds.double().cpu()
-    return {k: v.float().contiguous() for k, v in tensors.items()}
-
-
-def saelens_config(model, metadata: dict | None = None) -> dict:
-    config = model.config
-    cfg = {"architecture": ARCHITECTURES[config.sparsity], "d_in": int(config.in_shape[0]), "d_sae": config.latent,
-           "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
-           "reshape_activations": "none", "metadata": metadata or {}}
-    if config.sparsity == "topk":
-        cfg.update(k=min(config.k, config.latent), rescale_acts_by_decoder_norm=False)
+def saelens_config(settings, metadata: dict | None = None) -> dict:
+    """cfg.json of an sae run's model settings."""
+    cfg = {"architecture": ARCHITECTURES[settings.sparsity], "d_in": int(settings.in_shape[0]),
+           "d_sae": settings.latent, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
+           "normalize_activations": "none", "reshape_activations": "none", "metadata": metadata or {}}
+    if settings.sparsity == "topk":
+        cfg.update(k=min(settings.k, settings.latent), rescale_acts_by_decoder_norm=False)
     return cfg
 
 
-def check_exportable(model, name: str) -> None:
-    """Refuse, in one line, a run SAELens cannot represent."""
-    config = model.config
-    if name != "sae":
-        raise UserError(f"SAELens reads sparse autoencoders; this is a {name!r} run: export an `aelab train sae` run")
-    if config.sparsity not in ARCHITECTURES:
-        raise UserError(f"SAELens has no form of the sparsity {config.sparsity!r}; export a run trained with one of "
+def check_exportable(config, model) -> None:
+    """Refuse, in one line, a run (its RunConfig and model) SAELens cannot represent."""
+    settings = config.model
+    if config.model_name != "sae":
+        raise UserError(f"SAELens reads sparse autoencoders; this is a {config.model_name!r} run: export an "
+                        "`aelab train sae` run")
+    if settings.sparsity not in ARCHITECTURES:
+        raise UserError(f"SAELens has no form of the sparsity {settings.sparsity!r}; export a run trained with one of "
                         f"{', '.join(ARCHITECTURES)}")
-    if config.recon_loss != "mse" or config.hidden or config.arch != "mlp":
+    if model.data_kind != "vectors" or settings.hidden or settings.arch != "mlp":
         raise UserError("SAELens's SAEs are one linear layer each way on activation vectors; this run was trained "
                         "on images or with hidden layers: train the SAE on vectors with no --hidden")
 
@@ -79,8 +62,9 @@ def export_saelens(run: str | Path, out: str | Path, overwrite: bool = False) ->
         raise UserError(f"{out} already holds {' and '.join(taken)}; choose another --out or pass --overwrite")
     config = RunFolder.open(run).config()
     model = load_model(run, "cpu")
-    check_exportable(model, config.model_name)
+    check_exportable(config, model)
     metadata = {"exported_by": "aelab", "aelab_run": str(Path(run).resolve()), "data": config.data.path}
-    files.write_safetensors(out / FILES[1], saelens_tensors(model), {"format": "pt"})
-    files.write_text(out / FILES[0], json.dumps(saelens_config(model, metadata), indent=2) + "\n")
+    tensors = {k: v.float() for k, v in model.dictionary().items()}
+    tensorfile.write(out / FILES[1], tensors, {"format": "pt"})
+    files.write_text(out / FILES[0], json.dumps(saelens_config(config.model, metadata), indent=2) + "\n")
     return out

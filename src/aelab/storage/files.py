@@ -123,13 +123,6 @@ def write_text(path: str | Path, text: str) -> Path:
     return write_bytes(path, text.encode())
 
 
-def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str]) -> Path:
-    """Tensors (CPU, contiguous) and string metadata as one safetensors file: the one writer of the format."""
-    from safetensors.torch import save
-
-    return write_bytes(path, save(tensors, metadata=metadata))
-
-
 def lock(folder: Path, name: str, what: str):
     """An exclusive lock on folder/name, held until the returned file is closed or the process ends (the kernel
     then releases it, so a killed holder never blocks anyone). The holder's PID is written inside for the

@@ -1,9 +1,11 @@
-"""The one reader of safetensors, from a file or from bytes: run weights and checkpoints, saved baselines, the
-cached feature classifier and pickled or saved estimators all come through here.
+"""The one reader and the one writer of safetensors, to and from a file or bytes: run weights and checkpoints,
+saved baselines, the cached feature classifier, kept mixtures and anomaly scores, SAELens exports and pickled or
+saved estimators all come through here.
 
 The header (its length, the tensors' names and shapes) is checked before a byte of tensor data is read, so a file
 that lies costs nothing; then dtypes and finite values. A damaged file of any kind ends in one UserError line that
-names it and says what to do (`fix`), never a safetensors or torch traceback. The writer is files.write_safetensors.
+names it and says what to do (`fix`), never a safetensors or torch traceback. A file is written whole or not at
+all, never through a link (files.write_bytes).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import safe_open
+from safetensors.torch import save as save_bytes
 
 from aelab.errors import UserError
+from aelab.storage import files
 
 MAX_HEADER_BYTES = 1 << 24  # names, shapes and a config: a few KiB
 # what safetensors (and torch, building tensors from the data) raise on damaged input
@@ -104,3 +108,14 @@ def load(data: Path | bytes, like: dict[str, torch.Tensor | None], exact: bool =
             raise UserError(f"{source} holds NaN or infinite values in {name}; it is damaged (or training "
                             f"diverged): {fix}")
     return tensors, header["metadata"]
+
+
+def to_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """Tensors (taken to the CPU, contiguous, out of autograd) and string metadata as safetensors bytes."""
+    return save_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+
+
+def write(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Tensors and string metadata as one safetensors file, written whole (files.write_bytes: atomic, a link
+    refused)."""
+    return files.write_bytes(path, to_bytes(tensors, metadata))

@@ -21,6 +21,8 @@ from aelab.errors import UserError
 from aelab.evaluation.evaluate import data_floor, reconstruction_sums, summed_measures, with_floor
 from aelab.training import distributed
 
+MAX_EPOCHS = 1_000_000
+
 
 @dataclass
 class TrainConfig:
@@ -52,6 +54,10 @@ class TrainConfig:
         if self.precision not in ("fp32", "bf16"):
             raise UserError(f"unknown precision {self.precision!r}; use --precision fp32 or bf16")
         devices.parse_device(self.device)  # its form; whether this machine has it, when training starts
+        if not 0 <= self.seed < 2 ** 63:
+            raise UserError(f"seed must lie in [0, 2**63), not {self.seed}")
+        if self.epochs > MAX_EPOCHS:
+            raise UserError(f"epochs must be at most {MAX_EPOCHS:,}, not {self.epochs:,}")
 
 
 # torch.optim imports torch._dynamo (2.2 s on a 2-core CPU: more than an epoch of the chapter) on the first
@@ -313,12 +319,35 @@ class Trainer:
 
 
 QUIET_TERMS = ("test_bce_floor", "test_sse_per_image", "test_psnr")  # in metrics.jsonl, not on the console
+WIDTH = 80  # a terminal's columns: the epoch line never wraps
+
+
+def _figure(value: float) -> str:
+    """A measure on the console: four decimals below 1 (the chapter's losses), else five significant digits."""
+    return f"{value:.4f}" if abs(value) < 1 else f"{value:.5g}"
 
 
 class ConsolePrinter(Callback):
-    """One line per epoch: every train and test term, and the time the epoch took."""
+    """One line per epoch within WIDTH columns: the measures the model names in `epoch_line` first, then the train
+    and test loss and its other test measures while they fit, then the seconds the epoch took. Which measures is
+    settled on the first line and kept, so the columns stay put; metrics.jsonl holds every number."""
+
+    def __init__(self):
+        self.shown: list[str] | None = None
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
-        terms = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("train_", "test_"))
-                          and not k.startswith("train_eval_") and k not in QUIET_TERMS)
-        print(f"epoch {record['epoch']:>3}/{trainer.config.epochs}  {terms}  ({record['seconds']:.2f} s)", flush=True)
+        head, tail = f"epoch {record['epoch']:>3}/{trainer.config.epochs}", f"({record['seconds']:.2f} s)"
+        labels = {"train_loss": "train", "test_loss": "test", **trainer.model.epoch_line}
+        keys = self.shown
+        if keys is None:
+            measured = [k for k in record if k.startswith("test_") and k not in QUIET_TERMS]
+            keys = list(dict.fromkeys([*trainer.model.epoch_line, "train_loss", "test_loss", *measured]))
+        line = head
+        for key in [k for k in keys if k in record]:
+            longer = f"{line}  {labels.get(key, key.removeprefix('test_'))} {_figure(record[key])}"
+            if len(f"{longer}  {tail}") > WIDTH:
+                keys = keys[:keys.index(key)]
+                break
+            line = longer
+        self.shown = self.shown or keys
+        print(f"{line}  {tail}", flush=True)
