@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from aelab.config import RunConfig
 from aelab.errors import UserError
 from aelab.runs.runfolder import RunFolder, load_model
 from aelab.runs.settings import from_dict, resolve
