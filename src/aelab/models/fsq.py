@@ -4,7 +4,13 @@ through. No codebook, so nothing to learn, collapse or re-seed, and no commitmen
 reconstruction alone. The implicit codebook is the grid of prod(L_i) points; on the conv architecture (the default)
 each position of a 7x7 grid is one such point, as in the VQ-VAE, on the MLP the whole image is. `levels` sets L per
 dimension (one per `latent` dimension; by default 8,5,5,5 for latent 4, else 5 each). `aelab eval` reports the
-fraction of the implicit codebook used on the test set (usage), its perplexity, and the bits of one image's code."""
+fraction of the implicit codebook used on the test set (usage), its perplexity, and the bits of one image's code.
+
+On the conv grid the encoder's code is batch-normalised (per dimension, no learnt scale) before the bound. Without
+it the straight-through gradient has nothing holding the code inside tanh's slope: Adam's steps, as large for a
+vanishing gradient as for a big one, drive it out to where tanh is flat (on Fashion-MNIST within two epochs), each
+dimension then stuck at one or two outer levels, about 4% of the codebook used. The authors' encoders, deep and
+group-normalised, keep their output near unit scale; this one, two plain convolutions, does not."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from aelab.errors import UserError
 from aelab.models.base import AEConfig, Autoencoder, keras_init_
@@ -55,6 +62,9 @@ class FSQAutoencoder(Autoencoder):
         super().__init__(config)
         if config.arch == "conv":
             self.encoder, self.decoder = grid_coder(config)
+            # each code dimension about N(0, 1) over the batch's positions (running statistics in eval): inside
+            # tanh's slope. The grid's 49 positions make statistics of any batch, even of one image
+            self.encoder.append(nn.BatchNorm2d(config.latent, affine=False))
             keras_init_(self)
         levels = torch.tensor(config.grid)
         self.register_buffer("levels", levels, persistent=False)  # from the config: not in the weights
@@ -98,6 +108,25 @@ class FSQAutoencoder(Autoencoder):
     def decode_sampled(self, z: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] from codes like sampling_codes' (n, code_size): quantised, then decoded."""
         return self._outputs(self.decoder(self.quantise(z.float().to(self.device).view(-1, *self.code_shape))))
+
+    def older_layout(self, like: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor] | None:
+        """Saved before the conv code was normalised: the encoder without its statistics."""
+        if self.config.arch != "conv":
+            return None
+        return {k: v for k, v in like.items() if not k.startswith(prefix + self._norm_prefix)}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        # an older run's code, unnormalised: statistics that leave it as it was (z / sqrt(var + eps) = z)
+        norm, name = self.encoder[-1], prefix + self._norm_prefix
+        if self.config.arch == "conv" and name + "running_var" not in state_dict:
+            state_dict.update({name + "running_mean": torch.zeros_like(norm.running_mean),
+                               name + "running_var": torch.full_like(norm.running_var, 1 - norm.eps),
+                               name + "num_batches_tracked": torch.zeros_like(norm.num_batches_tracked)})
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    @property
+    def _norm_prefix(self) -> str:
+        return f"encoder.{len(self.encoder) - 1}."
 
     @torch.no_grad()
     def measures(self, test) -> dict:
