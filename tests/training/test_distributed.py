@@ -43,9 +43,10 @@ def test_two_ranks_average_to_the_single_process_gradients(subset_npz, tmp_path)
     # and a VQ-VAE whose unchosen codes are re-seeded after this one step: the same draws of the global batch; and a
     # second TopK step with units dead, so AuxK's loss, relative to the global batch's error, takes part; and
     # BatchTopK, whose pick and running threshold (a saved buffer) span the global batch
-    # (the WAE's and InfoVAE's MMD and the beta-TC-VAE's minibatch-weighted terms are statistics of each rank's share
-    # of the batch, not of the global batch: their ranks do not make one process's step, and are left out)
-    names = [*(n for n in MODELS if n not in ("wae", "infovae", "btcvae")), "vqvae,dead_after=1",
+    # (the WAE's and InfoVAE's MMD, the beta-TC-VAE's minibatch-weighted terms and FSQ's batch norm of its code are
+    # statistics of each rank's share of the batch, not of the global batch: their ranks do not make one process's
+    # step, and are left out)
+    names = [*(n for n in MODELS if n not in ("wae", "infovae", "btcvae", "fsq")), "vqvae,dead_after=1",
              "sae,dead_window=1,aux_coefficient=1,steps=2", "sae,sparsity=batchtopk,dead_window=1,steps=3"]
     run([sys.executable, STEP, subset_npz, tmp_path / "one", *names])
     torchrun(STEP, subset_npz, tmp_path / "two", *names)
