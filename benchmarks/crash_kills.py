@@ -106,7 +106,7 @@ def job_differences(job: str, out: Path, reference: Path) -> list[str]:
 def kill_jobs(jobs: list[str], chains: int, kills: int, seed: int) -> None:
     """The --jobs series (see the module's docstring)."""
     from aelab.data.load import load_dataset
-    from aelab.models.sparse import planted_dictionary
+    from support.planted import planted_dictionary
 
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:

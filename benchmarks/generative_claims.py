@@ -114,17 +114,16 @@ def sample_measures(out: Path, sampler: str) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
-    from aelab.cli import _sampler
     from aelab.evaluation.frechet import feature_classifier
     from aelab.evaluation.generation import EVAL_SEED, SAMPLES, measure_sampler, sample_measures
-    from aelab.runs.runfolder import RunFolder, load_model
+    from aelab.runs.runfolder import RunFolder, load_model, run_sampler
 
     torch.set_num_threads(1)
     model = load_model(out, "cpu")
     test = RunFolder.open(out).config().data.load_test()
     net = feature_classifier()[0]
     if sampler != "normal":  # what `aelab eval RUN --sampler S` adds
-        chosen = _sampler(str(out), model, sampler, COMPONENTS if sampler == "gmm" else None, keep=True)
+        chosen = run_sampler(model, sampler, out, COMPONENTS if sampler == "gmm" else None, keep=True)
         return measure_sampler(chosen, net, test, SAMPLES)
     codes = torch.randn(SAMPLES, model.code_size, generator=torch.Generator().manual_seed(EVAL_SEED))
     return {"sampler": "normal", **sample_measures(model.decode(codes), net, test)}
