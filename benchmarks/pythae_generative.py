@@ -65,6 +65,37 @@ MODELS = {
                ["model.beta=6", "train.eval_batch_size=500"]),
 }
 
+# the chapter's MLP as pythae custom networks, pasted into the peer processes' code: needs nn, torch, ModelOutput,
+# BaseEncoder, BaseDecoder, `latent` and `gaussian` (a mean and log-variance encoder, or a deterministic one)
+NETWORK = r"""
+def mlp(sizes):
+    layers = [m for a, b in zip(sizes[:-1], sizes[1:]) for m in (nn.Linear(a, b), nn.ReLU())][:-1]
+    for m in layers:
+        if isinstance(m, nn.Linear):  # as Keras' Dense layers start, and aelab's
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return nn.Sequential(*layers)
+
+class Encoder(BaseEncoder):
+    def __init__(self):
+        super().__init__()
+        self.net = mlp([784, 256, 128, 64, latent * (2 if gaussian else 1)])
+    def forward(self, x):
+        h = self.net(x.reshape(len(x), -1))
+        if not gaussian:
+            return ModelOutput(embedding=h)
+        mu, logvar = h.chunk(2, dim=1)
+        return ModelOutput(embedding=mu, log_covariance=logvar)
+
+class Decoder(BaseDecoder):
+    def __init__(self):
+        super().__init__()
+        self.net = mlp([latent, 64, 128, 256, 784])
+    def forward(self, z):
+        logits = self.net(z).reshape(-1, 1, 28, 28)
+        return ModelOutput(reconstruction=torch.sigmoid(logits), logits=logits)
+"""
+
 # runs inside the peers' venv. argv: model class, config JSON, data folder, epochs, seed, output folder, latent.
 # Prints one "EPOCH seconds" line per epoch and one "MEASURES {json}" line; writes the arrays into the folder.
 DRIVER = r"""
@@ -92,33 +123,7 @@ def log_normal(z, mu=0.0, logvar=0.0):  # log N(z; mu, exp(logvar)) summed over 
     logvar = torch.as_tensor(logvar, dtype=z.dtype)
     return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
 
-def mlp(sizes):
-    layers = [m for a, b in zip(sizes[:-1], sizes[1:]) for m in (nn.Linear(a, b), nn.ReLU())][:-1]
-    for m in layers:
-        if isinstance(m, nn.Linear):  # as Keras' Dense layers start, and aelab's
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
-    return nn.Sequential(*layers)
-
-class Encoder(BaseEncoder):
-    def __init__(self):
-        super().__init__()
-        self.net = mlp([784, 256, 128, 64, latent * (2 if gaussian else 1)])
-    def forward(self, x):
-        h = self.net(x.reshape(len(x), -1))
-        if not gaussian:
-            return ModelOutput(embedding=h)
-        mu, logvar = h.chunk(2, dim=1)
-        return ModelOutput(embedding=mu, log_covariance=logvar)
-
-class Decoder(BaseDecoder):
-    def __init__(self):
-        super().__init__()
-        self.net = mlp([latent, 64, 128, 256, 784])
-    def forward(self, z):
-        logits = self.net(z).reshape(-1, 1, 28, 28)
-        return ModelOutput(reconstruction=torch.sigmoid(logits), logits=logits)
-
+""" + NETWORK + r"""
 config = getattr(pm, name + ("_Config" if "_" in name else "Config"))(input_dim=(1, 28, 28), latent_dim=latent, **settings,
                                      **({"reconstruction_loss": "bce"} if gaussian else {}))
 model = getattr(pm, name)(config, encoder=Encoder(), decoder=Decoder())

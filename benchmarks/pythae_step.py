@@ -1,7 +1,7 @@
 """One beta-TC-VAE training step, aelab's against pythae's, in the same process: alternated rounds, medians.
 
 The per-epoch seconds of pythae_generative.py come from separate processes on a shared machine; this times the step
-alone (forward, loss, backward, Adam) at batch 512 with the same MLP, latent 16, beta 6, minibatch-weighted sampling
+alone (forward, loss, backward, Adam) at batch 512 with the same MLP and initialisation, latent 16, beta 6, minibatch-weighted sampling
 and N = 6 000, both models in one process of the peers' venv (aelab imported from src/), one thread.
 
     python benchmarks/pythae_step.py [--rounds 8] [--venv DIR]
@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from peers import venv_python  # noqa: E402  (the peers' venv: CPU torch first, then pythae)
+from pythae_generative import NETWORK  # noqa: E402  (the same MLP as the epoch benchmark's)
 
 DRIVER = r"""
 import statistics, sys, time
@@ -30,25 +31,8 @@ torch.set_num_threads(1)
 torch.manual_seed(0)
 rounds, latent, n = int(sys.argv[1]), 16, 6000
 
-def mlp(sizes):
-    return nn.Sequential(*[m for a, b in zip(sizes[:-1], sizes[1:]) for m in (nn.Linear(a, b), nn.ReLU())][:-1])
-
-class Encoder(BaseEncoder):
-    def __init__(self):
-        super().__init__()
-        self.net = mlp([784, 256, 128, 64, 2 * latent])
-    def forward(self, x):
-        mu, logvar = self.net(x.reshape(len(x), -1)).chunk(2, dim=1)
-        return ModelOutput(embedding=mu, log_covariance=logvar)
-
-class Decoder(BaseDecoder):
-    def __init__(self):
-        super().__init__()
-        self.net = mlp([latent, 64, 128, 256, 784])
-    def forward(self, z):
-        logits = self.net(z).reshape(-1, 1, 28, 28)
-        return ModelOutput(reconstruction=torch.sigmoid(logits), logits=logits)
-
+gaussian = True
+""" + NETWORK + r"""
 peer = pm.BetaTCVAE(pm.BetaTCVAEConfig(input_dim=(1, 28, 28), latent_dim=latent, beta=6.0, alpha=1.0, gamma=1.0,
                                        use_mss=False, reconstruction_loss="bce"), encoder=Encoder(), decoder=Decoder())
 config = new_config("btcvae")
