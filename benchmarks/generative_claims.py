@@ -48,7 +48,7 @@ RUNS = {
     "btcvae beta=8": ("btcvae", ["model.beta=8", "model.iwae_k=1"]),
     # the quantised models on the conv grid (7x7 positions, the same encoder and decoder): VQ-VAE's 1024 codes are
     # 10 bits a position, FSQ's levels 8,5,5,5 (its default, Mentzer et al.'s for 2^10) 1000 codes, 9.97 bits;
-    # residual VQ: 4 codebooks of 256 (8 bits each)
+    # residual VQ: 4 codebooks of 256 (8 bits each), and 1 and 2 trained on their own
     "vqvae K=1024": ("vqvae", ["model.codebook=1024"]),
     "fsq 8,5,5,5": ("fsq", ["model.levels=8,5,5,5", "model.latent=4"]),
     "rqvae depth 4": ("rqvae", ["model.depth=4", "model.codebook=256"]),
