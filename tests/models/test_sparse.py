@@ -288,6 +288,29 @@ def test_batchtopk_recovers_a_hard_planted_dictionary(tmp_path, one_thread):
     assert abs(json.loads((tmp_path / "r" / "eval.json").read_text())["l0"] - 4) < 0.8
 
 
+def test_a_jumprelu_run_saved_before_its_auxk_resumes_without_it(tmp_path, one_thread):
+    """A config.json without jumprelu_aux (written before JumpReLU had its AuxK) means none: such a run resumes as it
+    trained; a new run saves the setting and trains with it."""
+    vectors, _ = planted_dictionary(600, d=8, atoms=12, active=2)
+    np.save(tmp_path / "v.npy", vectors)
+    pipeline.train(resolve("sae", None, {"data.path": str(tmp_path / "v.npy"), "sparsity": "jumprelu", "latent": 16,
+                                         "epochs": 1, "train_eval_size": 0}), out=tmp_path / "r")
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path, weights = tmp_path / "r" / "config.json", tmp_path / "r" / "model.safetensors"
+    config = json.loads(path.read_text())
+    assert config["model"].pop("jumprelu_aux") == 0.1
+    path.write_text(json.dumps(config))  # as it was saved before, in config.json and in the weights' metadata
+    with safe_open(weights, "pt") as f:
+        metadata = f.metadata()
+    save_file(load_file(weights), weights, metadata={**metadata, "config": json.dumps(config)})
+    assert load_model(tmp_path / "r").config.jumprelu_aux == 0.0
+    pipeline.resume(tmp_path / "r", epochs=2)
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert "train_aux" in records[0] and "train_aux" not in records[1] and "train_l0_penalty" in records[1]
+
+
 def test_resume_is_exact_with_the_dead_unit_buffer(tmp_path, one_thread):
     vectors, _ = planted_dictionary(1500, d=16, atoms=32, active=3)
     np.save(tmp_path / "v.npy", vectors)
