@@ -248,7 +248,8 @@ def test_initialise_puts_b_dec_at_the_geometric_median_and_l1s_at_zero():
     ({"sparsity": "relu"}, "batchtopk"), ({"k": 0}, "k must be"), ({"k_aux": -1}, "k_aux"),
     ({"dead_window": -1}, "dead_window"), ({"l1_warmup": 2.0}, "l1_warmup"), ({"bandwidth": 0.0}, "bandwidth"),
     ({"threshold": -1.0}, "threshold"), ({"centre": "middle"}, "median"), ({"l0_coefficient": -1.0}, "l0_coefficient"),
-    ({"atom_norm": 0.0}, "atom_norm"), ({"grad_clip": -1.0}, "grad_clip")])
+    ({"atom_norm": 0.0}, "atom_norm"), ({"grad_clip": -1.0}, "grad_clip"),
+    ({"jumprelu_aux": -0.1}, "jumprelu_aux")])
 def test_bad_settings_are_refused_by_config_check(settings, words):
     with pytest.raises(UserError, match=words):
         resolve("sae", None, settings)
