@@ -303,7 +303,7 @@ def silent_aux(sae, pre: torch.Tensor, code: torch.Tensor, out: torch.Tensor, x:
         top = (pre - code).topk(k, dim=1, sorted=False)  # the units that fired at 0
     values = pre.gather(1, top.indices) * (top.values > 0)                    # (b, k); 0 where below 0 or fired
     atoms = sae.decoder[0].weight.t().contiguous()                           # (latent, d)
-    fit = F.embedding_bag(top.indices, atoms, per_sample_weights=values, mode="sum")
+    fit = F.embedding_bag(top.indices, atoms, per_sample_weights=values.to(atoms.dtype), mode="sum")  # bf16 too
     return _error_left(sae, out, fit, x)
 
 
