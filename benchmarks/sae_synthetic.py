@@ -233,7 +233,8 @@ def train_saelens(sparsity: str, data: Path, eval_path: Path | None, work: Path,
             "save": str(work / name), "seed": args.seed,
             "threads": args.threads, "latent": args.latent, "k": args.k, "l1": args.saelens_l1, "l0": args.saelens_l0,
             "lr": args.lr, "batch": args.batch_size, "samples": len(train_rows) * args.epochs, "recipe": recipe,
-            "aux": args.saelens_aux or RECIPE_AUX[sparsity][0], "window": args.dead_window or RECIPE_AUX[sparsity][1]}
+            "aux": RECIPE_AUX[sparsity][0] if args.saelens_aux is None else args.saelens_aux,  # 0 is a setting
+            "window": RECIPE_AUX[sparsity][1] if args.dead_window is None else args.dead_window}
     driver = DRIVER.replace('a["train_rows"]', f'np.load({str(rows_path)!r})')
     start = time.perf_counter()
     subprocess.run([str(python), "-c", driver, json.dumps(spec)], check=True,
