@@ -43,8 +43,8 @@ from scipy.special import ndtri
 SRC = Path(__file__).resolve().parents[1] / "src"
 SPARSITIES = ("topk", "batchtopk", "jumprelu", "l1")
 # SAELens's recipe run: (aux_loss_coefficient, dead window in inputs) as aelab's AuxK sets them (see --saelens-aux);
-# JumpReLU takes only the window (SAELens's pre-activation loss of dead units), aelab's 100 000 for every sparsity
-# but BatchTopK
+# JumpReLU takes only the window (SAELens's pre-activation loss of dead units would use it; off at its defaults),
+# aelab's 100 000 for every sparsity but BatchTopK; no SAELens setting expresses JumpReLU's AuxK over silent units
 RECIPE_AUX = {"topk": (0.2, 100_000), "batchtopk": (0.67, 10_000), "jumprelu": (0.2, 100_000), "l1": (0.2, 100_000)}
 
 # run inside the SAELens venv: train one SAE with SAELens's own trainer on the .npy, then save what the scores need
