@@ -17,7 +17,7 @@ from PIL import Image
 
 from support.datafiles import FASHION_DIR
 from support.folders import snapshot
-from support.process import SRC, aelab, aelab_sequence, assert_user_error
+from support.process import SRC, aelab, aelab_sequence, assert_user_error, python
 
 
 def pixels(path) -> np.ndarray:
@@ -140,8 +140,7 @@ def test_the_allocator_keeps_a_beta_tc_vae_steps_blocks():
             "step()\nbefore = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
             "for _ in range(6):\n    step()\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)")
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    result = python(code, timeout=120)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) < 6 * 3 * 4096
 
@@ -153,12 +152,12 @@ def test_help_does_not_import_torch():
             "for argv in (['--help'], ['train', '--help'], ['eval', '--help']):\n"
             "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, e.code\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'PIL', 'matplotlib'}))")
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    result = python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]"
     assert "--resume" in result.stdout and "--json" in result.stdout
 
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
     timed = subprocess.run([sys.executable, "-X", "importtime", "-m", "aelab", "--help"], capture_output=True,
                            text=True, env=env, timeout=60)
     assert timed.returncode == 0 and "train" in timed.stdout
