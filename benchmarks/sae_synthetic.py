@@ -8,6 +8,8 @@ same number of samples; then both are scored on fresh activations whose true fea
                                                           # one library alone; --set: an aelab setting
     OMP_NUM_THREADS=1 python benchmarks/sae_synthetic.py --data saelens --k 7
                                                           # SAELens's own synthetic data set (below)
+    OMP_NUM_THREADS=1 python benchmarks/sae_synthetic.py --data saelens --k 7 --seed 1 --data-seed 0
+                                                          # another training seed on the same data set
 
 Scores: recovery (mean over true features of the best cosine with any decoder atom), matched (the share of
 features whose best cosine passes 0.9), MCC (the mean cosine of a
@@ -43,8 +45,8 @@ from scipy.special import ndtri
 SRC = Path(__file__).resolve().parents[1] / "src"
 SPARSITIES = ("topk", "batchtopk", "jumprelu", "l1")
 # SAELens's recipe run: (aux_loss_coefficient, dead window in inputs) as aelab's AuxK sets them (see --saelens-aux);
-# JumpReLU takes only the window (SAELens's pre-activation loss of dead units), aelab's 100 000 for every sparsity
-# but BatchTopK
+# JumpReLU takes only the window (SAELens's pre-activation loss of dead units would use it; off at its defaults),
+# aelab's 100 000 for every sparsity but BatchTopK; no SAELens setting expresses JumpReLU's AuxK over silent units
 RECIPE_AUX = {"topk": (0.2, 100_000), "batchtopk": (0.67, 10_000), "jumprelu": (0.2, 100_000), "l1": (0.2, 100_000)}
 
 # run inside the SAELens venv: train one SAE with SAELens's own trainer on the .npy, then save what the scores need
@@ -231,7 +233,8 @@ def train_saelens(sparsity: str, data: Path, eval_path: Path | None, work: Path,
             "save": str(work / name), "seed": args.seed,
             "threads": args.threads, "latent": args.latent, "k": args.k, "l1": args.saelens_l1, "l0": args.saelens_l0,
             "lr": args.lr, "batch": args.batch_size, "samples": len(train_rows) * args.epochs, "recipe": recipe,
-            "aux": args.saelens_aux or RECIPE_AUX[sparsity][0], "window": args.dead_window or RECIPE_AUX[sparsity][1]}
+            "aux": RECIPE_AUX[sparsity][0] if args.saelens_aux is None else args.saelens_aux,  # 0 is a setting
+            "window": RECIPE_AUX[sparsity][1] if args.dead_window is None else args.dead_window}
     driver = DRIVER.replace('a["train_rows"]', f'np.load({str(rows_path)!r})')
     start = time.perf_counter()
     subprocess.run([str(python), "-c", driver, json.dumps(spec)], check=True,
@@ -295,13 +298,19 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3, help="both trainers")
     parser.add_argument("--eval", type=int, default=20_000, help="fresh activations the scores use")
     parser.add_argument("--sparsity", action="append", choices=SPARSITIES, help="only these (default: all)")
-    parser.add_argument("--trainer", action="append", choices=("aelab", "saelens"), help="only these (default: both)")
+    parser.add_argument("--trainer", action="append",
+                        choices=("aelab", "saelens", "saelens-defaults", "saelens-recipe"),
+                        help="only these (default: aelab and saelens, SAELens at its defaults and at the recipe)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an aelab setting, as `aelab train --set` takes it (e.g. aux_coefficient=0.5)")
     parser.add_argument("--venv", type=Path, default=Path("/tmp/aelab-saelens-venv"))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="both trainers' initialisation and batch order, and "
+                        "which library trains first")
+    parser.add_argument("--data-seed", type=int, help="the data set's: its dictionary (or SAELens's model), its "
+                        "training vectors and the fresh evaluation ones (default: --seed)")
     args = parser.parse_args()
+    data_seed = args.seed if args.data_seed is None else args.data_seed
     sys.path.insert(0, str(SRC))
     import torch
 
@@ -309,17 +318,19 @@ def main() -> None:
     from aelab.data.load import load_dataset
 
     rows, trainers = [], args.trainer or ("aelab", "saelens")
-    python = saelens_python(args.venv) if "saelens" in trainers or args.data == "saelens" else None
+    saelens = {recipe for name, recipe in (("saelens-defaults", False), ("saelens-recipe", True))
+               if name in trainers or "saelens" in trainers}
+    python = saelens_python(args.venv) if saelens or args.data == "saelens" else None
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         work = Path(tmp)
         if args.data == "saelens":  # SAELens's generator writes the file; SAELens's evaluation scores every SAE
             made = in_venv(python, GENERATE, {"features": args.features, "dim": args.dim, "n": args.n,
-                                              "seed": args.seed, "model": str(work / "model"),
+                                              "seed": data_seed, "model": str(work / "model"),
                                               "data": str(work / "acts.npy")})[0]
             print(f"SAELens's synthetic model: {args.features} features in {args.dim}-d, true L0 "
                   f"{made['true_l0']:.2f}, activations scaled by {made['scale']:.3f}", flush=True)
         else:
-            rng = np.random.default_rng(args.seed)
+            rng = np.random.default_rng(data_seed)
             truth = Features(args.features, args.dim, args.rank, rng, args.offset)
             x, _ = generate(args.n, truth, args.active, args.noise, rng)
             # in SAE units (mean squared norm d) for both trainers; aelab's own `norm` scale is then 1
@@ -335,8 +346,8 @@ def main() -> None:
         for sparsity in args.sparsity or SPARSITIES:
             # SAELens at its defaults, and at aelab's recipe where its settings express one (L1's is its default)
             runs = [("aelab", None)] if "aelab" in trainers else []
-            if "saelens" in trainers:
-                runs += [("SAELens", False)] + ([("SAELens", True)] if sparsity != "l1" else [])
+            runs += [("SAELens", recipe) for recipe in (False, True) if recipe in saelens and not (
+                recipe and sparsity == "l1")]
             if (SPARSITIES.index(sparsity) + args.seed) % 2:  # which library goes first alternates, by sparsity
                 runs.reverse()
             for trainer, recipe in runs:
@@ -373,7 +384,7 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
         if saved:
             scores = in_venv(python, EVALUATE, {"model": str(work / "model"), "saes": [f for _, f in saved],
-                                                "n": args.eval, "seed": args.seed, "scale": made["scale"]})
+                                                "n": args.eval, "seed": data_seed, "scale": made["scale"]})
             for (row, _), found in zip(saved, scores):
                 row.update(found)
                 print(json.dumps(row), flush=True)

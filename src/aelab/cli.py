@@ -251,15 +251,18 @@ def _signals() -> None:
 def _allocator() -> None:
     """glibc's malloc hands freed blocks of a megabyte or more back to the system and then faults them in again page
     by page: about 370 page faults and 1 ms of system time in each step of the chapter's model on 2 cores. Kept
-    (blocks up to 16 MB from the heap, up to 64 MB of its free top retained), a step faults about once. A setting of
-    this program's process, not of the library; elsewhere than glibc, nothing changes."""
+    (blocks under 32 MB from the heap, glibc's own ceiling for its moving threshold, and up to 256 MB of its free
+    top), a step faults about once. A beta-TC-VAE's step makes several (512, 512, 16) float tensors of exactly 16 MB:
+    with 16 MB as the bound each was mapped afresh (31 000 page faults a step, nearly half its CPU time), and with 64
+    or 128 MB of free top kept, a step's end still handed many back. A setting of this program's process, not of the
+    library; elsewhere than glibc, nothing changes."""
     import ctypes
 
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
-    for option, value in ((-3, 16 << 20), (-1, 64 << 20), (-2, 16 << 20)):  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD,
+    for option, value in ((-3, 32 << 20), (-1, 256 << 20), (-2, 16 << 20)):  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD,
         libc.mallopt(option, value)                                          # M_TOP_PAD
 
 

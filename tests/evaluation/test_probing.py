@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from aelab.evaluation import evaluate
 from aelab.evaluation.probing import PROBING, label_measures
 from support.process import aelab, assert_user_error, in_process
 
@@ -38,6 +39,31 @@ def test_one_unit_per_class_probes_perfectly_and_its_ablation_hits_its_own_class
     assert measures["probe_k1"] > 0.99 and measures["probe_raw_k1"] > 0.99
     # ablating class i's unit (its dimension, here) leaves probe i at chance and the others as they were
     assert 0.4 < measures["tpp"] < 0.55, measures
+
+
+def test_a_probe_ignores_a_dimension_constant_in_training_from_any_start(monkeypatch):
+    # a dead unit of the layer is 0 on every training input but not on an ablated one: the probe must not read it,
+    # whether L-BFGS starts from zero weights or random ones (only the L2 term moves such a weight)
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(2).repeat(200)
+    x = torch.randn(len(y), 5, generator=g) + y[:, None] * torch.tensor([2.0, 1, 0, 0, 0])
+    x[:, 4] = 0
+    test = x.clone()
+    test[:, 4] = 1  # what an ablation may write into the dead dimension
+    zero = evaluate.logistic_probe(x, y, 2)
+    lbfgs = torch.optim.LBFGS
+
+    def random_start(params, **settings):
+        params = list(params)
+        with torch.no_grad():
+            for p in params:
+                p.normal_(0, 0.1, generator=g)
+        return lbfgs(params, **settings)
+
+    monkeypatch.setattr(torch.optim, "LBFGS", random_start)
+    random = evaluate.logistic_probe(x, y, 2)
+    assert (zero(x) == y).float().mean() > 0.8
+    assert torch.equal(zero(test), random(test)) and torch.equal(zero(test), zero(x))
 
 
 @pytest.fixture(scope="module")

@@ -248,7 +248,8 @@ def test_initialise_puts_b_dec_at_the_geometric_median_and_l1s_at_zero():
     ({"sparsity": "relu"}, "batchtopk"), ({"k": 0}, "k must be"), ({"k_aux": -1}, "k_aux"),
     ({"dead_window": -1}, "dead_window"), ({"l1_warmup": 2.0}, "l1_warmup"), ({"bandwidth": 0.0}, "bandwidth"),
     ({"threshold": -1.0}, "threshold"), ({"centre": "middle"}, "median"), ({"l0_coefficient": -1.0}, "l0_coefficient"),
-    ({"atom_norm": 0.0}, "atom_norm"), ({"grad_clip": -1.0}, "grad_clip")])
+    ({"atom_norm": 0.0}, "atom_norm"), ({"grad_clip": -1.0}, "grad_clip"),
+    ({"jumprelu_aux": -0.1}, "jumprelu_aux")])
 def test_bad_settings_are_refused_by_config_check(settings, words):
     with pytest.raises(UserError, match=words):
         resolve("sae", None, settings)
@@ -286,6 +287,29 @@ def test_batchtopk_recovers_a_hard_planted_dictionary(tmp_path, one_thread):
     assert model.dead_window() == 10_000 and model.sparsity.k_aux(model) == 2
     assert (recovered(model.atoms().numpy(), atoms) > 0.9).mean() >= 0.85
     assert abs(json.loads((tmp_path / "r" / "eval.json").read_text())["l0"] - 4) < 0.8
+
+
+def test_a_jumprelu_run_saved_before_its_auxk_resumes_without_it(tmp_path, one_thread):
+    """A config.json without jumprelu_aux (written before JumpReLU had its AuxK) means none: such a run resumes as it
+    trained; a new run saves the setting and trains with it."""
+    vectors, _ = planted_dictionary(600, d=8, atoms=12, active=2)
+    np.save(tmp_path / "v.npy", vectors)
+    pipeline.train(resolve("sae", None, {"data.path": str(tmp_path / "v.npy"), "sparsity": "jumprelu", "latent": 16,
+                                         "epochs": 1, "train_eval_size": 0}), out=tmp_path / "r")
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path, weights = tmp_path / "r" / "config.json", tmp_path / "r" / "model.safetensors"
+    config = json.loads(path.read_text())
+    assert config["model"].pop("jumprelu_aux") == 0.1
+    path.write_text(json.dumps(config))  # as it was saved before, in config.json and in the weights' metadata
+    with safe_open(weights, "pt") as f:
+        metadata = f.metadata()
+    save_file(load_file(weights), weights, metadata={**metadata, "config": json.dumps(config)})
+    assert load_model(tmp_path / "r").config.jumprelu_aux == 0.0
+    pipeline.resume(tmp_path / "r", epochs=2)
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert "train_aux" in records[0] and "train_aux" not in records[1] and "train_l0_penalty" in records[1]
 
 
 def test_resume_is_exact_with_the_dead_unit_buffer(tmp_path, one_thread):

@@ -1,5 +1,5 @@
 """Each sparsity of the SAE (models.sparsities): the gathered TopK step equals the dense one, AuxK on the dead units,
-BatchTopK's threshold and ranking, JumpReLU's thresholds and its older saved layout, L1's weighting and warm-up."""
+BatchTopK's threshold and ranking, JumpReLU's thresholds, AuxK and older saved layout, L1's weighting and warm-up."""
 
 from __future__ import annotations
 
@@ -135,6 +135,44 @@ def test_jumprelu_thresholds_move_and_the_l0_penalty_cuts_l0():
     assert free.threshold.min() == 0 and free.threshold.mean() < start.mean()
 
 
+def test_jumprelu_auxk_and_the_threshold_gradients_by_hand():
+    """By hand on 6 inputs, 24 units: JumpReLU's AuxK lets the k_aux largest positive pre-activations of the units
+    that did not fire on an input fit the live code's error (relative to it), and only those units' rows learn from
+    it; the thresholds' gradient is the straight-through estimate of the reconstruction's and of the L0 penalty's,
+    -(1 / eps) sum over inputs near t of (t dL/dz + l0_coefficient / (d b)) (Rajamanoharan et al. 2024, eq. 11)."""
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(3))
+    settings = dict(sparsity="jumprelu", d=4, latent=24, threshold=0.5, bandwidth=0.2, l0_coefficient=3.0,
+                    atom_norm=1.0)
+    model = vector_sae(k_aux=2, **settings)
+    pre = model.pre_activations(x).detach()
+    fired = pre > model.threshold.detach()
+    assert fired.any(1).all() and (~fired & (pre > 0)).sum(1).min() >= 2  # each input: fired and silent units
+    terms = model.loss(x)
+    code = pre * fired
+    out = model.decoder(code)
+    z_aux = torch.zeros_like(pre)
+    for row in range(len(x)):  # the 2 largest silent pre-activations of each input, ReLU'd
+        silent = pre[row].masked_fill(fired[row], -torch.inf)
+        top = silent.topk(2).indices
+        z_aux[row, top] = silent[top].clamp_min(0)
+    fit = z_aux @ model.decoder[0].weight.T
+    want = F.mse_loss(out + fit, x) / F.mse_loss(out, x)
+    assert torch.allclose(terms["aux"], want) and torch.allclose(terms["l0_penalty"], fired.sum(1).float().mean())
+    terms["aux"].backward()
+    rows = model.encoder[-1].weight.grad.abs().sum(1) > 0
+    assert torch.equal(rows, (z_aux > 0).any(0)) and not rows.all()  # the picked silent units alone
+    assert model.threshold.grad is None or not model.threshold.grad.any()
+
+    model = vector_sae(jumprelu_aux=0.0, **settings)
+    code = code.requires_grad_()
+    dl_dz = torch.autograd.grad(model.recon_error(model.decoder(code), x), code)[0]
+    t, eps = model.threshold.detach(), 0.2
+    near = ((pre - t).abs() < eps / 2).float()
+    want = -(near * (t * dl_dz + 3.0 / (4 * len(x)))).sum(0) / eps
+    model.loss(x)["loss"].backward()
+    assert torch.allclose(model.threshold.grad, want, atol=1e-7) and want.abs().max() > 0
+
+
 OLD_JUMPRELU = Path(__file__).parent / "data" / "jumprelu-log-threshold"
 
 
@@ -161,7 +199,8 @@ def test_a_jumprelu_run_saved_with_log_threshold_loads_evaluates_and_resumes(tmp
     assert "log_threshold" not in resumed and resumed["threshold"].shape == (12,)
     moved = resumed["threshold"] - saved["log_threshold"].exp()
     assert moved.abs().max() > 1e-3 and (resumed["threshold"] >= 0).all()
-    assert [r["epoch"] for r in map(json.loads, Path("run/metrics.jsonl").read_text().splitlines())] == [1, 2]
+    records = [json.loads(line) for line in Path("run/metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and "train_aux" not in records[1]  # no AuxK: saved before it
 
 
 def test_the_l1_penalty_is_weighted_by_decoder_norms_and_warmed_up():

@@ -21,6 +21,12 @@ def aelab(*args, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
                           env=env, timeout=timeout, **kwargs)
 
 
+def python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`python -c CODE` as a real process on this checkout's source; text output captured."""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+
+
 SEQUENCE = """
 import contextlib, io, json, sys
 from aelab.cli import main

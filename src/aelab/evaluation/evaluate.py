@@ -114,8 +114,11 @@ def logistic_probe(codes: torch.Tensor, labels: torch.Tensor, classes: int | Non
     """Multinomial logistic regression on standardised codes (full-batch L-BFGS from zero weights: the answer
     depends on the codes alone, never on the random state a run or a resumed one left behind), as a function from
     codes to predicted labels; `classes` outputs (default: the largest label + 1)."""
-    mean, std = codes.float().mean(0), codes.float().std(0).clamp_min(1e-8)
-    xs = (codes.float() - mean) / std
+    codes = codes.float()
+    # a column constant on the training codes (a dead unit) says nothing: scale 0, not 1 / tiny, else its weight,
+    # which only the L2 term moves, would decide every prediction on inputs where it is not constant (ablated ones)
+    mean, scale = codes.mean(0), torch.where((codes == codes[0]).all(0), 0.0, 1 / codes.std(0).clamp_min(1e-8))
+    xs = (codes - mean) * scale
     linear = torch.nn.Linear(xs.shape[1], classes or int(labels.max()) + 1)
     with torch.no_grad():
         linear.weight.zero_()
@@ -129,7 +132,7 @@ def logistic_probe(codes: torch.Tensor, labels: torch.Tensor, classes: int | Non
         return loss
 
     optimizer.step(closure)
-    return torch.no_grad()(lambda x: linear((x.float() - mean) / std).argmax(1))
+    return torch.no_grad()(lambda x: linear((x.float() - mean) * scale).argmax(1))
 
 
 def linear_probe_accuracy(train_codes: torch.Tensor, train_labels: torch.Tensor, test_codes: torch.Tensor,

@@ -10,8 +10,9 @@
   i's accuracy and leave the others': the mean drop of the class's own probe minus the mean drop of the other
   classes' probes. Beside it, the same with the chosen raw dimensions set to their training mean.
 
-Every probe is torch's (evaluate.logistic_probe: L-BFGS on standardised inputs), on at most PER_SIDE inputs of the
-class and as many of the rest, the same draw every time; the units are chosen on at most TRAIN_ROWS training inputs.
+Every probe is torch's (evaluate.logistic_probe: L-BFGS on standardised inputs, no weight on a column constant on
+its training inputs), on at most PER_SIDE inputs of the class and as many of the rest, the same draw every time; the
+units are chosen on at most TRAIN_ROWS training inputs.
 """
 
 from __future__ import annotations

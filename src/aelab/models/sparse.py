@@ -40,7 +40,8 @@ class SAEConfig(AEConfig):
     sparsity: str = "topk"           # a name in models.sparsities.SPARSITIES
     k: int = 32                      # topk, batchtopk: units kept per input (on average over the batch for batchtopk)
     k_aux: int = 0                   # topk, batchtopk: dead units AuxK uses per input (0: the sparsity's own: topk
-    #                                  half the input's size, as Gao et al.; batchtopk k / 2); never more than are dead
+    #                                  half the input's size, as Gao et al.; batchtopk k / 2); never more than are dead;
+    #                                  jumprelu: units silent on the input (0: 3)
     aux_coefficient: float = -1.0    # topk, batchtopk: weight of the AuxK loss (0: none; < 0: the sparsity's own:
     #                                  topk 1/32, batchtopk 0.1)
     l1: float = 5.0                  # l1: weight of the penalty (batch mean of sum_i z_i ||W_dec[:, i]||) against the
@@ -60,6 +61,12 @@ class SAEConfig(AEConfig):
     #                                  "zero", or "auto": the sparsity's own (zero for l1, else the median)
     dead_window: int = 0             # a unit not active over this many training inputs counts as dead (0: the
     #                                  sparsity's own: 100 000; batchtopk 10 000)
+    jumprelu_aux: float = 0.1        # jumprelu: weight of its AuxK, where the k_aux largest pre-activations of the
+    #                                  units silent on an input fit the live code's error (0: none, as runs saved
+    #                                  before it trained)
+
+    # what a saved config.json without these settings trained with (aelab.runs.settings.from_dict)
+    saved_without = {"jumprelu_aux": 0.0}  # not annotated: no setting
 
     def check(self) -> None:
         super().check()
@@ -74,6 +81,8 @@ class SAEConfig(AEConfig):
                             f"(latent); give k at most {self.latent}, e.g. --set k={max(1, self.latent // 8)}")
         if min(self.l1, self.l0_coefficient, self.grad_clip) < 0:
             raise UserError("l1, l0_coefficient and grad_clip must not be negative")
+        if self.jumprelu_aux < 0:
+            raise UserError(f"jumprelu_aux is AuxK's weight, at least 0 (0: none), not {self.jumprelu_aux}")
         if not 0 <= self.l1_warmup <= 1:
             raise UserError(f"l1_warmup is a fraction of the run's steps, in [0, 1], not {self.l1_warmup}")
         if min(self.bandwidth, self.threshold, self.atom_norm) <= 0:

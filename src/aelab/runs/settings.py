@@ -28,6 +28,9 @@ def from_dict(d: dict) -> RunConfig:
         raise UserError(f"a run configuration names its model_name and holds only {', '.join(SECTIONS)}; "
                         f"this one {'holds ' + repr(unknown[0]) if unknown else 'names no model_name'}")
     config = default_config(d.get("model_name", "ae"))
+    for key, value in getattr(config.model, "saved_without", {}).items():  # settings added since: as it trained
+        if key not in d.get("model", {}):
+            setattr(config.model, key, value)
     for section in SECTIONS:
         for key, value in d.get(section, {}).items():
             set_value(config, f"{section}.{key}", value)
