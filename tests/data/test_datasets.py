@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from aelab.data.datasets import gather
+from aelab.data.datasets import gather, read_rows
 from aelab.data.load import DataConfig, load_dataset
 from aelab.data.readers import open_npy
 from aelab.errors import UserError
@@ -117,13 +117,25 @@ def test_a_large_file_takes_its_statistics_from_a_sample_and_refuses_a_bad_row_w
                                   "--threads", 1, "--out", tmp_path / "run"], capsys), "row 17123", "NaN")
 
 
-def test_rows_not_in_the_page_cache_are_read_whole(tmp_path):
-    # evicted from the page cache, the reads that would wait are asked of the disk together, then read: same rows
+def test_rows_not_in_the_page_cache_are_read_whole_and_the_next_batch_asked_for(tmp_path, monkeypatch):
+    # evicted from the page cache, the reads that would wait are asked of the disk together, then read: same rows;
+    # and the batch to come is asked of the disk after them, while a cached batch asks for nothing ahead
     x = np.random.default_rng(0).standard_normal((4096, 24)).astype(np.float16)
     np.save(tmp_path / "x.npy", x)
+    data, row_bytes = open_npy(tmp_path / "x.npy"), 24 * 2
     fd = os.open(tmp_path / "x.npy", os.O_RDONLY)
     os.fsync(fd)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     os.close(fd)
-    rows = np.array([0, 1, 2, 700, 701, 2048, 4095])
-    assert np.array_equal(gather(open_npy(tmp_path / "x.npy"), rows), x[rows].astype(np.float32))
+    asked, advise = [], os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, n, how: (asked.append((offset, n)),
+                                                                         advise(fd, offset, n, how)))
+    rows, ahead = np.array([0, 1, 2, 700, 701, 2048, 4095]), np.array([5, 6, 3000])
+    got, waited = read_rows(data, rows, ahead)
+    assert np.array_equal(got, x[rows].astype(np.float32)) and waited
+    assert len(asked) == 4 + 2, asked  # the 4 runs of evicted rows waited, asked together; then the 2 runs ahead
+    assert asked[-2:] == [(data.offset + 5 * row_bytes, 2 * row_bytes), (data.offset + 3000 * row_bytes, row_bytes)]
+    asked.clear()
+    assert not read_rows(data, rows, ahead)[1] and asked == []  # now cached: nothing asked ahead...
+    read_rows(data, rows, ahead, reading_ahead=True)
+    assert len(asked) == 2  # ...unless the set already reads ahead (its batches come prefetched)

@@ -30,23 +30,29 @@ def release(array: np.ndarray) -> None:
 
 
 def gather(data: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """data[rows] as float32, for ascending `rows`. From the map of a C-order file (as open_npy returns, or its first
-    rows) they are read with plain reads, one per run of consecutive rows: the page cache serves them and nothing
-    is mapped into the process. Read through the map, each row would map the page-cache folio around it (up to
+    """data[rows] as float32, for ascending `rows` (see read_rows)."""
+    return read_rows(data, rows)[0]
+
+
+def read_rows(data: np.ndarray, rows: np.ndarray, ahead: np.ndarray | None = None, reading_ahead: bool = False
+              ) -> tuple[np.ndarray, bool]:
+    """data[rows] as float32, for ascending `rows`, and whether any of them waited for the disk. From the map of a
+    C-order file (as open_npy returns, or its first rows) they are read with plain reads, one per run of consecutive
+    rows: the page cache serves them and nothing is mapped into the process. Read through the map, each row would map the page-cache folio around it (up to
     2 MB on ext4), and an epoch of shuffled batches the whole file, into the process's resident memory.
     Rows the page cache lacks would each wait for the disk in turn (a shuffled batch of 1024 rows of a 3 GB file
     not in the cache: 250 to 600 ms): each run is first read without waiting (RWF_NOWAIT), and the runs that were
-    not all cached are then asked of the disk together (POSIX_FADV_WILLNEED) before they are read (45 to 90 ms)."""
+    not all cached are then asked of the disk together (POSIX_FADV_WILLNEED) before they are read (45 to 90 ms).
+    `ahead`, the ascending rows of the batch to come: where this batch's rows were not all cached (or
+    `reading_ahead`), they are asked of the disk too once this batch's are read, so that the kernel reads them while
+    the step computes."""
     if not (isinstance(data, np.memmap) and data.flags.c_contiguous):
         x = np.asarray(data[rows], np.float32)
         release(data)
-        return x
+        return x, False
     raw = np.empty((len(rows), data.shape[1]), data.dtype)
-    row_bytes = raw.itemsize * data.shape[1]
     buffer = memoryview(raw.reshape(-1).view(np.uint8))
-    firsts = np.flatnonzero(np.diff(rows, prepend=-2) != 1).tolist()  # where each run of consecutive rows starts
-    runs = [(first * row_bytes, end * row_bytes, data.offset + int(rows[first]) * row_bytes)
-            for first, end in zip(firsts, firsts[1:] + [len(rows)])]  # (bytes in raw, their end, offset in file)
+    runs = _runs(data, rows)
     fd = os.open(data.filename, os.O_RDONLY)
     try:
         waiting, nowait = [], getattr(os, "RWF_NOWAIT", None)
@@ -70,10 +76,22 @@ def gather(data: np.ndarray, rows: np.ndarray) -> np.ndarray:
                     raise UserError(f"{data.filename} ends before row {rows[-1]}; was it changed while in use? save "
                                     "it again")
                 done, offset = done + got, offset + got
+        if (waiting or reading_ahead) and ahead is not None and hasattr(os, "posix_fadvise"):
+            for done, want, offset in _runs(data, ahead):
+                os.posix_fadvise(fd, offset, want - done, os.POSIX_FADV_WILLNEED)
     finally:
         os.close(fd)
     with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf, which the caller refuses
-        return raw.astype(np.float32)
+        return raw.astype(np.float32), bool(waiting)
+
+
+def _runs(data: np.memmap, rows: np.ndarray) -> list[tuple[int, int, int]]:
+    """Each run of consecutive `rows` (ascending) of the file as (its first byte in the batch, its end, its offset in
+    the file)."""
+    row_bytes = data.itemsize * data.shape[1]
+    firsts = np.flatnonzero(np.diff(rows, prepend=-2) != 1).tolist()  # where each run of consecutive rows starts
+    return [(first * row_bytes, end * row_bytes, data.offset + int(rows[first]) * row_bytes)
+            for first, end in zip(firsts, firsts[1:] + [len(rows)])]
 
 
 class Batches:
@@ -116,8 +134,9 @@ class ImageSet(Batches):
     def index_device(self) -> torch.device:
         return self.images.device
 
-    def floats(self, index=slice(None)) -> torch.Tensor:
-        """Pixels in [0, 1] as float32 (uint8 / 255), for the rows picked by `index`."""
+    def floats(self, index=slice(None), ahead: torch.Tensor | None = None) -> torch.Tensor:
+        """Pixels in [0, 1] as float32 (uint8 / 255), for the rows picked by `index` (`ahead`, the next batch's
+        index, matters only to a set read from a file)."""
         # index_select: the same rows as images[index], a twentieth of the time for a batch of 512 on a CPU
         x = self.images.index_select(0, index) if isinstance(index, torch.Tensor) else self.images[index]
         return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
@@ -144,6 +163,7 @@ class VectorSet(Batches):
     std: torch.Tensor                 # (d,) float32, of the training split (1 where a feature is constant)
     device: torch.device = torch.device("cpu")  # where floats() delivers; the data stays in its file
     checked: bool = True              # every value checked on loading; False: each batch's as it is read
+    reading_ahead: bool = False       # a batch's rows waited for the disk: ask for each next batch's ahead (read_rows)
     labels = None
     recon_loss = "mse"  # real values of any scale: squared error
     data_kind = "vectors"
@@ -156,22 +176,29 @@ class VectorSet(Batches):
     def shape(self) -> tuple[int]:
         return (self.data.shape[1],)
 
-    def floats(self, index=slice(None)) -> torch.Tensor:
+    def floats(self, index=slice(None), ahead: torch.Tensor | None = None) -> torch.Tensor:
         """Standardised float32 vectors (b, d) of the rows picked by `index`, on the set's device. A gather reads
-        the file in ascending row order (see gather), then puts the rows back in the order asked."""
+        the file in ascending row order (see gather), then puts the rows back in the order asked; `ahead`, the
+        index of the batch to come, is asked of the disk meanwhile where the file is not cached."""
         if self.rows is None and isinstance(index, slice):
             rows = np.arange(*index.indices(len(self.data)))
             raw = gather(self.data, rows)
             x = torch.from_numpy(raw)
         else:
-            rows, order = (index.cpu() if self.rows is None else self.rows[index]).sort()
-            rows = rows.numpy()
-            raw = gather(self.data, rows)
+            rows, order = self._rows(index)
+            raw, waited = read_rows(self.data, rows, None if ahead is None else self._rows(ahead)[0],
+                                    self.reading_ahead)
+            self.reading_ahead |= waited  # then the file is not all cached: from now on, every next batch ahead
             x = torch.empty((len(rows), self.shape[0]))
             x[order] = torch.from_numpy(raw)
         if not self.checked:
             self._check(raw, rows)
         return x.to(self.device, non_blocking=True).sub_(self.mean).div_(self.std)
+
+    def _rows(self, index: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """The file's rows that `index` picks, ascending, and where each goes in the batch."""
+        rows, order = (index.cpu() if self.rows is None else self.rows[index]).sort()
+        return rows.numpy(), order
 
     def _check(self, raw: np.ndarray, rows: np.ndarray) -> None:
         """Refuse a batch (float32) holding a value that is not finite or too large (as data.load.check_values

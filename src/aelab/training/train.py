@@ -206,7 +206,7 @@ class Trainer:
         bar = tqdm(batches, leave=False, desc=f"epoch {epoch}/{self.config.epochs}", file=sys.stderr,
                    disable=None if devices.is_main() else True)
         for step, index in enumerate(bar, 1):
-            terms, n = self.train_batch(index)
+            terms, n = self.train_batch(index, batches[step] if step < len(batches) else None)
             for k, v in terms.items():  # batch-size weighted, so a short last batch counts for what it holds
                 sums[k] = sums.get(k, 0) + v.float() * n
             if step % sync_every == 0 or step == len(batches):
@@ -215,11 +215,13 @@ class Trainer:
                 bar.set_postfix(loss=f"{terms['loss'].item():.4f}")
         return {k: (devices.all_sum(v) / len(self.train_set)).item() for k, v in sums.items()}
 
-    def train_batch(self, index: torch.Tensor) -> tuple[dict[str, torch.Tensor], int]:
-        """The steps on the global batch `index` (row numbers): this rank's share of it. Returns the loss terms
-        and how many images this rank trained on."""
+    def train_batch(self, index: torch.Tensor, ahead: torch.Tensor | None = None
+                    ) -> tuple[dict[str, torch.Tensor], int]:
+        """The steps on the global batch `index` (row numbers): this rank's share of it (`ahead`: the next global
+        batch, which a file's rows may be asked of the disk for meanwhile). Returns the loss terms and how many
+        images this rank trained on."""
         mine, offset = devices.share(index)
-        x = self.train_set.floats(mine)
+        x = self.train_set.floats(mine, None if ahead is None else devices.share(ahead)[0])
         with devices.sharded(offset, len(index)), self.autocast():
             return self.graphed_step(x, len(mine) / len(index)), len(x)
 
