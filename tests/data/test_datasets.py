@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from aelab.data.datasets import gather, read_rows
+from aelab.data.datasets import VectorSet, gather
 from aelab.data.load import DataConfig, load_dataset
 from aelab.data.readers import open_npy
 from aelab.errors import UserError
@@ -120,7 +120,8 @@ def test_a_large_file_takes_its_statistics_from_a_sample_and_refuses_a_bad_row_w
 def test_rows_not_in_the_page_cache_are_read_whole_and_the_next_batch_asked_for(tmp_path, monkeypatch):
     # evicted from the page cache, the reads that would wait are asked of the disk together, then read: same rows;
     # and the batch to come is asked of the disk after them, while a cached batch asks for nothing ahead
-    x = np.random.default_rng(0).standard_normal((4096, 24)).astype(np.float16)
+    # rows far apart (about 1 MB), beyond the readahead that reading the first ones starts
+    x = np.random.default_rng(0).standard_normal((65536, 24)).astype(np.float16)
     np.save(tmp_path / "x.npy", x)
     data, row_bytes = open_npy(tmp_path / "x.npy"), 24 * 2
     fd = os.open(tmp_path / "x.npy", os.O_RDONLY)
@@ -130,12 +131,16 @@ def test_rows_not_in_the_page_cache_are_read_whole_and_the_next_batch_asked_for(
     asked, advise = [], os.posix_fadvise
     monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, n, how: (asked.append((offset, n)),
                                                                          advise(fd, offset, n, how)))
-    rows, ahead = np.array([0, 1, 2, 700, 701, 2048, 4095]), np.array([5, 6, 3000])
-    got, waited = read_rows(data, rows, ahead)
-    assert np.array_equal(got, x[rows].astype(np.float32)) and waited
-    assert len(asked) == 4 + 2, asked  # the 4 runs of evicted rows waited, asked together; then the 2 runs ahead
-    assert asked[-2:] == [(data.offset + 5 * row_bytes, 2 * row_bytes), (data.offset + 3000 * row_bytes, row_bytes)]
+    rows, ahead = torch.tensor([0, 1, 2, 20000, 20001, 40000, 65535]), torch.tensor([30000, 5, 6])  # any order
+    asked_ahead = [(data.offset + 5 * row_bytes, 2 * row_bytes), (data.offset + 30000 * row_bytes, row_bytes)]
+    plain = lambda: VectorSet(data, None, torch.zeros(24), torch.ones(24))  # noqa: E731
+    reader = plain()
+    assert torch.equal(reader.floats(rows, ahead), torch.from_numpy(x[rows.numpy()]).float())
+    # the 4 runs of evicted rows waited, asked of the disk together; then the 2 runs of the batch to come
+    assert len(asked) == 4 + 2 and asked[-2:] == asked_ahead and reader.reading_ahead, asked
     asked.clear()
-    assert not read_rows(data, rows, ahead)[1] and asked == []  # now cached: nothing asked ahead...
-    read_rows(data, rows, ahead, reading_ahead=True)
-    assert len(asked) == 2  # ...unless the set already reads ahead (its batches come prefetched)
+    fresh = plain()
+    fresh.floats(rows, ahead)
+    assert asked == [] and not fresh.reading_ahead  # every row cached now: nothing asked ahead...
+    reader.floats(rows, ahead)
+    assert asked == asked_ahead  # ...but a set whose batch once waited asks for each next one

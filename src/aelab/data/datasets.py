@@ -34,29 +34,25 @@ def gather(data: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return read_rows(data, rows)[0]
 
 
-def read_rows(data: np.ndarray, rows: np.ndarray, ahead: np.ndarray | None = None, reading_ahead: bool = False
-              ) -> tuple[np.ndarray, bool]:
+def read_rows(data: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, bool]:
     """data[rows] as float32, for ascending `rows`, and whether any of them waited for the disk. From the map of a
     C-order file (as open_npy returns, or its first rows) they are read with plain reads, one per run of consecutive
-    rows: the page cache serves them and nothing is mapped into the process. Read through the map, each row would map the page-cache folio around it (up to
-    2 MB on ext4), and an epoch of shuffled batches the whole file, into the process's resident memory.
-    Rows the page cache lacks would each wait for the disk in turn (a shuffled batch of 1024 rows of a 3 GB file
-    not in the cache: 250 to 600 ms): each run is first read without waiting (RWF_NOWAIT), and the runs that were
-    not all cached are then asked of the disk together (POSIX_FADV_WILLNEED) before they are read (45 to 90 ms).
-    `ahead`, the ascending rows of the batch to come: where this batch's rows were not all cached (or
-    `reading_ahead`), they are asked of the disk too once this batch's are read, so that the kernel reads them while
-    the step computes."""
+    rows: the page cache serves them and nothing is mapped into the process. Read through the map, each row would
+    map the page-cache folio around it (up to 2 MB on ext4), and an epoch of shuffled batches the whole file, into
+    the process's resident memory. Rows the page cache lacks would each wait for the disk in turn (a shuffled batch
+    of 1024 rows of a 3 GB file not in the cache: 250 to 600 ms): each run is first read without waiting
+    (RWF_NOWAIT), and the runs that were not all cached are then asked of the disk together (_ask) before they are
+    read (45 to 90 ms)."""
     if not (isinstance(data, np.memmap) and data.flags.c_contiguous):
         x = np.asarray(data[rows], np.float32)
         release(data)
         return x, False
     raw = np.empty((len(rows), data.shape[1]), data.dtype)
     buffer = memoryview(raw.reshape(-1).view(np.uint8))
-    runs = _runs(data, rows)
     fd = os.open(data.filename, os.O_RDONLY)
     try:
         waiting, nowait = [], getattr(os, "RWF_NOWAIT", None)
-        for done, want, offset in runs:
+        for done, want, offset in _runs(data, rows):
             if nowait is not None:
                 try:
                     got = os.preadv(fd, [buffer[done:want]], offset, nowait)
@@ -67,22 +63,37 @@ def read_rows(data: np.ndarray, rows: np.ndarray, ahead: np.ndarray | None = Non
                     nowait = None
             if done < want:
                 waiting.append((done, want, offset))
-        if len(waiting) > 1 and hasattr(os, "posix_fadvise"):
-            for done, want, offset in waiting:
-                os.posix_fadvise(fd, offset, want - done, os.POSIX_FADV_WILLNEED)
+        if len(waiting) > 1:
+            _ask(fd, waiting)
         for done, want, offset in waiting:
             while done < want:  # one read stops at 2 GB
                 if not (got := os.preadv(fd, [buffer[done:want]], offset)):
                     raise UserError(f"{data.filename} ends before row {rows[-1]}; was it changed while in use? save "
                                     "it again")
                 done, offset = done + got, offset + got
-        if (waiting or reading_ahead) and ahead is not None and hasattr(os, "posix_fadvise"):
-            for done, want, offset in _runs(data, ahead):
-                os.posix_fadvise(fd, offset, want - done, os.POSIX_FADV_WILLNEED)
     finally:
         os.close(fd)
     with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf, which the caller refuses
         return raw.astype(np.float32), bool(waiting)
+
+
+def ask_ahead(data: np.ndarray, rows: np.ndarray) -> None:
+    """Ask the disk for the file's ascending `rows` of a batch to come, without waiting: the kernel reads them while
+    the step computes, and read_rows then finds them cached. Nothing for an array in memory."""
+    if isinstance(data, np.memmap) and data.flags.c_contiguous:
+        fd = os.open(data.filename, os.O_RDONLY)
+        try:
+            _ask(fd, _runs(data, rows))
+        finally:
+            os.close(fd)
+
+
+def _ask(fd: int, runs: list[tuple[int, int, int]]) -> None:
+    """POSIX_FADV_WILLNEED over each (first byte in the batch, its end, offset in the file) of `runs`: the reads are
+    started at once, and none is waited for."""
+    if hasattr(os, "posix_fadvise"):
+        for done, want, offset in runs:
+            os.posix_fadvise(fd, offset, want - done, os.POSIX_FADV_WILLNEED)
 
 
 def _runs(data: np.memmap, rows: np.ndarray) -> list[tuple[int, int, int]]:
@@ -163,7 +174,7 @@ class VectorSet(Batches):
     std: torch.Tensor                 # (d,) float32, of the training split (1 where a feature is constant)
     device: torch.device = torch.device("cpu")  # where floats() delivers; the data stays in its file
     checked: bool = True              # every value checked on loading; False: each batch's as it is read
-    reading_ahead: bool = False       # a batch's rows waited for the disk: ask for each next batch's ahead (read_rows)
+    reading_ahead: bool = False       # a batch's rows waited for the disk: ask for each next batch's ahead
     labels = None
     recon_loss = "mse"  # real values of any scale: squared error
     data_kind = "vectors"
@@ -186,9 +197,10 @@ class VectorSet(Batches):
             x = torch.from_numpy(raw)
         else:
             rows, order = self._rows(index)
-            raw, waited = read_rows(self.data, rows, None if ahead is None else self._rows(ahead)[0],
-                                    self.reading_ahead)
+            raw, waited = read_rows(self.data, rows)
             self.reading_ahead |= waited  # then the file is not all cached: from now on, every next batch ahead
+            if ahead is not None and self.reading_ahead:
+                ask_ahead(self.data, self._rows(ahead)[0])
             x = torch.empty((len(rows), self.shape[0]))
             x[order] = torch.from_numpy(raw)
         if not self.checked:
