@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from aelab.models import MODELS
+from conftest import N_TRAIN
 from support.process import SRC
 
 STEP = Path(__file__).parents[1] / "support" / "distributed_step.py"
@@ -38,7 +41,19 @@ def torchrun(*args, nproc: int = 2) -> subprocess.CompletedProcess:
     return run([*TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", *map(str, args)])
 
 
-def test_two_ranks_average_to_the_single_process_gradients(subset_npz, tmp_path):
+@pytest.fixture(scope="module")
+def dist_npz(fashion, tmp_path_factory) -> Path:
+    """The session's N_TRAIN training images with 250 test images: what these tests compare is training, and every
+    finished run measures its test set (the VAE's importance-weighted bound, 100 draws an image, is most of a run's
+    end); 250 images still hold the two runs' measures to one another."""
+    train, test = fashion
+    path = tmp_path_factory.mktemp("data") / "fashion_dist.npz"
+    np.savez(path, x_train=train.images[:N_TRAIN, 0].numpy(), y_train=train.labels[:N_TRAIN].numpy(),
+             x_test=test.images[:250, 0].numpy(), y_test=test.labels[:250].numpy())
+    return path
+
+
+def test_two_ranks_average_to_the_single_process_gradients(dist_npz, tmp_path, monkeypatch, one_thread):
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
     # and a VQ-VAE whose unchosen codes are re-seeded after this one step: the same draws of the global batch; and a
     # second TopK step with units dead, so AuxK's loss, relative to the global batch's error, takes part; and
@@ -48,8 +63,12 @@ def test_two_ranks_average_to_the_single_process_gradients(subset_npz, tmp_path)
     # step, and are left out)
     names = [*(n for n in MODELS if n not in ("wae", "infovae", "btcvae", "fsq")), "vqvae,dead_after=1",
              "sae,dead_window=1,aux_coefficient=1,steps=2", "sae,sparsity=batchtopk,dead_window=1,steps=3"]
-    run([sys.executable, STEP, subset_npz, tmp_path / "one", *names])
-    torchrun(STEP, subset_npz, tmp_path / "two", *names)
+    # the single process is this one (the script as `python STEP` runs it, global RNG restored after): only the
+    # ranks' side needs processes of its own
+    monkeypatch.setattr(sys, "argv", [str(STEP), str(dist_npz), str(tmp_path / "one"), *names])
+    with torch.random.fork_rng():
+        runpy.run_path(str(STEP), run_name="__main__")
+    torchrun(STEP, dist_npz, tmp_path / "two", *names)
     for name in names:
         one, two = (load_file(tmp_path / side / f"{name}.safetensors") for side in ("one", "two"))
         assert one.keys() == two.keys()
@@ -69,7 +88,7 @@ def measures(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def launched(subset_npz, tmp_path_factory, one_thread):
+def launched(dist_npz, tmp_path_factory, one_thread):
     """name -> (single, ranks): the run one process (this one, through cli.main) trains with CLI_TRAIN, and the same
     run under torchrun on two ranks; each pair launched once for the module, when a test first asks for it."""
     from aelab.cli import main
@@ -79,8 +98,8 @@ def launched(subset_npz, tmp_path_factory, one_thread):
     def pair(name: str) -> tuple[Path, Path]:
         if name not in pairs:
             root = tmp_path_factory.mktemp(name)
-            assert main(["train", name, "--data", str(subset_npz), *CLI_TRAIN, "--out", str(root / "single")]) == 0
-            result = torchrun("-m", "aelab", "train", name, "--data", subset_npz, *CLI_TRAIN, "--out", root / "ranks")
+            assert main(["train", name, "--data", str(dist_npz), *CLI_TRAIN, "--out", str(root / "single")]) == 0
+            result = torchrun("-m", "aelab", "train", name, "--data", dist_npz, *CLI_TRAIN, "--out", root / "ranks")
             (root / "ranks.stdout").write_text(result.stdout)
             pairs[name] = root / "single", root / "ranks"
         return pairs[name]
@@ -108,7 +127,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_machines_then_a_resume_under_torchrun_equal_the_uninterrupted_run(launched, subset_npz, tmp_path):
+def test_two_machines_then_a_resume_under_torchrun_equal_the_uninterrupted_run(launched, dist_npz, tmp_path):
     """Two torchrun launches, one rank each, meeting at a rendezvous on localhost (what --nnodes 2 does across
     machines), train 1 epoch; one two-rank launch resumes that run to 2. The result must be what one two-rank launch
     trains in 2 epochs without a stop: a difference in either the two-machine training or the resume shows."""
@@ -116,7 +135,7 @@ def test_two_machines_then_a_resume_under_torchrun_equal_the_uninterrupted_run(l
     part = tmp_path / "part"
     rendezvous = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
                   "--rdzv-id=aelab-test"]
-    argv = [*TORCHRUN, *rendezvous, "-m", "aelab", "train", "vae", "--data", str(subset_npz), *CLI_TRAIN,
+    argv = [*TORCHRUN, *rendezvous, "-m", "aelab", "train", "vae", "--data", str(dist_npz), *CLI_TRAIN,
             "--out", str(part), "--epochs", "1"]
     nodes = [subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
