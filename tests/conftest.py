@@ -135,6 +135,17 @@ def acts(trained_run, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def acts_sae(acts, tmp_path_factory):
+    """An SAE (64 units, k=4, 2 epochs) trained by the real CLI on `acts`, labelled activations: read by the test of
+    its report and the test of its probing measures."""
+    out = tmp_path_factory.mktemp("acts_sae") / "sae"
+    result = aelab("train", "sae", "--data", acts, "--epochs", 2, "--latent", 64, "--set", "k=4", "--threads", 1,
+                   "--out", out, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
 TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "AELAB_DIST_TIMEOUT")
 
 

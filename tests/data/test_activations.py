@@ -6,8 +6,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from support.process import aelab
-
 
 def test_top_activating_is_the_brute_force_answer(acts):
     from aelab.data.activations import top_activating
@@ -27,10 +25,6 @@ def test_top_activating_is_the_brute_force_answer(acts):
     assert (codes[torch.from_numpy(rows).T, torch.from_numpy(units)] == best.values).all()  # ties may swap rows
 
 
-def test_sae_report_shows_top_activating_images(acts, tmp_path):
-    run = tmp_path / "sae"
-    result = aelab("train", "sae", "--data", acts, "--epochs", 1, "--latent", 64, "--set", "k=8", "--threads", 1,
-                   "--out", run, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    page = (run / "report.html").read_text()
+def test_sae_report_shows_top_activating_images(acts_sae):
+    page = (acts_sae / "report.html").read_text()
     assert "top_activating.png" in page and "layer encoder.6" in page

@@ -12,7 +12,7 @@ import torch
 
 from aelab.evaluation import evaluate
 from aelab.evaluation.probing import PROBING, label_measures
-from support.process import aelab, assert_user_error, in_process
+from support.process import assert_user_error, in_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -66,23 +66,13 @@ def test_a_probe_ignores_a_dimension_constant_in_training_from_any_start(monkeyp
     assert torch.equal(zero(test), random(test)) and torch.equal(zero(test), zero(x))
 
 
-@pytest.fixture(scope="module")
-def labelled_sae(trained_run, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("probing")
-    assert aelab("activations", trained_run, "--layer", "encoder.6", "--out", folder / "acts.npy").returncode == 0
-    result = aelab("train", "sae", "--data", folder / "acts.npy", "--epochs", 2, "--latent", 64, "--set", "k=4",
-                   "--threads", 1, "--out", folder / "sae", timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return folder
-
-
-def test_an_sae_on_labelled_activations_reports_probing_and_tpp(labelled_sae, capsys):
-    saved = json.loads((labelled_sae / "sae" / "eval.json").read_text())
+def test_an_sae_on_labelled_activations_reports_probing_and_tpp(acts_sae, capsys):
+    saved = json.loads((acts_sae / "eval.json").read_text())
     assert set(PROBING) <= saved.keys()
     assert all(0.5 < saved[k] <= 1 for k in PROBING if k.startswith("probe"))  # balanced: chance is 0.5
     assert saved["probe_k5"] >= saved["probe_k1"] - 0.05 and saved["probe_raw_k5"] > 0.7
     assert -1 <= saved["tpp"] <= 1 and -1 <= saved["tpp_raw"] <= 1
-    printed = in_process(["eval", labelled_sae / "sae", "--json", "--probe"], capsys)
+    printed = in_process(["eval", acts_sae, "--json", "--probe"], capsys)
     assert printed.returncode == 0, printed.stderr
     assert json.loads(printed.stdout)["probe_k1"] == pytest.approx(saved["probe_k1"], abs=1e-6)
 
