@@ -9,20 +9,22 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from support.process import aelab, assert_user_error
+from aelab.cli import main
+from support.process import aelab, assert_user_error, in_process
 
 
+# the training and the exports run through cli.main in this process (what is checked is the files written); one
+# refusal runs as a real process
 @pytest.fixture(scope="module", params=["topk", "batchtopk", "jumprelu", "l1"])
-def sae_run(request, tmp_path_factory):
+def sae_run(request, tmp_path_factory, one_thread):
     from support.planted import planted_dictionary
 
     folder = tmp_path_factory.mktemp(request.param)
     vectors = planted_dictionary(1500, d=24, atoms=48, active=3)[0] * 7 + 3  # far from standardised
     np.save(folder / "v.npy", vectors)
-    result = aelab("train", "sae", "--data", folder / "v.npy", "--epochs", 2, "--latent", 64, "--set",
-                   f"sparsity={request.param}", "--set", "k=5", "--set", "l1=0.02", "--threads", 1,
-                   "--out", folder / "run")
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert main(["train", "sae", "--data", str(folder / "v.npy"), "--epochs", "2", "--latent", "64", "--set",
+                 f"sparsity={request.param}", "--set", "k=5", "--set", "l1=0.02", "--threads", "1",
+                 "--out", str(folder / "run")]) == 0
     return folder / "run", vectors, request.param
 
 
@@ -30,8 +32,7 @@ def test_saelens_files_reproduce_aelab(sae_run, tmp_path):
     from aelab.runs.runfolder import load_model
 
     run, vectors, sparsity = sae_run
-    result = aelab("export", run, "--format", "saelens", "--out", tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert main(["export", str(run), "--format", "saelens", "--out", str(tmp_path)]) == 0
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     assert cfg["architecture"] == {"topk": "topk", "l1": "standard"}.get(sparsity, "jumprelu")
     assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"], cfg["apply_b_dec_to_input"]) == (24, 64, "float32", True)
@@ -64,8 +65,9 @@ def test_saelens_files_reproduce_aelab(sae_run, tmp_path):
 
 
 @pytest.mark.parametrize("sae_run", ["topk"], indirect=True)  # what is refused does not depend on the sparsity
-def test_refused_in_one_line(trained_run, sae_run, tmp_path):
+def test_refused_in_one_line(trained_run, sae_run, tmp_path, capsys):
     assert_user_error(aelab("export", trained_run, "--format", "saelens", "--out", tmp_path / "x"), "sparse autoencoders", "train sae")
     run = sae_run[0]
-    assert aelab("export", run, "--format", "saelens", "--out", tmp_path / "y").returncode == 0
-    assert_user_error(aelab("export", run, "--format", "saelens", "--out", tmp_path / "y"), "already holds", "overwrite")
+    assert in_process(["export", run, "--format", "saelens", "--out", tmp_path / "y"], capsys).returncode == 0
+    assert_user_error(in_process(["export", run, "--format", "saelens", "--out", tmp_path / "y"], capsys),
+                      "already holds", "overwrite")
