@@ -20,24 +20,24 @@ from aelab.runs.runfolder import load_model
 from aelab.runs.settings import resolve
 from support.models import stepper, vector_sae
 from support.planted import hard_dictionary, planted_dictionary, recovered
-from support.process import aelab
+from support.process import aelab_sequence
 
 PLANTED_ACTIVE = 5
 SCALE, OFFSET = 30.0, 7.0  # the vectors' own units: any scale and offset
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory):
+def planted(tmp_path_factory, one_thread):
     """10 000 vectors in 64-d, each 5 of 256 planted unit atoms mixed with weights in [0.5, 1.5], plus noise,
-    then scaled and shifted; and a TopK SAE (512 units, k = 5) trained on them by `aelab train`."""
+    then scaled and shifted; and a TopK SAE (512 units, k = 5) trained on them by `aelab train` (cli.main, in this
+    process)."""
     folder = tmp_path_factory.mktemp("planted")
     vectors, atoms = planted_dictionary(10_000, active=PLANTED_ACTIVE)
     np.save(folder / "planted.npy", vectors * SCALE + OFFSET)
     # measured on 2 cores: 6 epochs take about 13 s of CPU time and recover 97% of the atoms
-    result = aelab("train", "sae", "--data", folder / "planted.npy", "--latent", 512, "--set", f"k={PLANTED_ACTIVE}",
-                   "--epochs", 6, "--batch-size", 128, "--lr", 5e-3, "--threads", 1, "--out", folder / "run",
-                   timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert main(["train", "sae", "--data", str(folder / "planted.npy"), "--latent", "512", "--set",
+                 f"k={PLANTED_ACTIVE}", "--epochs", "6", "--batch-size", "128", "--lr", "5e-3", "--threads", "1",
+                 "--out", str(folder / "run")]) == 0
     return folder, atoms
 
 
@@ -66,10 +66,10 @@ def test_encode_decode_reconstruct_speak_the_vectors_units(planted, tmp_path):
     folder, _ = planted
     run, data = folder / "run", folder / "planted.npy"
     raw = np.load(data)
-    for command, out in (("encode", "codes.npy"), ("reconstruct", "recon.npy")):
-        result = aelab(command, run, data, "--out", tmp_path / out)
-        assert result.returncode == 0, result.stderr
-    assert aelab("decode", run, tmp_path / "codes.npy", "--out", tmp_path / "decoded.npy").returncode == 0
+    done = aelab_sequence(["encode", run, data, "--out", tmp_path / "codes.npy"],  # one real process
+                          ["reconstruct", run, data, "--out", tmp_path / "recon.npy"],
+                          ["decode", run, tmp_path / "codes.npy", "--out", tmp_path / "decoded.npy"])
+    assert [d.returncode for d in done] == [0, 0, 0], [d.stderr for d in done]
     codes, recon = np.load(tmp_path / "codes.npy"), np.load(tmp_path / "recon.npy")
     assert codes.shape == (len(raw), 512) and codes.min() >= 0 and ((codes > 0).sum(1) <= PLANTED_ACTIVE).all()
     assert np.allclose(np.load(tmp_path / "decoded.npy"), recon, atol=1e-3 * SCALE)
