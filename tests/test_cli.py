@@ -17,7 +17,7 @@ from PIL import Image
 
 from support.datafiles import FASHION_DIR
 from support.folders import snapshot
-from support.process import SRC, aelab, aelab_sequence, assert_user_error, python
+from support.process import SRC, aelab, aelab_sequence, assert_user_error, in_process, python
 
 
 def pixels(path) -> np.ndarray:
@@ -27,7 +27,7 @@ def pixels(path) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- eval
 
-def test_eval_json_on_the_full_test_set(trained_run, trained_model, fashion, tmp_path):
+def test_eval_json_on_the_full_test_set(trained_run, trained_model, fashion, tmp_path, capsys):
     run = shutil.copytree(trained_run, tmp_path / "run")
     own = (run / "eval.json").read_bytes()
     before = snapshot(run)
@@ -61,7 +61,9 @@ def test_eval_json_on_the_full_test_set(trained_run, trained_model, fashion, tmp
     assert text.returncode == 0 and "bce_floor" in text.stdout and "1000 test images" in text.stdout
     assert snapshot(run) == before  # eval only reads, unless asked
     (run / "eval.json").unlink()
-    saved, refused = aelab_sequence(["eval", run, "--save"], ["eval", run, "--save", "--data", FASHION_DIR])
+    # through cli.main here: the process was checked above
+    saved, refused = (in_process(argv, capsys) for argv in (["eval", run, "--save"],
+                                                            ["eval", run, "--save", "--data", FASHION_DIR]))
     assert saved.returncode == 0, saved.stderr
     assert json.loads((run / "eval.json").read_text())["bce"] == pytest.approx(json.loads(own)["bce"], rel=1e-5)
     assert_user_error(refused, "--save", "drop --data")
