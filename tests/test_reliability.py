@@ -93,7 +93,7 @@ def test_a_diverging_run_keeps_its_last_good_epoch_and_resumes_with_a_lower_lr(t
     assert {k: v for k, v in snapshot(run).items() if k != "config.json"} == kept, line  # nothing NaN saved
     assert json.loads((run / "config.json").read_text())["train"]["lr"] == 1e-3  # settings of no finished epoch
 
-    again = aelab("train", "--resume", run, "--epochs", 4, "--lr", "5e-4", "--threads", 1)
+    again = in_process(["train", "--resume", run, "--epochs", 4, "--lr", "5e-4", "--threads", 1], capsys)
     assert again.returncode == 0, again.stderr
     assert [r["epoch"] for r in RunFolder(run).metrics()] == [1, 2, 3, 4]
     assert json.loads((run / "config.json").read_text())["train"]["lr"] == 5e-4
@@ -125,7 +125,7 @@ def test_one_trainer_per_run_and_readers_see_whole_epochs(subset_npz, trained_ru
         first.kill()  # SIGKILL: the kernel drops its lock
         first.communicate()
     done = checkpoint_epoch(run)
-    resumed = aelab("train", "--resume", run, "--epochs", done, "--threads", 1)  # the dead holder never blocks
+    resumed = in_process(["train", "--resume", run, "--epochs", done, "--threads", 1], capsys)  # the dead holder never blocks
     assert resumed.returncode == 0, resumed.stderr
     assert temporaries(run) == []
 
