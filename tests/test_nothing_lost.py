@@ -120,12 +120,12 @@ def test_no_output_is_written_through_a_link(trained_run, subset_npz, tmp_path, 
     assert sorted(p.name for p in other_run.iterdir()) == before
 
 
-def test_overwrite_never_deletes_a_folder_aelab_did_not_make(subset_npz, tmp_path):
+def test_overwrite_never_deletes_a_folder_aelab_did_not_make(subset_npz, tmp_path, capsys, one_thread):
     foreign = tmp_path / "webpack"
     foreign.mkdir()
     (foreign / "config.json").write_text('{"name": "my webpack config"}')
-    assert_user_error(aelab("train", "--data", subset_npz, "--epochs", 1, "--out", foreign, "--overwrite"),
-                      "not an aelab run folder")
+    assert_user_error(in_process(["train", "--data", subset_npz, "--epochs", 1, "--out", foreign, "--overwrite"],
+                                 capsys), "not an aelab run folder")
     assert (foreign / "config.json").read_text() == '{"name": "my webpack config"}'
     assert [p.name for p in foreign.iterdir()] == ["config.json"]
 
@@ -133,11 +133,13 @@ def test_overwrite_never_deletes_a_folder_aelab_did_not_make(subset_npz, tmp_pat
 # ---------------------------------------------------------------------------------------------- one line, exit 2
 
 @pytest.fixture(scope="module")
-def vector_run(tmp_path_factory) -> tuple[Path, Path]:
+def vector_run(tmp_path_factory, one_thread) -> tuple[Path, Path]:
+    from aelab.cli import main
+
     folder = tmp_path_factory.mktemp("vectors")
     np.save(folder / "vectors.npy", np.random.default_rng(0).random((600, 8), dtype=np.float32))
-    result = aelab("train", "--data", folder / "vectors.npy", "--epochs", 1, "--threads", 1, "--out", folder / "run")
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert main(["train", "--data", str(folder / "vectors.npy"), "--epochs", "1", "--threads", "1",
+                 "--out", str(folder / "run")]) == 0
     return folder / "vectors.npy", folder / "run"
 
 
@@ -249,10 +251,11 @@ def test_an_interrupt_at_start_up_is_one_line_and_exit_2(subset_npz, tmp_path):
     assert_user_error(subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr), "interrupted")
 
 
-def test_a_diverged_resume_leaves_the_runs_settings(trained_run, tmp_path):
+def test_a_diverged_resume_leaves_the_runs_settings(trained_run, tmp_path, capsys, one_thread):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns(".aelab-lock"))
     before = (run / "config.json").read_text()
-    assert_user_error(aelab("train", "--resume", run, "--epochs", 5, "--lr", "1e10", "--threads", 1), "diverged")
+    assert_user_error(in_process(["train", "--resume", run, "--epochs", 5, "--lr", "1e10", "--threads", 1], capsys),
+                      "diverged")
     assert (run / "config.json").read_text() == before  # a plain --resume trains at the run's own rate
     assert json.loads(before)["train"]["lr"] == 1e-3
