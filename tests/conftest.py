@@ -22,6 +22,19 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: not item.path.as_posix().endswith(LONGEST_FIRST))  # stable: the rest keep their order
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent under -p no:xdist
+def pytest_xdist_make_scheduler(config, log):
+    """Under -n (xdist's default --dist load), whole test files to a worker, in the order above: split across
+    workers, a file's module fixtures (trained runs, a browser, torchrun pairs) were made once on each worker.
+    Measured on ten such files with -n 2: 133 s as load, 110 s as files."""
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    config.option.loadscopereorder = False  # keep the longest files first, not the files with most tests
+    return LoadFileScheduling(config, log)
+
+
 N_TRAIN, N_TEST = 3000, 1000  # the subset every training test uses: seconds per run, yet real learning
 RUN_EPOCHS = 3
 
