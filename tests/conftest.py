@@ -12,14 +12,21 @@ import pytest
 from support.datafiles import FASHION_DIR, train_vectors, vectors
 from support.process import aelab
 
-# the modules whose tests each start several training processes (torchrun, kill-and-resume, sweeps): run first, so
-# that two xdist workers end together instead of one finishing a 25-second torchrun test alone at the end
-LONGEST_FIRST = ("training/test_distributed.py", "test_reliability.py", "experiments/test_sweep.py", "test_fuzz.py",
-                 "test_environments.py", "test_nothing_lost.py")
+# the modules whose tests each start several training processes (torchrun, kill-and-resume, sweeps), then the other
+# longest: run first, in this order, so that two xdist workers end together instead of one finishing a 25-second
+# module alone at the end
+LONGEST_FIRST = ("training/test_distributed.py", "test_reliability.py", "experiments/test_sweep.py",
+                 "test_estimators.py", "test_extending.py", "test_fuzz.py", "test_nothing_lost.py",
+                 "test_cli_errors.py", "test_environments.py")
+
+
+def _rank(item) -> int:
+    path = item.path.as_posix()
+    return next((i for i, name in enumerate(LONGEST_FIRST) if path.endswith("/" + name)), len(LONGEST_FIRST))
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: not item.path.as_posix().endswith(LONGEST_FIRST))  # stable: the rest keep their order
+    items.sort(key=_rank)  # stable: the rest keep their order
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent under -p no:xdist
