@@ -144,7 +144,10 @@ def test_ctrl_c_leaves_a_resumable_run_and_one_line(subset_npz, tmp_path, capsys
         proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "aelab", "train", "--data",
                                  str(subset_npz), "--epochs", "1000", "--grid-every", "0", "--threads", "1", "--out",
                                  str(out)], stdout=log, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONPATH": str(SRC)})
+                                env={**os.environ, "PYTHONPATH": str(SRC)},
+                                # as typed at a terminal: the tests may run as a shell's background job (`... &`),
+                                # which ignores Ctrl-C and hands that on to its children
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 120
             while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
