@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--no-weak-atoms", dest="weak_atoms", action="store_false", help="--hard: each firing's "
                         "weight uniform in [0.5, 2] instead of each atom's own mean weight (some atoms always weak)")
     args = parser.parse_args()
+    if not args.weak_atoms and not args.hard:
+        parser.error("--no-weak-atoms describes the hard dictionary: add --hard")
     torch.set_num_threads(args.threads)
     rows = [run(args, seed) for seed in args.seeds]
     for row in rows:
