@@ -48,7 +48,11 @@ def main() -> None:
     parser.add_argument("--hard", action="store_true", help="tests/support/planted.py's hard_dictionary: a shared "
                         "offset, Zipf-like firing of correlated atoms, their weights in [0.5, 2]")
     parser.add_argument("--offset", type=float, default=3.0, help="--hard: the shared offset's norm, in atoms' norms")
+    parser.add_argument("--no-weak-atoms", dest="weak_atoms", action="store_false", help="--hard: each firing's "
+                        "weight uniform in [0.5, 2] instead of each atom's own mean weight (some atoms always weak)")
     args = parser.parse_args()
+    if not args.weak_atoms and not args.hard:
+        parser.error("--no-weak-atoms describes the hard dictionary: add --hard")
     torch.set_num_threads(args.threads)
     rows = [run(args, seed) for seed in args.seeds]
     for row in rows:
@@ -62,7 +66,7 @@ def run(args, seed: int) -> dict:
     """Train one SAE on the planted vectors of `seed` and score it."""
     if args.hard:
         vectors, atoms = hard_dictionary(args.n, args.dim, args.atoms, args.active, args.offset, noise=args.noise,
-                                         seed=seed)
+                                         seed=seed, weak_atoms=args.weak_atoms)
     else:
         vectors, atoms = planted_dictionary(args.n, args.dim, args.atoms, args.active, args.noise, seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,8 +81,9 @@ def run(args, seed: int) -> dict:
         metrics = json.loads((Path(tmp) / "run" / "eval.json").read_text())
         best = recovered(load_model(Path(tmp) / "run").atoms().numpy(), atoms)
     return {
-        "sparsity": args.sparsity, "seed": seed, "hard": args.hard, "n": args.n, "dim": args.dim, "atoms": args.atoms,
-        "active": args.active, "latent": args.latent, "epochs": args.epochs,
+        "sparsity": args.sparsity, "seed": seed, "hard": args.hard, "weak_atoms": args.hard and args.weak_atoms,
+        "n": args.n, "dim": args.dim, "atoms": args.atoms, "active": args.active, "latent": args.latent,
+        "epochs": args.epochs,
         "matched_0.9": round(float((best > 0.9).mean()), 4), "median_cosine": round(float(np.median(best)), 4),
         "l0": round(metrics["l0"], 3), "fvu": round(metrics["fvu"], 4), "shrinkage": round(metrics["shrinkage"], 3),
         "dead_units": metrics["dead_units"], "dead_on_test": metrics["dead_on_test"], "settings": args.set,

@@ -22,13 +22,15 @@ def planted_dictionary(n: int, d: int = 64, atoms: int = 256, active: int = 5, n
 
 
 def hard_dictionary(n: int, d: int = 96, atoms: int = 512, active: float = 8, offset: float = 3.0, rank: int = 8,
-                    noise: float = 0.01, seed: int = 0, chunk: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
+                    noise: float = 0.01, seed: int = 0, chunk: int = 20_000, weak_atoms: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """A harder planted dictionary, as real activations are: every vector shares one direction of norm `offset`
     (in atoms' norms); atom i fires with a Zipf-like probability 1 / (i + 10)^0.7, scaled to `active` on average
     (the rarest of 512 fire about 16 times less often than the commonest); their firing is correlated through `rank`
     shared Gaussian factors (a Gaussian copula, each atom loading about 0.5 on them); a firing atom's weight is its
-    own mean (uniform in [0.5, 2]) times |1 + 0.2 N(0, 1)|; plus N(0, noise^2) per value. Returns (vectors (n, d)
-    float32, atoms (atoms, d) float64)."""
+    own mean (uniform in [0.5, 2]) times |1 + 0.2 N(0, 1)|, so some atoms are always weak; without `weak_atoms`,
+    each firing's weight is uniform in [0.5, 2] (every atom has weak and strong firings); plus N(0, noise^2) per
+    value. Returns (vectors (n, d) float32, atoms (atoms, d) float64)."""
     rng = np.random.default_rng(seed)
     dictionary = rng.standard_normal((atoms, d))
     dictionary /= np.linalg.norm(dictionary, axis=1, keepdims=True)
@@ -43,7 +45,10 @@ def hard_dictionary(n: int, d: int = 96, atoms: int = 512, active: float = 8, of
     for start in range(0, n, chunk):  # float64 intermediates of `chunk` rows at a time
         m = min(chunk, n - start)
         fires = rng.standard_normal((m, rank)) @ loadings.T + rng.standard_normal((m, atoms)) * own < cut
-        weights = fires * means * np.abs(1 + 0.2 * rng.standard_normal((m, atoms)))
+        if weak_atoms:
+            weights = fires * means * np.abs(1 + 0.2 * rng.standard_normal((m, atoms)))
+        else:
+            weights = fires * rng.uniform(0.5, 2.0, (m, atoms))
         vectors[start:start + m] = weights @ dictionary + shift + noise * rng.standard_normal((m, d))
     return vectors, dictionary
 

@@ -141,16 +141,24 @@ def test_ctrl_c_leaves_a_resumable_run_and_one_line(subset_npz, tmp_path, capsys
     out = tmp_path / "interrupted"
     checkpoint = out / "checkpoint.safetensors"
     with open(tmp_path / "stdout.txt", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "aelab", "train", "--data", str(subset_npz), "--epochs", "1000",
-                                 "--grid-every", "0", "--threads", "1", "--out", str(out)], stdout=log,
-                                stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+        proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "aelab", "train", "--data",
+                                 str(subset_npz), "--epochs", "1000", "--grid-every", "0", "--threads", "1", "--out",
+                                 str(out)], stdout=log, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(SRC)},
+                                # as typed at a terminal: the tests may run as a shell's background job (`... &`),
+                                # which ignores Ctrl-C and hands that on to its children
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 120
             while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert checkpoint.exists(), "no checkpoint after the first epoch"
             proc.send_signal(signal.SIGINT)
-            _, stderr = proc.communicate(timeout=60)
+            try:
+                _, stderr = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:  # where it waits: faulthandler prints every thread's stack on SIGABRT
+                proc.send_signal(signal.SIGABRT)
+                pytest.fail(f"still running 60 s after Ctrl-C:\n{proc.communicate(timeout=30)[1]}")
         finally:
             if proc.poll() is None:  # never leave a 1000-epoch run behind
                 proc.kill()

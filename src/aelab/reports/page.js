@@ -246,22 +246,8 @@
     return box;
   }
 
-  const TERM_TITLES = {
-    loss: "loss (what training minimises)", bce: "BCE per pixel", mse: "MSE per pixel", psnr: "PSNR (dB)",
-    recon: "reconstruction term", kl: "KL to the prior (nats per image)", disc: "discriminator loss",
-    gen: "generator loss (encoder fooling the discriminator)",
-  };
-  const MEASURES = {
-    bce: ["BCE per pixel", "test cross-entropy, nats"],
-    mse: ["MSE per pixel", "mean squared error"], sse_per_image: ["squared error per image", "summed over its pixels"],
-    psnr: ["PSNR", "peak signal 1"], neg_elbo: ["\u2212ELBO", "nats per image"],
-    iwae_nll: ["\u2212log p(x) bound", "IWAE, nats per image"], recon: ["reconstruction", "nats per image"],
-    kl: ["KL", "nats per image"], mmd: ["MMD\u00b2 to the prior", "test codes vs prior draws"],
-    mmd_prior_baseline: ["MMD\u00b2, prior vs prior", "the scale of chance"],
-    disc_accuracy: ["discriminator accuracy", "0.5: codes pass for the prior"],
-    psnr_noisy: ["PSNR of the noisy input", "against the clean image"],
-    psnr_denoised: ["PSNR denoised", "the model's output for the noisy input"],
-  };
+  // a measure's or loss term's name and what it says (aelab.reports.report.MEASURES); unknown keys as themselves
+  const named = (key) => (D.names || {})[key] || [key, ""];
 
   function charts(history) {  // a chart per term that any epoch recorded; a series per split that measured it
     const keys = [...new Set(history.flatMap(Object.keys))];
@@ -270,12 +256,16 @@
     const splits = [["train", "train", "#2f6fdf", false], ["test", "test", "#e8773a", false],
                     ["train_eval", "train, eval mode", "#7f8da3", true]];
     const floor = history.map((r) => r.test_bce_floor).find(finite);
-    return terms.map((term) => lineChart(TERM_TITLES[term] || term,
-      splits.filter(([split]) => keys.includes(`${split}_${term}`)).map(([split, name, color, dash]) => {
-        const key = `${split}_${term}`;
-        return { name, color, dash, points: history.filter((r) => key in r).map((r) => [r.epoch, r[key]]) };
-      }),
-      term === "bce" ? floor : null));
+    return terms.map((term) => {
+      const box = lineChart(named(term)[0],
+        splits.filter(([split]) => keys.includes(`${split}_${term}`)).map(([split, name, color, dash]) => {
+          const key = `${split}_${term}`;
+          return { name, color, dash, points: history.filter((r) => key in r).map((r) => [r.epoch, r[key]]) };
+        }),
+        term === "bce" ? floor : null);
+      box.querySelector(".title").title = named(term)[1];  // what it says, on hovering the name
+      return box;
+    });
   }
 
   // -- the run page -----------------------------------------------------------------------------------------
@@ -302,10 +292,10 @@
       el("div", { class: "cards" }, Object.entries(measures)
         .filter(([k, v]) => finite(v) && k !== "bce_floor")
         .map(([k, v]) => el("div", { class: "card", id: `measure-${k}` },
-          el("div", { class: "k", text: (MEASURES[k] || [k])[0] }),
+          el("div", { class: "k", text: named(k)[0] }),
           el("div", { class: "v", text: k.startsWith("psnr") ? `${v.toFixed(2)} dB` : fmt(v) }),
           el("div", { class: "n", text: k === "bce" && finite(measures.bce_floor)
-            ? `floor ${fmt(measures.bce_floor)}: the pixels' own entropy` : (MEASURES[k] || ["", ""])[1] }))))));
+            ? `floor ${fmt(measures.bce_floor)}: the pixels' own entropy` : named(k)[1] }))))));
 
     if (D.history.length) {
       page.append(section("Loss curves", "Hover a chart to read the values of every epoch. Train losses are averaged " +

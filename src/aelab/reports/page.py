@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from aelab.errors import UserError
+from aelab.reports.report import MEASURES
 from aelab.runs.runfolder import RunFolder
 from aelab.storage import files
 from aelab.storage.folders import CompareFolder
@@ -253,6 +254,7 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
         "facts": {"epochs": len(history), "seconds": None if None in seconds else sum(seconds),
                   "test_images": len(test)},
         "measures": {k: _finite(v) for k, v in measures.items()},
+        "names": MEASURES,
         "history": history,
         "grids": epoch_grids(RunFolder(run_path).grids(), model.in_shape[0] == 1),
         # the explorer shows images: a run on vectors has measures and curves, no map

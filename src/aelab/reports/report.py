@@ -19,6 +19,64 @@ from aelab.training.train import Callback, Trainer
 
 GRID_ROWS, GRID_COLS = 10, 10
 
+# what a run's measures and loss terms are, for a person: (name, what it says); report.md and the page show these
+# instead of the keys, and a key not here as itself
+MEASURES = {
+    "loss": ("loss", "what training minimises"),
+    "bce": ("BCE per pixel", "test cross-entropy, nats"),
+    "mse": ("MSE", "mean squared error per pixel, or per standardised value"),
+    "sse_per_image": ("squared error per image", "summed over its pixels"),
+    "psnr": ("PSNR", "dB, peak signal 1"),
+    "recon": ("reconstruction", "the loss's reconstruction term"),
+    "neg_elbo": ("\u2212ELBO", "nats per image"),
+    "iwae_nll": ("\u2212log p(x) bound", "IWAE, nats per image"),
+    "iwae_k": ("IWAE samples", "importance samples per image in that bound"),
+    "kl": ("KL", "to the prior, nats per image"),
+    "active_dims": ("active code dimensions", "mean KL above 0.01 nats"),
+    "mi": ("index-code MI", "nats: what the code says about which image"),
+    "tc": ("total correlation", "nats: dependence between code dimensions"),
+    "dim_kl": ("dimension-wise KL", "nats: each dimension against the prior"),
+    "mmd": ("MMD\u00b2 to the prior", "test codes vs prior draws"),
+    "mmd_prior_baseline": ("MMD\u00b2, prior vs prior", "the scale of chance"),
+    "disc": ("discriminator loss", "telling codes from prior draws"),
+    "gen": ("generator loss", "the encoder fooling the discriminator"),
+    "disc_accuracy": ("discriminator accuracy", "0.5: codes pass for the prior"),
+    "psnr_noisy": ("PSNR of the noisy input", "against the clean image"),
+    "psnr_denoised": ("PSNR denoised", "the model's output for the noisy input"),
+    "commit": ("commitment", "encoder outputs' distance to their codes"),
+    "usage": ("codebook usage", "share of the codes used on the test set"),
+    "perplexity": ("perplexity", "codes in effective use"),
+    "unused": ("unused codes", "in a batch"),
+    "dead_codes": ("dead codes", "never used on the test set"),
+    "code_bits": ("code bits", "per image"),
+    "reseeded": ("codes reseeded", "dead codes moved onto inputs in training"),
+    "fve": ("FVE", "fraction of the variance explained"),
+    "fvu": ("FVU", "fraction of the variance unexplained"),
+    "l0": ("L0", "units firing per input"),
+    "l0_penalty": ("L0 penalty", "JumpReLU's smooth count of firing units"),
+    "l1": ("L1 penalty", "activations times their atoms' norms"),
+    "aux": ("AuxK", "error of the silent units' fit, relative to the live code's"),
+    "dead_units": ("dead units", "silent over the last dead window of training inputs"),
+    "dead_fraction": ("dead fraction", "of the units"),
+    "dead_window": ("dead window", "training inputs a unit may stay silent"),
+    "dead_on_test": ("silent on test", "units that never fire on the test set"),
+    "shrinkage": ("shrinkage", "reconstruction's norm over the input's: 1 is none"),
+    "cosine": ("cosine", "between input and reconstruction"),
+    "probe_k1": ("probe, 1 unit", "sparse probing accuracy (chance 0.5)"),
+    "probe_k2": ("probe, 2 units", "sparse probing accuracy (chance 0.5)"),
+    "probe_k5": ("probe, 5 units", "sparse probing accuracy (chance 0.5)"),
+    "probe_raw_k1": ("probe, 1 raw dimension", "the same on the activations themselves"),
+    "probe_raw_k2": ("probe, 2 raw dimensions", "the same on the activations themselves"),
+    "probe_raw_k5": ("probe, 5 raw dimensions", "the same on the activations themselves"),
+    "tpp": ("TPP", "own probe's accuracy drop minus the others', ablating a class's units"),
+    "tpp_raw": ("TPP, raw", "the same, a class's dimensions set to their mean"),
+    "frechet": ("Fr\u00e9chet distance", "samples vs test images, classifier features"),
+    "precision": ("precision", "share of samples near real images"),
+    "recall": ("recall", "share of real images near samples"),
+    "density": ("density", "about 1 when samples look like real images"),
+    "coverage": ("coverage", "share of real images with a sample near"),
+}
+
 
 class GridWriter(Callback):
     """Every `every` epochs, the chapter's 10x10 grid of the same 50 test images: real | reconstruction."""
@@ -132,7 +190,9 @@ def write_report(run: RunFolder, config, model, history: list[dict], metrics: di
         f"{len(history)} epochs, {model.num_parameters():,} parameters, {seconds:.0f} s of training "
         f"({seconds / max(len(history), 1):.2f} s per epoch), trained on {model.device}.",
         "## Test measures",
-        _table([("measure", "value")] + [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in metrics.items()]),
+        _table([("measure", "value", "what it says")] + [
+            (f"{MEASURES[k][0]} (`{k}`)" if k in MEASURES else k, f"{v:.4f}" if isinstance(v, float) else v,
+             MEASURES.get(k, ("", ""))[1]) for k, v in metrics.items()]),
         "BCE is per pixel; `bce_floor` is the test pixels' own entropy, the least BCE any model can reach on grey "
         "targets. `sse_per_image` sums squared error over an image's pixels; PSNR is in dB with peak 1."
         if "bce" in metrics else
