@@ -150,7 +150,7 @@ def test_run_page_offline_grids_and_clicks_decoded_like_the_mlp(browser, trained
     assert page.js("document.querySelector('#measure-bce .n').textContent").startswith("floor 0.2")
     # measures and charts by their names, with what they say (reports.report.MEASURES), not by their keys
     assert page.js("[...document.querySelectorAll('#measure-psnr div')].map((d) => d.textContent)")[::2] == [
-        "PSNR", "dB, peak signal 1"]
+        "PSNR (dB)", "peak signal 1"]
     assert page.js("document.querySelector('#charts .title').title") == "what training minimises"
     assert page.js("document.querySelectorAll('#charts canvas').length") >= 4  # loss, bce, mse, psnr
     chart = page.page.locator("#charts canvas").first.bounding_box()
@@ -355,7 +355,7 @@ def test_a_chart_with_no_finite_value_says_so(browser, damaged, capsys):
     edit_metrics(damaged, lambda epoch, r: r.update(test_psnr=float("inf")))
     assert in_process(["report", damaged], capsys).returncode == 0
     page = Page(browser, damaged / "report.html")
-    assert page.drawn()["PSNR"] == 0
+    assert page.drawn()["PSNR (dB)"] == 0
     psnr = page.page.locator("#charts .chart", has_text="PSNR")
     assert "no epoch recorded a finite value" in psnr.inner_text() and psnr.locator("canvas").count() == 0
     page.assert_offline_and_clean()

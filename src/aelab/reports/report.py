@@ -26,7 +26,7 @@ MEASURES = {
     "bce": ("BCE per pixel", "test cross-entropy, nats"),
     "mse": ("MSE", "mean squared error per pixel, or per standardised value"),
     "sse_per_image": ("squared error per image", "summed over its pixels"),
-    "psnr": ("PSNR", "dB, peak signal 1"),
+    "psnr": ("PSNR (dB)", "peak signal 1"),
     "recon": ("reconstruction", "the loss's reconstruction term"),
     "neg_elbo": ("\u2212ELBO", "nats per image"),
     "iwae_nll": ("\u2212log p(x) bound", "IWAE, nats per image"),
