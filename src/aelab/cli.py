@@ -310,6 +310,7 @@ def cmd_eval(args) -> int:
     import dataclasses
     import math
 
+    from aelab.data.activations import description
     from aelab.evaluation.evaluate import evaluate
     from aelab.evaluation.frechet import feature_classifier
     from aelab.evaluation.generation import measurable, measure_sampler
@@ -327,7 +328,8 @@ def cmd_eval(args) -> int:
         check_sampler(args.sampler or default_sampler(model), model, args.components,
                       f"{args.run} is a {config.model_name!r} run that")
     data = dataclasses.replace(config.data, path=args.data or config.data.path)
-    train, test = data.load() if data.path and data.path.endswith(".npy") else (None, data.load_test())
+    # the training split too where the probes may have labels: activations that `aelab activations` described
+    train, test = data.load() if data.path and description(data.path) else (None, data.load_test())
     if test.shape != model.in_shape:
         raise UserError(f"the test data are {'x'.join(map(str, test.shape))} but {args.run} takes "
                         f"{'x'.join(map(str, model.in_shape))}; give --data of that size")
