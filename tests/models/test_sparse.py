@@ -57,7 +57,9 @@ def test_topk_sae_recovers_the_planted_atoms(planted):
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"train_l0", "test_l0", "test_mse", "test_fve", "test_fvu", "test_shrinkage", "test_cosine",
             "test_dead_fraction", "train_aux"} <= record.keys()
-    assert not (run / "grids").exists() and "fve" in (run / "report.md").read_text()
+    # report.md names each measure and says what it is
+    assert not (run / "grids").exists() and "| L0 (`l0`) |" in (run / "report.md").read_text()
+    assert "units firing per input" in (run / "report.md").read_text()
     # the feature-density histogram: a declared picture, drawn for vectors too, and shown in report.html
     assert (run / "density.png").is_file() and "log10 of how often each unit fires" in (run / "report.html").read_text()
 
