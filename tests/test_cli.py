@@ -147,6 +147,21 @@ def test_the_allocator_keeps_a_beta_tc_vae_steps_blocks():
     assert int(result.stdout) < 6 * 3 * 4096
 
 
+def test_an_interrupt_during_an_import_stops_after_it(tmp_path):
+    """Ctrl-C while a module imports raises once the import is done, the module whole: inside numpy's and torch's
+    imports an interrupt was swallowed (training went on with numpy half made) or made the process end as killed by
+    Ctrl-C (exit -2) after its one line. Here a module interrupts itself half-way through."""
+    (tmp_path / "halfway.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\n"
+                                         "time.sleep(0.2)\nWHOLE = True\n")
+    code = ("import signal, sys, time\nsignal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal\n"
+            f"sys.path.insert(0, {str(tmp_path)!r})\nfrom aelab.cli import _signals\n_signals()\n"
+            "try:\n    import halfway\n    print('imported', halfway.WHOLE)\n    time.sleep(5)\n"
+            "except KeyboardInterrupt:\n    print('interrupted', 'halfway' in sys.modules)\n")
+    result = python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["imported", "True", "interrupted", "True"]
+
+
 # ---------------------------------------------------------------------------------------------- help, fast
 
 def test_help_does_not_import_torch():

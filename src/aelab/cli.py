@@ -240,12 +240,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _signals() -> None:
-    """SIGTERM (what schedulers and torchrun send) stops like Ctrl-C; past a file-size limit (`ulimit -f`) a write
-    fails with one line instead of the process being killed."""
+    """Ctrl-C, and SIGTERM (what schedulers and torchrun send) like it, stop with KeyboardInterrupt, but never inside
+    an import; past a file-size limit (`ulimit -f`) a write fails with one line instead of the process being
+    killed. A shell's background job ignores Ctrl-C, and so does aelab there."""
     import signal
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _interrupt(signum, frame) -> None:
+    """KeyboardInterrupt, once no module is being imported: numpy or torch stopped half-way through its import stays
+    broken in sys.modules, or swallows the interrupt (and training goes on), and an interrupt inside code that torch's
+    import evaluates makes Python end as killed by Ctrl-C whatever aelab returns. During an import it waits, looking
+    again every 20 ms."""
+    import signal
+
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            signal.signal(signal.SIGALRM, _interrupt)
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+            return
+        frame = frame.f_back
+    raise KeyboardInterrupt
 
 
 def _allocator() -> None:
