@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from aelab.errors import UserError
-from aelab.reports.report import MEASURES
 from aelab.runs.runfolder import RunFolder
 from aelab.storage import files
 from aelab.storage.folders import CompareFolder
@@ -230,6 +229,7 @@ def run_page_data(run_path: Path, config, model, test, history: list[dict], meas
     `contexts`: text_contexts, where found already."""
     from aelab.evaluation.evaluate import on_device_of
     from aelab.models import summary
+    from aelab.reports.report import MEASURES
 
     model.eval()
     images = model.data_kind == "images"
